@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: MIT
+#include "latflow/core/params.hpp"
+
+#include <cmath>
+#include <sstream>
+
+#include "latflow/core/error.hpp"
+
+namespace latflow {
+namespace {
+
+template <class T>
+std::string str(const T& v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+void require(bool ok, const std::string& key, const std::string& value, const std::string& why) {
+  if (!ok) throw ConfigError(key + " = " + value + ": " + why);
+}
+
+void require_finite(double v, const std::string& key) { require(std::isfinite(v), key, str(v), "must be finite"); }
+
+}  // namespace
+
+std::int64_t LatticeParams::volume() const {
+  std::int64_t v = 1;
+  for (auto l : extents) v *= l;
+  return v;
+}
+
+void Phi4Params::resolve(int dim) {
+  require_finite(m2, "phi4.m2");
+  require_finite(lam, "phi4.lam");
+  require_finite(kappa, "phi4.kappa");
+  require(lam >= 0, "phi4.lam", str(lam), "must be >= 0 (the action is unbounded below otherwise)");
+  if (convention == "nohalf") {
+    m2_nohalf = m2;
+    lam_nohalf = lam;
+    field_scale = 1.0;
+  } else if (convention == "half") {
+    // S = sum 1/2 (d phi)^2 + 1/2 m2 phi^2 + lam phi^4 with phi = sqrt(2) phi_nohalf.
+    m2_nohalf = m2;
+    lam_nohalf = 4.0 * lam;
+    field_scale = std::sqrt(2.0);
+  } else if (convention == "hopping") {
+    // S = sum -2 kappa sum_mu phi phi' + (1 - 2 lam) phi^2 + lam phi^4 with phi_nohalf = sqrt(kappa) phi.
+    require(kappa > 0, "phi4.kappa", str(kappa), "must be > 0 in the hopping convention");
+    m2_nohalf = (1.0 - 2.0 * lam) / kappa - 2.0 * dim;
+    lam_nohalf = lam / (kappa * kappa);
+    field_scale = 1.0 / std::sqrt(kappa);
+  } else {
+    throw ConfigError("phi4.convention = " + convention + ": must be nohalf, half or hopping");
+  }
+  if (lam_nohalf == 0.0)
+    require(m2_nohalf > 0, "phi4.m2", str(m2), "the free field (lam = 0) needs m2 > 0 to be normalisable");
+}
+
+void Config::validate() {
+  require(theory == "phi4", "theory", theory, "must be phi4 (U(1) and SU(N) are not in this build)");
+  require(!lattice.extents.empty() && lattice.extents.size() <= 4, "lattice.extents", str(lattice.extents.size()),
+          "needs 1 to 4 extents");
+  for (auto l : lattice.extents) require(l >= 2, "lattice.extents", str(l), "every extent must be >= 2");
+  phi4.resolve(lattice.dim());
+
+  const auto& f = flow;
+  require(f.coupling == "affine" || f.coupling == "spline", "flow.coupling", f.coupling, "must be affine or spline");
+  require(f.layers >= 0 && f.layers <= 1000, "flow.layers", str(f.layers), "must be in 0..1000");
+  for (int h : f.hidden) require(h >= 1 && h <= 4096, "flow.hidden", str(h), "channels must be in 1..4096");
+  require(f.kernel >= 1 && f.kernel % 2 == 1, "flow.kernel", str(f.kernel), "must be odd and >= 1");
+  for (auto l : lattice.extents)
+    require(f.kernel / 2 <= l, "flow.kernel", str(f.kernel), "the kernel half-width exceeds a lattice extent");
+  require(f.activation == "leaky_relu" || f.activation == "tanh" || f.activation == "silu", "flow.activation",
+          f.activation, "must be leaky_relu, tanh or silu");
+  require(!(f.z2 && f.coupling == "spline"), "flow.z2", "true", "is only available for affine couplings");
+  require(f.spline_bins >= 2 && f.spline_bins <= 256, "flow.spline_bins", str(f.spline_bins), "must be in 2..256");
+  require(f.spline_bound > 0 && std::isfinite(f.spline_bound), "flow.spline_bound", str(f.spline_bound),
+          "must be > 0");
+  require(f.dtype == "float32" || f.dtype == "float64", "flow.dtype", f.dtype, "must be float32 or float64");
+  require(lattice.dim() <= 3 || f.layers == 0, "lattice.extents", str(lattice.dim()) + " dimensions",
+          "flows need d <= 3 (convolutions in 1..3 dimensions)");
+  for (auto l : lattice.extents)
+    require(l % 2 == 0 || f.layers == 0, "lattice.extents", str(l), "checkerboard masks need even extents");
+
+  const auto& t = train;
+  require(t.steps >= 0, "train.steps", str(t.steps), "must be >= 0");
+  require(t.batch >= 2, "train.batch", str(t.batch), "must be >= 2");
+  require(t.lr > 0 && std::isfinite(t.lr), "train.lr", str(t.lr), "must be > 0");
+  require(t.lr_schedule == "constant" || t.lr_schedule == "cosine", "train.lr_schedule", t.lr_schedule,
+          "must be constant or cosine");
+  require(t.lr_min >= 0 && t.lr_min <= t.lr, "train.lr_min", str(t.lr_min), "must be in [0, train.lr]");
+  require(t.warmup >= 0, "train.warmup", str(t.warmup), "must be >= 0");
+  require(t.clip >= 0 && std::isfinite(t.clip), "train.clip", str(t.clip), "must be >= 0");
+  require(t.log_every >= 1, "train.log_every", str(t.log_every), "must be >= 1");
+  require(t.checkpoint_every >= 1, "train.checkpoint_every", str(t.checkpoint_every), "must be >= 1");
+  require(t.max_minutes >= 0 && std::isfinite(t.max_minutes), "train.max_minutes", str(t.max_minutes),
+          "must be >= 0");
+  require(t.max_bad_steps >= 1, "train.max_bad_steps", str(t.max_bad_steps), "must be >= 1");
+
+  require(sample.proposals >= 1, "sample.proposals", str(sample.proposals), "must be >= 1");
+  require(sample.block >= 1, "sample.block", str(sample.block), "must be >= 1");
+
+  require(!run.output.empty(), "run.output", "''", "must not be empty");
+  require(run.threads >= 1 && run.threads <= 1024, "run.threads", str(run.threads), "must be in 1..1024");
+  require(run.device == "cpu" || run.device.rfind("cuda", 0) == 0, "run.device", run.device,
+          "must be cpu or cuda[:N]");
+  require(run.gamma_S > 0 && std::isfinite(run.gamma_S), "run.gamma_S", str(run.gamma_S), "must be > 0");
+  for (const auto& [name, ref] : reference)
+    require(std::isfinite(ref.value) && ref.error >= 0, "reference." + name, str(ref.value),
+            "needs a finite value and an error >= 0");
+}
+
+}  // namespace latflow

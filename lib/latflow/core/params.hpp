@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: MIT
+// Plain parameter structs, one per component, with defaults. apps/ fills them from INI files and command-line
+// overrides (Boost.Program_options lives only there); validate() throws ConfigError naming the key and value.
+// No torch here: these headers are shared by the CLI, the I/O and the analysis code.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace latflow {
+
+struct LatticeParams {
+  std::vector<std::int64_t> extents{8, 8};  // [lattice] extents = 8 8   (d = number of entries, 1..4)
+  std::int64_t volume() const;
+  int dim() const { return static_cast<int>(extents.size()); }
+};
+
+// phi^4 couplings as the user wrote them, plus the internal no-1/2 values (PHYSICS.md section 1).
+struct Phi4Params {
+  std::string convention = "nohalf";  // nohalf | half | hopping
+  double m2 = -4.0;    // nohalf/half: the mass term
+  double lam = 8.0;    // quartic coupling in the input convention
+  double kappa = 0.0;  // hopping convention only
+  // Derived by resolve(): the no-1/2 couplings used internally, and phi_input = field_scale * phi_nohalf.
+  double m2_nohalf = 0, lam_nohalf = 0, field_scale = 1;
+  void resolve(int dim);  // converts exactly; throws ConfigError on bad values
+};
+
+struct FlowParams {
+  std::string coupling = "affine";    // affine | spline
+  int layers = 16;                    // coupling layers (each updates one checkerboard parity)
+  std::vector<int> hidden{8, 8};      // hidden channels of the conv net
+  int kernel = 3;                     // odd kernel size
+  std::string activation = "leaky_relu";  // leaky_relu | tanh | silu
+  bool z2 = false;                    // Z2-equivariant (affine only): scale net even, shift net odd
+  int spline_bins = 8;                // spline: number of bins K
+  double spline_bound = 4.0;          // spline: the map is a spline on [-B, B], identity outside
+  std::string dtype = "float32";      // float32 | float64: the nets; S and log-weights are always float64
+};
+
+struct TrainParams {
+  std::int64_t steps = 2500;
+  std::int64_t batch = 64;
+  double lr = 1e-3;
+  std::string lr_schedule = "cosine";  // constant | cosine (to lr_min at the last step)
+  double lr_min = 1e-5;
+  std::int64_t warmup = 0;             // linear warm-up steps
+  double clip = 0.0;                   // max gradient norm; 0 = off
+  std::int64_t log_every = 50;
+  std::int64_t checkpoint_every = 500;
+  double max_minutes = 0.0;            // wall-clock budget; 0 = none (stops cleanly and checkpoints)
+  std::int64_t max_bad_steps = 20;     // consecutive non-finite steps tolerated before giving up
+};
+
+struct SampleParams {
+  std::int64_t proposals = 10000;
+  std::int64_t block = 256;   // proposals per random-stream block (results are independent of ranks/threads)
+  bool store_configs = true;  // store accepted configurations (each once) in the ensemble
+};
+
+struct RunParams {
+  std::string output = "latflow_out.h5";
+  std::string checkpoint;     // default: output + ".ckpt"
+  bool overwrite = false;
+  bool resume = false;
+  std::uint64_t seed = 1;
+  int threads = 1;
+  std::string device = "cpu";
+  double gamma_S = 1.5;       // Wolff's S for the automatic window
+};
+
+// A reference value to print beside an estimate: [reference] chi2 = 0.7456 0.0013
+struct Reference {
+  double value = 0, error = 0;
+};
+
+struct Config {
+  std::string theory = "phi4";
+  LatticeParams lattice;
+  Phi4Params phi4;
+  FlowParams flow;
+  TrainParams train;
+  SampleParams sample;
+  RunParams run;
+  std::map<std::string, Reference> reference;
+  std::string source_text;     // the input file verbatim
+  std::string source_path;
+  std::string effective_text;  // every key with its effective value, INI syntax
+  void validate();             // throws ConfigError naming the key
+  std::string checkpoint_path() const { return run.checkpoint.empty() ? run.output + ".ckpt" : run.checkpoint; }
+};
+
+}  // namespace latflow

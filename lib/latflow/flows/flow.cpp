@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: MIT
+#include "latflow/flows/flow.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <cstring>
+#include <iomanip>
+#include <sstream>
+
+#include "latflow/core/error.hpp"
+
+namespace latflow {
+namespace {
+
+std::vector<std::int64_t> site_dims(int d, int first = 1) {
+  std::vector<std::int64_t> dims(d);
+  for (int mu = 0; mu < d; ++mu) dims[mu] = mu + first;
+  return dims;
+}
+
+torch::nn::AnyModule make_conv(int dim, int in, int out, int kernel) {
+  switch (dim) {
+    case 1: return torch::nn::AnyModule(torch::nn::Conv1d(torch::nn::Conv1dOptions(in, out, kernel)));
+    case 2: return torch::nn::AnyModule(torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)));
+    case 3: return torch::nn::AnyModule(torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, kernel)));
+    default: throw ConfigError("lattice.extents: flows need 1 to 3 dimensions, got " + std::to_string(dim));
+  }
+}
+
+torch::Dtype parse_dtype(const std::string& s) { return s == "float64" ? torch::kFloat64 : torch::kFloat32; }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+ConvNetImpl::ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
+                         const std::string& activation)
+    : dim_(dim), pad_(kernel / 2), activation_(activation) {
+  std::vector<int> ch{in_channels};
+  ch.insert(ch.end(), hidden.begin(), hidden.end());
+  ch.push_back(out_channels);
+  for (std::size_t i = 0; i + 1 < ch.size(); ++i) {
+    convs_.push_back(make_conv(dim, ch[i], ch[i + 1], kernel));
+    register_module("conv" + std::to_string(i), convs_.back().ptr());
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& p : convs_.back().ptr()->parameters()) p.zero_();
+}
+
+torch::Tensor ConvNetImpl::wrap_pad(const torch::Tensor& x) const {
+  if (pad_ == 0) return x;
+  auto y = x;
+  for (int mu = 0; mu < dim_; ++mu) {
+    const int ax = mu + 2;
+    const auto L = y.size(ax);
+    y = torch::cat({y.narrow(ax, L - pad_, pad_), y, y.narrow(ax, 0, pad_)}, ax);
+  }
+  return y;
+}
+
+torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
+  for (std::size_t i = 0; i < convs_.size(); ++i) {
+    x = convs_[i].forward(wrap_pad(x));
+    if (i + 1 == convs_.size()) break;
+    if (activation_ == "leaky_relu")
+      x = torch::leaky_relu(x, 0.01);
+    else if (activation_ == "tanh")
+      x = torch::tanh(x);
+    else
+      x = torch::silu(x);
+  }
+  return x;
+}
+
+torch::Tensor checkerboard(const std::vector<std::int64_t>& extents, int parity, torch::TensorOptions opt) {
+  auto sum = torch::zeros(extents, torch::kInt64);
+  for (std::size_t mu = 0; mu < extents.size(); ++mu) {
+    std::vector<std::int64_t> shape(extents.size(), 1);
+    shape[mu] = extents[mu];
+    sum = sum + torch::arange(extents[mu], torch::kInt64).view(shape);
+  }
+  return (sum.remainder(2) == parity).to(opt);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+AffineCoupling::AffineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim)
+    : z2_(p.z2) {
+  mask_ = register_buffer("mask", frozen_mask.unsqueeze(0));
+  active_ = register_buffer("active", 1 - mask_);
+  net_ = register_module("net", ConvNet(dim, 1, p.hidden, 2, p.kernel, p.activation));
+}
+
+std::pair<torch::Tensor, torch::Tensor> AffineCoupling::scale_shift(const torch::Tensor& x) {
+  auto xf = (x * mask_).unsqueeze(1);
+  torch::Tensor s, t;
+  if (z2_) {
+    const auto B = x.size(0);
+    auto out = net_->forward(torch::cat({xf, -xf}, 0));
+    auto a = out.narrow(0, 0, B), b = out.narrow(0, B, B);
+    s = torch::tanh(0.5 * (a.select(1, 0) + b.select(1, 0)));  // even in the frozen field
+    t = 0.5 * (a.select(1, 1) - b.select(1, 1));               // odd in the frozen field
+  } else {
+    auto out = net_->forward(xf);
+    s = torch::tanh(out.select(1, 0));
+    t = out.select(1, 1);
+  }
+  return {s * active_, t * active_};
+}
+
+std::pair<torch::Tensor, torch::Tensor> AffineCoupling::forward(const torch::Tensor& x) {
+  auto [s, t] = scale_shift(x);
+  return {x * torch::exp(s) + t, s.sum(site_dims(x.dim() - 1))};
+}
+
+std::pair<torch::Tensor, torch::Tensor> AffineCoupling::inverse(const torch::Tensor& y) {
+  auto [s, t] = scale_shift(y);  // the frozen sites are unchanged, so the net sees the same input
+  return {(y - t) * torch::exp(-s), -s.sum(site_dims(y.dim() - 1))};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+SplineCoupling::SplineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim)
+    : bins_(p.spline_bins), bound_(p.spline_bound) {
+  mask_ = register_buffer("mask", frozen_mask.unsqueeze(0));
+  active_ = register_buffer("active", 1 - mask_);
+  net_ = register_module("net", ConvNet(dim, 1, p.hidden, 3 * p.spline_bins - 1, p.kernel, p.activation));
+}
+
+std::pair<torch::Tensor, torch::Tensor> SplineCoupling::apply(const torch::Tensor& in, bool inverse) {
+  using torch::indexing::Slice;
+  const int K = bins_;
+  const double B = bound_;
+  constexpr double kMinBin = 1e-3, kMinDeriv = 1e-3;
+  // softplus(kDerivShift) = 1 - kMinDeriv: a zero net output gives unit slopes, so a fresh layer is the identity.
+  const double kDerivShift = std::log(std::expm1(1.0 - kMinDeriv));
+
+  const int d = in.dim() - 1;
+  std::vector<std::int64_t> perm{0};
+  for (int mu = 0; mu < d; ++mu) perm.push_back(mu + 2);
+  perm.push_back(1);
+  auto raw = net_->forward((in * mask_).unsqueeze(1)).permute(perm);  // [B, L..., 3K-1]
+  auto widths = kMinBin + (1 - K * kMinBin) * torch::softmax(raw.narrow(-1, 0, K), -1);
+  auto heights = kMinBin + (1 - K * kMinBin) * torch::softmax(raw.narrow(-1, K, K), -1);
+  auto derivs = kMinDeriv + torch::softplus(raw.narrow(-1, 2 * K, K - 1) + kDerivShift);
+
+  auto knots = [&](const torch::Tensor& w) {
+    auto c = torch::cumsum(w, -1) * (2 * B) - B;
+    auto lo = torch::full_like(c.narrow(-1, 0, 1), -B);
+    // The last knot is exactly B so that [-B, B] is covered whatever the rounding of the cumulative sum.
+    return torch::cat({lo, c.narrow(-1, 0, K - 1), torch::full_like(lo, B)}, -1);  // [..., K+1]
+  };
+  auto xk = knots(widths), yk = knots(heights);
+  auto ones = torch::ones_like(derivs.narrow(-1, 0, 1));
+  auto dk = torch::cat({ones, derivs, ones}, -1);  // unit slopes at +-B match the identity tails
+
+  // Clamp before the bin search so every element, selected or not, gets finite values (no NaN in gradients).
+  auto inside = (in > -B) & (in < B) & (active_ > 0.5);
+  auto v = torch::clamp(in, -B, B).unsqueeze(-1);
+  auto search = (inverse ? yk : xk).narrow(-1, 1, K - 1).contiguous();
+  auto bin = torch::searchsorted(search, v.contiguous(), /*out_int32=*/false, /*right=*/true);
+  auto g = [&](const torch::Tensor& t, int off) { return t.gather(-1, bin + off).squeeze(-1); };
+  auto x0 = g(xk, 0), x1 = g(xk, 1), y0 = g(yk, 0), y1 = g(yk, 1), d0 = g(dk, 0), d1 = g(dk, 1);
+  auto w = x1 - x0, h = y1 - y0, s = h / w;
+  auto vv = v.squeeze(-1);
+
+  torch::Tensor xi;
+  if (!inverse) {
+    xi = ((vv - x0) / w).clamp(0, 1);
+  } else {
+    // Solve the rational-quadratic for xi (Durkan et al. eq. 6-8), the root that lies in [0, 1].
+    auto dy = vv - y0;
+    auto c2 = d1 + d0 - 2 * s;
+    auto a = h * (s - d0) + dy * c2;
+    auto b = h * d0 - dy * c2;
+    auto c = -s * dy;
+    auto disc = (b * b - 4 * a * c).clamp_min(0);
+    xi = (2 * c / (-b - torch::sqrt(disc))).clamp(0, 1);
+  }
+  auto xi1 = xi * (1 - xi);
+  auto den = s + (d1 + d0 - 2 * s) * xi1;
+  auto log_slope = 2 * torch::log(s) + torch::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) -
+                   2 * torch::log(den);
+  torch::Tensor out;
+  if (!inverse) {
+    out = y0 + h * (s * xi * xi + d0 * xi1) / den;
+  } else {
+    out = x0 + xi * w;
+    log_slope = -log_slope;
+  }
+  out = torch::where(inside, out, in);
+  auto ld = torch::where(inside, log_slope, torch::zeros_like(log_slope)).sum(site_dims(d));
+  return {out, ld};
+}
+
+std::pair<torch::Tensor, torch::Tensor> SplineCoupling::forward(const torch::Tensor& x) { return apply(x, false); }
+std::pair<torch::Tensor, torch::Tensor> SplineCoupling::inverse(const torch::Tensor& y) { return apply(y, true); }
+
+// ---------------------------------------------------------------------------------------------------------------
+FlowModelImpl::FlowModelImpl(const LatticeParams& lattice, const FlowParams& params)
+    : extents_(lattice.extents), dtype_(parse_dtype(params.dtype)) {
+  const int d = lattice.dim();
+  for (int i = 0; i < params.layers; ++i) {
+    auto mask = checkerboard(extents_, i % 2, torch::TensorOptions().dtype(dtype_));
+    std::shared_ptr<CouplingLayer> layer;
+    if (params.coupling == "spline")
+      layer = std::make_shared<SplineCoupling>(mask, params, d);
+    else
+      layer = std::make_shared<AffineCoupling>(mask, params, d);
+    layers_.push_back(register_module("layer" + std::to_string(i), layer));
+  }
+  this->to(dtype_);
+}
+
+void FlowModelImpl::to_device(torch::Device dev) {
+  device_ = dev;
+  this->to(dev);
+}
+
+torch::Tensor FlowModelImpl::prior_log_prob(const torch::Tensor& z) const {
+  auto zd = z.to(torch::kFloat64);
+  const double V = static_cast<double>(zd[0].numel());
+  return -0.5 * (zd * zd).sum(site_dims(zd.dim() - 1)) - 0.5 * V * std::log(2 * M_PI);
+}
+
+torch::Tensor FlowModelImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
+  std::vector<std::int64_t> shape{batch};
+  shape.insert(shape.end(), extents_.begin(), extents_.end());
+  auto z = torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64));
+  return z.to(device_, dtype_);
+}
+
+std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::forward(const torch::Tensor& z_in) {
+  auto x = z_in.to(device_, dtype_);
+  auto log_q = prior_log_prob(x);
+  for (auto& layer : layers_) {
+    auto [y, ld] = layer->forward(x);
+    x = y;
+    log_q = log_q - ld.to(torch::kFloat64);
+  }
+  return {x, log_q};
+}
+
+std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::log_prob(const torch::Tensor& x_in) {
+  auto z = x_in.to(device_, dtype_);
+  auto log_det = torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+    auto [y, ld] = (*it)->inverse(z);
+    z = y;
+    log_det = log_det + ld.to(torch::kFloat64);
+  }
+  return {prior_log_prob(z) + log_det, z};
+}
+
+std::string FlowModelImpl::weights_hash() {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  for (const auto& p : parameters()) {
+    auto c = p.detach().to(torch::kCPU).contiguous();
+    const auto* bytes = static_cast<const unsigned char*>(c.data_ptr());
+    for (std::size_t i = 0; i < c.nbytes(); ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
+  }
+  std::ostringstream os;
+  os << std::hex << std::setw(16) << std::setfill('0') << h;
+  return os.str();
+}
+
+}  // namespace latflow

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: MIT
+// Normalizing flows for real scalar fields on a periodic lattice: an N(0,1) prior pushed through coupling layers
+// that alternate the two checkerboard parities. Conventions (torchlft / Albergo et al. 2019 vocabulary):
+//   forward: z -> x,  log q(x) = log r(z) - sum_layers log|det J_layer|
+//   inverse: x -> z,  used for log q of a given configuration.
+// Nets run in FlowParams::dtype; log-densities are accumulated in float64.
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "latflow/core/params.hpp"
+
+namespace latflow {
+
+// Periodic conv net on [B, C, L_0..L_{d-1}] (d = 1..3): explicit wrap padding followed by unpadded convolutions
+// (identical to circular padding and measurably faster, DESIGN.md). The last layer is zero-initialised so that a
+// fresh flow is the identity map (training starts from the prior).
+class ConvNetImpl : public torch::nn::Module {
+ public:
+  ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
+              const std::string& activation);
+  torch::Tensor forward(torch::Tensor x);
+
+ private:
+  torch::Tensor wrap_pad(const torch::Tensor& x) const;
+  int dim_, pad_;
+  std::string activation_;
+  std::vector<torch::nn::AnyModule> convs_;
+};
+TORCH_MODULE(ConvNet);
+
+// One coupling layer: sites of one checkerboard parity are frozen and condition the update of the others.
+class CouplingLayer : public torch::nn::Module {
+ public:
+  // Returns (y, log|det dy/dx|) with the log-det of shape [B] in the layer's dtype.
+  virtual std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) = 0;
+  virtual std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) = 0;
+};
+
+// x_active -> x_active * exp(s) + t with s, t from the net of the frozen sites. With z2, s is made even and t
+// odd in the frozen field by symmetrising the net over (x, -x), so the layer commutes with phi -> -phi.
+class AffineCoupling : public CouplingLayer {
+ public:
+  AffineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override;
+  std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override;
+
+ private:
+  std::pair<torch::Tensor, torch::Tensor> scale_shift(const torch::Tensor& x);
+  torch::Tensor mask_, active_;
+  bool z2_;
+  ConvNet net_{nullptr};
+};
+
+// Monotone rational-quadratic spline on [-B, B] (Durkan et al. 2019, arXiv:1906.04032), identity with unit slope
+// outside; K bins whose widths, heights and interior derivatives come from the net of the frozen sites.
+class SplineCoupling : public CouplingLayer {
+ public:
+  SplineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override;
+  std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override;
+
+ private:
+  std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& in, bool inverse);
+  torch::Tensor mask_, active_;
+  int bins_;
+  double bound_;
+  ConvNet net_{nullptr};
+};
+
+// Checkerboard mask of the sites with (sum_mu x_mu) % 2 == parity, shape [L_0..L_{d-1}].
+torch::Tensor checkerboard(const std::vector<std::int64_t>& extents, int parity, torch::TensorOptions opt);
+
+class FlowModelImpl : public torch::nn::Module {
+ public:
+  FlowModelImpl(const LatticeParams& lattice, const FlowParams& params);
+
+  // x = f(z) and log q(x) in float64 for prior draws z (any dtype; cast to the model's dtype).
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& z);
+  // log q(x) in float64 through the inverse; also returns z = f^{-1}(x).
+  std::pair<torch::Tensor, torch::Tensor> log_prob(const torch::Tensor& x);
+  // log of the N(0,1) prior density, [B] float64.
+  torch::Tensor prior_log_prob(const torch::Tensor& z) const;
+  // Standard normal draws [batch, L...] in float64 on the CPU from the stream derived from `stream_seed`,
+  // then moved to the model's device and dtype: the numbers do not depend on the device.
+  torch::Tensor draw_prior(std::int64_t batch, std::uint64_t stream_seed) const;
+
+  torch::Dtype dtype() const { return dtype_; }
+  torch::Device device() const { return device_; }
+  void to_device(torch::Device d);
+  std::size_t num_layers() const { return layers_.size(); }
+  CouplingLayer& layer(std::size_t i) { return *layers_[i]; }
+  std::string weights_hash();  // FNV-1a over parameter bytes: the model's identity in output files
+
+ private:
+  std::vector<std::int64_t> extents_;
+  torch::Dtype dtype_;
+  torch::Device device_{torch::kCPU};
+  std::vector<std::shared_ptr<CouplingLayer>> layers_;
+};
+TORCH_MODULE(FlowModel);
+
+}  // namespace latflow

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: MIT
+// Lattice phi^4 theory on a periodic L_0 x ... x L_{d-1} lattice, no-1/2 convention (PHYSICS.md section 1):
+//   S[phi] = sum_x [ (2d + m2) phi^2 + lam phi^4 - 2 sum_mu phi(x) phi(x+mu) ].
+// Fields are batch-first tensors [B, L_0, ..., L_{d-1}]; every function works for any dtype and device.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "latflow/core/params.hpp"
+
+namespace latflow {
+
+class Phi4 {
+ public:
+  Phi4(const LatticeParams& lattice, const Phi4Params& params);  // params must be resolved
+
+  at::Tensor action(const at::Tensor& phi) const;  // [B], dtype of phi
+  at::Tensor force(const at::Tensor& phi) const;   // -dS/dphi, analytic, same shape as phi
+
+  // Per-configuration observables in float64. Scalars (names below) are [B, n_scalars]; the zero-momentum
+  // correlator c(t) = (1/(L_0 V_s)) sum_{t0} s(t0) s(t0+t), s(t) = sum over the time slice t, is [B, L_0].
+  static const std::vector<std::string>& scalar_names();
+  struct Measurement {
+    at::Tensor scalars;
+    at::Tensor correlator;
+  };
+  Measurement measure(const at::Tensor& phi) const;
+
+  int dim() const { return static_cast<int>(extents_.size()); }
+  const std::vector<std::int64_t>& extents() const { return extents_; }
+  std::int64_t volume() const { return volume_; }
+  double m2() const { return m2_; }
+  double lam() const { return lam_; }
+
+ private:
+  std::vector<std::int64_t> extents_;
+  std::int64_t volume_;
+  double m2_, lam_;
+};
+
+}  // namespace latflow
