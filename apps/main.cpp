@@ -1,1 +1,346 @@
-int main(){return 0;}
+// SPDX-License-Identifier: MIT
+// The latflow command line: one binary, subcommands. Boost.Program_options lives only here. Every key of the INI
+// files can be overridden on the command line as --section.key VALUE. Errors are caught once, at the bottom.
+#include <boost/program_options.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <sstream>
+
+#include "latflow/analysis/report.hpp"
+#include "latflow/core/error.hpp"
+#include "latflow/core/log.hpp"
+#include "latflow/jobs.hpp"
+#include "latflow/parallel/mpi.hpp"
+
+namespace po = boost::program_options;
+using namespace latflow;
+
+namespace {
+
+const char* kUsage = R"(usage: latflow COMMAND [ARGS] [--section.key VALUE ...]
+
+commands:
+  run CONFIG.ini       train (or reuse/continue the checkpoint), sample, analyse and print the results
+  train CONFIG.ini     train the flow; writes the checkpoint (run.checkpoint, default OUTPUT.ckpt)
+  sample CONFIG.ini    sample with the trained flow: independence Metropolis ensemble -> run.output (HDF5)
+  analyze FILE.h5      print the analysis table of an ensemble and write it as JSON [--json OUT] [--S 1.5]
+  bench CONFIG.ini     training steps/s and proposals/s of the config's flow [--batches 64,1024] [--repeats 5]
+  keys                 list every config key with its default and meaning
+
+common options:
+  --overwrite          replace an existing output ensemble (never done silently)
+  --retrain            discard an existing checkpoint and train from scratch
+  --threads N          threads per process (= --run.threads)
+  --output FILE        (= --run.output)
+  -h, --help           this text
+)";
+
+template <class T>
+T parse_number(const std::string& key, const std::string& v) {
+  std::istringstream is(v);
+  T x{};
+  is >> x;
+  std::string rest;
+  if (is.fail() || (is >> rest)) throw ConfigError(key + " = " + v + ": not a valid number");
+  if constexpr (std::is_floating_point_v<T>)
+    if (!std::isfinite(x)) throw ConfigError(key + " = " + v + ": must be finite");
+  return x;
+}
+
+bool parse_bool(const std::string& key, const std::string& v) {
+  if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
+  if (v == "false" || v == "0" || v == "no" || v == "off") return false;
+  throw ConfigError(key + " = " + v + ": not a boolean (true/false)");
+}
+
+template <class T>
+std::vector<T> parse_list(const std::string& key, const std::string& v) {
+  std::string s = v;
+  for (auto& c : s)
+    if (c == ',') c = ' ';
+  std::istringstream is(s);
+  std::vector<T> out;
+  std::string tok;
+  while (is >> tok) out.push_back(parse_number<T>(key, tok));
+  if (out.empty()) throw ConfigError(key + " = " + v + ": needs at least one value");
+  return out;
+}
+
+template <class T>
+std::string show(const T& v) {
+  std::ostringstream os;
+  os.precision(17);
+  os << v;
+  return os.str();
+}
+template <class T>
+std::string show(const std::vector<T>& v) {
+  std::string s;
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? " " : "") + show(v[i]);
+  return s;
+}
+std::string show(bool b) { return b ? "true" : "false"; }
+
+// One config key: how to print its current value and how to set it from text.
+struct Key {
+  std::string name, help;
+  std::function<std::string(const Config&)> get;
+  std::function<void(Config&, const std::string&)> set;
+};
+
+#define LATFLOW_KEY(NAME, FIELD, PARSE, HELP)                                                         \
+  Key {                                                                                               \
+    NAME, HELP, [](const Config& c) { return show(c.FIELD); },                                        \
+        [](Config& c, const std::string& v) { c.FIELD = PARSE; }                                       \
+  }
+
+const std::vector<Key>& keys() {
+  using I = std::int64_t;
+  static const std::vector<Key> k{
+      LATFLOW_KEY("theory", theory, v, "theory: phi4"),
+      LATFLOW_KEY("lattice.extents", lattice.extents, parse_list<I>("lattice.extents", v),
+                  "lattice extents L_0 ... L_{d-1}, d = 1..4 (flows: d <= 3, even extents)"),
+      LATFLOW_KEY("phi4.convention", phi4.convention, v, "nohalf | half | hopping (converted exactly to nohalf)"),
+      LATFLOW_KEY("phi4.m2", phi4.m2, parse_number<double>("phi4.m2", v), "mass term m2 (nohalf, half)"),
+      LATFLOW_KEY("phi4.lam", phi4.lam, parse_number<double>("phi4.lam", v), "quartic coupling lambda"),
+      LATFLOW_KEY("phi4.kappa", phi4.kappa, parse_number<double>("phi4.kappa", v), "hopping parameter (hopping)"),
+      LATFLOW_KEY("flow.coupling", flow.coupling, v, "affine | spline"),
+      LATFLOW_KEY("flow.layers", flow.layers, parse_number<int>("flow.layers", v), "number of coupling layers"),
+      LATFLOW_KEY("flow.hidden", flow.hidden, parse_list<int>("flow.hidden", v), "hidden channels of each conv net"),
+      LATFLOW_KEY("flow.kernel", flow.kernel, parse_number<int>("flow.kernel", v), "odd conv kernel size"),
+      LATFLOW_KEY("flow.activation", flow.activation, v, "leaky_relu | tanh | silu"),
+      LATFLOW_KEY("flow.z2", flow.z2, parse_bool("flow.z2", v), "Z2-equivariant affine couplings"),
+      LATFLOW_KEY("flow.spline_bins", flow.spline_bins, parse_number<int>("flow.spline_bins", v), "spline bins K"),
+      LATFLOW_KEY("flow.spline_bound", flow.spline_bound, parse_number<double>("flow.spline_bound", v),
+                  "spline domain [-B, B]; identity outside"),
+      LATFLOW_KEY("flow.dtype", flow.dtype, v, "float32 | float64 nets (log-weights always float64)"),
+      LATFLOW_KEY("train.steps", train.steps, parse_number<I>("train.steps", v), "optimizer steps"),
+      LATFLOW_KEY("train.batch", train.batch, parse_number<I>("train.batch", v), "samples per step"),
+      LATFLOW_KEY("train.lr", train.lr, parse_number<double>("train.lr", v), "Adam learning rate"),
+      LATFLOW_KEY("train.lr_schedule", train.lr_schedule, v, "constant | cosine"),
+      LATFLOW_KEY("train.lr_min", train.lr_min, parse_number<double>("train.lr_min", v), "final lr of cosine"),
+      LATFLOW_KEY("train.warmup", train.warmup, parse_number<I>("train.warmup", v), "linear warm-up steps"),
+      LATFLOW_KEY("train.clip", train.clip, parse_number<double>("train.clip", v), "gradient-norm clip, 0 = off"),
+      LATFLOW_KEY("train.log_every", train.log_every, parse_number<I>("train.log_every", v), "history interval"),
+      LATFLOW_KEY("train.checkpoint_every", train.checkpoint_every, parse_number<I>("train.checkpoint_every", v),
+                  "checkpoint interval in steps"),
+      LATFLOW_KEY("train.max_minutes", train.max_minutes, parse_number<double>("train.max_minutes", v),
+                  "wall-clock training budget in minutes, 0 = none"),
+      LATFLOW_KEY("train.max_bad_steps", train.max_bad_steps, parse_number<I>("train.max_bad_steps", v),
+                  "consecutive non-finite steps before rolling back"),
+      LATFLOW_KEY("train.restart", train.restart, parse_bool("train.restart", v),
+                  "ignore an existing checkpoint and train from scratch"),
+      LATFLOW_KEY("sample.proposals", sample.proposals, parse_number<I>("sample.proposals", v), "IMH proposals"),
+      LATFLOW_KEY("sample.block", sample.block, parse_number<I>("sample.block", v), "proposals per random block"),
+      LATFLOW_KEY("sample.store_configs", sample.store_configs, parse_bool("sample.store_configs", v),
+                  "store accepted configurations"),
+      LATFLOW_KEY("run.output", run.output, v, "ensemble file (HDF5)"),
+      LATFLOW_KEY("run.checkpoint", run.checkpoint, v, "checkpoint file (default: OUTPUT.ckpt)"),
+      LATFLOW_KEY("run.overwrite", run.overwrite, parse_bool("run.overwrite", v), "replace an existing output"),
+      LATFLOW_KEY("run.seed", run.seed, parse_number<std::uint64_t>("run.seed", v), "master seed"),
+      LATFLOW_KEY("run.threads", run.threads, parse_number<int>("run.threads", v), "threads per process"),
+      LATFLOW_KEY("run.device", run.device, v, "cpu | cuda[:N]"),
+      LATFLOW_KEY("run.gamma_S", run.gamma_S, parse_number<double>("run.gamma_S", v), "Gamma-method window S"),
+  };
+  return k;
+}
+
+// Parses CONFIG.ini and the command-line overrides into a validated Config.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides, const std::string& cmd) {
+  Config cfg;
+  std::ifstream in(path);
+  if (!in) throw IoError(path + ": cannot open config file");
+  std::stringstream text;
+  text << in.rdbuf();
+  cfg.source_text = text.str();
+  cfg.source_path = path;
+
+  po::options_description desc;
+  for (const auto& k : keys()) desc.add_options()(k.name.c_str(), po::value<std::string>());
+  po::variables_map vm;
+  std::vector<std::pair<std::string, std::string>> refs;
+  try {
+    std::istringstream is(cfg.source_text);
+    auto parsed = po::parse_config_file(is, desc, /*allow_unregistered=*/true);
+    for (const auto& o : parsed.options) {
+      if (!o.unregistered) continue;
+      if (o.string_key.rfind("reference.", 0) == 0 && o.value.size() == 1)
+        refs.emplace_back(o.string_key.substr(10), o.value[0]);
+      else
+        throw ConfigError(path + ": unknown key " + o.string_key + " (`latflow keys` lists them)");
+    }
+    // po::store keeps the first value stored for a key: store the overrides first so that they win.
+    po::store(po::command_line_parser(overrides).options(desc).style(po::command_line_style::unix_style)
+                  .run(),
+              vm);
+    po::store(parsed, vm);
+  } catch (const po::error& e) {
+    throw ConfigError(path + ": " + e.what());
+  }
+  for (const auto& k : keys())
+    if (vm.count(k.name)) k.set(cfg, vm[k.name].as<std::string>());
+  for (const auto& [name, v] : refs) {
+    auto vals = parse_list<double>("reference." + name, v);
+    if (vals.size() != 2) throw ConfigError("reference." + name + " = " + v + ": needs a value and its error");
+    cfg.reference[name] = {vals[0], vals[1]};
+  }
+  cfg.validate();
+  std::ostringstream eff;
+  eff << "# effective configuration (" << cmd << ")\n";
+  std::string section;
+  for (const auto& k : keys()) {
+    auto dot = k.name.find('.');
+    std::string sec = dot == std::string::npos ? "" : k.name.substr(0, dot);
+    if (sec != section) {
+      eff << "\n[" << sec << "]\n";
+      section = sec;
+    }
+    eff << k.name.substr(dot == std::string::npos ? 0 : dot + 1) << " = " << k.get(cfg) << "\n";
+  }
+  if (!cfg.reference.empty()) {
+    eff << "\n[reference]\n";
+    for (const auto& [name, r] : cfg.reference) eff << name << " = " << show(r.value) << " " << show(r.error) << "\n";
+  }
+  cfg.effective_text = eff.str();
+  return cfg;
+}
+
+// Splits argv after the command into positional arguments and --key value overrides (with shorthands).
+struct Args {
+  std::vector<std::string> positional, overrides;
+  std::map<std::string, std::string> local;  // options of the command itself (--json, --S, ...)
+};
+
+Args split_args(int argc, char** argv, const std::vector<std::string>& local_opts) {
+  Args a;
+  for (int i = 2; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s == "--overwrite") {
+      a.overrides.insert(a.overrides.end(), {"--run.overwrite", "true"});
+    } else if (s == "--retrain") {
+      a.overrides.insert(a.overrides.end(), {"--train.restart", "true"});
+    } else if (s.rfind("--", 0) == 0) {
+      std::string key = s.substr(2), val;
+      auto eq = key.find('=');
+      if (eq != std::string::npos) {
+        val = key.substr(eq + 1);
+        key = key.substr(0, eq);
+      } else {
+        if (i + 1 >= argc) throw ConfigError("--" + key + ": missing value");
+        val = argv[++i];
+      }
+      if (std::find(local_opts.begin(), local_opts.end(), key) != local_opts.end()) {
+        a.local[key] = val;
+        continue;
+      }
+      if (key == "threads" || key == "output" || key == "seed") key = "run." + key;
+      a.overrides.insert(a.overrides.end(), {"--" + key, val});
+    } else {
+      a.positional.push_back(s);
+    }
+  }
+  return a;
+}
+
+std::string command_line(int argc, char** argv) {
+  std::string s;
+  for (int i = 0; i < argc; ++i) s += (i ? " " : "") + std::string(argv[i]);
+  return s;
+}
+
+std::string json_path_for(const std::string& h5) {
+  std::filesystem::path p(h5);
+  return p.replace_extension(".json").string();
+}
+
+void analyze_and_print(const std::string& file, double S, const std::string& json) {
+  auto report = analysis::analyze_ensemble(file, S);
+  if (!log::is_root()) return;
+  std::cout << analysis::format_report(report);
+  std::ofstream out(json);
+  out << analysis::report_json(report);
+  if (!out) throw IoError(json + ": cannot write the JSON report");
+  std::cout << "JSON: " << json << "\n";
+}
+
+int dispatch(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "--version") {
+    std::cout << "latflow " << LATFLOW_VERSION_STRING << "\n";
+    return 0;
+  }
+  if (cmd == "keys") {
+    Config defaults;
+    defaults.phi4.resolve(defaults.lattice.dim());
+    for (const auto& k : keys()) std::printf("%-24s %-22s %s\n", k.name.c_str(), k.get(defaults).c_str(), k.help.c_str());
+    std::printf("%-24s %-22s %s\n", "reference.NAME", "VALUE ERROR", "reference value printed beside observable NAME");
+    return 0;
+  }
+  if (cmd == "analyze") {
+    auto a = split_args(argc, argv, {"json", "S"});
+    if (a.positional.size() != 1 || !a.overrides.empty()) throw ConfigError("usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]");
+    const double S = a.local.count("S") ? parse_number<double>("--S", a.local["S"]) : 1.5;
+    if (!(S > 0)) throw ConfigError("--S = " + a.local["S"] + ": must be > 0");
+    analyze_and_print(a.positional[0], S, a.local.count("json") ? a.local["json"] : json_path_for(a.positional[0]));
+    return 0;
+  }
+  if (cmd != "run" && cmd != "train" && cmd != "sample" && cmd != "bench")
+    throw ConfigError("unknown command '" + cmd + "' (try latflow --help)");
+  auto a = split_args(argc, argv, {"batches", "repeats"});
+  if (a.positional.size() != 1) throw ConfigError("usage: latflow " + cmd + " CONFIG.ini [--section.key VALUE ...]");
+  Config cfg = load_config(a.positional[0], a.overrides, command_line(argc, argv));
+  log::info("latflow " + std::string(LATFLOW_VERSION_STRING) + " " + cmd + " " + a.positional[0] + " (" +
+            std::to_string(mpi::size()) + " rank(s) x " + std::to_string(cfg.run.threads) + " thread(s))");
+  if (cmd == "bench") {
+    std::vector<std::int64_t> batches{64, 1024};
+    if (a.local.count("batches")) batches = parse_list<std::int64_t>("--batches", a.local["batches"]);
+    const int repeats = a.local.count("repeats") ? parse_number<int>("--repeats", a.local["repeats"]) : 5;
+    if (repeats < 1) throw ConfigError("--repeats: must be >= 1");
+    bench_job(cfg, batches, repeats);
+    return 0;
+  }
+  // Refuse an existing output before spending time on training.
+  if ((cmd == "run" || cmd == "sample") && std::filesystem::exists(cfg.run.output) && !cfg.run.overwrite)
+    throw IoError(cfg.run.output + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
+  if (cmd == "train" || cmd == "run") train_job(cfg);
+  if (cmd == "sample" || cmd == "run") {
+    auto out = sample_job(cfg, command_line(argc, argv));
+    if (cmd == "run") {
+      mpi::barrier();
+      if (log::is_root()) std::cout << "\n";
+      analyze_and_print(out, cfg.run.gamma_S, json_path_for(out));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::unique_ptr<mpi::Context> ctx;
+  try {
+    ctx = std::make_unique<mpi::Context>(&argc, &argv);
+    return dispatch(argc, argv);
+  } catch (const std::exception& e) {
+    // One line: the first line of the message, with the rank under MPI.
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    const bool ours = dynamic_cast<const Error*>(&e) != nullptr;
+    std::cerr << "latflow: " << (ours ? "error: " : "internal error: ")
+              << (mpi::size() > 1 ? "rank " + std::to_string(mpi::rank()) + ": " : "") << what << std::endl;
+    int code = 1;
+    if (dynamic_cast<const ConfigError*>(&e)) code = 2;
+    if (dynamic_cast<const IoError*>(&e)) code = 3;
+    if (dynamic_cast<const NumericalError*>(&e)) code = 4;
+    if (mpi::size() > 1) mpi::abort(code);
+    return code;
+  }
+}

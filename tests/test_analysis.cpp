@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT
-// Statistical tests of the analysis module: every estimate is compared with an exactly known value or with the
-// spread over independent repetitions, within its own stated error. Seeds are fixed; tolerances are 3-4 sigma
-// of the quantity tested (or 15 percent where an error is compared with an empirical spread of 200 samples,
-// whose own relative uncertainty is 1/sqrt(2*199) = 5 percent).
+// Statistical tests of the analysis module: every estimate is compared with an exactly known value or with
+// the spread over independent repetitions, within its own stated error. Seeds are fixed; tolerances are 3-4
+// sigma of the quantity tested, or 15 percent where a stated error is compared with the empirical spread of
+// 400 repetitions (whose own relative uncertainty is 1/sqrt(2*399) = 3.5 percent, somewhat more for the
+// heavier-tailed estimators). The statistical tolerances were checked against 20-200 other seeds each.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -96,7 +97,8 @@ TEST_CASE("gamma: AR(1) tau_int and error of the mean match the exact values", "
   }
 }
 
-TEST_CASE("gamma: several replicas agree with one long chain and with the exact values", "[analysis][gamma]") {
+TEST_CASE("gamma: several replicas agree with one long chain and with the exact values",
+          "[analysis][gamma]") {
   const double a = 0.9;
   const double tau = ar1_tau(a);
   Rng rng(77);
@@ -122,7 +124,8 @@ TEST_CASE("gamma: several replicas agree with one long chain and with the exact 
   CHECK(std::abs(rep.mean) < 4 * rep.error);
 }
 
-TEST_CASE("gamma: slow AR(1) (FFT lags) agrees with direct lag sums and the exact tau_int", "[analysis][gamma]") {
+TEST_CASE("gamma: slow AR(1) (FFT lags) agrees with direct lag sums and the exact tau_int",
+          "[analysis][gamma]") {
   const double a = 0.98;  // tau_int = 49.5: the window search runs far past the directly summed lags
   Rng rng(2024);
   const std::size_t n = 1 << 19;
@@ -226,7 +229,8 @@ TEST_CASE("gamma: autocovariance over replicas of unequal length matches the nai
 }
 
 TEST_CASE("gamma: constant data give zero error and tau_int 1/2 without NaN", "[analysis][gamma]") {
-  // 0.1 is not representable, so the summed mean differs from 0.1 by round-off; that must not count as signal.
+  // 0.1 is not representable, so the summed mean differs from 0.1 by round-off; that must not count as
+  // signal.
   for (const auto& reps : std::vector<std::vector<std::vector<double>>>{
            {std::vector<double>(1000, 0.1)}, {{3, 3, 3}, {3, 3}}, {std::vector<double>(10, 0.0)}, {{7.0}}}) {
     const GammaResult r = gamma_method(reps);
@@ -245,7 +249,8 @@ TEST_CASE("gamma: constant data give zero error and tau_int 1/2 without NaN", "[
   const auto x = normals(0.3, 0.1, 500, rng);
   std::vector<double> y(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) y[i] = 1 - x[i];
-  const GammaResult d = gamma_method_derived({{x}, {y}}, [](const std::vector<double>& m) { return m[0] + m[1]; });
+  const GammaResult d =
+      gamma_method_derived({{x}, {y}}, [](const std::vector<double>& m) { return m[0] + m[1]; });
   CHECK(d.mean == Approx(1.0));
   CHECK(d.error < 1e-12);
   CHECK(std::isfinite(d.tau_int));
@@ -265,13 +270,14 @@ TEST_CASE("gamma: a random walk reports that no window was found", "[analysis][g
   CHECK(r.tau_int_of_w.size() == 51);
 }
 
-TEST_CASE("gamma: derived ratio error agrees with the spread over independent repetitions", "[analysis][gamma]") {
+TEST_CASE("gamma: derived ratio error agrees with the spread over independent repetitions",
+          "[analysis][gamma]") {
   // x = 1 + 0.3 u, y = 2 + 0.2 u + 0.2 v with independent AR(1) u, v (a = 0.7, tau_int = 17/6).
   // f = <x>/<y> = 1/2; grad f = (1/2, -1/4), so the projected fluctuation is 0.1 u - 0.05 v with variance
   // 0.0125 and the same tau_int: the exact error is sqrt(2 tau_int 0.0125 / N).
   const double a = 0.7;
-  const std::size_t n = 4000;
-  const int reps = 200;
+  const std::size_t n = 2000;
+  const int reps = 400;
   Rng rng(31415);
   const DerivedFn ratio = [](const std::vector<double>& m) { return m[0] / m[1]; };
   std::vector<double> estimates, errors, taus;
@@ -293,13 +299,14 @@ TEST_CASE("gamma: derived ratio error agrees with the spread over independent re
   const double exact = std::sqrt(2 * ar1_tau(a) * 0.0125 / n);
   CAPTURE(s.mean, s.std, stated, exact, mean_of(taus));
   CHECK(stated == Approx(s.std).epsilon(0.15));
-  CHECK(stated == Approx(exact).epsilon(0.05));  // the mean of 200 stated errors is much sharper than one
-  CHECK(std::abs(s.mean - 0.5) < 3 * s.std / std::sqrt(reps));
+  CHECK(stated == Approx(exact).epsilon(0.05));  // the mean of 400 stated errors is much sharper than one
+  CHECK(std::abs(s.mean - 0.5) < 4 * s.std / std::sqrt(reps));
   CHECK(mean_of(taus) == Approx(ar1_tau(a)).epsilon(0.05));
 }
 
 TEST_CASE("gamma: a linear derived quantity reproduces the primary analysis", "[analysis][gamma]") {
-  // For linear f the projection is exact, so f = 2 <x> - 3 <y> + 1 must match the primary analysis of 2x - 3y.
+  // For linear f the projection is exact, so f = 2 <x> - 3 <y> + 1 must match the primary analysis of 2x -
+  // 3y.
   Rng rng(11);
   std::vector<std::vector<double>> xr, yr, zr;
   for (int r = 0; r < 3; ++r) {
@@ -332,7 +339,7 @@ TEST_CASE("gamma: bad input throws latflow::Error", "[analysis][gamma]") {
   const DerivedFn f = [](const std::vector<double>& m) { return m[0] * m[1]; };
   CHECK_THROWS_AS(gamma_method_derived({}, f), latflow::Error);
   CHECK_THROWS_AS(gamma_method_derived({{{1, 2, 3}}, {{1, 2, 3}, {4, 5}}}, f), latflow::Error);  // replicas
-  CHECK_THROWS_AS(gamma_method_derived({{{1, 2, 3}}, {{1, 2}}}, f), latflow::Error);              // lengths
+  CHECK_THROWS_AS(gamma_method_derived({{{1, 2, 3}}, {{1, 2}}}, f), latflow::Error);             // lengths
   CHECK_THROWS_AS(gamma_method_derived({{{1, 2, 3}}}, DerivedFn{}), latflow::Error);
   CHECK_THROWS_AS(
       gamma_method_derived({{{1, 2, 3}}}, [](const std::vector<double>& m) { return std::log(m[0] - 2); }),
@@ -363,8 +370,10 @@ TEST_CASE("weights: Kish ESS of lognormal weights approaches exp(-s^2)", "[analy
   const auto lw = normals(-123.4, std::sqrt(s2), n, rng);  // the offset must cancel
   const double ess = kish_ess_fraction(lw);
   CHECK(lognormal_ess_fraction(s2) == Approx(std::exp(-s2)).epsilon(1e-15));
-  // The estimate is dominated by the noise of mean(w^2), relative sd sqrt((exp(4 s^2) - 1) / N): 0.2 to 2.3 %.
-  const double tol = 4 * std::sqrt((std::exp(4 * s2) - 1) / n);
+  // Delta method for (mean w)^2 / mean(w^2) with E[w^k] = exp(k^2 s^2 / 2): N times the relative variance is
+  // 4 (e^{s^2} - 1) + (e^{4 s^2} - 1) - 4 (e^{2 s^2} - 1), i.e. sd 0.1, 0.6, 1.9 % for s^2 = 0.1, 0.5, 1.
+  const double rel_var = 4 * std::expm1(s2) + std::expm1(4 * s2) - 4 * std::expm1(2 * s2);
+  const double tol = 4 * std::sqrt(rel_var / n);
   CHECK(ess == Approx(lognormal_ess_fraction(s2)).epsilon(tol));
   // Limits: equal weights give 1, one dominant weight gives 1/N.
   CHECK(kish_ess_fraction(std::vector<double>(10, 3.0)) == Approx(1.0));
@@ -383,17 +392,17 @@ TEST_CASE("weights: free energy of normal log-weights", "[analysis][weights]") {
   // Delta-method error: sqrt((exp(s^2) - 1) / N) to leading order.
   CHECK(big.error == Approx(std::sqrt((std::exp(s2) - 1) / 100000)).epsilon(0.05));
 
-  // The stated error against the spread of 200 independent estimates.
+  // The stated error against the spread of 400 independent estimates.
   std::vector<double> f, e;
-  for (int k = 0; k < 200; ++k) {
-    const FreeEnergy r = free_energy(normals(mu, std::sqrt(s2), 2000, rng));
+  for (int k = 0; k < 400; ++k) {
+    const FreeEnergy r = free_energy(normals(mu, std::sqrt(s2), 1000, rng));
     f.push_back(r.F);
     e.push_back(r.error);
   }
   const Spread s = spread(f);
   CAPTURE(s.mean, s.std, mean_of(e));
   CHECK(mean_of(e) == Approx(s.std).epsilon(0.15));
-  CHECK(std::abs(s.mean - exact) < 3 * s.std / std::sqrt(200.0) + 1e-3);  // + O(1/N) bias of -ln(mean)
+  CHECK(std::abs(s.mean - exact) < 4 * s.std / std::sqrt(400.0));  // the O(1/N) bias is 0.25 sigma here
 }
 
 TEST_CASE("weights: reweighted mean of a shifted Gaussian", "[analysis][weights]") {
@@ -421,10 +430,10 @@ TEST_CASE("weights: reweighted mean of a shifted Gaussian", "[analysis][weights]
   CHECK(flat.value == Approx(3.0));
   CHECK(flat.error == Approx(std::sqrt(14.0) / 4));
 
-  // The stated error against the spread of 200 independent estimates.
+  // The stated error against the spread of 400 independent estimates.
   std::vector<double> v, e;
-  for (int k = 0; k < 200; ++k) {
-    const auto xk = normals(0, 1, 2000, rng);
+  for (int k = 0; k < 400; ++k) {
+    const auto xk = normals(0, 1, 1000, rng);
     const Estimate r = reweighted_mean(xk, lw_of(xk));
     v.push_back(r.value);
     e.push_back(r.error);
@@ -432,12 +441,13 @@ TEST_CASE("weights: reweighted mean of a shifted Gaussian", "[analysis][weights]
   const Spread s = spread(v);
   CAPTURE(s.mean, s.std, mean_of(e));
   CHECK(mean_of(e) == Approx(s.std).epsilon(0.15));
-  CHECK(std::abs(s.mean - m) < 3 * s.std / std::sqrt(200.0) + 1e-3);
+  CHECK(std::abs(s.mean - m) < 4 * s.std / std::sqrt(400.0));  // the O(1/N) bias is 0.4 sigma here
 }
 
 TEST_CASE("weights: acceptance_tau on a hand-worked sequence", "[analysis][weights]") {
   // Steps 0..9: A R R A R A A R R R. Runs of rejections starting at steps 1..9: 2 1 0 1 0 0 3 2 1.
-  // rho(1) = 6/9 (steps 1,2,4,7,8,9 rejected), rho(2) = 3/8 (runs at 1, 7, 8), rho(3) = 1/7 (run at 7), rho(4) = 0.
+  // rho(1) = 6/9 (steps 1,2,4,7,8,9 rejected), rho(2) = 3/8 (runs at 1, 7, 8), rho(3) = 1/7 (run at 7),
+  // rho(4) = 0.
   const std::vector<std::uint8_t> acc = {1, 0, 0, 1, 0, 1, 1, 0, 0, 0};
   const AcceptanceTau r = acceptance_tau(acc);
   CHECK(r.acceptance == Approx(0.4));
@@ -484,7 +494,7 @@ TEST_CASE("weights: lognormal_acceptance matches a simulated independence Metrop
   Rng rng(2718 + static_cast<std::uint64_t>(10 * s2));
   std::normal_distribution<double> normal(-50, std::sqrt(s2));
   std::uniform_real_distribution<double> uniform(0, 1);
-  const std::size_t n = 200000;
+  const std::size_t n = 1000000;
   const std::size_t burn_in = 1000;
   double lw = normal(rng);
   std::vector<std::uint8_t> acc;
@@ -496,10 +506,30 @@ TEST_CASE("weights: lognormal_acceptance matches a simulated independence Metrop
     if (i >= burn_in) acc.push_back(accept);
   }
   const AcceptanceTau r = acceptance_tau(acc);
-  CAPTURE(r.acceptance, r.tau_acc);
-  CHECK(r.acceptance == Approx(lognormal_acceptance(s2)).epsilon(0.03));
+  // The accept/reject sequence is autocorrelated, so its error comes from the Gamma method. Its
+  // autocorrelation has a heavy tail (long rejection runs after a high-weight state) that Wolff's window,
+  // built for exponential decay, truncates: against the spread of 150 independent chains the Gamma error is
+  // right at s^2 = 1 but 18 percent low at s^2 = 2, hence 5 sigma.
+  const GammaResult g = gamma_method(std::vector<double>(acc.begin(), acc.end()));
+  CAPTURE(r.acceptance, r.tau_acc, g.error, g.tau_int);
+  CHECK(g.mean == Approx(r.acceptance).epsilon(1e-12));
+  CHECK(std::abs(r.acceptance - lognormal_acceptance(s2)) < 5 * g.error);
+  CHECK(r.acceptance == Approx(lognormal_acceptance(s2)).epsilon(0.02));  // relative sd is at most 0.5 %
   CHECK(lognormal_acceptance(s2) == Approx(std::erfc(std::sqrt(s2) / 2)).epsilon(1e-15));
   CHECK(lognormal_acceptance(0) == 1.0);
+}
+
+TEST_CASE("weights: imh_acceptance_estimate from i.i.d. lognormal weights approaches erfc(s/2)",
+          "[analysis][weights]") {
+  const double s2 = GENERATE(0.5, 1.0, 2.0);
+  CAPTURE(s2);
+  Rng rng(4242 + static_cast<std::uint64_t>(10 * s2));
+  const auto lw = normals(17.0, std::sqrt(s2), 100000, rng);
+  // Over 100 other seeds the largest relative deviation was 0.5, 1.0, 2.1 percent for these s^2.
+  CHECK(imh_acceptance_estimate(lw) == Approx(lognormal_acceptance(s2)).epsilon(0.035));
+  CHECK(imh_acceptance_estimate(std::vector<double>(10, -4.0)) == Approx(1.0));
+  // Two weights 1 and e^{-1}: min-pairs 2 e^{-1} over (N - 1) (1 + e^{-1}).
+  CHECK(imh_acceptance_estimate({0.0, -1.0}) == Approx(2 * std::exp(-1.0) / (1 + std::exp(-1.0))));
 }
 
 TEST_CASE("weights: bad input throws latflow::Error", "[analysis][weights]") {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Gamma method of U. Wolff, "Monte Carlo errors with less errors", Comput. Phys. Commun. 156 (2004) 143
-// (hep-lat/0306017), with the conventions of its Matlab companion UWerr for the details the paper leaves open.
+// (hep-lat/0306017), with the conventions of its Matlab companion UWerr for the details the paper leaves
+// open.
 #include "latflow/analysis/gamma.hpp"
 
 #include <algorithm>
@@ -17,13 +18,13 @@ namespace {
 
 using Replicas = std::vector<std::vector<double>>;
 
-// Direct summation costs O(N) per lag. Once the window search needs more lags than this, one FFT over all lags
-// up to max_window (O(N log N)) is cheaper; that matters for slow observables such as the topological charge
-// near the continuum, where tau_int ~ 10^3 and W ~ 10^4.
+// Direct summation costs O(N) per lag. Once the window search needs more lags than this, one FFT over all
+// lags up to max_window (O(N log N)) is cheaper; that matters for slow observables such as the topological
+// charge near the continuum, where tau_int ~ 10^3 and W ~ 10^4.
 constexpr std::size_t kDirectLags = 128;
 
-// A fluctuation below this many ulps of the data's magnitude is round-off (the data are constant): treating it
-// as signal would give rho(t) = 1 for all t and a meaningless tau_int instead of error 0, tau_int 1/2.
+// A fluctuation below this many ulps of the data's magnitude is round-off (the data are constant): treating
+// it as signal would give rho(t) = 1 for all t and a meaningless tau_int instead of error 0, tau_int 1/2.
 constexpr double kRoundoffUlps = 16;
 
 std::string where(const char* who) { return std::string(who) + ": "; }
@@ -71,8 +72,8 @@ Moments moments(const Replicas& replicas) {
     }
   }
   const double nd = static_cast<double>(m.n);
-  // Second pass corrects the mean's summation error, so that a constant series gives deviations at the level of
-  // one ulp rather than N ulps.
+  // Second pass corrects the mean's summation error, so that a constant series gives deviations at the level
+  // of one ulp rather than N ulps.
   const double first = sum / nd;
   double corr = 0;
   for (const auto& rep : replicas) {
@@ -93,13 +94,14 @@ bool is_roundoff(double gamma0, double scale) {
 }
 
 // Radix-2 FFT pieces for the autocorrelation |FFT(x)|^2 -> inverse FFT, on split real/imaginary arrays of a
-// power-of-two length (GCC moves std::complex<double> halves through the stack, and the store-forwarding stalls
-// cost a factor of several). The forward transform is decimation in frequency, which leaves the spectrum in
-// bit-reversed order; the power spectrum is pointwise, and the inverse is decimation in time, which takes
-// bit-reversed input. So no bit-reversal pass is needed (its random access dominated the run time).
+// power-of-two length (GCC moves std::complex<double> halves through the stack, and the store-forwarding
+// stalls cost a factor of several). The forward transform is decimation in frequency, which leaves the
+// spectrum in bit-reversed order; the power spectrum is pointwise, and the inverse is decimation in time,
+// which takes bit-reversed input. So no bit-reversal pass is needed (its random access dominated the run
+// time).
 //
-// Twiddles for the stage of half-length h are exp(+i pi k / h), k < h, stored contiguously at [h, 2h); they are
-// evaluated directly (no recurrence), which keeps round-off at O(eps log n).
+// Twiddles for the stage of half-length h are exp(+i pi k / h), k < h, stored contiguously at [h, 2h); they
+// are evaluated directly (no recurrence), which keeps round-off at O(eps log n).
 struct Twiddles {
   std::vector<double> re, im;
   explicit Twiddles(std::size_t n) : re(n), im(n) {
@@ -253,9 +255,10 @@ GammaResult analyse(const Replicas& replicas, const GammaOptions& opt, double sc
     min_len = std::min(min_len, rep.size());
     max_len = std::max(max_len, rep.size());
   }
-  // UWerr's default: half the shortest replica. A user-chosen window is only capped where Gamma(t) has no terms.
-  const std::size_t w_max = opt.max_window < 0 ? min_len / 2
-                                               : std::min<std::size_t>(opt.max_window, max_len - 1);
+  // UWerr's default: half the shortest replica. A user-chosen window is only capped where Gamma(t) has no
+  // terms.
+  const std::size_t w_max =
+      opt.max_window < 0 ? min_len / 2 : std::min<std::size_t>(opt.max_window, max_len - 1);
 
   Replicas dev(replicas.size());
   for (std::size_t r = 0; r < replicas.size(); ++r) {
@@ -280,7 +283,8 @@ GammaResult analyse(const Replicas& replicas, const GammaOptions& opt, double sc
       break;
     }
     const double tau_w = opt.S / std::log((gint + 1) / gint);
-    const double g = std::exp(-static_cast<double>(w) / tau_w) - tau_w / std::sqrt(static_cast<double>(w) * nd);
+    const double g =
+        std::exp(-static_cast<double>(w) / tau_w) - tau_w / std::sqrt(static_cast<double>(w) * nd);
     if (g < 0) {
       window = w;
       found = true;
@@ -355,8 +359,8 @@ GammaResult gamma_method(const std::vector<double>& series, const GammaOptions& 
   return gamma_method(Replicas{series}, opt);
 }
 
-GammaResult gamma_method_derived(const std::vector<std::vector<std::vector<double>>>& data, const DerivedFn& f,
-                                 const GammaOptions& opt) {
+GammaResult gamma_method_derived(const std::vector<std::vector<std::vector<double>>>& data,
+                                 const DerivedFn& f, const GammaOptions& opt) {
   const char* who = "gamma_method_derived";
   check_options(opt);
   if (!f) throw Error(where(who) + "no function given");

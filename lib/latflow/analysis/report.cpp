@@ -1,1 +1,312 @@
-// placeholder
+// SPDX-License-Identifier: MIT
+#include "latflow/analysis/report.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <sstream>
+
+#include "latflow/analysis/gamma.hpp"
+#include "latflow/analysis/weights.hpp"
+#include "latflow/core/error.hpp"
+#include "latflow/io/h5.hpp"
+#include "latflow/theories/phi4_exact.hpp"
+
+namespace latflow::analysis {
+namespace {
+
+using Series = std::vector<std::vector<double>>;  // replicas x measurements (one replica for an IMH chain)
+
+// The chain's measurement of a per-proposal observable: obs[trail[i]].
+std::vector<double> along_chain(const std::vector<double>& obs, const std::vector<std::int64_t>& trail) {
+  std::vector<double> s(trail.size());
+  for (std::size_t i = 0; i < trail.size(); ++i) s[i] = obs[static_cast<std::size_t>(trail[i])];
+  return s;
+}
+
+std::string fmt(double v, double e) {
+  // value(error) with two significant digits of the error.
+  if (!std::isfinite(v)) return "nan";
+  if (!(e > 0) || !std::isfinite(e)) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%.6g", v);
+    return b;
+  }
+  int digits = std::max(0, 1 - static_cast<int>(std::floor(std::log10(e))));
+  digits = std::min(digits, 12);
+  const double scaled = std::round(e * std::pow(10.0, digits));
+  char b[96];
+  std::snprintf(b, sizeof b, "%.*f(%.0f)", digits, v, scaled);
+  return b;
+}
+
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char b[40];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
+std::string json_string(const std::string& s) {
+  std::string o = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\')
+      o += std::string("\\") + c;
+    else if (static_cast<unsigned char>(c) < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else {
+      o += c;
+    }
+  }
+  return o + "\"";
+}
+
+ObservableRow make_row(const std::string& name, const GammaResult& g, double nis, double nis_error) {
+  ObservableRow row;
+  row.name = name;
+  row.value = g.mean;
+  row.error = g.error;
+  row.tau_int = g.tau_int;
+  row.tau_error = g.tau_int_error;
+  row.window_found = g.window_found;
+  row.nis = nis;
+  row.nis_error = nis_error;
+  return row;
+}
+
+}  // namespace
+
+const ObservableRow* Report::row(const std::string& name) const {
+  for (const auto& r : rows)
+    if (r.name == name) return &r;
+  return nullptr;
+}
+
+Report analyze_ensemble(const std::string& path, double gamma_S) {
+  auto f = io::File::open_read(path);
+  Report r;
+  r.path = path;
+  r.gamma_S = gamma_S;
+  if (!f.has_attr("/", "format") || f.read_attr_string("/", "format") != "latflow-ensemble")
+    throw IoError(path + ": not a latflow ensemble (no format = latflow-ensemble attribute)");
+  if (f.read_attr_string("/", "status") != "complete")
+    throw IoError(path + ": ensemble is incomplete (status = " + f.read_attr_string("/", "status") + ")");
+  r.kind = f.read_attr_string("/", "kind");
+  r.theory = f.read_attr_string("/theory", "name");
+  r.extents = f.read_attr_ints("/theory", "extents");
+  r.m2 = f.read_attr_double("/theory", "m2");
+  r.lam = f.read_attr_double("/theory", "lam");
+  r.input_convention = f.read_attr_string("/theory", "input_convention");
+  r.train_steps = f.read_attr_int("/model", "train_steps");
+  r.train_seconds = f.read_attr_double("/model", "train_seconds");
+  r.weights_hash = f.read_attr_string("/model", "weights_hash");
+  r.sampling_seconds = f.read_attr_double("/chain", "sampling_seconds");
+
+  GammaOptions opt;
+  opt.S = gamma_S;
+  const auto log_w = f.read_f64("/proposals/log_w");
+  const auto trail = f.read_i64("/chain/proposal");
+  const auto accepted = f.read_u8("/chain/accepted");
+  r.proposals = static_cast<std::int64_t>(log_w.size());
+  r.configs_stored = static_cast<std::int64_t>(f.rows("/configs/proposal"));
+  if (trail.size() != log_w.size() || accepted.size() != log_w.size())
+    throw IoError(path + ": /chain and /proposals have different lengths");
+  for (auto p : trail)
+    if (p < 0 || p >= r.proposals) throw IoError(path + ": /chain/proposal holds an index out of range");
+  std::vector<std::uint8_t> acc_steps(accepted.begin() + 1, accepted.end());  // step 0 only starts the chain
+  auto at = acceptance_tau(acc_steps.empty() ? accepted : acc_steps);
+  r.acceptance = at.acceptance;
+  r.tau_acc = at.tau_acc;
+  r.ess_fraction = kish_ess_fraction(log_w);
+  auto fe = free_energy(log_w);
+  r.free_energy = fe.F;
+  r.free_energy_error = fe.error;
+
+  const double V = [&] {
+    double v = 1;
+    for (auto l : r.extents) v *= static_cast<double>(l);
+    return v;
+  }();
+  std::map<std::string, double> exact;
+  const bool free_field = r.theory == "phi4" && r.lam == 0 && r.m2 > 0;
+  if (free_field) {
+    auto e = free_field_exact(r.extents, r.m2);
+    exact = {{"chi2", e.chi2},     {"abs_mag", e.abs_mag}, {"mag", e.mag},       {"phi2", e.phi2},
+             {"action_density", e.action_density},         {"g_pmin", e.g_pmin}, {"binder", e.binder},
+             {"xi_2nd", e.xi_2nd}, {"m4", e.m4}};
+    for (std::int64_t t = 1; 2 * t < r.extents[0]; ++t) exact["m_eff(" + std::to_string(t) + ")"] = e.m_eff;
+    r.has_free_energy_exact = true;
+    r.free_energy_exact = e.free_energy;
+  }
+  std::map<std::string, std::pair<double, double>> refs;
+  if (f.exists("/reference"))
+    for (const auto& name : f.attr_names("/reference")) {
+      auto v = f.read_attr_doubles("/reference", name);
+      if (v.size() == 2) refs[name] = {v[0], v[1]};
+    }
+  auto add_ref = [&](ObservableRow& row) {
+    if (auto it = exact.find(row.name); it != exact.end()) {
+      row.has_ref = true;
+      row.ref = it->second;
+      row.ref_kind = "exact";
+    } else if (auto jt = refs.find(row.name); jt != refs.end()) {
+      row.has_ref = true;
+      row.ref = jt->second.first;
+      row.ref_error = jt->second.second;
+      row.ref_kind = "reference";
+    }
+  };
+
+  // Primary observables.
+  std::map<std::string, std::vector<double>> chain;  // name -> chain series
+  const std::vector<std::string> primary{"chi2", "abs_mag", "phi2", "action_density", "mag", "m4", "g_pmin"};
+  for (const auto& name : primary) {
+    const auto obs = f.read_f64("/proposals/observables/" + name);
+    chain[name] = along_chain(obs, trail);
+    auto g = gamma_method(chain[name], opt);
+    auto nis = reweighted_mean(obs, log_w);
+    auto row = make_row(name, g, nis.value, nis.error);
+    add_ref(row);
+    r.rows.push_back(row);
+  }
+  // Derived quantities: Binder cumulant, second-moment correlation length, effective mass.
+  const double L0 = static_cast<double>(r.extents[0]);
+  auto derived = [&](const std::string& name, const std::vector<std::vector<double>>& series, const DerivedFn& fn,
+                     const std::vector<std::vector<double>>& per_proposal) {
+    std::vector<Series> data;
+    for (const auto& s : series) data.push_back({s});
+    auto g = gamma_method_derived(data, fn, opt);
+    // NIS: the same function of the reweighted means (error from the chain's relative error is not defined
+    // here, so report the delta-method error of each primary combined linearly through a numerical gradient).
+    std::vector<double> means;
+    std::vector<double> errs;
+    for (const auto& o : per_proposal) {
+      auto e = reweighted_mean(o, log_w);
+      means.push_back(e.value);
+      errs.push_back(e.error);
+    }
+    double nis = fn(means), var = 0;
+    for (std::size_t a = 0; a < means.size(); ++a) {
+      auto m = means;
+      const double h = std::max(errs[a], 1e-12);
+      m[a] += h;
+      const double up = fn(m);
+      m[a] -= 2 * h;
+      const double dn = fn(m);
+      const double grad = (up - dn) / (2 * h);
+      var += grad * grad * errs[a] * errs[a];  // ignores correlations between the primaries: an estimate
+    }
+    auto row = make_row(name, g, nis, std::sqrt(var));
+    add_ref(row);
+    r.rows.push_back(row);
+  };
+  const auto chi2_p = f.read_f64("/proposals/observables/chi2");
+  const auto m4_p = f.read_f64("/proposals/observables/m4");
+  const auto g_p = f.read_f64("/proposals/observables/g_pmin");
+  derived("binder", {chain["m4"], chain["chi2"]},
+          [V](const std::vector<double>& a) { return 1 - a[0] / (3 * (a[1] / V) * (a[1] / V)); }, {m4_p, chi2_p});
+  derived("xi_2nd", {chain["chi2"], chain["g_pmin"]},
+          [L0](const std::vector<double>& a) {
+            return std::sqrt(a[0] / a[1] - 1) / (2 * std::sin(M_PI / L0));
+          },
+          {chi2_p, g_p});
+  const auto corr = f.read_f64("/proposals/observables/correlator");
+  const auto nL0 = static_cast<std::size_t>(r.extents[0]);
+  auto corr_col = [&](std::size_t t) {
+    std::vector<double> c(static_cast<std::size_t>(r.proposals));
+    for (std::size_t i = 0; i < c.size(); ++i) c[i] = corr[i * nL0 + (t % nL0)];
+    return c;
+  };
+  for (std::size_t t = 1; 2 * t < nL0; ++t) {
+    auto cm = corr_col(t - 1), c0 = corr_col(t), cp = corr_col(t + 1);
+    derived("m_eff(" + std::to_string(t) + ")", {along_chain(cm, trail), along_chain(c0, trail), along_chain(cp, trail)},
+            [](const std::vector<double>& a) { return std::acosh((a[0] + a[2]) / (2 * a[1])); }, {cm, c0, cp});
+  }
+  return r;
+}
+
+std::string format_report(const Report& r) {
+  std::ostringstream os;
+  char b[512];
+  std::string ext;
+  for (std::size_t i = 0; i < r.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(r.extents[i]);
+  std::snprintf(b, sizeof b, "%s: %s ensemble, %s on %s, m2 = %g, lam = %g (no-1/2 convention; input %s)\n",
+                r.path.c_str(), r.kind.c_str(), r.theory.c_str(), ext.c_str(), r.m2, r.lam,
+                r.input_convention.c_str());
+  os << b;
+  std::snprintf(b, sizeof b,
+                "proposals %lld, stored configs %lld; training %lld steps, %.0f s; sampling %.1f s\n"
+                "IMH acceptance %.4f   tau_acc %.3f   Kish ESS/N %.4f (N = %lld)\n",
+                static_cast<long long>(r.proposals), static_cast<long long>(r.configs_stored),
+                static_cast<long long>(r.train_steps), r.train_seconds, r.sampling_seconds, r.acceptance, r.tau_acc,
+                r.ess_fraction, static_cast<long long>(r.proposals));
+  os << b;
+  os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error);
+  if (r.has_free_energy_exact) {
+    std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
+                  (r.free_energy - r.free_energy_exact) / r.free_energy_error);
+    os << b;
+  }
+  os << "\n\n";
+  std::snprintf(b, sizeof b, "%-15s %-20s %-14s %-20s %-24s %s\n", "observable", "IMH chain", "tau_int",
+                "NIS (reweighted)", "exact/reference", "dev");
+  os << b << std::string(104, '-') << "\n";
+  for (const auto& row : r.rows) {
+    std::string ref = "-", dev = "";
+    if (row.has_ref) {
+      ref = (row.ref_error > 0 ? fmt(row.ref, row.ref_error) : fmt(row.ref, 0)) + " " + row.ref_kind;
+      const double s = std::sqrt(row.error * row.error + row.ref_error * row.ref_error);
+      if (s > 0) {
+        std::snprintf(b, sizeof b, "%+.1f sigma", (row.value - row.ref) / s);
+        dev = b;
+      }
+    }
+    std::string tau = fmt(row.tau_int, row.tau_error) + (row.window_found ? "" : "*");
+    std::snprintf(b, sizeof b, "%-15s %-20s %-14s %-20s %-24s %s\n", row.name.c_str(),
+                  fmt(row.value, row.error).c_str(), tau.c_str(), fmt(row.nis, row.nis_error).c_str(), ref.c_str(),
+                  dev.c_str());
+    os << b;
+  }
+  std::snprintf(b, sizeof b,
+                "\nErrors: Gamma method (Wolff 2004, S = %.2f) on the IMH chain; tau_int in IMH steps (* = no "
+                "window met the criterion).\n",
+                r.gamma_S);
+  os << b;
+  return os.str();
+}
+
+std::string report_json(const Report& r) {
+  std::ostringstream os;
+  os << "{\n  \"file\": " << json_string(r.path) << ",\n  \"kind\": " << json_string(r.kind)
+     << ",\n  \"theory\": " << json_string(r.theory) << ",\n  \"extents\": [";
+  for (std::size_t i = 0; i < r.extents.size(); ++i) os << (i ? ", " : "") << r.extents[i];
+  os << "],\n  \"m2\": " << json_number(r.m2) << ",\n  \"lam\": " << json_number(r.lam)
+     << ",\n  \"convention\": \"nohalf\",\n  \"proposals\": " << r.proposals
+     << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json_number(r.acceptance)
+     << ",\n  \"tau_acc\": " << json_number(r.tau_acc) << ",\n  \"ess_fraction\": " << json_number(r.ess_fraction)
+     << ",\n  \"free_energy\": {\"value\": " << json_number(r.free_energy)
+     << ", \"error\": " << json_number(r.free_energy_error);
+  if (r.has_free_energy_exact) os << ", \"exact\": " << json_number(r.free_energy_exact);
+  os << "},\n  \"train_steps\": " << r.train_steps << ",\n  \"train_seconds\": " << json_number(r.train_seconds)
+     << ",\n  \"sampling_seconds\": " << json_number(r.sampling_seconds)
+     << ",\n  \"weights_hash\": " << json_string(r.weights_hash) << ",\n  \"gamma_S\": " << json_number(r.gamma_S)
+     << ",\n  \"observables\": {";
+  for (std::size_t i = 0; i < r.rows.size(); ++i) {
+    const auto& row = r.rows[i];
+    os << (i ? "," : "") << "\n    " << json_string(row.name) << ": {\"value\": " << json_number(row.value)
+       << ", \"error\": " << json_number(row.error) << ", \"tau_int\": " << json_number(row.tau_int)
+       << ", \"tau_int_error\": " << json_number(row.tau_error)
+       << ", \"window_found\": " << (row.window_found ? "true" : "false") << ", \"nis\": " << json_number(row.nis)
+       << ", \"nis_error\": " << json_number(row.nis_error);
+    if (row.has_ref)
+      os << ", \"ref\": " << json_number(row.ref) << ", \"ref_error\": " << json_number(row.ref_error)
+         << ", \"ref_kind\": " << json_string(row.ref_kind);
+    os << "}";
+  }
+  os << "\n  }\n}\n";
+  return os.str();
+}
+
+}  // namespace latflow::analysis

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Importance-weight statistics (PHYSICS.md section 5). Weights are handled as log w and exponentiated only after
-// shifting by max log w: log w of a lattice model is O(volume) and exp would overflow or underflow.
+// Importance-weight statistics (PHYSICS.md section 5). Weights are handled as log w and exponentiated only
+// after shifting by max log w: log w of a lattice model is O(volume) and exp would overflow or underflow.
 #include "latflow/analysis/weights.hpp"
 
 #include <algorithm>
@@ -90,7 +90,9 @@ Estimate reweighted_mean(const std::vector<double>& obs, const std::vector<doubl
   }
   check_log_weights(log_w, 2, "reweighted_mean");
   for (std::size_t i = 0; i < obs.size(); ++i) {
-    if (!std::isfinite(obs[i])) throw NumericalError("reweighted_mean: observable " + std::to_string(i) + " is not finite");
+    if (!std::isfinite(obs[i])) {
+      throw NumericalError("reweighted_mean: observable " + std::to_string(i) + " is not finite");
+    }
   }
   const std::vector<double> u = relative_weights(log_w);
   double su = 0;
@@ -119,20 +121,19 @@ AcceptanceTau acceptance_tau(const std::vector<std::uint8_t>& accepted) {
   for (std::uint8_t a : accepted) n_acc += a != 0;
   out.acceptance = static_cast<double>(n_acc) / static_cast<double>(n);
 
-  // Position i counts for lag t when steps i+1..i+t are all rejected, i.e. when the run of rejections starting
-  // at step j = i+1 is at least t long (such a run lies inside the chain, so i + t < n holds automatically).
-  // A histogram of run lengths r_j, j = 1..n-1, gives every lag in O(n):
+  // Position i counts for lag t when steps i+1..i+t are all rejected, i.e. when the run of rejections
+  // starting at step j = i+1 is at least t long (such a run lies inside the chain, so i + t < n holds
+  // automatically). A histogram of run lengths r_j, j = 1..n-1, gives every lag in O(n):
   //   rho_acc(t) = #{j >= 1 : r_j >= t} / (n - t).
-  std::vector<std::size_t> runs_at_least;  // runs_at_least[t] = #{j : r_j >= t}, built from a histogram
-  std::size_t run = 0;                      // r_j, computed from the end of the chain backwards
-  std::vector<std::size_t> hist(1, 0);
+  std::vector<std::size_t> hist(1, 0);  // hist[r] = #{j >= 1 : r_j = r}
+  std::size_t run = 0;                  // r_j, computed from the end of the chain backwards
   for (std::size_t j = n - 1; j >= 1; --j) {
     run = accepted[j] ? 0 : run + 1;
     if (run >= hist.size()) hist.resize(run + 1, 0);
     ++hist[run];
   }
-  const std::size_t t_max = hist.size() - 1;  // the longest run; rho_acc(t) = 0 beyond it
-  runs_at_least.assign(t_max + 2, 0);
+  const std::size_t t_max = hist.size() - 1;             // the longest run; rho_acc(t) = 0 beyond it
+  std::vector<std::size_t> runs_at_least(t_max + 2, 0);  // #{j >= 1 : r_j >= t}
   for (std::size_t t = t_max + 1; t-- > 0;) runs_at_least[t] = runs_at_least[t + 1] + hist[t];
 
   out.rho_acc.assign(t_max + 1, 0.0);
@@ -160,6 +161,23 @@ double lognormal_acceptance(double s2) {
   // At equilibrium the current log w ~ N(mu + s^2, s^2) (tilted by w), the proposal's ~ N(mu, s^2), so
   // D = lw' - lw ~ N(-s^2, 2 s^2) and E[min(1, e^D)] = 2 Phi(-s / sqrt(2)) = erfc(s / 2).
   return std::erfc(std::sqrt(s2) / 2);
+}
+
+double imh_acceptance_estimate(const std::vector<double>& log_w) {
+  const std::size_t n = log_w.size();
+  if (n < 2) throw Error("imh_acceptance_estimate: needs at least two log-weights");
+  std::vector<double> lw(log_w);
+  std::sort(lw.begin(), lw.end());
+  const double mx = lw.back();
+  // In ascending order w_(k) is the smaller of the pair for the n - 1 - k partners above it, twice (i,j),
+  // (j,i).
+  double pairs = 0, total = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    const double w = std::exp(lw[k] - mx);
+    pairs += 2.0 * static_cast<double>(n - 1 - k) * w;
+    total += w;
+  }
+  return pairs / (static_cast<double>(n - 1) * total);
 }
 
 }  // namespace latflow::analysis

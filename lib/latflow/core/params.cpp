@@ -112,3 +112,69 @@ void Config::validate() {
 }
 
 }  // namespace latflow
+
+namespace latflow {
+namespace {
+template <class T>
+std::string join(const std::vector<T>& v) {
+  std::ostringstream os;
+  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? " " : "") << v[i];
+  return os.str();
+}
+std::map<std::string, std::string> parse_lines(const std::string& text) {
+  std::map<std::string, std::string> m;
+  std::istringstream is(text);
+  std::string line;
+  while (std::getline(is, line)) {
+    auto eq = line.find(" = ");
+    if (eq != std::string::npos) m[line.substr(0, eq)] = line.substr(eq + 3);
+  }
+  return m;
+}
+}  // namespace
+
+std::string model_identity(const Config& c) {
+  std::ostringstream os;
+  os.precision(17);
+  os << "theory = " << c.theory << "\n"
+     << "lattice.extents = " << join(c.lattice.extents) << "\n"
+     << "phi4.m2_nohalf = " << c.phi4.m2_nohalf << "\n"
+     << "phi4.lam_nohalf = " << c.phi4.lam_nohalf << "\n"
+     << "flow.coupling = " << c.flow.coupling << "\n"
+     << "flow.layers = " << c.flow.layers << "\n"
+     << "flow.hidden = " << join(c.flow.hidden) << "\n"
+     << "flow.kernel = " << c.flow.kernel << "\n"
+     << "flow.activation = " << c.flow.activation << "\n"
+     << "flow.z2 = " << (c.flow.z2 ? "true" : "false") << "\n"
+     << "flow.spline_bins = " << c.flow.spline_bins << "\n"
+     << "flow.spline_bound = " << c.flow.spline_bound << "\n"
+     << "flow.dtype = " << c.flow.dtype << "\n";
+  return os.str();
+}
+
+std::string training_identity(const Config& c) {
+  std::ostringstream os;
+  os.precision(17);
+  os << "run.seed = " << c.run.seed << "\n"
+     << "train.batch = " << c.train.batch << "\n"
+     << "train.lr = " << c.train.lr << "\n"
+     << "train.lr_schedule = " << c.train.lr_schedule << "\n"
+     << "train.lr_min = " << c.train.lr_min << "\n"
+     << "train.warmup = " << c.train.warmup << "\n"
+     << "train.clip = " << c.train.clip << "\n";
+  return os.str();
+}
+
+std::string first_difference(const std::string& stored, const std::string& requested) {
+  auto a = parse_lines(stored), b = parse_lines(requested);
+  for (const auto& [k, v] : b) {
+    auto it = a.find(k);
+    const std::string old = it == a.end() ? "(absent)" : it->second;
+    if (old != v) return k + ": stored " + old + ", requested " + v;
+  }
+  for (const auto& [k, v] : a)
+    if (!b.count(k)) return k + ": stored " + v + ", requested (absent)";
+  return "";
+}
+
+}  // namespace latflow

@@ -51,6 +51,7 @@ struct TrainParams {
   std::int64_t checkpoint_every = 500;
   double max_minutes = 0.0;            // wall-clock budget; 0 = none (stops cleanly and checkpoints)
   std::int64_t max_bad_steps = 20;     // consecutive non-finite steps tolerated before giving up
+  bool restart = false;                // discard an existing checkpoint and train from scratch
 };
 
 struct SampleParams {
@@ -91,4 +92,14 @@ struct Config {
   std::string checkpoint_path() const { return run.checkpoint.empty() ? run.output + ".ckpt" : run.checkpoint; }
 };
 
+}  // namespace latflow
+
+namespace latflow {
+// "key = value" lines of everything that fixes the model's meaning (theory, lattice, flow architecture) and
+// its training recipe. A checkpoint stores them; continuing from it requires equal lines, and a mismatch names
+// the first differing key.
+std::string model_identity(const Config& cfg);
+std::string training_identity(const Config& cfg);
+// The first key whose line differs between two identity texts, as "key: stored X, requested Y"; "" if equal.
+std::string first_difference(const std::string& stored, const std::string& requested);
 }  // namespace latflow

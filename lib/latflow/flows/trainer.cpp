@@ -1,1 +1,349 @@
-// placeholder
+// SPDX-License-Identifier: MIT
+// Reverse-KL training, checkpoints, and resume.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iomanip>
+#include <sstream>
+
+#include "latflow/analysis/weights.hpp"
+#include "latflow/core/error.hpp"
+#include "latflow/core/log.hpp"
+#include "latflow/core/seed.hpp"
+#include "latflow/flows/checkpoint.hpp"
+#include "latflow/jobs.hpp"
+#include "latflow/theories/phi4.hpp"
+
+namespace latflow {
+namespace fs = std::filesystem;
+
+bool file_exists(const std::string& path) {
+  std::error_code ec;
+  return fs::exists(path, ec);
+}
+
+void ensure_parent_dir(const std::string& path) {
+  auto dir = fs::path(path).parent_path();
+  std::error_code ec;
+  if (!dir.empty()) fs::create_directories(dir, ec);
+  if (ec) throw IoError(dir.string() + ": cannot create directory for " + path + " (" + ec.message() + ")");
+}
+
+void commit_file(const std::string& tmp, const std::string& path) {
+  int fd = ::open(tmp.c_str(), O_RDONLY);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw IoError(tmp + ": cannot fsync");
+  }
+  ::close(fd);
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw IoError(path + ": cannot rename " + tmp + " into place: " + ec.message());
+  auto dir = fs::path(path).parent_path();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+namespace {
+
+const char* kHistoryKeys[] = {"step", "loss", "ess", "acceptance", "var_logw", "lr", "wall_seconds"};
+
+std::vector<double>* history_field(TrainHistory& h, int i) {
+  std::vector<double>* f[] = {&h.step, &h.loss, &h.ess, &h.acceptance, &h.var_logw, &h.lr, &h.wall_seconds};
+  return f[i];
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
+                     const CheckpointMeta& meta) {
+  torch::serialize::OutputArchive archive;
+  torch::serialize::OutputArchive model_archive;
+  model->save(model_archive);
+  archive.write("model", model_archive);
+  if (opt) {
+    torch::serialize::OutputArchive opt_archive;
+    opt->save(opt_archive);
+    archive.write("optimizer", opt_archive);
+  }
+  archive.write("format", c10::IValue(std::string("latflow-checkpoint-1")));
+  archive.write("model_identity", c10::IValue(meta.model_identity));
+  archive.write("training_identity", c10::IValue(meta.training_identity));
+  archive.write("step", c10::IValue(meta.step));
+  archive.write("train_seconds", c10::IValue(meta.train_seconds));
+  auto h = meta.history;
+  for (int i = 0; i < 7; ++i)
+    archive.write(std::string("history_") + kHistoryKeys[i],
+                  torch::tensor(*history_field(h, i), torch::kFloat64), /*is_buffer=*/true);
+  const std::string tmp = path + ".tmp";
+  ensure_parent_dir(path);
+  try {
+    archive.save_to(tmp);
+  } catch (const c10::Error& e) {
+    std::remove(tmp.c_str());
+    throw IoError(path + ": cannot write checkpoint (" + std::string(e.what_without_backtrace()).substr(0, 120) +
+                  ")");
+  }
+  commit_file(tmp, path);
+}
+
+CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt) {
+  if (!file_exists(path)) throw IoError(path + ": checkpoint not found (run `latflow train` first)");
+  CheckpointMeta meta;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    c10::IValue v;
+    archive.read("format", v);
+    if (!v.isString() || v.toStringRef() != "latflow-checkpoint-1") throw IoError(path + ": not a latflow checkpoint");
+    archive.read("model_identity", v);
+    meta.model_identity = v.toStringRef();
+    archive.read("training_identity", v);
+    meta.training_identity = v.toStringRef();
+    archive.read("step", v);
+    meta.step = v.toInt();
+    archive.read("train_seconds", v);
+    meta.train_seconds = v.toDouble();
+    for (int i = 0; i < 7; ++i) {
+      torch::Tensor t;
+      archive.read(std::string("history_") + kHistoryKeys[i], t, /*is_buffer=*/true);
+      t = t.contiguous();
+      *history_field(meta.history, i) = std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+    }
+    // The architecture must match before tensors are loaded into it.
+    torch::serialize::InputArchive model_archive;
+    archive.read("model", model_archive);
+    model->load(model_archive);
+    if (opt) {
+      torch::serialize::InputArchive opt_archive;
+      archive.read("optimizer", opt_archive);
+      opt->load(opt_archive);
+    }
+  } catch (const c10::Error& e) {
+    std::string what = e.what_without_backtrace();
+    throw IoError(path + ": unreadable or incompatible checkpoint (" + what.substr(0, what.find('\n')).substr(0, 160) +
+                  ")");
+  }
+  return meta;
+}
+
+namespace {
+
+double learning_rate(const TrainParams& t, std::int64_t step) {
+  double lr = t.lr;
+  if (t.lr_schedule == "cosine" && t.steps > t.warmup) {
+    double f = static_cast<double>(step - t.warmup) / static_cast<double>(t.steps - t.warmup);
+    f = std::clamp(f, 0.0, 1.0);
+    lr = t.lr_min + 0.5 * (t.lr - t.lr_min) * (1 + std::cos(M_PI * f));
+  }
+  if (step < t.warmup) lr *= static_cast<double>(step + 1) / static_cast<double>(t.warmup);
+  return lr;
+}
+
+bool all_finite(const std::vector<torch::Tensor>& ts, bool grads) {
+  for (const auto& p : ts) {
+    const auto& t = grads ? p.grad() : p;
+    if (t.defined() && !torch::isfinite(t).all().item<bool>()) return false;
+  }
+  return true;
+}
+
+std::string serialize_state(FlowModel& model, torch::optim::Optimizer& opt) {
+  torch::serialize::OutputArchive a, m, o;
+  model->save(m);
+  opt.save(o);
+  a.write("model", m);
+  a.write("optimizer", o);
+  std::ostringstream os;
+  a.save_to(os);
+  return os.str();
+}
+
+void restore_state(const std::string& blob, FlowModel& model, torch::optim::Optimizer& opt) {
+  torch::serialize::InputArchive a, m, o;
+  std::istringstream is(blob);
+  a.load_from(is);
+  a.read("model", m);
+  a.read("optimizer", o);
+  model->load(m);
+  opt.load(o);
+}
+
+class Progress {
+ public:
+  Progress(std::int64_t total) : total_(total), tty_(log::stdout_is_tty()) {}
+  void update(std::int64_t step, double elapsed, const std::string& stats, bool log_line) {
+    if (!log::is_root()) return;
+    const double eta = step > 0 ? elapsed / step * (total_ - step) : 0;
+    std::ostringstream os;
+    os << "step " << std::setw(6) << step << "/" << total_ << "  " << stats << "  " << log::format_seconds(elapsed)
+       << " (eta " << log::format_seconds(eta) << ")";
+    if (tty_) {
+      const int width = 24, filled = static_cast<int>(width * step / std::max<std::int64_t>(total_, 1));
+      std::printf("\r[%s%s] %s\033[K", std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                  os.str().c_str());
+      std::fflush(stdout);
+      if (step == total_) std::printf("\n");
+    } else if (log_line) {
+      log::info(os.str());
+    }
+  }
+  void finish() {
+    if (tty_ && log::is_root()) std::printf("\n");
+  }
+
+ private:
+  std::int64_t total_;
+  bool tty_;
+};
+
+}  // namespace
+
+TrainSummary train_job(const Config& cfg) {
+  torch::set_num_threads(cfg.run.threads);
+  const auto& tp = cfg.train;
+  Phi4 theory(cfg.lattice, cfg.phi4);
+  FlowModel model(cfg.lattice, cfg.flow);
+  model->to_device(torch::Device(cfg.run.device));
+  torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(tp.lr));
+
+  const std::string ckpt = cfg.checkpoint_path();
+  CheckpointMeta meta;
+  meta.model_identity = model_identity(cfg);
+  meta.training_identity = training_identity(cfg);
+  if (file_exists(ckpt) && !tp.restart) {
+    auto stored = load_checkpoint(ckpt, model, &opt);
+    auto diff = first_difference(stored.model_identity, meta.model_identity);
+    if (diff.empty()) diff = first_difference(stored.training_identity, meta.training_identity);
+    if (!diff.empty())
+      throw ConfigError("checkpoint " + ckpt + " was made with other parameters (" + diff +
+                        "); pass --retrain to train from scratch, or set run.checkpoint");
+    meta.step = stored.step;
+    meta.train_seconds = stored.train_seconds;
+    meta.history = stored.history;
+    if (meta.step >= tp.steps) {
+      log::info("training: checkpoint " + ckpt + " is trained (" + std::to_string(meta.step) + " steps, " +
+                log::format_seconds(meta.train_seconds) + "); reusing it");
+      return {meta.step, meta.train_seconds, true, model->weights_hash(), meta.history};
+    }
+    log::info("training: resuming " + ckpt + " at step " + std::to_string(meta.step));
+  }
+
+  const auto params = model->parameters();
+  std::int64_t n_params = 0;
+  for (const auto& p : params) n_params += p.numel();
+  log::info("training: " + std::to_string(n_params) + " parameters, " + std::to_string(tp.steps) +
+            " steps of batch " + std::to_string(tp.batch) + ", checkpoint " + ckpt);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  const double base_seconds = meta.train_seconds;
+  Progress progress(tp.steps);
+  std::string good_state = serialize_state(model, opt);
+  double lr_scale = 1.0;
+  std::int64_t bad_in_a_row = 0;
+  // Interval accumulators for the history.
+  double acc_loss = 0, acc_ess = 0, acc_acc = 0, acc_var = 0;
+  int acc_n = 0;
+
+  auto checkpoint = [&](std::int64_t step) {
+    meta.step = step;
+    meta.train_seconds = base_seconds + elapsed();
+    save_checkpoint(ckpt, model, &opt, meta);
+  };
+
+  std::int64_t step = meta.step;
+  for (; step < tp.steps; ++step) {
+    if (tp.max_minutes > 0 && elapsed() > 60.0 * tp.max_minutes) {
+      log::info("training: wall-clock budget train.max_minutes = " + std::to_string(tp.max_minutes) +
+                " reached at step " + std::to_string(step));
+      break;
+    }
+    const double lr = learning_rate(tp, step) * lr_scale;
+    for (auto& group : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+
+    auto z = model->draw_prior(tp.batch, derive_seed(cfg.run.seed, "train", step));
+    auto [x, log_q] = model->forward(z);
+    auto S = theory.action(x.to(torch::kFloat64));
+    auto loss = (log_q + S).mean();
+    opt.zero_grad();
+    bool ok = std::isfinite(loss.item<double>());
+    if (ok) {
+      loss.backward();
+      ok = all_finite(params, true);
+    }
+    if (!ok) {
+      // Skip the step: its update is never applied. Persistent failures roll back to the last good state with a
+      // smaller learning rate.
+      if (++bad_in_a_row >= tp.max_bad_steps) {
+        if (lr_scale < 1e-3)
+          throw NumericalError("training: non-finite loss or gradients at step " + std::to_string(step) +
+                               " persist after rolling back and lowering the learning rate; last good checkpoint " +
+                               ckpt);
+        restore_state(good_state, model, opt);
+        lr_scale *= 0.5;
+        bad_in_a_row = 0;
+        log::warn("training: non-finite values at step " + std::to_string(step) +
+                  "; rolled back, learning-rate scale now " + std::to_string(lr_scale));
+      }
+      continue;
+    }
+    bad_in_a_row = 0;
+    if (tp.clip > 0) torch::nn::utils::clip_grad_norm_(params, tp.clip);
+    opt.step();
+
+    std::vector<double> lw(static_cast<std::size_t>(tp.batch));
+    auto lw_t = (-(S + log_q)).detach().to(torch::kCPU).contiguous();
+    std::copy(lw_t.data_ptr<double>(), lw_t.data_ptr<double>() + tp.batch, lw.begin());
+    acc_loss += loss.item<double>();
+    acc_ess += analysis::kish_ess_fraction(lw);
+    acc_acc += analysis::imh_acceptance_estimate(lw);
+    acc_var += lw_t.var().item<double>();
+    ++acc_n;
+
+    const bool log_now = (step + 1) % tp.log_every == 0 || step + 1 == tp.steps;
+    if (log_now) {
+      if (!all_finite(params, false)) {
+        restore_state(good_state, model, opt);
+        lr_scale *= 0.5;
+        log::warn("training: non-finite weights after step " + std::to_string(step) + "; rolled back");
+        continue;
+      }
+      good_state = serialize_state(model, opt);
+      auto& h = meta.history;
+      h.step.push_back(step + 1);
+      h.loss.push_back(acc_loss / acc_n);
+      h.ess.push_back(acc_ess / acc_n);
+      h.acceptance.push_back(acc_acc / acc_n);
+      h.var_logw.push_back(acc_var / acc_n);
+      h.lr.push_back(lr);
+      h.wall_seconds.push_back(base_seconds + elapsed());
+      acc_loss = acc_ess = acc_acc = acc_var = 0;
+      acc_n = 0;
+    }
+    if (log_now || log::stdout_is_tty()) {
+      std::ostringstream st;
+      st << std::fixed << std::setprecision(3);
+      if (!meta.history.loss.empty())
+        st << "loss " << meta.history.loss.back() << "  ess " << meta.history.ess.back() << "  acc "
+           << meta.history.acceptance.back();
+      progress.update(step + 1, elapsed(), st.str(), log_now);
+    }
+    if ((step + 1) % tp.checkpoint_every == 0) checkpoint(step + 1);
+  }
+  progress.finish();
+  checkpoint(step);
+  log::info("training: " + std::to_string(step) + " steps in " + log::format_seconds(meta.train_seconds) +
+            " (this session " + log::format_seconds(elapsed()) + "), checkpoint " + ckpt);
+  return {meta.step, meta.train_seconds, false, model->weights_hash(), meta.history};
+}
+
+}  // namespace latflow

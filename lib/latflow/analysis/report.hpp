@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: MIT
+// `latflow analyze`: reads an ensemble file and computes acceptance, ESS, autocorrelations, observables with
+// errors (Gamma method on the IMH chain, and the reweighted NIS estimate from all proposals), derived quantities
+// and the free energy, with exact or reference values beside them. Torch-free.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace latflow::analysis {
+
+struct ObservableRow {
+  std::string name;
+  double value = 0, error = 0;        // IMH chain, Gamma method
+  double tau_int = 0, tau_error = 0;  // in IMH steps
+  bool window_found = true;
+  double nis = 0, nis_error = 0;      // self-normalised importance sampling over all proposals
+  bool has_ref = false;
+  double ref = 0, ref_error = 0;      // exact (ref_error = 0) or reference value
+  std::string ref_kind;               // "exact" | "reference"
+};
+
+struct Report {
+  std::string path, kind, theory;
+  std::vector<std::int64_t> extents;
+  double m2 = 0, lam = 0;
+  std::string input_convention;
+  std::int64_t proposals = 0, configs_stored = 0;
+  double acceptance = 0, tau_acc = 0, ess_fraction = 0;
+  double free_energy = 0, free_energy_error = 0;
+  bool has_free_energy_exact = false;
+  double free_energy_exact = 0;
+  std::int64_t train_steps = 0;
+  double train_seconds = 0, sampling_seconds = 0;
+  std::string weights_hash;
+  double gamma_S = 1.5;
+  std::vector<ObservableRow> rows;
+  const ObservableRow* row(const std::string& name) const;
+};
+
+Report analyze_ensemble(const std::string& path, double gamma_S = 1.5);
+std::string format_report(const Report& r);  // the human-readable table
+std::string report_json(const Report& r);
+
+}  // namespace latflow::analysis

@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: MIT
+// `latflow bench`: throughput of the config's flow. Each figure is the median over `repeats` timed rounds, so a
+// noisy shared machine disturbs it less; the rounds of all batch sizes are interleaved.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+
+#include "latflow/core/seed.hpp"
+#include "latflow/flows/flow.hpp"
+#include "latflow/jobs.hpp"
+#include "latflow/theories/phi4.hpp"
+
+namespace latflow {
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const auto n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int repeats) {
+  torch::set_num_threads(cfg.run.threads);
+  Phi4 theory(cfg.lattice, cfg.phi4);
+  FlowModel model(cfg.lattice, cfg.flow);
+  model->to_device(torch::Device(cfg.run.device));
+  {
+    // A fresh flow is the identity (zero last layers); random weights make every op do real work.
+    torch::NoGradGuard g;
+    for (auto& p : model->parameters()) p.normal_(0, 0.05);
+  }
+  torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-4));
+  std::map<std::int64_t, std::vector<double>> train_t, prop_t;
+  std::uint64_t counter = 0;
+  auto train_step = [&](std::int64_t B) {
+    auto z = model->draw_prior(B, derive_seed(cfg.run.seed, "bench", counter++));
+    auto [x, log_q] = model->forward(z);
+    auto loss = (log_q + theory.action(x.to(torch::kFloat64))).mean();
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  };
+  auto propose = [&](std::int64_t B) {
+    torch::InferenceMode im;
+    auto z = model->draw_prior(B, derive_seed(cfg.run.seed, "bench", counter++));
+    auto [x, log_q] = model->forward(z);
+    auto xd = x.to(torch::kFloat64);
+    auto lw = -(theory.action(xd) + log_q);
+    theory.measure(xd);
+    return lw;
+  };
+  // Enough samples per round that one round takes a measurable time at every batch size.
+  auto steps_for = [](std::int64_t B) { return std::max<std::int64_t>(1, 4096 / B); };
+  for (auto B : batches) {  // warm-up
+    train_step(B);
+    propose(B);
+  }
+  for (int r = 0; r < repeats; ++r) {
+    for (auto B : batches) {
+      const auto n = steps_for(B);
+      auto t0 = std::chrono::steady_clock::now();
+      for (std::int64_t i = 0; i < n; ++i) train_step(B);
+      train_t[B].push_back(seconds_since(t0) / n);
+      t0 = std::chrono::steady_clock::now();
+      for (std::int64_t i = 0; i < n; ++i) propose(B);
+      prop_t[B].push_back(seconds_since(t0) / n);
+    }
+  }
+  std::int64_t n_params = 0;
+  for (const auto& p : model->parameters()) n_params += p.numel();
+  std::string ext;
+  for (std::size_t i = 0; i < cfg.lattice.extents.size(); ++i)
+    ext += (i ? "x" : "") + std::to_string(cfg.lattice.extents[i]);
+  std::printf("bench: %s flow, %d layers, hidden", cfg.flow.coupling.c_str(), cfg.flow.layers);
+  for (int h : cfg.flow.hidden) std::printf(" %d", h);
+  std::printf(", %s, z2 %s, lattice %s, %lld parameters, %d thread(s), median of %d rounds\n", cfg.flow.dtype.c_str(),
+              cfg.flow.z2 ? "on" : "off", ext.c_str(), static_cast<long long>(n_params), cfg.run.threads, repeats);
+  std::printf("%8s %16s %14s %18s %16s\n", "batch", "train step [ms]", "train steps/s", "train samples/s",
+              "proposals/s");
+  for (auto B : batches) {
+    const double ts = median(train_t[B]), ps = median(prop_t[B]);
+    std::printf("%8lld %16.2f %14.1f %18.0f %16.0f\n", static_cast<long long>(B), 1e3 * ts, 1 / ts, B / ts, B / ps);
+  }
+}
+
+}  // namespace latflow
