@@ -23,8 +23,11 @@ struct CheckpointMeta {
 
 void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
                      const CheckpointMeta& meta);
-// Loads into `model` (and `opt` if given); throws IoError naming the file if it is missing or unreadable.
-CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt);
+// Loads into `model` (and `opt` if given); throws IoError naming the file if it is missing or unreadable, and
+// ConfigError naming the first differing key if the stored model identity differs from `expected_identity`
+// (checked before any tensor is loaded).
+CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
+                               const std::string& expected_identity);
 bool file_exists(const std::string& path);
 // Creates the directory that will hold `path` if it is missing; IoError naming it if that fails.
 void ensure_parent_dir(const std::string& path);

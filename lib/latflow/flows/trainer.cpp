@@ -95,7 +95,8 @@ void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Op
   commit_file(tmp, path);
 }
 
-CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt) {
+CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
+                               const std::string& expected_identity) {
   if (!file_exists(path)) throw IoError(path + ": checkpoint not found (run `latflow train` first)");
   CheckpointMeta meta;
   try {
@@ -119,6 +120,10 @@ CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch:
       *history_field(meta.history, i) = std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
     }
     // The architecture must match before tensors are loaded into it.
+    auto diff = first_difference(meta.model_identity, expected_identity);
+    if (!diff.empty())
+      throw ConfigError("checkpoint " + path + " was made with other parameters (" + diff +
+                        "); pass --retrain to train from scratch, or set run.checkpoint");
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     model->load(model_archive);
@@ -220,9 +225,8 @@ TrainSummary train_job(const Config& cfg) {
   meta.model_identity = model_identity(cfg);
   meta.training_identity = training_identity(cfg);
   if (file_exists(ckpt) && !tp.restart) {
-    auto stored = load_checkpoint(ckpt, model, &opt);
-    auto diff = first_difference(stored.model_identity, meta.model_identity);
-    if (diff.empty()) diff = first_difference(stored.training_identity, meta.training_identity);
+    auto stored = load_checkpoint(ckpt, model, &opt, meta.model_identity);
+    auto diff = first_difference(stored.training_identity, meta.training_identity);
     if (!diff.empty())
       throw ConfigError("checkpoint " + ckpt + " was made with other parameters (" + diff +
                         "); pass --retrain to train from scratch, or set run.checkpoint");

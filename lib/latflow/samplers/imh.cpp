@@ -72,10 +72,7 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
   torch::set_num_threads(cfg.run.threads);
   Phi4 theory(cfg.lattice, cfg.phi4);
   FlowModel model(cfg.lattice, cfg.flow);
-  auto meta = load_checkpoint(cfg.checkpoint_path(), model, nullptr);
-  auto diff = first_difference(meta.model_identity, model_identity(cfg));
-  if (!diff.empty())
-    throw ConfigError("checkpoint " + cfg.checkpoint_path() + " does not match the config (" + diff + ")");
+  auto meta = load_checkpoint(cfg.checkpoint_path(), model, nullptr, model_identity(cfg));
   model->to_device(torch::Device(cfg.run.device));
   model->eval();
   const std::string hash = model->weights_hash();

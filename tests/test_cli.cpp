@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: MIT
+// End-to-end tests through the `latflow` binary: bad input, a free-field run against exact results, the stored
+// ensemble (provenance, chain trail, stored fields), and 1-rank versus 2-rank sampling.
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "latflow/analysis/report.hpp"
+#include "latflow/core/seed.hpp"
+#include "latflow/io/h5.hpp"
+
+namespace fs = std::filesystem;
+using namespace latflow;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out;
+};
+
+// Runs latflow; captures stderr and, unless stderr_only, stdout.
+Result run(const std::string& args, bool stderr_only = false) {
+  const std::string cmd = std::string(LATFLOW_BINARY) + " " + args + (stderr_only ? " 2>&1 >/dev/null" : " 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("latflow_test_" + std::to_string(::getpid()) + "_" + std::to_string(rand()));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream o(path);
+  o << text;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream i(path);
+  std::stringstream s;
+  s << i.rdbuf();
+  return s.str();
+}
+
+// A small free-field point: 8x8, m2 = 1, lam = 0 (exact results in PHYSICS.md).
+std::string free_field_config(const std::string& output) {
+  return "theory = phi4\n[lattice]\nextents = 8 8\n[phi4]\nm2 = 1.0\nlam = 0.0\n"
+         "[flow]\nlayers = 8\nhidden = 16 16\nactivation = tanh\nz2 = true\n"
+         "[train]\nsteps = 150\nbatch = 256\nlr = 0.003\nlog_every = 50\ncheckpoint_every = 100\n"
+         "[sample]\nproposals = 20000\nblock = 500\n"
+         "[run]\noutput = " +
+         output + "\nseed = 7\n";
+}
+
+// Bad input must give one line on stderr naming the problem, a non-zero exit and no changed file.
+void expect_error(const std::string& args, int code, const std::string& needle) {
+  auto r = run(args, true);
+  CAPTURE(args, r.out);
+  CHECK(r.code == code);
+  CHECK(count_lines(r.out) == 1);
+  CHECK(r.out.rfind("latflow: error: ", 0) == 0);
+  CHECK(r.out.find(needle) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero exit; nothing overwritten", "[cli]") {
+  TempDir dir;
+  const std::string good = free_field_config(dir / "out.h5");
+  // The good config with one line replaced.
+  auto with = [&](const std::string& name, const std::string& line, const std::string& replacement) {
+    auto text = good;
+    const auto pos = text.find(line);
+    REQUIRE(pos != std::string::npos);
+    write_file(dir / name, text.replace(pos, line.size(), replacement));
+    return dir / name;
+  };
+  expect_error("train " + with("unknown.ini", "layers = 8", "layerz = 3"), 2, "flow.layerz");
+  expect_error("train " + with("twice.ini", "layers = 8", "layers = 8\nlayers = 9"), 2, "flow.layers");
+  expect_error("train " + with("type.ini", "steps = 150", "steps = many"), 2, "train.steps = many");
+  expect_error("train " + with("range.ini", "extents = 8 8", "extents = 8 0"), 2, "lattice.extents");
+  expect_error("train " + with("nan.ini", "lam = 0.0", "lam = nan"), 2, "phi4.lam");
+  expect_error("train " + with("odd.ini", "extents = 8 8", "extents = 7 8"), 2, "lattice.extents = 7");
+  expect_error("train " + with("bool.ini", "z2 = true", "z2 = maybe"), 2, "flow.z2 = maybe");
+  expect_error("train " + with("ref.ini", "[run]", "[reference]\nchi2 = 0.5\n[run]"), 2, "reference.chi2");
+  expect_error("train " + with("theory.ini", "theory = phi4", "theory = qcd"), 2, "theory = qcd");
+  expect_error("train " + dir / "good.ini" + "x", 3, "good.inix");
+  write_file(dir / "good.ini", good);
+  expect_error("train " + dir / "good.ini" + " --train.batch 0", 2, "train.batch");
+  expect_error("frobnicate " + dir / "good.ini", 2, "frobnicate");
+  expect_error("analyze " + dir / "missing.h5", 3, "missing.h5");
+  write_file(dir / "garbage.h5", "this is not HDF5");
+  expect_error("analyze " + dir / "garbage.h5", 3, "garbage.h5");
+
+  // An existing output is refused before any work, and left as it was.
+  write_file(dir / "out.h5", "precious");
+  expect_error("sample " + dir / "good.ini", 3, "out.h5: exists");
+  expect_error("run " + dir / "good.ini", 3, "out.h5: exists");
+  CHECK(read_file(dir / "out.h5") == "precious");
+  CHECK(!fs::exists(dir / "out.h5.ckpt"));
+  // Sampling without a trained checkpoint names the checkpoint.
+  expect_error("sample " + dir / "good.ini" + " --output " + dir / "new.h5", 3, "new.h5.ckpt: checkpoint not found");
+  CHECK(!fs::exists(dir / "new.h5"));
+}
+
+TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the file is complete", "[cli][e2e]") {
+  TempDir dir;
+  const std::string out = dir / "ff.h5", cfg = dir / "ff.ini";
+  write_file(cfg, free_field_config(out));
+  auto r = run("run " + cfg);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(!fs::exists(out + ".partial"));
+
+  auto rep = analysis::analyze_ensemble(out);
+  CHECK(rep.proposals == 20000);
+  // Within 3 standard deviations (fixed seed). chi2 = 1/(2 m2), <S>/V = 1/2, F = 11.622885 (PHYSICS.md).
+  for (const char* name : {"chi2", "action_density", "phi2", "abs_mag"}) {
+    const auto* row = rep.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->value, row->error, row->nis, row->nis_error, row->ref);
+    CHECK(row->ref_kind == "exact");
+    CHECK(std::abs(row->value - row->ref) < 3 * row->error);
+    CHECK(std::abs(row->nis - row->ref) < 3 * row->nis_error);
+  }
+  CHECK(rep.row("chi2")->ref == Approx(0.5));
+  CHECK(rep.free_energy_exact == Approx(11.622885).margin(1e-6));
+  CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 3 * rep.free_energy_error);
+  CHECK(rep.ess_fraction > 0.2);  // the flow learnt something in 150 steps
+
+  // Provenance and the verbatim config.
+  auto f = io::File::open_read(out);
+  CHECK(f.read_attr_string("/", "format") == "latflow-ensemble");
+  CHECK(f.read_attr_int("/", "format_version") == 1);
+  CHECK(f.read_attr_string("/", "status") == "complete");
+  CHECK(!f.read_attr_string("/", "git_hash").empty());
+  CHECK(f.read_string("/input/config") == read_file(cfg));
+  CHECK(f.read_string("/input/effective_config").find("steps = 150") != std::string::npos);
+  CHECK(f.read_attr_string("/theory", "convention") == "nohalf");
+
+  // The chain trail is the independence Metropolis sequence of the stored log-weights and the accept stream.
+  const auto lw = f.read_f64("/proposals/log_w");
+  const auto trail = f.read_i64("/chain/proposal");
+  const auto cfg_row = f.read_i64("/chain/config");
+  const auto stored = f.read_i64("/configs/proposal");
+  std::int64_t cur = 0;
+  bool trail_ok = true;
+  for (std::size_t i = 1; i < lw.size(); ++i) {
+    const double u = uniform01(derive_seed(7, "accept", i));
+    if (std::log(u) < lw[i] - lw[static_cast<std::size_t>(cur)]) cur = static_cast<std::int64_t>(i);
+    trail_ok = trail_ok && trail[i] == cur && stored[static_cast<std::size_t>(cfg_row[i])] == cur;
+  }
+  CHECK(trail_ok);
+  CHECK(trail[0] == 0);
+
+  // Each accepted configuration is stored once, and its action is the one the chain used.
+  const auto S = f.read_f64("/proposals/action");
+  CHECK(f.shape("/configs/field") == std::vector<std::uint64_t>{stored.size(), 8, 8});
+  for (std::uint64_t k : {std::uint64_t{0}, stored.size() / 2, stored.size() - 1}) {
+    auto phi = f.read_f64("/configs/field", k, 1);
+    double s = 0;
+    for (int x = 0; x < 8; ++x)
+      for (int y = 0; y < 8; ++y) {
+        const double p = phi[x * 8 + y], px = phi[((x + 1) % 8) * 8 + y], py = phi[x * 8 + (y + 1) % 8];
+        s += (px - p) * (px - p) + (py - p) * (py - p) + p * p;  // m2 = 1, lam = 0
+      }
+    CHECK(s == Approx(S[static_cast<std::size_t>(stored[k])]).epsilon(1e-12));
+  }
+
+  // analyze prints the same table and writes JSON.
+  auto a = run("analyze " + out + " --json " + dir / "a.json");
+  CHECK(a.code == 0);
+  CHECK(a.out.find("chi2") != std::string::npos);
+  CHECK(read_file(dir / "a.json").find("\"free_energy\"") != std::string::npos);
+
+  // A checkpoint made with other parameters is refused, naming the key.
+  expect_error("train " + cfg + " --flow.layers 4", 2, "flow.layers");
+  // Rerunning with more proposals reuses the trained checkpoint and refuses the existing output.
+  expect_error("run " + cfg, 3, "exists");
+
+  SECTION("2 MPI ranks produce bitwise the same ensemble as 1 rank") {
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    const std::string o1 = dir / "r1.h5", o2 = dir / "r2.h5", ck = " --run.checkpoint " + out + ".ckpt";
+    auto r1 = run("sample " + cfg + " --sample.proposals 3000 --output " + o1 + ck);
+    REQUIRE(r1.code == 0);
+    const std::string mpi = std::string(LATFLOW_MPIEXEC) + " -n 2 --oversubscribe --bind-to none ";
+    FILE* p = popen((mpi + LATFLOW_BINARY + " sample " + cfg + " --sample.proposals 3000 --output " + o2 + ck +
+                     " 2>&1")
+                        .c_str(),
+                    "r");
+    std::string log;
+    char buf[4096];
+    while (std::fgets(buf, sizeof buf, p)) log += buf;
+    INFO(log);
+    REQUIRE(pclose(p) == 0);
+    auto a1 = io::File::open_read(o1), a2 = io::File::open_read(o2);
+    CHECK(a2.read_attr_int("/", "ranks") == 2);
+    for (const char* d : {"/proposals/log_w", "/proposals/log_q", "/proposals/action", "/proposals/observables/chi2",
+                          "/configs/field"})
+      CHECK(a1.read_f64(d) == a2.read_f64(d));
+    CHECK(a1.read_i64("/chain/proposal") == a2.read_i64("/chain/proposal"));
+  }
+}
