@@ -3,14 +3,29 @@
 // LibTorch headers.
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "latflow/core/params.hpp"
 
 namespace latflow {
 
+// Training history. Per logging interval: means over the interval's steps of the loss, the batch's Kish ESS
+// fraction and IMH acceptance estimate (biased high for small batches), var(log w), the learning rate, and the
+// training wall time. Per evaluation (train.eval_every): Kish ESS and the acceptance estimate on
+// train.eval_samples fresh proposals, the honest figures to plot against training time.
 struct TrainHistory {
   std::vector<double> step, loss, ess, acceptance, var_logw, lr, wall_seconds;
+  std::vector<double> eval_step, eval_wall_seconds, eval_ess, eval_acceptance;
+  // (name, column) pairs in a fixed order: checkpoints and ensemble files store the history by these names.
+  std::vector<std::pair<const char*, std::vector<double>*>> columns() {
+    return {{"step", &step},           {"loss", &loss},
+            {"ess", &ess},             {"acceptance", &acceptance},
+            {"var_logw", &var_logw},   {"lr", &lr},
+            {"wall_seconds", &wall_seconds}, {"eval_step", &eval_step},
+            {"eval_wall_seconds", &eval_wall_seconds}, {"eval_ess", &eval_ess},
+            {"eval_acceptance", &eval_acceptance}};
+  }
 };
 
 struct TrainSummary {

@@ -96,6 +96,8 @@ void Config::validate() {
   require(t.checkpoint_every >= 1, "train.checkpoint_every", str(t.checkpoint_every), "must be >= 1");
   require(t.max_minutes >= 0 && std::isfinite(t.max_minutes), "train.max_minutes", str(t.max_minutes),
           "must be >= 0");
+  require(t.eval_every >= 0, "train.eval_every", str(t.eval_every), "must be >= 0");
+  require(t.eval_samples >= 2, "train.eval_samples", str(t.eval_samples), "must be >= 2");
   require(t.max_bad_steps >= 1, "train.max_bad_steps", str(t.max_bad_steps), "must be >= 1");
 
   require(sample.proposals >= 1, "sample.proposals", str(sample.proposals), "must be >= 1");

@@ -52,6 +52,8 @@ struct TrainParams {
   double max_minutes = 0.0;            // wall-clock budget; 0 = none (stops cleanly and checkpoints)
   std::int64_t max_bad_steps = 20;     // consecutive non-finite steps tolerated before giving up
   bool restart = false;                // discard an existing checkpoint and train from scratch
+  std::int64_t eval_every = 0;         // evaluate ESS/acceptance on eval_samples fresh proposals; 0 = off
+  std::int64_t eval_samples = 10000;
 };
 
 struct SampleParams {

@@ -52,17 +52,6 @@ void commit_file(const std::string& tmp, const std::string& path) {
   }
 }
 
-namespace {
-
-const char* kHistoryKeys[] = {"step", "loss", "ess", "acceptance", "var_logw", "lr", "wall_seconds"};
-
-std::vector<double>* history_field(TrainHistory& h, int i) {
-  std::vector<double>* f[] = {&h.step, &h.loss, &h.ess, &h.acceptance, &h.var_logw, &h.lr, &h.wall_seconds};
-  return f[i];
-}
-
-}  // namespace
-
 void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
                      const CheckpointMeta& meta) {
   torch::serialize::OutputArchive archive;
@@ -80,9 +69,8 @@ void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Op
   archive.write("step", c10::IValue(meta.step));
   archive.write("train_seconds", c10::IValue(meta.train_seconds));
   auto h = meta.history;
-  for (int i = 0; i < 7; ++i)
-    archive.write(std::string("history_") + kHistoryKeys[i],
-                  torch::tensor(*history_field(h, i), torch::kFloat64), /*is_buffer=*/true);
+  for (const auto& [name, col] : h.columns())
+    archive.write(std::string("history_") + name, torch::tensor(*col, torch::kFloat64), /*is_buffer=*/true);
   const std::string tmp = path + ".tmp";
   ensure_parent_dir(path);
   try {
@@ -113,11 +101,11 @@ CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch:
     meta.step = v.toInt();
     archive.read("train_seconds", v);
     meta.train_seconds = v.toDouble();
-    for (int i = 0; i < 7; ++i) {
+    for (const auto& [name, col] : meta.history.columns()) {
       torch::Tensor t;
-      archive.read(std::string("history_") + kHistoryKeys[i], t, /*is_buffer=*/true);
+      archive.read(std::string("history_") + name, t, /*is_buffer=*/true);
       t = t.contiguous();
-      *history_field(meta.history, i) = std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+      *col = std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
     }
     // The architecture must match before tensors are loaded into it.
     auto diff = first_difference(meta.model_identity, expected_identity);
@@ -248,8 +236,37 @@ TrainSummary train_job(const Config& cfg) {
             " steps of batch " + std::to_string(tp.batch) + ", checkpoint " + ckpt);
 
   const auto t0 = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   const double base_seconds = meta.train_seconds;
+  double eval_seconds = 0;  // evaluations are not training: the clock excludes them
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - eval_seconds;
+  };
+  auto evaluate = [&](std::int64_t step) {
+    const auto te = std::chrono::steady_clock::now();
+    std::vector<double> lw;
+    {
+      torch::InferenceMode guard;
+      const std::int64_t chunk = 1000;
+      for (std::int64_t done = 0, i = 0; done < tp.eval_samples; done += chunk, ++i) {
+        const auto n = std::min(chunk, tp.eval_samples - done);
+        auto z = model->draw_prior(n, derive_seed(cfg.run.seed, "eval", static_cast<std::uint64_t>(step) * 1000003 + i));
+        auto [x, log_q] = model->forward(z);
+        auto w = (-(theory.action(x.to(torch::kFloat64)) + log_q)).to(torch::kCPU).contiguous();
+        lw.insert(lw.end(), w.data_ptr<double>(), w.data_ptr<double>() + n);
+      }
+    }
+    auto& h = meta.history;
+    h.eval_step.push_back(step);
+    h.eval_wall_seconds.push_back(base_seconds + elapsed());
+    h.eval_ess.push_back(analysis::kish_ess_fraction(lw));
+    h.eval_acceptance.push_back(analysis::imh_acceptance_estimate(lw));
+    eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+    std::ostringstream os;
+    os << std::fixed << std::setprecision(4) << "eval   step " << step << ": Kish ESS/N " << h.eval_ess.back()
+       << ", IMH acceptance " << h.eval_acceptance.back() << " on " << tp.eval_samples << " proposals";
+    if (log::stdout_is_tty() && log::is_root()) std::printf("\r\033[K");
+    log::info(os.str());
+  };
   Progress progress(tp.steps);
   std::string good_state = serialize_state(model, opt);
   double lr_scale = 1.0;
@@ -341,9 +358,11 @@ TrainSummary train_job(const Config& cfg) {
            << meta.history.acceptance.back();
       progress.update(step + 1, elapsed(), st.str(), log_now);
     }
+    if (tp.eval_every > 0 && (step + 1) % tp.eval_every == 0) evaluate(step + 1);
     if ((step + 1) % tp.checkpoint_every == 0) checkpoint(step + 1);
   }
   progress.finish();
+  if (tp.eval_every > 0 && (meta.history.eval_step.empty() || meta.history.eval_step.back() != step)) evaluate(step);
   checkpoint(step);
   log::info("training: " + std::to_string(step) + " steps in " + log::format_seconds(meta.train_seconds) +
             " (this session " + log::format_seconds(elapsed()) + "), checkpoint " + ckpt);

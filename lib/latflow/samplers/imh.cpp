@@ -55,11 +55,8 @@ void write_model_info(io::File& f, const Config& cfg, const CheckpointMeta& meta
   f.write_attr("/model", "checkpoint", cfg.checkpoint_path());
   f.write_attr("/model", "train_steps", meta.step);
   f.write_attr("/model", "train_seconds", meta.train_seconds);
-  const auto& h = meta.history;
-  const std::vector<std::pair<const char*, const std::vector<double>*>> cols{
-      {"step", &h.step}, {"loss", &h.loss}, {"ess", &h.ess}, {"acceptance", &h.acceptance},
-      {"var_logw", &h.var_logw}, {"lr", &h.lr}, {"wall_seconds", &h.wall_seconds}};
-  for (const auto& [name, v] : cols)
+  auto h = meta.history;
+  for (const auto& [name, v] : h.columns())
     f.write("/training/" + std::string(name), *v, {static_cast<std::uint64_t>(v->size())});
 }
 
