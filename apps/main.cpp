@@ -73,9 +73,18 @@ std::vector<T> parse_list(const std::string& key, const std::string& v) {
 template <class T>
 std::string show(const T& v) {
   std::ostringstream os;
-  os.precision(17);
   os << v;
   return os.str();
+}
+// The shortest of 15..17 significant digits that reads back as the same double.
+std::string show(double v) {
+  for (int p = 15; p <= 17; ++p) {
+    std::ostringstream os;
+    os.precision(p);
+    os << v;
+    if (std::stod(os.str()) == v) return os.str();
+  }
+  return std::to_string(v);
 }
 template <class T>
 std::string show(const std::vector<T>& v) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "latflow/analysis/report.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -177,28 +178,36 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
                      const std::vector<std::vector<double>>& per_proposal) {
     std::vector<Series> data;
     for (const auto& s : series) data.push_back({s});
-    auto g = gamma_method_derived(data, fn, opt);
-    // NIS: the same function of the reweighted means (error from the chain's relative error is not defined
-    // here, so report the delta-method error of each primary combined linearly through a numerical gradient).
-    std::vector<double> means;
-    std::vector<double> errs;
+    GammaResult g;
+    try {
+      g = gamma_method_derived(data, fn, opt);
+    } catch (const NumericalError&) {
+      // e.g. m_eff(t) where the correlator is noise, xi_2nd with G(0) < G(p_min): not defined on these data.
+      g.mean = g.error = g.tau_int = g.tau_int_error = std::nan("");
+    }
+    // NIS: f of the reweighted means; its delta-method error is the reweighting error of the projected
+    // observable sum_a (df/da) A_a, which keeps the correlations between the primaries.
+    std::vector<double> means, errs;
     for (const auto& o : per_proposal) {
       auto e = reweighted_mean(o, log_w);
       means.push_back(e.value);
       errs.push_back(e.error);
     }
-    double nis = fn(means), var = 0;
+    const double nis = fn(means);
+    std::vector<double> projected(per_proposal[0].size(), 0.0);
     for (std::size_t a = 0; a < means.size(); ++a) {
       auto m = means;
-      const double h = std::max(errs[a], 1e-12);
+      const double h = errs[a] > 0 ? errs[a] : 1e-8 * std::max(1.0, std::abs(means[a]));
       m[a] += h;
       const double up = fn(m);
       m[a] -= 2 * h;
-      const double dn = fn(m);
-      const double grad = (up - dn) / (2 * h);
-      var += grad * grad * errs[a] * errs[a];  // ignores correlations between the primaries: an estimate
+      const double grad = (up - fn(m)) / (2 * h);
+      for (std::size_t i = 0; i < projected.size(); ++i) projected[i] += grad * per_proposal[a][i];
     }
-    auto row = make_row(name, g, nis, std::sqrt(var));
+    double nis_error = std::nan("");
+    if (std::isfinite(nis) && std::all_of(projected.begin(), projected.end(), [](double v) { return std::isfinite(v); }))
+      nis_error = reweighted_mean(projected, log_w).error;
+    auto row = make_row(name, g, nis, nis_error);
     add_ref(row);
     r.rows.push_back(row);
   };

@@ -204,6 +204,8 @@ TrainSummary train_job(const Config& cfg) {
   torch::set_num_threads(cfg.run.threads);
   const auto& tp = cfg.train;
   Phi4 theory(cfg.lattice, cfg.phi4);
+  // The initial weights come from the run seed (LibTorch's default generator is not seeded reproducibly).
+  torch::manual_seed(derive_seed(cfg.run.seed, "init", 0));
   FlowModel model(cfg.lattice, cfg.flow);
   model->to_device(torch::Device(cfg.run.device));
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(tp.lr));
@@ -364,9 +366,10 @@ TrainSummary train_job(const Config& cfg) {
   progress.finish();
   if (tp.eval_every > 0 && (meta.history.eval_step.empty() || meta.history.eval_step.back() != step)) evaluate(step);
   checkpoint(step);
+  const std::string hash = model->weights_hash();
   log::info("training: " + std::to_string(step) + " steps in " + log::format_seconds(meta.train_seconds) +
-            " (this session " + log::format_seconds(elapsed()) + "), checkpoint " + ckpt);
-  return {meta.step, meta.train_seconds, false, model->weights_hash(), meta.history};
+            " (this session " + log::format_seconds(elapsed()) + "), weights " + hash + ", checkpoint " + ckpt);
+  return {meta.step, meta.train_seconds, false, hash, meta.history};
 }
 
 }  // namespace latflow
