@@ -2,6 +2,9 @@
 // The latflow command line: one binary, subcommands. Boost.Program_options lives only here. Every key of the INI
 // files can be overridden on the command line as --section.key VALUE. Errors are caught once, at the bottom.
 #include <boost/program_options.hpp>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <cmath>
 #include <filesystem>
@@ -335,9 +338,21 @@ int dispatch(int argc, char** argv) {
   return 0;
 }
 
+// LibTorch allocates and frees activation buffers of a few MB on every call. With glibc's defaults those are
+// mmapped and unmapped (or the heap is trimmed) each time, and the page faults of touching fresh pages cost
+// several times the arithmetic: measured here, `latflow sample` of the tutorial model went from ~700 to ~6000
+// proposals/s with these two settings. Keep freed memory in the process instead.
+void tune_allocator() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  tune_allocator();
   std::unique_ptr<mpi::Context> ctx;
   try {
     ctx = std::make_unique<mpi::Context>(&argc, &argv);

@@ -249,3 +249,38 @@ TEST_CASE("training continued from its checkpoint reproduces the uninterrupted r
   // A different training recipe is refused, naming the key.
   expect_error("train " + cfg + " --output " + dir / "a.h5 --train.lr 0.5", 2, "train.lr");
 }
+
+TEST_CASE("non-finite losses are skipped, rolled back, or stop training with a clear message", "[cli]") {
+  TempDir dir;
+  const std::string cfg = dir / "nan.ini";
+  write_file(cfg,
+             "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
+             "[train]\nsteps = 40\nbatch = 16\nlog_every = 5\nmax_bad_steps = 3\ncheckpoint_every = 10\n"
+             "[sample]\nproposals = 100\n[run]\nseed = 5\n");
+  // A few isolated bad steps are skipped: training finishes and the model samples finite log-weights.
+  setenv("LATFLOW_FAULT_NAN_STEPS", "7,12", 1);
+  auto a = run("run " + cfg + " --output " + dir / "a.h5");
+  CHECK(a.code == 0);
+  // A run of bad steps longer than max_bad_steps rolls back to the last good state and lowers the lr.
+  setenv("LATFLOW_FAULT_NAN_STEPS", "20-24", 1);
+  auto b = run("run " + cfg + " --output " + dir / "b.h5");
+  CHECK(b.code == 0);
+  CHECK(b.out.find("rolled back") != std::string::npos);
+  // Persistent failure: a one-line error, exit 4, and the last good checkpoint left intact and loadable.
+  setenv("LATFLOW_FAULT_NAN_STEPS", "15-100000", 1);
+  auto c = run("train " + cfg + " --output " + dir / "c.h5", true);
+  unsetenv("LATFLOW_FAULT_NAN_STEPS");
+  CAPTURE(c.out);
+  CHECK(c.code == 4);
+  // The rollback warnings come first; the error is the last line, and the only one.
+  const auto last = c.out.rfind("latflow: error: ");
+  REQUIRE(last != std::string::npos);
+  CHECK(c.out.find("latflow: error: ") == last);
+  CHECK(c.out.substr(last).find("training: non-finite") != std::string::npos);
+  CHECK(count_lines(c.out.substr(last)) == 1);
+  auto s = run("sample " + cfg + " --output " + dir / "c.h5");
+  CHECK(s.code == 0);
+  auto rep = analysis::analyze_ensemble(dir / "c.h5");
+  CHECK(std::isfinite(rep.ess_fraction));
+  CHECK(rep.train_steps == 10);
+}

@@ -42,8 +42,7 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   std::map<std::int64_t, std::vector<double>> train_t, prop_t;
   std::uint64_t counter = 0;
   auto train_step = [&](std::int64_t B) {
-    auto z = model->draw_prior(B, derive_seed(cfg.run.seed, "bench", counter++));
-    auto [x, log_q] = model->forward(z);
+    auto [x, log_q] = model->sample(B, derive_seed(cfg.run.seed, "bench", counter++));
     auto loss = (log_q + theory.action(x.to(torch::kFloat64))).mean();
     opt.zero_grad();
     loss.backward();
@@ -51,8 +50,7 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   };
   auto propose = [&](std::int64_t B) {
     torch::InferenceMode im;
-    auto z = model->draw_prior(B, derive_seed(cfg.run.seed, "bench", counter++));
-    auto [x, log_q] = model->forward(z);
+    auto [x, log_q] = model->sample(B, derive_seed(cfg.run.seed, "bench", counter++));
     auto xd = x.to(torch::kFloat64);
     auto lw = -(theory.action(xd) + log_q);
     theory.measure(xd);

@@ -240,6 +240,10 @@ std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::forward(const torch::Tens
   return {x, log_q};
 }
 
+std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::sample(std::int64_t batch, std::uint64_t stream_seed) {
+  return forward(draw_prior(batch, stream_seed));
+}
+
 std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::log_prob(const torch::Tensor& x_in) {
   auto z = x_in.to(device_, dtype_);
   auto log_det = torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));

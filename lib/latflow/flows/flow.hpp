@@ -81,6 +81,8 @@ class FlowModelImpl : public torch::nn::Module {
 
   // x = f(z) and log q(x) in float64 for prior draws z (any dtype; cast to the model's dtype).
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& z);
+  // draw_prior + forward: `batch` samples x ~ q and log q(x), from the stream derived from `stream_seed`.
+  std::pair<torch::Tensor, torch::Tensor> sample(std::int64_t batch, std::uint64_t stream_seed);
   // log q(x) in float64 through the inverse; also returns z = f^{-1}(x).
   std::pair<torch::Tensor, torch::Tensor> log_prob(const torch::Tensor& x);
   // log of the N(0,1) prior density, [B] float64.

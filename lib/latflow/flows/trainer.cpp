@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -244,6 +247,7 @@ TrainSummary train_job(const Config& cfg) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - eval_seconds;
   };
   auto evaluate = [&](std::int64_t step) {
+    const double trained_seconds = base_seconds + elapsed();
     const auto te = std::chrono::steady_clock::now();
     std::vector<double> lw;
     {
@@ -251,15 +255,15 @@ TrainSummary train_job(const Config& cfg) {
       const std::int64_t chunk = 1000;
       for (std::int64_t done = 0, i = 0; done < tp.eval_samples; done += chunk, ++i) {
         const auto n = std::min(chunk, tp.eval_samples - done);
-        auto z = model->draw_prior(n, derive_seed(cfg.run.seed, "eval", static_cast<std::uint64_t>(step) * 1000003 + i));
-        auto [x, log_q] = model->forward(z);
+        auto [x, log_q] =
+            model->sample(n, derive_seed(cfg.run.seed, "eval", static_cast<std::uint64_t>(step) * 1000003 + i));
         auto w = (-(theory.action(x.to(torch::kFloat64)) + log_q)).to(torch::kCPU).contiguous();
         lw.insert(lw.end(), w.data_ptr<double>(), w.data_ptr<double>() + n);
       }
     }
     auto& h = meta.history;
     h.eval_step.push_back(step);
-    h.eval_wall_seconds.push_back(base_seconds + elapsed());
+    h.eval_wall_seconds.push_back(trained_seconds);
     h.eval_ess.push_back(analysis::kish_ess_fraction(lw));
     h.eval_acceptance.push_back(analysis::imh_acceptance_estimate(lw));
     eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
@@ -273,6 +277,8 @@ TrainSummary train_job(const Config& cfg) {
   std::string good_state = serialize_state(model, opt);
   double lr_scale = 1.0;
   std::int64_t bad_in_a_row = 0;
+  int rollbacks_in_a_row = 0;  // without a good step in between
+  constexpr int kMaxRollbacks = 3;
   // Interval accumulators for the history.
   double acc_loss = 0, acc_ess = 0, acc_acc = 0, acc_var = 0;
   int acc_n = 0;
@@ -281,6 +287,21 @@ TrainSummary train_job(const Config& cfg) {
     meta.step = step;
     meta.train_seconds = base_seconds + elapsed();
     save_checkpoint(ckpt, model, &opt, meta);
+  };
+
+  // Fault injection for tests: LATFLOW_FAULT_NAN_STEPS="a,b-c" poisons the loss of those steps with NaN.
+  std::vector<std::pair<std::int64_t, std::int64_t>> poisoned;
+  if (const char* env = std::getenv("LATFLOW_FAULT_NAN_STEPS")) {
+    std::istringstream is(env);
+    std::string item;
+    while (std::getline(is, item, ',')) {
+      auto dash = item.find('-');
+      const auto a = std::stoll(item.substr(0, dash));
+      poisoned.emplace_back(a, dash == std::string::npos ? a : std::stoll(item.substr(dash + 1)));
+    }
+  }
+  auto is_poisoned = [&](std::int64_t s) {
+    return std::any_of(poisoned.begin(), poisoned.end(), [s](auto r) { return s >= r.first && s <= r.second; });
   };
 
   std::int64_t step = meta.step;
@@ -293,10 +314,10 @@ TrainSummary train_job(const Config& cfg) {
     const double lr = learning_rate(tp, step) * lr_scale;
     for (auto& group : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
 
-    auto z = model->draw_prior(tp.batch, derive_seed(cfg.run.seed, "train", step));
-    auto [x, log_q] = model->forward(z);
+    auto [x, log_q] = model->sample(tp.batch, derive_seed(cfg.run.seed, "train", step));
     auto S = theory.action(x.to(torch::kFloat64));
     auto loss = (log_q + S).mean();
+    if (is_poisoned(step)) loss = loss * std::numeric_limits<double>::quiet_NaN();
     opt.zero_grad();
     bool ok = std::isfinite(loss.item<double>());
     if (ok) {
@@ -307,10 +328,10 @@ TrainSummary train_job(const Config& cfg) {
       // Skip the step: its update is never applied. Persistent failures roll back to the last good state with a
       // smaller learning rate.
       if (++bad_in_a_row >= tp.max_bad_steps) {
-        if (lr_scale < 1e-3)
+        if (++rollbacks_in_a_row > kMaxRollbacks)
           throw NumericalError("training: non-finite loss or gradients at step " + std::to_string(step) +
-                               " persist after rolling back and lowering the learning rate; last good checkpoint " +
-                               ckpt);
+                               " persist after " + std::to_string(kMaxRollbacks) +
+                               " roll-backs with lower learning rates; last good checkpoint " + ckpt);
         restore_state(good_state, model, opt);
         lr_scale *= 0.5;
         bad_in_a_row = 0;
@@ -320,6 +341,7 @@ TrainSummary train_job(const Config& cfg) {
       continue;
     }
     bad_in_a_row = 0;
+    rollbacks_in_a_row = 0;
     if (tp.clip > 0) torch::nn::utils::clip_grad_norm_(params, tp.clip);
     opt.step();
 

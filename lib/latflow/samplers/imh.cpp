@@ -26,8 +26,7 @@ namespace {
 // Per-block results, flattened to doubles for MPI: [block, n, log_q(n), S(n), scalars(n*k), corr(n*L0), x(n*V)].
 std::vector<double> make_block(FlowModel& model, const Phi4& theory, const Config& cfg, std::int64_t b) {
   const std::int64_t n = std::min(cfg.sample.block, cfg.sample.proposals - b * cfg.sample.block);
-  auto z = model->draw_prior(n, derive_seed(cfg.run.seed, "propose", static_cast<std::uint64_t>(b)));
-  auto [x, log_q] = model->forward(z);
+  auto [x, log_q] = model->sample(n, derive_seed(cfg.run.seed, "propose", static_cast<std::uint64_t>(b)));
   auto xd = x.to(torch::kCPU, torch::kFloat64).contiguous();  // exact for float32 fields
   auto S = theory.action(xd);
   auto m = theory.measure(xd);
