@@ -326,7 +326,12 @@ int dispatch(int argc, char** argv) {
   // Refuse an existing output before spending time on training.
   if ((cmd == "run" || cmd == "sample") && std::filesystem::exists(cfg.run.output) && !cfg.run.overwrite)
     throw IoError(cfg.run.output + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
-  if (cmd == "train" || cmd == "run") train_job(cfg);
+  if (cmd == "train" || cmd == "run") {
+    // Training runs on the root only (data-parallel training is not in this version); the other ranks wait
+    // without spinning and then load the same checkpoint for sampling.
+    if (mpi::rank() == 0) train_job(cfg);
+    mpi::idle_barrier();
+  }
   if (cmd == "sample" || cmd == "run") {
     auto out = sample_job(cfg, command_line(argc, argv));
     if (cmd == "run") {

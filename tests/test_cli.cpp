@@ -25,9 +25,8 @@ struct Result {
   std::string out;
 };
 
-// Runs latflow; captures stderr and, unless stderr_only, stdout.
-Result run(const std::string& args, bool stderr_only = false) {
-  const std::string cmd = std::string(LATFLOW_BINARY) + " " + args + (stderr_only ? " 2>&1 >/dev/null" : " 2>&1");
+// Runs a shell command; returns its exit code and what it printed.
+Result capture(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);
   std::string out;
@@ -35,6 +34,19 @@ Result run(const std::string& args, bool stderr_only = false) {
   while (std::fgets(buf, sizeof buf, p)) out += buf;
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// Runs latflow; captures stderr and, unless stderr_only, stdout.
+Result run(const std::string& args, bool stderr_only = false) {
+  return capture(std::string(LATFLOW_BINARY) + " " + args + (stderr_only ? " 2>&1 >/dev/null" : " 2>&1"));
+}
+
+// Runs latflow under `mpiexec -n ranks` (as root too, oversubscribed).
+Result run_mpi(int ranks, const std::string& args) {
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  return capture(std::string(LATFLOW_MPIEXEC) + " -n " + std::to_string(ranks) + " --oversubscribe --bind-to none " +
+                 LATFLOW_BINARY + " " + args + " 2>&1");
 }
 
 int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
@@ -198,21 +210,12 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
   expect_error("run " + cfg, 3, "exists");
 
   SECTION("2 MPI ranks produce bitwise the same ensemble as 1 rank") {
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     const std::string o1 = dir / "r1.h5", o2 = dir / "r2.h5", ck = " --run.checkpoint " + out + ".ckpt";
     auto r1 = run("sample " + cfg + " --sample.proposals 3000 --output " + o1 + ck);
     REQUIRE(r1.code == 0);
-    const std::string mpi = std::string(LATFLOW_MPIEXEC) + " -n 2 --oversubscribe --bind-to none ";
-    FILE* p = popen((mpi + LATFLOW_BINARY + " sample " + cfg + " --sample.proposals 3000 --output " + o2 + ck +
-                     " 2>&1")
-                        .c_str(),
-                    "r");
-    std::string log;
-    char buf[4096];
-    while (std::fgets(buf, sizeof buf, p)) log += buf;
-    INFO(log);
-    REQUIRE(pclose(p) == 0);
+    auto r2 = run_mpi(2, "sample " + cfg + " --sample.proposals 3000 --output " + o2 + ck);
+    INFO(r2.out);
+    REQUIRE(r2.code == 0);
     auto a1 = io::File::open_read(o1), a2 = io::File::open_read(o2);
     CHECK(a2.read_attr_int("/", "ranks") == 2);
     for (const char* d : {"/proposals/log_w", "/proposals/log_q", "/proposals/action", "/proposals/observables/chi2",
@@ -283,4 +286,21 @@ TEST_CASE("non-finite losses are skipped, rolled back, or stop training with a c
   auto rep = analysis::analyze_ensemble(dir / "c.h5");
   CHECK(std::isfinite(rep.ess_fraction));
   CHECK(rep.train_steps == 10);
+}
+
+TEST_CASE("mpiexec -n 2 latflow run trains on the root and gives the 1-rank ensemble", "[cli][mpi]") {
+  TempDir dir;
+  const std::string cfg = dir / "small.ini";
+  write_file(cfg,
+             "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 4\nhidden = 4\nz2 = true\n"
+             "[train]\nsteps = 30\nbatch = 32\n[sample]\nproposals = 1000\nblock = 100\n[run]\nseed = 11\n");
+  auto one = run("run " + cfg + " --output " + dir / "one.h5");
+  REQUIRE(one.code == 0);
+  auto two = run_mpi(2, "run " + cfg + " --output " + dir / "two.h5");
+  INFO(two.out);
+  REQUIRE(two.code == 0);
+  auto a = io::File::open_read(dir / "one.h5"), b = io::File::open_read(dir / "two.h5");
+  CHECK(a.read_attr_string("/model", "weights_hash") == b.read_attr_string("/model", "weights_hash"));
+  CHECK(a.read_f64("/proposals/log_w") == b.read_f64("/proposals/log_w"));
+  CHECK(a.read_i64("/chain/proposal") == b.read_i64("/chain/proposal"));
 }

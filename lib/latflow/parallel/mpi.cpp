@@ -3,7 +3,9 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 
 #include "latflow/core/error.hpp"
 #include "latflow/core/log.hpp"
@@ -73,6 +75,18 @@ void abort(int code) {
 
 void barrier() {
   if (running()) MPI_Barrier(MPI_COMM_WORLD);
+}
+
+void idle_barrier() {
+  if (!running() || size() == 1) return;
+  MPI_Request req;
+  MPI_Ibarrier(MPI_COMM_WORLD, &req);
+  int done = 0;
+  while (true) {
+    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    if (done) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 void allreduce_sum(double* data, std::int64_t n) {

@@ -23,6 +23,9 @@ bool initialized();
 [[noreturn]] void abort(int code);  // MPI_Abort if MPI runs, std::exit otherwise
 
 void barrier();
+// A barrier that sleeps instead of spinning (Open MPI's MPI_Barrier busy-polls a core): ranks that wait for the
+// root's long serial work must not take the cores it runs on.
+void idle_barrier();
 void allreduce_sum(double* data, std::int64_t n);
 void broadcast(double* data, std::int64_t n, int root = 0);
 void broadcast(std::uint8_t* data, std::int64_t n, int root = 0);
