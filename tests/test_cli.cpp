@@ -158,6 +158,8 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
   CHECK(rep.free_energy_exact == Approx(11.622885).margin(1e-6));
   CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 3 * rep.free_energy_error);
   CHECK(rep.ess_fraction > 0.2);  // the flow learnt something in 150 steps
+  CHECK(rep.nis_reliable());
+  CHECK(rep.chain_reliable());
 
   // Provenance and the verbatim config.
   auto f = io::File::open_read(out);
@@ -303,4 +305,20 @@ TEST_CASE("mpiexec -n 2 latflow run trains on the root and gives the 1-rank ense
   CHECK(a.read_attr_string("/model", "weights_hash") == b.read_attr_string("/model", "weights_hash"));
   CHECK(a.read_f64("/proposals/log_w") == b.read_f64("/proposals/log_w"));
   CHECK(a.read_i64("/chain/proposal") == b.read_i64("/chain/proposal"));
+}
+
+TEST_CASE("an untrained flow's ensemble is analysed, and its unreliable errors are flagged", "[cli]") {
+  TempDir dir;
+  const std::string cfg = dir / "raw.ini";
+  // The prior itself as the proposal for the tutorial point: a handful of moves in 2000 proposals.
+  write_file(cfg, "[lattice]\nextents = 8 8\n[phi4]\nm2 = -4\nlam = 8\n[train]\nsteps = 0\n"
+                  "[sample]\nproposals = 2000\nblock = 250\n[run]\nseed = 2\n");
+  auto r = run("run " + cfg + " --output " + dir / "raw.h5");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("not reliable") != std::string::npos);
+  auto rep = analysis::analyze_ensemble(dir / "raw.h5");
+  CHECK(!rep.nis_reliable());
+  CHECK(!rep.chain_reliable());
+  CHECK(rep.train_steps == 0);
 }

@@ -252,7 +252,8 @@ std::string format_report(const Report& r) {
                 static_cast<long long>(r.train_steps), r.train_seconds, r.sampling_seconds, r.acceptance, r.tau_acc,
                 r.ess_fraction, static_cast<long long>(r.proposals));
   os << b;
-  os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error);
+  const std::string flag = r.nis_reliable() ? "" : "!";
+  os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
   if (r.has_free_energy_exact) {
     std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
                   (r.free_energy - r.free_energy_exact) / r.free_energy_error);
@@ -274,7 +275,8 @@ std::string format_report(const Report& r) {
     }
     std::string tau = fmt(row.tau_int, row.tau_error) + (row.window_found ? "" : "*");
     std::snprintf(b, sizeof b, "%-15s %-20s %-14s %-20s %-24s %s\n", row.name.c_str(),
-                  fmt(row.value, row.error).c_str(), tau.c_str(), fmt(row.nis, row.nis_error).c_str(), ref.c_str(),
+                  fmt(row.value, row.error).c_str(), tau.c_str(), (fmt(row.nis, row.nis_error) + flag).c_str(),
+                  ref.c_str(),
                   dev.c_str());
     os << b;
   }
@@ -283,6 +285,20 @@ std::string format_report(const Report& r) {
                 "window met the criterion).\n",
                 r.gamma_S);
   os << b;
+  if (!r.chain_reliable()) {
+    std::snprintf(b, sizeof b,
+                  "! the chain has only %.0f independent steps by N / (2 tau_acc): its errors and tau_int are not "
+                  "reliable; sample more proposals or train the flow further.\n",
+                  static_cast<double>(r.proposals) / (2 * r.tau_acc));
+    os << b;
+  }
+  if (!r.nis_reliable()) {
+    std::snprintf(b, sizeof b,
+                  "! only %.0f effective samples (N x Kish ESS/N < %.0f): the NIS and free-energy errors are not "
+                  "reliable.\n",
+                  r.ess_fraction * static_cast<double>(r.proposals), Report::kMinEffectiveSamples);
+    os << b;
+  }
   return os.str();
 }
 
@@ -295,6 +311,8 @@ std::string report_json(const Report& r) {
      << ",\n  \"convention\": \"nohalf\",\n  \"proposals\": " << r.proposals
      << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json_number(r.acceptance)
      << ",\n  \"tau_acc\": " << json_number(r.tau_acc) << ",\n  \"ess_fraction\": " << json_number(r.ess_fraction)
+     << ",\n  \"nis_reliable\": " << (r.nis_reliable() ? "true" : "false")
+     << ",\n  \"chain_reliable\": " << (r.chain_reliable() ? "true" : "false")
      << ",\n  \"free_energy\": {\"value\": " << json_number(r.free_energy)
      << ", \"error\": " << json_number(r.free_energy_error);
   if (r.has_free_energy_exact) os << ", \"exact\": " << json_number(r.free_energy_exact);

@@ -26,6 +26,13 @@ struct Report {
   std::string input_convention;
   std::int64_t proposals = 0, configs_stored = 0;
   double acceptance = 0, tau_acc = 0, ess_fraction = 0;
+  // The delta-method errors of NIS estimates and of F collapse when a few weights dominate (they can even
+  // shrink as the estimate gets worse); below kMinEffectiveSamples = N * ESS/N they are flagged as unreliable.
+  static constexpr double kMinEffectiveSamples = 100;
+  bool nis_reliable() const { return ess_fraction * static_cast<double>(proposals) >= kMinEffectiveSamples; }
+  // Likewise a chain with fewer than kMinEffectiveSamples independent steps by its acceptance autocorrelation,
+  // N / (2 tau_acc), has Gamma-method errors that cannot be trusted (the window sees only a few moves).
+  bool chain_reliable() const { return static_cast<double>(proposals) / (2 * tau_acc) >= kMinEffectiveSamples; }
   double free_energy = 0, free_energy_error = 0;
   bool has_free_energy_exact = false;
   double free_energy_exact = 0;
