@@ -30,6 +30,7 @@ commands:
   run CONFIG.ini       train (or reuse/continue the checkpoint), sample, analyse and print the results
   train CONFIG.ini     train the flow; writes the checkpoint (run.checkpoint, default OUTPUT.ckpt)
   sample CONFIG.ini    sample with the trained flow: independence Metropolis ensemble -> run.output (HDF5)
+  hmc CONFIG.ini       HMC baseline: hmc.chains chains in the batch -> run.output (HDF5), then analyse it
   analyze FILE.h5      print the analysis table of an ensemble and write it as JSON [--json OUT] [--S 1.5]
   bench CONFIG.ini     training steps/s and proposals/s of the config's flow [--batches 64,1024] [--repeats 5]
   keys                 list every config key with its default and meaning
@@ -154,6 +155,24 @@ const std::vector<Key>& keys() {
       LATFLOW_KEY("sample.block", sample.block, parse_number<I>("sample.block", v), "proposals per random block"),
       LATFLOW_KEY("sample.store_configs", sample.store_configs, parse_bool("sample.store_configs", v),
                   "store accepted configurations"),
+      LATFLOW_KEY("hmc.integrator", hmc.integrator, v, "leapfrog | omelyan (2MN, lambda = 0.1932)"),
+      LATFLOW_KEY("hmc.trajectory_length", hmc.trajectory_length,
+                  parse_number<double>("hmc.trajectory_length", v), "MD time of one trajectory"),
+      LATFLOW_KEY("hmc.n_md", hmc.n_md, parse_number<int>("hmc.n_md", v),
+                  "initial MD steps per trajectory (tuned during thermalisation, then frozen)"),
+      LATFLOW_KEY("hmc.jitter", hmc.jitter, parse_number<double>("hmc.jitter", v),
+                  "step size uniform in dt (1 +- jitter) per trajectory and chain"),
+      LATFLOW_KEY("hmc.target_acceptance", hmc.target_acceptance,
+                  parse_number<double>("hmc.target_acceptance", v), "acceptance n_md is tuned toward"),
+      LATFLOW_KEY("hmc.chains", hmc.chains, parse_number<I>("hmc.chains", v), "independent chains (replicas)"),
+      LATFLOW_KEY("hmc.thermalization", hmc.thermalization, parse_number<I>("hmc.thermalization", v),
+                  "discarded trajectories per chain (n_md tuned in the first 3/4)"),
+      LATFLOW_KEY("hmc.trajectories", hmc.trajectories, parse_number<I>("hmc.trajectories", v),
+                  "kept trajectories per chain"),
+      LATFLOW_KEY("hmc.save_every", hmc.save_every, parse_number<I>("hmc.save_every", v),
+                  "store configurations every k kept trajectories, 0 = never"),
+      LATFLOW_KEY("hmc.check_reversibility", hmc.check_reversibility, parse_bool("hmc.check_reversibility", v),
+                  "integrate each trajectory back and report max |dx|, |dp|"),
       LATFLOW_KEY("run.output", run.output, v, "ensemble file (HDF5)"),
       LATFLOW_KEY("run.checkpoint", run.checkpoint, v, "checkpoint file (default: OUTPUT.ckpt)"),
       LATFLOW_KEY("run.overwrite", run.overwrite, parse_bool("run.overwrite", v), "replace an existing output"),
@@ -308,7 +327,7 @@ int dispatch(int argc, char** argv) {
     analyze_and_print(a.positional[0], S, a.local.count("json") ? a.local["json"] : json_path_for(a.positional[0]));
     return 0;
   }
-  if (cmd != "run" && cmd != "train" && cmd != "sample" && cmd != "bench")
+  if (cmd != "run" && cmd != "train" && cmd != "sample" && cmd != "bench" && cmd != "hmc")
     throw ConfigError("unknown command '" + cmd + "' (try latflow --help)");
   auto a = split_args(argc, argv, {"batches", "repeats"});
   if (a.positional.size() != 1) throw ConfigError("usage: latflow " + cmd + " CONFIG.ini [--section.key VALUE ...]");
@@ -324,8 +343,14 @@ int dispatch(int argc, char** argv) {
     return 0;
   }
   // Refuse an existing output before spending time on training.
-  if ((cmd == "run" || cmd == "sample") && std::filesystem::exists(cfg.run.output) && !cfg.run.overwrite)
+  if ((cmd == "run" || cmd == "sample" || cmd == "hmc") && std::filesystem::exists(cfg.run.output) && !cfg.run.overwrite)
     throw IoError(cfg.run.output + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
+  if (cmd == "hmc") {
+    auto out = hmc_job(cfg, command_line(argc, argv));
+    if (log::is_root()) std::cout << "\n";
+    analyze_and_print(out, cfg.run.gamma_S, json_path_for(out));
+    return 0;
+  }
   if (cmd == "train" || cmd == "run") {
     // Training runs on the root only (data-parallel training is not in this version); the other ranks wait
     // without spinning and then load the same checkpoint for sampling.

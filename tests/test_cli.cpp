@@ -322,3 +322,71 @@ TEST_CASE("an untrained flow's ensemble is analysed, and its unreliable errors a
   CHECK(!rep.chain_reliable());
   CHECK(rep.train_steps == 0);
 }
+
+TEST_CASE("latflow hmc writes a complete replica ensemble that analyze reads; refuses an existing output", "[cli][hmc]") {
+  TempDir dir;
+  const std::string out = dir / "hmc.h5", cfg = dir / "hmc.ini";
+  write_file(cfg,
+             "[lattice]\nextents = 8 8\n[phi4]\nm2 = -4\nlam = 8\n"
+             "[hmc]\nintegrator = leapfrog\nchains = 8\nthermalization = 20\ntrajectories = 100\nsave_every = 25\n"
+             "check_reversibility = true\n[reference]\nchi2 = 0.7456 0.0013\n[run]\nseed = 4\noutput = " +
+                 out + "\n");
+  expect_error("hmc " + cfg + " --hmc.integrator euler", 2, "hmc.integrator = euler");
+  expect_error("hmc " + cfg + " --hmc.jitter 1.5", 2, "hmc.jitter");
+  auto r = run("hmc " + cfg);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("HMC acceptance") != std::string::npos);
+  CHECK(!fs::exists(out + ".partial"));
+
+  auto f = io::File::open_read(out);
+  CHECK(f.read_attr_string("/", "kind") == "hmc");
+  CHECK(f.read_attr_string("/", "status") == "complete");
+  CHECK(f.read_string("/input/config") == read_file(cfg));
+  CHECK(f.read_attr_string("/hmc", "integrator") == "leapfrog");
+  CHECK(f.read_attr_int("/hmc", "n_md") >= 1);
+  CHECK(f.read_attr_double("/hmc", "reversibility_max_dx") < 1e-10);
+  CHECK(f.read_attr_double("/hmc", "reversibility_max_dp") < 1e-10);
+  CHECK(f.read_attr_double("/hmc", "seconds_per_trajectory_per_site") > 0);
+  CHECK(f.shape("/chains/dH") == std::vector<std::uint64_t>{100, 8});
+  CHECK(f.shape("/chains/accepted") == std::vector<std::uint64_t>{100, 8});
+  CHECK(f.shape("/chains/observables/chi2") == std::vector<std::uint64_t>{100, 8});
+  CHECK(f.shape("/chains/observables/correlator") == std::vector<std::uint64_t>{100, 8, 8});
+  CHECK(f.shape("/configs/field") == std::vector<std::uint64_t>{4, 8, 8, 8});
+  // Stored configuration k is the state after kept trajectory 25 (k + 1) - 1: its <phi^2> is the one measured.
+  const auto traj = f.read_i64("/configs/trajectory");
+  REQUIRE(traj.size() == 4);
+  CHECK(traj[1] == 20 + 49);
+  const auto phi = f.read_f64("/configs/field", 1, 1);
+  const auto phi2 = f.read_f64("/chains/observables/phi2", 49, 1);
+  for (std::size_t c : {std::size_t{0}, std::size_t{7}}) {
+    double s = 0;
+    for (std::size_t i = 0; i < 64; ++i) s += phi[c * 64 + i] * phi[c * 64 + i];
+    CHECK(s / 64 == Approx(phi2[c]).epsilon(1e-12));
+  }
+
+  auto rep = analysis::analyze_ensemble(out);
+  CHECK(rep.kind == "hmc");
+  CHECK(rep.chains == 8);
+  CHECK(rep.trajectories == 100);
+  CHECK(rep.configs_stored == 4);
+  CHECK(rep.acceptance > 0.5);
+  for (const char* name : {"chi2", "abs_mag", "phi2", "action_density", "binder", "xi_2nd", "m_eff(1)"}) {
+    const auto* row = rep.row(name);
+    REQUIRE(row);
+    CAPTURE(name);
+    CHECK(std::isfinite(row->value));
+    CHECK(row->error > 0);
+    CHECK(std::isnan(row->nis));
+  }
+  CHECK(rep.row("chi2")->ref_kind == "reference");
+  auto a = run("analyze " + out + " --json " + dir / "h.json");
+  CHECK(a.code == 0);
+  CHECK(a.out.find("<exp(-dH)>") != std::string::npos);
+  CHECK(read_file(dir / "h.json").find("\"seconds_per_trajectory_per_site\"") != std::string::npos);
+
+  expect_error("hmc " + cfg, 3, "hmc.h5: exists");
+  auto again = run("hmc " + cfg + " --overwrite --hmc.trajectories 10");
+  CHECK(again.code == 0);
+  CHECK(io::File::open_read(out).shape("/chains/dH") == std::vector<std::uint64_t>{10, 8});
+}

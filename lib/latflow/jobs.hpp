@@ -44,6 +44,11 @@ TrainSummary train_job(const Config& cfg);
 // write the ensemble to cfg.run.output (refusing to overwrite unless run.overwrite). Returns the output path.
 std::string sample_job(const Config& cfg, const std::string& command_line);
 
+// Run cfg.hmc.chains HMC chains (thermalisation with n_md tuning, then cfg.hmc.trajectories kept trajectories
+// each) and write the ensemble to cfg.run.output (refusing to overwrite unless run.overwrite). One MPI rank.
+// Returns the output path.
+std::string hmc_job(const Config& cfg, const std::string& command_line);
+
 }  // namespace latflow
 
 namespace latflow {

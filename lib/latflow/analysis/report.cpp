@@ -85,6 +85,205 @@ const ObservableRow* Report::row(const std::string& name) const {
   return nullptr;
 }
 
+namespace {
+
+// The Markov-chain data of one ensemble, whatever sampler made it. `chain` holds each primary observable and
+// each correlator time slice ("corr(t)") as replicas x measurements: one replica (the IMH chain) or one per HMC
+// chain. An IMH file also gives every observable per proposal with the log-weights, for the NIS column.
+struct Samples {
+  std::map<std::string, Series> chain;
+  std::map<std::string, std::vector<double>> proposals;
+  std::vector<double> log_w;
+  bool has_nis() const { return !log_w.empty(); }
+};
+
+// Exact (free field) and [reference] values, keyed by row name.
+struct References {
+  std::map<std::string, double> exact;
+  std::map<std::string, std::pair<double, double>> given;
+  void apply(ObservableRow& row) const {
+    if (auto it = exact.find(row.name); it != exact.end()) {
+      row.has_ref = true;
+      row.ref = it->second;
+      row.ref_kind = "exact";
+    } else if (auto jt = given.find(row.name); jt != given.end()) {
+      row.has_ref = true;
+      row.ref = jt->second.first;
+      row.ref_error = jt->second.second;
+      row.ref_kind = "reference";
+    }
+  }
+};
+
+References read_references(const io::File& f, Report& r) {
+  References refs;
+  const bool free_field = r.theory == "phi4" && r.lam == 0 && r.m2 > 0;
+  if (free_field) {
+    auto e = free_field_exact(r.extents, r.m2);
+    refs.exact = {{"chi2", e.chi2},     {"abs_mag", e.abs_mag}, {"mag", e.mag},       {"phi2", e.phi2},
+                  {"action_density", e.action_density},         {"g_pmin", e.g_pmin}, {"binder", e.binder},
+                  {"xi_2nd", e.xi_2nd}, {"m4", e.m4}};
+    for (std::int64_t t = 1; 2 * t < r.extents[0]; ++t) refs.exact["m_eff(" + std::to_string(t) + ")"] = e.m_eff;
+    r.has_free_energy_exact = true;
+    r.free_energy_exact = e.free_energy;
+  }
+  if (f.exists("/reference"))
+    for (const auto& name : f.attr_names("/reference")) {
+      auto v = f.read_attr_doubles("/reference", name);
+      if (v.size() == 2) refs.given[name] = {v[0], v[1]};
+    }
+  return refs;
+}
+
+const std::vector<std::string> kPrimary{"chi2", "abs_mag", "phi2", "action_density", "mag", "m4", "g_pmin"};
+
+std::string corr_name(std::size_t t) { return "corr(" + std::to_string(t) + ")"; }
+
+// The rows of the primary observables and of the derived quantities (Binder cumulant, second-moment
+// correlation length, effective mass), shared by every kind of ensemble.
+void add_observable_rows(Report& r, const Samples& s, const References& refs, const GammaOptions& opt) {
+  const double nan = std::nan("");
+  for (const auto& name : kPrimary) {
+    auto g = gamma_method(s.chain.at(name), opt);
+    Estimate nis{nan, nan};
+    if (s.has_nis()) nis = reweighted_mean(s.proposals.at(name), s.log_w);
+    auto row = make_row(name, g, nis.value, nis.error);
+    refs.apply(row);
+    r.rows.push_back(row);
+  }
+  auto derived = [&](const std::string& name, const std::vector<std::string>& inputs, const DerivedFn& fn) {
+    std::vector<Series> data;
+    for (const auto& in : inputs) data.push_back(s.chain.at(in));
+    GammaResult g;
+    try {
+      g = gamma_method_derived(data, fn, opt);
+    } catch (const NumericalError&) {
+      // e.g. m_eff(t) where the correlator is noise, xi_2nd with G(0) < G(p_min): not defined on these data.
+      g.mean = g.error = g.tau_int = g.tau_int_error = nan;
+    }
+    double nis = nan, nis_error = nan;
+    if (s.has_nis()) {
+      // NIS: f of the reweighted means; its delta-method error is the reweighting error of the projected
+      // observable sum_a (df/da) A_a, which keeps the correlations between the primaries.
+      std::vector<const std::vector<double>*> per_proposal;
+      for (const auto& in : inputs) per_proposal.push_back(&s.proposals.at(in));
+      std::vector<double> means, errs;
+      for (const auto* o : per_proposal) {
+        auto e = reweighted_mean(*o, s.log_w);
+        means.push_back(e.value);
+        errs.push_back(e.error);
+      }
+      nis = fn(means);
+      std::vector<double> projected(per_proposal[0]->size(), 0.0);
+      for (std::size_t a = 0; a < means.size(); ++a) {
+        auto m = means;
+        const double h = errs[a] > 0 ? errs[a] : 1e-8 * std::max(1.0, std::abs(means[a]));
+        m[a] += h;
+        const double up = fn(m);
+        m[a] -= 2 * h;
+        const double grad = (up - fn(m)) / (2 * h);
+        for (std::size_t i = 0; i < projected.size(); ++i) projected[i] += grad * (*per_proposal[a])[i];
+      }
+      if (std::isfinite(nis) &&
+          std::all_of(projected.begin(), projected.end(), [](double v) { return std::isfinite(v); }))
+        nis_error = reweighted_mean(projected, s.log_w).error;
+    }
+    auto row = make_row(name, g, nis, nis_error);
+    refs.apply(row);
+    r.rows.push_back(row);
+  };
+  double V = 1;
+  for (auto l : r.extents) V *= static_cast<double>(l);
+  const double L0 = static_cast<double>(r.extents[0]);
+  derived("binder", {"m4", "chi2"},
+          [V](const std::vector<double>& a) { return 1 - a[0] / (3 * (a[1] / V) * (a[1] / V)); });
+  derived("xi_2nd", {"chi2", "g_pmin"},
+          [L0](const std::vector<double>& a) { return std::sqrt(a[0] / a[1] - 1) / (2 * std::sin(M_PI / L0)); });
+  const auto nL0 = static_cast<std::size_t>(r.extents[0]);
+  for (std::size_t t = 1; 2 * t < nL0; ++t)
+    derived("m_eff(" + std::to_string(t) + ")", {corr_name(t - 1), corr_name(t), corr_name((t + 1) % nL0)},
+            [](const std::vector<double>& a) { return std::acosh((a[0] + a[2]) / (2 * a[1])); });
+}
+
+// IMH: the chain is an index trail over the proposals (one replica); every proposal enters the NIS estimates.
+Samples read_imh(const io::File& f, Report& r) {
+  const auto& path = r.path;
+  r.train_steps = f.read_attr_int("/model", "train_steps");
+  r.train_seconds = f.read_attr_double("/model", "train_seconds");
+  r.weights_hash = f.read_attr_string("/model", "weights_hash");
+  r.sampling_seconds = f.read_attr_double("/chain", "sampling_seconds");
+  Samples s;
+  s.log_w = f.read_f64("/proposals/log_w");
+  const auto trail = f.read_i64("/chain/proposal");
+  const auto accepted = f.read_u8("/chain/accepted");
+  r.proposals = static_cast<std::int64_t>(s.log_w.size());
+  r.configs_stored = static_cast<std::int64_t>(f.rows("/configs/proposal"));
+  if (trail.size() != s.log_w.size() || accepted.size() != s.log_w.size())
+    throw IoError(path + ": /chain and /proposals have different lengths");
+  for (auto p : trail)
+    if (p < 0 || p >= r.proposals) throw IoError(path + ": /chain/proposal holds an index out of range");
+  std::vector<std::uint8_t> acc_steps(accepted.begin() + 1, accepted.end());  // step 0 only starts the chain
+  auto at = acceptance_tau(acc_steps.empty() ? accepted : acc_steps);
+  r.acceptance = at.acceptance;
+  r.tau_acc = at.tau_acc;
+  r.ess_fraction = kish_ess_fraction(s.log_w);
+  auto fe = free_energy(s.log_w);
+  r.free_energy = fe.F;
+  r.free_energy_error = fe.error;
+
+  for (const auto& name : kPrimary) {
+    s.proposals[name] = f.read_f64("/proposals/observables/" + name);
+    s.chain[name] = {along_chain(s.proposals[name], trail)};
+  }
+  const auto corr = f.read_f64("/proposals/observables/correlator");
+  const auto nL0 = static_cast<std::size_t>(r.extents[0]);
+  for (std::size_t t = 0; t < nL0; ++t) {
+    std::vector<double> c(static_cast<std::size_t>(r.proposals));
+    for (std::size_t i = 0; i < c.size(); ++i) c[i] = corr[i * nL0 + t];
+    s.chain[corr_name(t)] = {along_chain(c, trail)};
+    s.proposals[corr_name(t)] = std::move(c);
+  }
+  return s;
+}
+
+// HMC: datasets [T, C] (trajectory-major); each chain is one replica of the Gamma method.
+Samples read_hmc(const io::File& f, Report& r) {
+  r.integrator = f.read_attr_string("/hmc", "integrator");
+  r.n_md = f.read_attr_int("/hmc", "n_md");
+  r.trajectory_length = f.read_attr_double("/hmc", "trajectory_length");
+  r.acceptance = f.read_attr_double("/hmc", "acceptance");
+  r.exp_mdH = f.read_attr_double("/hmc", "exp_mdH");
+  r.exp_mdH_error = f.read_attr_double("/hmc", "exp_mdH_error");
+  r.sampling_seconds = f.read_attr_double("/hmc", "seconds");
+  r.seconds_per_trajectory_per_site = f.read_attr_double("/hmc", "seconds_per_trajectory_per_site");
+  r.has_reversibility = f.has_attr("/hmc", "reversibility_max_dx");
+  if (r.has_reversibility) {
+    r.reversibility_max_dx = f.read_attr_double("/hmc", "reversibility_max_dx");
+    r.reversibility_max_dp = f.read_attr_double("/hmc", "reversibility_max_dp");
+  }
+  const auto shape = f.shape("/chains/dH");
+  if (shape.size() != 2 || shape[0] == 0 || shape[1] == 0) throw IoError(r.path + ": /chains/dH is not [T, C]");
+  const std::size_t T = shape[0], C = shape[1];
+  r.trajectories = static_cast<std::int64_t>(T);
+  r.chains = static_cast<std::int64_t>(C);
+  r.configs_stored = f.exists("/configs/field") ? static_cast<std::int64_t>(f.rows("/configs/field")) : 0;
+  auto replicas = [&](const std::vector<double>& data, std::size_t stride, std::size_t offset) {
+    if (data.size() != T * C * stride) throw IoError(r.path + ": /chains datasets have different shapes");
+    Series s(C, std::vector<double>(T));
+    for (std::size_t t = 0; t < T; ++t)
+      for (std::size_t c = 0; c < C; ++c) s[c][t] = data[(t * C + c) * stride + offset];
+    return s;
+  };
+  Samples s;
+  for (const auto& name : kPrimary) s.chain[name] = replicas(f.read_f64("/chains/observables/" + name), 1, 0);
+  const auto corr = f.read_f64("/chains/observables/correlator");
+  const auto nL0 = static_cast<std::size_t>(r.extents[0]);
+  for (std::size_t t = 0; t < nL0; ++t) s.chain[corr_name(t)] = replicas(corr, nL0, t);
+  return s;
+}
+
+}  // namespace
+
 Report analyze_ensemble(const std::string& path, double gamma_S) {
   auto f = io::File::open_read(path);
   Report r;
@@ -95,144 +294,19 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
   if (f.read_attr_string("/", "status") != "complete")
     throw IoError(path + ": ensemble is incomplete (status = " + f.read_attr_string("/", "status") + ")");
   r.kind = f.read_attr_string("/", "kind");
+  if (r.kind != "imh" && r.kind != "hmc") throw IoError(path + ": unknown ensemble kind " + r.kind);
   r.theory = f.read_attr_string("/theory", "name");
   r.extents = f.read_attr_ints("/theory", "extents");
   r.m2 = f.read_attr_double("/theory", "m2");
   r.lam = f.read_attr_double("/theory", "lam");
   r.input_convention = f.read_attr_string("/theory", "input_convention");
-  r.train_steps = f.read_attr_int("/model", "train_steps");
-  r.train_seconds = f.read_attr_double("/model", "train_seconds");
-  r.weights_hash = f.read_attr_string("/model", "weights_hash");
-  r.sampling_seconds = f.read_attr_double("/chain", "sampling_seconds");
 
   GammaOptions opt;
   opt.S = gamma_S;
-  const auto log_w = f.read_f64("/proposals/log_w");
-  const auto trail = f.read_i64("/chain/proposal");
-  const auto accepted = f.read_u8("/chain/accepted");
-  r.proposals = static_cast<std::int64_t>(log_w.size());
-  r.configs_stored = static_cast<std::int64_t>(f.rows("/configs/proposal"));
-  if (trail.size() != log_w.size() || accepted.size() != log_w.size())
-    throw IoError(path + ": /chain and /proposals have different lengths");
-  for (auto p : trail)
-    if (p < 0 || p >= r.proposals) throw IoError(path + ": /chain/proposal holds an index out of range");
-  std::vector<std::uint8_t> acc_steps(accepted.begin() + 1, accepted.end());  // step 0 only starts the chain
-  auto at = acceptance_tau(acc_steps.empty() ? accepted : acc_steps);
-  r.acceptance = at.acceptance;
-  r.tau_acc = at.tau_acc;
-  r.ess_fraction = kish_ess_fraction(log_w);
-  auto fe = free_energy(log_w);
-  r.free_energy = fe.F;
-  r.free_energy_error = fe.error;
-
-  const double V = [&] {
-    double v = 1;
-    for (auto l : r.extents) v *= static_cast<double>(l);
-    return v;
-  }();
-  std::map<std::string, double> exact;
-  const bool free_field = r.theory == "phi4" && r.lam == 0 && r.m2 > 0;
-  if (free_field) {
-    auto e = free_field_exact(r.extents, r.m2);
-    exact = {{"chi2", e.chi2},     {"abs_mag", e.abs_mag}, {"mag", e.mag},       {"phi2", e.phi2},
-             {"action_density", e.action_density},         {"g_pmin", e.g_pmin}, {"binder", e.binder},
-             {"xi_2nd", e.xi_2nd}, {"m4", e.m4}};
-    for (std::int64_t t = 1; 2 * t < r.extents[0]; ++t) exact["m_eff(" + std::to_string(t) + ")"] = e.m_eff;
-    r.has_free_energy_exact = true;
-    r.free_energy_exact = e.free_energy;
-  }
-  std::map<std::string, std::pair<double, double>> refs;
-  if (f.exists("/reference"))
-    for (const auto& name : f.attr_names("/reference")) {
-      auto v = f.read_attr_doubles("/reference", name);
-      if (v.size() == 2) refs[name] = {v[0], v[1]};
-    }
-  auto add_ref = [&](ObservableRow& row) {
-    if (auto it = exact.find(row.name); it != exact.end()) {
-      row.has_ref = true;
-      row.ref = it->second;
-      row.ref_kind = "exact";
-    } else if (auto jt = refs.find(row.name); jt != refs.end()) {
-      row.has_ref = true;
-      row.ref = jt->second.first;
-      row.ref_error = jt->second.second;
-      row.ref_kind = "reference";
-    }
-  };
-
-  // Primary observables.
-  std::map<std::string, std::vector<double>> chain;  // name -> chain series
-  const std::vector<std::string> primary{"chi2", "abs_mag", "phi2", "action_density", "mag", "m4", "g_pmin"};
-  for (const auto& name : primary) {
-    const auto obs = f.read_f64("/proposals/observables/" + name);
-    chain[name] = along_chain(obs, trail);
-    auto g = gamma_method(chain[name], opt);
-    auto nis = reweighted_mean(obs, log_w);
-    auto row = make_row(name, g, nis.value, nis.error);
-    add_ref(row);
-    r.rows.push_back(row);
-  }
-  // Derived quantities: Binder cumulant, second-moment correlation length, effective mass.
-  const double L0 = static_cast<double>(r.extents[0]);
-  auto derived = [&](const std::string& name, const std::vector<std::vector<double>>& series, const DerivedFn& fn,
-                     const std::vector<std::vector<double>>& per_proposal) {
-    std::vector<Series> data;
-    for (const auto& s : series) data.push_back({s});
-    GammaResult g;
-    try {
-      g = gamma_method_derived(data, fn, opt);
-    } catch (const NumericalError&) {
-      // e.g. m_eff(t) where the correlator is noise, xi_2nd with G(0) < G(p_min): not defined on these data.
-      g.mean = g.error = g.tau_int = g.tau_int_error = std::nan("");
-    }
-    // NIS: f of the reweighted means; its delta-method error is the reweighting error of the projected
-    // observable sum_a (df/da) A_a, which keeps the correlations between the primaries.
-    std::vector<double> means, errs;
-    for (const auto& o : per_proposal) {
-      auto e = reweighted_mean(o, log_w);
-      means.push_back(e.value);
-      errs.push_back(e.error);
-    }
-    const double nis = fn(means);
-    std::vector<double> projected(per_proposal[0].size(), 0.0);
-    for (std::size_t a = 0; a < means.size(); ++a) {
-      auto m = means;
-      const double h = errs[a] > 0 ? errs[a] : 1e-8 * std::max(1.0, std::abs(means[a]));
-      m[a] += h;
-      const double up = fn(m);
-      m[a] -= 2 * h;
-      const double grad = (up - fn(m)) / (2 * h);
-      for (std::size_t i = 0; i < projected.size(); ++i) projected[i] += grad * per_proposal[a][i];
-    }
-    double nis_error = std::nan("");
-    if (std::isfinite(nis) && std::all_of(projected.begin(), projected.end(), [](double v) { return std::isfinite(v); }))
-      nis_error = reweighted_mean(projected, log_w).error;
-    auto row = make_row(name, g, nis, nis_error);
-    add_ref(row);
-    r.rows.push_back(row);
-  };
-  const auto chi2_p = f.read_f64("/proposals/observables/chi2");
-  const auto m4_p = f.read_f64("/proposals/observables/m4");
-  const auto g_p = f.read_f64("/proposals/observables/g_pmin");
-  derived("binder", {chain["m4"], chain["chi2"]},
-          [V](const std::vector<double>& a) { return 1 - a[0] / (3 * (a[1] / V) * (a[1] / V)); }, {m4_p, chi2_p});
-  derived("xi_2nd", {chain["chi2"], chain["g_pmin"]},
-          [L0](const std::vector<double>& a) {
-            return std::sqrt(a[0] / a[1] - 1) / (2 * std::sin(M_PI / L0));
-          },
-          {chi2_p, g_p});
-  const auto corr = f.read_f64("/proposals/observables/correlator");
-  const auto nL0 = static_cast<std::size_t>(r.extents[0]);
-  auto corr_col = [&](std::size_t t) {
-    std::vector<double> c(static_cast<std::size_t>(r.proposals));
-    for (std::size_t i = 0; i < c.size(); ++i) c[i] = corr[i * nL0 + (t % nL0)];
-    return c;
-  };
-  for (std::size_t t = 1; 2 * t < nL0; ++t) {
-    auto cm = corr_col(t - 1), c0 = corr_col(t), cp = corr_col(t + 1);
-    derived("m_eff(" + std::to_string(t) + ")", {along_chain(cm, trail), along_chain(c0, trail), along_chain(cp, trail)},
-            [](const std::vector<double>& a) { return std::acosh((a[0] + a[2]) / (2 * a[1])); }, {cm, c0, cp});
-  }
+  const Samples s = r.kind == "hmc" ? read_hmc(f, r) : read_imh(f, r);
+  const References refs = read_references(f, r);
+  if (r.kind == "hmc") r.has_free_energy_exact = false;  // HMC does not measure Z
+  add_observable_rows(r, s, refs, opt);
   return r;
 }
 
@@ -245,23 +319,41 @@ std::string format_report(const Report& r) {
                 r.path.c_str(), r.kind.c_str(), r.theory.c_str(), ext.c_str(), r.m2, r.lam,
                 r.input_convention.c_str());
   os << b;
-  std::snprintf(b, sizeof b,
-                "proposals %lld, stored configs %lld; training %lld steps, %.0f s; sampling %.1f s\n"
-                "IMH acceptance %.4f   tau_acc %.3f   Kish ESS/N %.4f (N = %lld)\n",
-                static_cast<long long>(r.proposals), static_cast<long long>(r.configs_stored),
-                static_cast<long long>(r.train_steps), r.train_seconds, r.sampling_seconds, r.acceptance, r.tau_acc,
-                r.ess_fraction, static_cast<long long>(r.proposals));
-  os << b;
-  const std::string flag = r.nis_reliable() ? "" : "!";
-  os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
-  if (r.has_free_energy_exact) {
-    std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
-                  (r.free_energy - r.free_energy_exact) / r.free_energy_error);
+  const bool hmc = r.kind == "hmc";
+  const std::string flag = hmc || r.nis_reliable() ? "" : "!";
+  if (hmc) {
+    std::snprintf(b, sizeof b,
+                  "%lld chains x %lld trajectories (%s, n_md %lld, tau %g), stored configs %lld; %.1f s, "
+                  "%.3g s per trajectory per site\n"
+                  "HMC acceptance %.4f   <exp(-dH)> %s",
+                  static_cast<long long>(r.chains), static_cast<long long>(r.trajectories), r.integrator.c_str(),
+                  static_cast<long long>(r.n_md), r.trajectory_length, static_cast<long long>(r.configs_stored),
+                  r.sampling_seconds, r.seconds_per_trajectory_per_site, r.acceptance,
+                  fmt(r.exp_mdH, r.exp_mdH_error).c_str());
     os << b;
+    if (r.has_reversibility) {
+      std::snprintf(b, sizeof b, "   reversibility max |dx| %.2g, |dp| %.2g", r.reversibility_max_dx,
+                    r.reversibility_max_dp);
+      os << b;
+    }
+  } else {
+    std::snprintf(b, sizeof b,
+                  "proposals %lld, stored configs %lld; training %lld steps, %.0f s; sampling %.1f s\n"
+                  "IMH acceptance %.4f   tau_acc %.3f   Kish ESS/N %.4f (N = %lld)\n",
+                  static_cast<long long>(r.proposals), static_cast<long long>(r.configs_stored),
+                  static_cast<long long>(r.train_steps), r.train_seconds, r.sampling_seconds, r.acceptance, r.tau_acc,
+                  r.ess_fraction, static_cast<long long>(r.proposals));
+    os << b;
+    os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
+    if (r.has_free_energy_exact) {
+      std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
+                    (r.free_energy - r.free_energy_exact) / r.free_energy_error);
+      os << b;
+    }
   }
   os << "\n\n";
-  std::snprintf(b, sizeof b, "%-15s %-20s %-14s %-20s %-24s %s\n", "observable", "IMH chain", "tau_int",
-                "NIS (reweighted)", "exact/reference", "dev");
+  std::snprintf(b, sizeof b, "%-15s %-20s %-14s %-20s %-24s %s\n", "observable", hmc ? "HMC chains" : "IMH chain",
+                "tau_int", hmc ? "" : "NIS (reweighted)", "exact/reference", "dev");
   os << b << std::string(104, '-') << "\n";
   for (const auto& row : r.rows) {
     std::string ref = "-", dev = "";
@@ -275,24 +367,29 @@ std::string format_report(const Report& r) {
     }
     std::string tau = fmt(row.tau_int, row.tau_error) + (row.window_found ? "" : "*");
     std::snprintf(b, sizeof b, "%-15s %-20s %-14s %-20s %-24s %s\n", row.name.c_str(),
-                  fmt(row.value, row.error).c_str(), tau.c_str(), (fmt(row.nis, row.nis_error) + flag).c_str(),
-                  ref.c_str(),
-                  dev.c_str());
+                  fmt(row.value, row.error).c_str(), tau.c_str(),
+                  hmc ? "" : (fmt(row.nis, row.nis_error) + flag).c_str(), ref.c_str(), dev.c_str());
     os << b;
   }
-  std::snprintf(b, sizeof b,
-                "\nErrors: Gamma method (Wolff 2004, S = %.2f) on the IMH chain; tau_int in IMH steps (* = no "
-                "window met the criterion).\n",
-                r.gamma_S);
+  if (hmc)
+    std::snprintf(b, sizeof b,
+                  "\nErrors: Gamma method (Wolff 2004, S = %.2f) over the %lld chains as replicas; tau_int in "
+                  "trajectories (* = no window met the criterion).\n",
+                  r.gamma_S, static_cast<long long>(r.chains));
+  else
+    std::snprintf(b, sizeof b,
+                  "\nErrors: Gamma method (Wolff 2004, S = %.2f) on the IMH chain; tau_int in IMH steps (* = no "
+                  "window met the criterion).\n",
+                  r.gamma_S);
   os << b;
-  if (!r.chain_reliable()) {
+  if (!hmc && !r.chain_reliable()) {
     std::snprintf(b, sizeof b,
                   "! the chain has only %.0f independent steps by N / (2 tau_acc): its errors and tau_int are not "
                   "reliable; sample more proposals or train the flow further.\n",
                   static_cast<double>(r.proposals) / (2 * r.tau_acc));
     os << b;
   }
-  if (!r.nis_reliable()) {
+  if (!hmc && !r.nis_reliable()) {
     std::snprintf(b, sizeof b,
                   "! only %.0f effective samples (N x Kish ESS/N < %.0f): the NIS and free-energy errors are not "
                   "reliable.\n",
@@ -308,18 +405,32 @@ std::string report_json(const Report& r) {
      << ",\n  \"theory\": " << json_string(r.theory) << ",\n  \"extents\": [";
   for (std::size_t i = 0; i < r.extents.size(); ++i) os << (i ? ", " : "") << r.extents[i];
   os << "],\n  \"m2\": " << json_number(r.m2) << ",\n  \"lam\": " << json_number(r.lam)
-     << ",\n  \"convention\": \"nohalf\",\n  \"proposals\": " << r.proposals
-     << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json_number(r.acceptance)
-     << ",\n  \"tau_acc\": " << json_number(r.tau_acc) << ",\n  \"ess_fraction\": " << json_number(r.ess_fraction)
-     << ",\n  \"nis_reliable\": " << (r.nis_reliable() ? "true" : "false")
-     << ",\n  \"chain_reliable\": " << (r.chain_reliable() ? "true" : "false")
-     << ",\n  \"free_energy\": {\"value\": " << json_number(r.free_energy)
-     << ", \"error\": " << json_number(r.free_energy_error);
-  if (r.has_free_energy_exact) os << ", \"exact\": " << json_number(r.free_energy_exact);
-  os << "},\n  \"train_steps\": " << r.train_steps << ",\n  \"train_seconds\": " << json_number(r.train_seconds)
-     << ",\n  \"sampling_seconds\": " << json_number(r.sampling_seconds)
-     << ",\n  \"weights_hash\": " << json_string(r.weights_hash) << ",\n  \"gamma_S\": " << json_number(r.gamma_S)
-     << ",\n  \"observables\": {";
+     << ",\n  \"convention\": \"nohalf\"";
+  if (r.kind == "hmc") {
+    os << ",\n  \"integrator\": " << json_string(r.integrator) << ",\n  \"chains\": " << r.chains
+       << ",\n  \"trajectories\": " << r.trajectories << ",\n  \"n_md\": " << r.n_md
+       << ",\n  \"trajectory_length\": " << json_number(r.trajectory_length)
+       << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json_number(r.acceptance)
+       << ",\n  \"exp_mdH\": {\"value\": " << json_number(r.exp_mdH) << ", \"error\": " << json_number(r.exp_mdH_error)
+       << "},\n  \"sampling_seconds\": " << json_number(r.sampling_seconds)
+       << ",\n  \"seconds_per_trajectory_per_site\": " << json_number(r.seconds_per_trajectory_per_site);
+    if (r.has_reversibility)
+      os << ",\n  \"reversibility\": {\"max_dx\": " << json_number(r.reversibility_max_dx)
+         << ", \"max_dp\": " << json_number(r.reversibility_max_dp) << "}";
+  } else {
+    os << ",\n  \"proposals\": " << r.proposals
+       << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json_number(r.acceptance)
+       << ",\n  \"tau_acc\": " << json_number(r.tau_acc) << ",\n  \"ess_fraction\": " << json_number(r.ess_fraction)
+       << ",\n  \"nis_reliable\": " << (r.nis_reliable() ? "true" : "false")
+       << ",\n  \"chain_reliable\": " << (r.chain_reliable() ? "true" : "false")
+       << ",\n  \"free_energy\": {\"value\": " << json_number(r.free_energy)
+       << ", \"error\": " << json_number(r.free_energy_error);
+    if (r.has_free_energy_exact) os << ", \"exact\": " << json_number(r.free_energy_exact);
+    os << "},\n  \"train_steps\": " << r.train_steps << ",\n  \"train_seconds\": " << json_number(r.train_seconds)
+       << ",\n  \"sampling_seconds\": " << json_number(r.sampling_seconds)
+       << ",\n  \"weights_hash\": " << json_string(r.weights_hash);
+  }
+  os << ",\n  \"gamma_S\": " << json_number(r.gamma_S) << ",\n  \"observables\": {";
   for (std::size_t i = 0; i < r.rows.size(); ++i) {
     const auto& row = r.rows[i];
     os << (i ? "," : "") << "\n    " << json_string(row.name) << ": {\"value\": " << json_number(row.value)

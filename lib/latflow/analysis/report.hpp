@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // `latflow analyze`: reads an ensemble file and computes acceptance, ESS, autocorrelations, observables with
 // errors (Gamma method on the IMH chain, and the reweighted NIS estimate from all proposals), derived quantities
-// and the free energy, with exact or reference values beside them. Torch-free.
+// and the free energy, with exact or reference values beside them. HMC ensembles (kind "hmc") get the same
+// observables and derived quantities by the Gamma method over their chains as replicas, with the HMC figures
+// (acceptance, <exp(-dH)>, n_md, cost) in place of NIS and the free energy. Torch-free.
 #pragma once
 #include <string>
 #include <vector>
@@ -10,10 +12,10 @@ namespace latflow::analysis {
 
 struct ObservableRow {
   std::string name;
-  double value = 0, error = 0;        // IMH chain, Gamma method
-  double tau_int = 0, tau_error = 0;  // in IMH steps
+  double value = 0, error = 0;        // Markov chain(s), Gamma method
+  double tau_int = 0, tau_error = 0;  // in IMH steps or HMC trajectories
   bool window_found = true;
-  double nis = 0, nis_error = 0;      // self-normalised importance sampling over all proposals
+  double nis = 0, nis_error = 0;      // self-normalised importance sampling over all proposals (IMH; HMC: nan)
   bool has_ref = false;
   double ref = 0, ref_error = 0;      // exact (ref_error = 0) or reference value
   std::string ref_kind;               // "exact" | "reference"
@@ -39,6 +41,12 @@ struct Report {
   std::int64_t train_steps = 0;
   double train_seconds = 0, sampling_seconds = 0;
   std::string weights_hash;
+  // HMC ensembles: acceptance above; sampling_seconds is the whole run (thermalisation included).
+  std::string integrator;
+  std::int64_t chains = 0, trajectories = 0, n_md = 0;
+  double trajectory_length = 0, exp_mdH = 0, exp_mdH_error = 0, seconds_per_trajectory_per_site = 0;
+  bool has_reversibility = false;
+  double reversibility_max_dx = 0, reversibility_max_dp = 0;
   double gamma_S = 1.5;
   std::vector<ObservableRow> rows;
   const ObservableRow* row(const std::string& name) const;

@@ -103,6 +103,20 @@ void Config::validate() {
   require(sample.proposals >= 1, "sample.proposals", str(sample.proposals), "must be >= 1");
   require(sample.block >= 1, "sample.block", str(sample.block), "must be >= 1");
 
+  const auto& h = hmc;
+  require(h.integrator == "leapfrog" || h.integrator == "omelyan", "hmc.integrator", h.integrator,
+          "must be leapfrog or omelyan");
+  require(h.trajectory_length > 0 && std::isfinite(h.trajectory_length), "hmc.trajectory_length",
+          str(h.trajectory_length), "must be > 0");
+  require(h.n_md >= 1 && h.n_md <= 100000, "hmc.n_md", str(h.n_md), "must be in 1..100000");
+  require(h.jitter >= 0 && h.jitter < 1, "hmc.jitter", str(h.jitter), "must be in [0, 1)");
+  require(h.target_acceptance > 0 && h.target_acceptance < 1, "hmc.target_acceptance", str(h.target_acceptance),
+          "must be in (0, 1)");
+  require(h.chains >= 1, "hmc.chains", str(h.chains), "must be >= 1");
+  require(h.thermalization >= 0, "hmc.thermalization", str(h.thermalization), "must be >= 0");
+  require(h.trajectories >= 1, "hmc.trajectories", str(h.trajectories), "must be >= 1");
+  require(h.save_every >= 0, "hmc.save_every", str(h.save_every), "must be >= 0");
+
   require(!run.output.empty(), "run.output", "''", "must not be empty");
   require(run.threads >= 1 && run.threads <= 1024, "run.threads", str(run.threads), "must be in 1..1024");
   require(run.device == "cpu" || run.device.rfind("cuda", 0) == 0, "run.device", run.device,

@@ -62,6 +62,20 @@ struct SampleParams {
   bool store_configs = true;  // store accepted configurations (each once) in the ensemble
 };
 
+// Hybrid Monte Carlo baseline (PHYSICS.md section 5): B independent chains in the batch dimension.
+struct HmcParams {
+  std::string integrator = "omelyan";  // leapfrog | omelyan (2MN, lambda = 0.1932)
+  double trajectory_length = 1.0;      // MD time tau of one trajectory (before the jitter)
+  int n_md = 10;                       // MD steps per trajectory at the start; tuned during thermalisation
+  double jitter = 0.3;                 // step size drawn uniformly in dt (1 +- jitter), per trajectory and chain
+  double target_acceptance = 0.8;      // n_md is tuned toward this Metropolis acceptance
+  std::int64_t chains = 16;            // independent chains (replicas for the analysis)
+  std::int64_t thermalization = 200;   // trajectories per chain discarded (n_md is tuned in the first 3/4)
+  std::int64_t trajectories = 1000;    // trajectories per chain kept after thermalisation
+  std::int64_t save_every = 0;         // store the configurations every k kept trajectories; 0 = never
+  bool check_reversibility = false;    // integrate every trajectory back and report max |dx|, |dp|
+};
+
 struct RunParams {
   std::string output = "latflow_out.h5";
   std::string checkpoint;     // default: output + ".ckpt"
@@ -85,6 +99,7 @@ struct Config {
   FlowParams flow;
   TrainParams train;
   SampleParams sample;
+  HmcParams hmc;
   RunParams run;
   std::map<std::string, Reference> reference;
   std::string source_text;     // the input file verbatim

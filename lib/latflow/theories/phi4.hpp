@@ -9,24 +9,25 @@
 #include <vector>
 
 #include "latflow/core/params.hpp"
+#include "latflow/theories/theory.hpp"
 
 namespace latflow {
 
-class Phi4 {
+// A real scalar field on a flat manifold: the Theory defaults for the MD update and momenta apply.
+class Phi4 : public Theory {
  public:
   Phi4(const LatticeParams& lattice, const Phi4Params& params);  // params must be resolved
 
-  at::Tensor action(const at::Tensor& phi) const;  // [B], dtype of phi
-  at::Tensor force(const at::Tensor& phi) const;   // -dS/dphi, analytic, same shape as phi
+  at::Tensor action(const at::Tensor& phi) const override;  // [B], dtype of phi
+  at::Tensor force(const at::Tensor& phi) const override;   // -dS/dphi, analytic, same shape as phi
 
   // Per-configuration observables in float64. Scalars (names below) are [B, n_scalars]; the zero-momentum
   // correlator c(t) = (1/(L_0 V_s)) sum_{t0} s(t0) s(t0+t), s(t) = sum over the time slice t, is [B, L_0].
   static const std::vector<std::string>& scalar_names();
-  struct Measurement {
-    at::Tensor scalars;
-    at::Tensor correlator;
-  };
-  Measurement measure(const at::Tensor& phi) const;
+  using Measurement = latflow::Measurement;
+  Measurement measure(const at::Tensor& phi) const override;
+  const std::vector<std::string>& observable_names() const override { return scalar_names(); }
+  std::vector<std::int64_t> field_shape() const override { return extents_; }
 
   int dim() const { return static_cast<int>(extents_.size()); }
   const std::vector<std::int64_t>& extents() const { return extents_; }

@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: MIT
+// HMC: reversibility of both integrators to float64 rounding, their O(dt^2) energy violation, <exp(-dH)> = 1,
+// independence of a chain from how the chains are split, and physics (free field exact, tutorial reference of
+// PHYSICS.md) with the Gamma method over the chains as replicas. Fixed seeds.
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "latflow/analysis/gamma.hpp"
+#include "latflow/samplers/hmc.hpp"
+#include "latflow/theories/phi4.hpp"
+
+using namespace latflow;
+
+namespace {
+
+const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
+
+Phi4 make_phi4(double m2, double lam) {
+  LatticeParams lattice;
+  lattice.extents = {8, 8};
+  Phi4Params p;
+  p.m2 = m2;
+  p.lam = lam;
+  p.resolve(2);
+  return Phi4(lattice, p);
+}
+
+HmcParams params(const std::string& integrator, std::int64_t chains) {
+  HmcParams p;
+  p.integrator = integrator;
+  p.chains = chains;
+  return p;
+}
+
+// Thermalised configurations of the tutorial point (tuned n_md), for the integrator tests.
+at::Tensor thermalised_tutorial_fields(const Phi4& theory, std::int64_t chains) {
+  HmcChains hmc(theory, params("omelyan", chains), 11, 0, chains, kF64);
+  hmc.thermalize(40);
+  return hmc.field();
+}
+
+// Per-chain series (chains x trajectories) of the named observables and of exp(-dH), after thermalisation.
+struct Run {
+  std::map<std::string, std::vector<std::vector<double>>> series;
+  double acceptance = 0;
+  int n_md = 0;
+};
+Run run_chains(const Phi4& theory, const HmcParams& p, std::uint64_t seed) {
+  HmcChains hmc(theory, p, seed, 0, p.chains, kF64);
+  Run run;
+  run.n_md = hmc.thermalize(p.thermalization);
+  const auto& names = theory.observable_names();
+  const auto C = static_cast<std::size_t>(p.chains);
+  std::int64_t accepted = 0;
+  for (std::int64_t t = 0; t < p.trajectories; ++t) {
+    auto r = hmc.trajectory(p.thermalization + t);
+    accepted += r.accepted.sum().item<std::int64_t>();
+    auto sc = theory.measure(hmc.field()).scalars.contiguous();
+    auto e = torch::exp(-r.dH).contiguous();
+    for (std::size_t c = 0; c < C; ++c) {
+      for (std::size_t j = 0; j < names.size(); ++j) {
+        auto& s = run.series[names[j]];
+        s.resize(C);
+        s[c].push_back(sc.data_ptr<double>()[c * names.size() + j]);
+      }
+      auto& s = run.series["exp_mdH"];
+      s.resize(C);
+      s[c].push_back(e.data_ptr<double>()[c]);
+    }
+  }
+  run.acceptance = static_cast<double>(accepted) / static_cast<double>(p.chains * p.trajectories);
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("leapfrog and Omelyan are reversible to float64 rounding", "[hmc]") {
+  const auto theory = make_phi4(-4.0, 8.0);
+  const auto x0 = thermalised_tutorial_fields(theory, 16);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const auto p0 = theory.draw_momenta(gen, 16);
+  const auto dt = torch::linspace(0.05, 0.15, 16, kF64);  // a different step size per chain
+  for (const auto integrator : {Integrator::kLeapfrog, Integrator::kOmelyan}) {
+    auto x = x0.clone(), p = p0.clone();
+    integrate(theory, integrator, x, p, dt, 10);
+    CHECK((x - x0).abs().max().item<double>() > 0.1);  // it moved
+    p = -p;
+    integrate(theory, integrator, x, p, dt, 10);
+    CAPTURE(integrator_name(integrator));
+    CHECK((x - x0).abs().max().item<double>() < 1e-10);
+    CHECK((p + p0).abs().max().item<double>() < 1e-10);
+  }
+  // The check built into the trajectory reports the same.
+  HmcChains hmc(theory, params("omelyan", 16), 3, 0, 16, kF64);
+  hmc.set_field(x0);
+  auto r = hmc.trajectory(0, true);
+  CHECK(r.max_dx < 1e-10);
+  CHECK(r.max_dp < 1e-10);
+  CHECK(r.max_dx > 0);
+}
+
+TEST_CASE("energy violation of both integrators is O(dt^2) at fixed trajectory length", "[hmc]") {
+  const auto theory = make_phi4(-4.0, 8.0);
+  const auto x0 = thermalised_tutorial_fields(theory, 64);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(6);
+  const auto p0 = theory.draw_momenta(gen, 64);
+  auto rms_dh = [&](Integrator integrator, int n_md) {
+    auto x = x0.clone(), p = p0.clone();
+    const auto dt = torch::full({64}, 1.0 / n_md, kF64);
+    const auto H0 = theory.kinetic_energy(p) + theory.action(x);
+    integrate(theory, integrator, x, p, dt, n_md);
+    const auto dH = theory.kinetic_energy(p) + theory.action(x) - H0;
+    return std::sqrt((dH * dH).mean().item<double>());
+  };
+  // dt small enough for the asymptotic regime, yet dH far above rounding.
+  for (const auto& [integrator, n_md] :
+       {std::pair{Integrator::kLeapfrog, 20}, std::pair{Integrator::kOmelyan, 10}}) {
+    const double coarse = rms_dh(integrator, n_md), fine = rms_dh(integrator, 2 * n_md);
+    CAPTURE(integrator_name(integrator), coarse, fine);
+    CHECK(coarse / fine == Approx(4.0).margin(0.3));
+  }
+}
+
+TEST_CASE("acceptance model: mean_dh_for_acceptance inverts erfc(sqrt(<dH>)/2)", "[hmc]") {
+  for (double a : {0.05, 0.5, 0.8, 0.99})
+    CHECK(acceptance_for_mean_dh(mean_dh_for_acceptance(a)) == Approx(a));
+  CHECK(integrator_from_name("leapfrog") == Integrator::kLeapfrog);
+  CHECK_THROWS_WITH(integrator_from_name("euler"), Catch::Contains("hmc.integrator = euler"));
+}
+
+TEST_CASE("a chain's history does not depend on how the chains are split", "[hmc]") {
+  const auto theory = make_phi4(-4.0, 8.0);
+  auto p = params("leapfrog", 6);
+  p.n_md = 8;
+  HmcChains all(theory, p, 21, 0, 6, kF64), low(theory, p, 21, 0, 2, kF64), high(theory, p, 21, 2, 4, kF64);
+  for (std::int64_t t = 0; t < 5; ++t) {
+    auto a = all.trajectory(t), l = low.trajectory(t), h = high.trajectory(t);
+    CHECK(torch::equal(a.dH, torch::cat({l.dH, h.dH})));
+  }
+  CHECK(torch::equal(all.field(), torch::cat({low.field(), high.field()})));
+}
+
+TEST_CASE("HMC on the free field reproduces chi2 = 1/(2 m2) and <S>/V = 1/2; <exp(-dH)> = 1",
+          "[hmc][physics]") {
+  const auto theory = make_phi4(1.0, 0.0);
+  auto p = params("omelyan", 64);
+  p.thermalization = 100;
+  p.trajectories = 600;
+  const auto run = run_chains(theory, p, 7);
+  for (const auto& [name, exact] : {std::pair{"chi2", 0.5}, std::pair{"action_density", 0.5}}) {
+    const auto g = analysis::gamma_method(run.series.at(name));
+    CAPTURE(name, g.mean, g.error, g.tau_int);
+    CHECK(std::abs(g.mean - exact) < 3 * g.error);
+  }
+  const auto e = analysis::gamma_method(run.series.at("exp_mdH"));
+  CAPTURE(e.mean, e.error, run.acceptance, run.n_md);
+  CHECK(std::abs(e.mean - 1) < 3 * e.error);
+}
+
+TEST_CASE("HMC at the tutorial point gives chi2 = 0.7456(13); tuned to ~0.8 acceptance; <exp(-dH)> = 1",
+          "[hmc][physics]") {
+  const auto theory = make_phi4(-4.0, 8.0);
+  for (const char* integrator : {"omelyan", "leapfrog"}) {
+    auto p = params(integrator, 64);
+    p.thermalization = 200;
+    p.trajectories = 1500;
+    const auto run = run_chains(theory, p, 1);
+    const auto chi2 = analysis::gamma_method(run.series.at("chi2"));
+    const auto e = analysis::gamma_method(run.series.at("exp_mdH"));
+    CAPTURE(integrator, chi2.mean, chi2.error, chi2.tau_int, e.mean, e.error, run.acceptance, run.n_md);
+    CHECK(std::abs(chi2.mean - 0.7456) < 3 * std::hypot(chi2.error, 0.0013));
+    CHECK(std::abs(e.mean - 1) < 3 * e.error);
+    CHECK(run.acceptance > 0.7);
+    CHECK(run.acceptance < 0.97);
+  }
+}
