@@ -13,6 +13,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "latflow/analysis/compare.hpp"
 #include "latflow/analysis/report.hpp"
 #include "latflow/core/error.hpp"
 #include "latflow/core/log.hpp"
@@ -32,6 +33,7 @@ commands:
   sample CONFIG.ini    sample with the trained flow: independence Metropolis ensemble -> run.output (HDF5)
   hmc CONFIG.ini       HMC baseline: hmc.chains chains in the batch -> run.output (HDF5), then analyse it
   analyze FILE.h5      print the analysis table of an ensemble and write it as JSON [--json OUT] [--S 1.5]
+  compare FLOW.h5 HMC.h5  flow versus HMC: errors, tau_int, effective samples per second, cost with training
   bench CONFIG.ini     training steps/s and proposals/s of the config's flow [--batches 64,1024] [--repeats 5]
   keys                 list every config key with its default and meaning
 
@@ -325,6 +327,25 @@ int dispatch(int argc, char** argv) {
     const double S = a.local.count("S") ? parse_number<double>("--S", a.local["S"]) : 1.5;
     if (!(S > 0)) throw ConfigError("--S = " + a.local["S"] + ": must be > 0");
     analyze_and_print(a.positional[0], S, a.local.count("json") ? a.local["json"] : json_path_for(a.positional[0]));
+    return 0;
+  }
+  if (cmd == "compare") {
+    auto a = split_args(argc, argv, {"json", "S"});
+    if (a.positional.size() != 2 || !a.overrides.empty())
+      throw ConfigError("usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]");
+    const double S = a.local.count("S") ? parse_number<double>("--S", a.local["S"]) : 1.5;
+    if (!(S > 0)) throw ConfigError("--S = " + a.local["S"] + ": must be > 0");
+    auto c = analysis::compare_ensembles(a.positional[0], a.positional[1], S);
+    std::filesystem::path def(c.flow.path);
+    def.replace_filename(def.stem().string() + "_vs_hmc.json");
+    const std::string json = a.local.count("json") ? a.local["json"] : def.string();
+    if (log::is_root()) {
+      std::cout << analysis::format_comparison(c);
+      std::ofstream out(json);
+      out << analysis::comparison_json(c);
+      if (!out) throw IoError(json + ": cannot write the JSON comparison");
+      std::cout << "JSON: " << json << "\n";
+    }
     return 0;
   }
   if (cmd != "run" && cmd != "train" && cmd != "sample" && cmd != "bench" && cmd != "hmc")

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "latflow/analysis/compare.hpp"
 #include "latflow/analysis/report.hpp"
 #include "latflow/core/seed.hpp"
 #include "latflow/io/h5.hpp"
@@ -205,6 +206,32 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
   CHECK(a.code == 0);
   CHECK(a.out.find("chi2") != std::string::npos);
   CHECK(read_file(dir / "a.json").find("\"free_energy\"") != std::string::npos);
+
+  // HMC of the same physics, and the comparison: both estimates agree with each other and the exact value.
+  const std::string hmc = dir / "ff_hmc.h5";
+  auto h = run("hmc " + cfg + " --output " + hmc +
+               " --hmc.chains 16 --hmc.thermalization 50 --hmc.trajectories 300 --hmc.save_every 0");
+  REQUIRE(h.code == 0);
+  auto cmp = run("compare " + hmc + " " + out + " --json " + dir / "cmp.json");
+  INFO(cmp.out);
+  CHECK(cmp.code == 0);
+  CHECK(cmp.out.find("break-even") != std::string::npos);
+  CHECK(read_file(dir / "cmp.json").find("\"cost_ratio_hmc_over_flow\"") != std::string::npos);
+  auto c = analysis::compare_ensembles(out, hmc);
+  REQUIRE(!c.rows.empty());
+  for (const auto& row : c.rows)
+    if (row.name == "chi2" || row.name == "action_density") {
+      CAPTURE(row.name, row.flow.value, row.hmc.value);
+      CHECK(std::abs(row.deviation_sigma) < 3);
+      CHECK(row.flow.n_eff > 0);
+      CHECK(row.hmc.eff_per_second > 0);
+    }
+  // Different physics is refused, naming both files.
+  auto other = run("hmc " + cfg + " --output " + dir / "other.h5 --phi4.m2 2 --hmc.trajectories 20 "
+                   "--hmc.thermalization 10 --hmc.chains 4 --hmc.save_every 0");
+  REQUIRE(other.code == 0);
+  expect_error("compare " + out + " " + dir / "other.h5", 2, "different physics");
+  expect_error("compare " + out + " " + out, 3, "one flow (imh) and one hmc");
 
   // A checkpoint made with other parameters is refused, naming the key.
   expect_error("train " + cfg + " --flow.layers 4", 2, "flow.layers");

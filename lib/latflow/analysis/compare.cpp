@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: MIT
+#include "latflow/analysis/compare.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <sstream>
+
+#include "latflow/core/error.hpp"
+
+namespace latflow::analysis {
+namespace {
+
+CompareSide side(const ObservableRow& row, double n, double gen_seconds, double train_seconds) {
+  CompareSide s;
+  s.value = row.value;
+  s.error = row.error;
+  s.tau_int = row.tau_int;
+  s.tau_error = row.tau_error;
+  s.n_eff = n / (2 * row.tau_int);
+  s.eff_per_second = s.n_eff / gen_seconds;
+  s.cost = gen_seconds / s.n_eff;
+  s.cost_with_training = (gen_seconds + train_seconds) / s.n_eff;
+  return s;
+}
+
+std::string num(double v, const char* f = "%.4g") {
+  if (!std::isfinite(v)) return std::isinf(v) ? "never" : "nan";
+  char b[48];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+std::string pm(double v, double e) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.5g +- %.2g", v, e);
+  return b;
+}
+
+std::string jnum(double v) {
+  if (!std::isfinite(v)) return "null";
+  char b[40];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
+}  // namespace
+
+Comparison compare_ensembles(const std::string& a, const std::string& b, double gamma_S) {
+  Report ra = analyze_ensemble(a, gamma_S), rb = analyze_ensemble(b, gamma_S);
+  if (ra.kind == "hmc" && rb.kind == "imh") std::swap(ra, rb);
+  if (ra.kind != "imh" || rb.kind != "hmc")
+    throw IoError(a + ", " + b + ": compare needs one flow (imh) and one hmc ensemble, got " + ra.kind + " and " +
+                  rb.kind);
+  auto differs = [](double x, double y) { return std::abs(x - y) > 1e-12 * std::max(1.0, std::abs(x)); };
+  if (ra.theory != rb.theory || ra.extents != rb.extents || differs(ra.m2, rb.m2) || differs(ra.lam, rb.lam))
+    throw ConfigError(ra.path + " and " + rb.path + " are different physics (theory, extents, m2 or lam differ)");
+  Comparison c{ra, rb, {}};
+  const double n_flow = static_cast<double>(ra.proposals);
+  const double n_hmc = static_cast<double>(rb.chains * rb.trajectories);
+  for (const auto& fr : ra.rows) {
+    const ObservableRow* hr = rb.row(fr.name);
+    if (!hr) continue;
+    CompareRow row;
+    row.name = fr.name;
+    row.flow = side(fr, n_flow, ra.sampling_seconds, ra.train_seconds);
+    row.hmc = side(*hr, n_hmc, rb.sampling_seconds, 0);
+    row.deviation_sigma = (fr.value - hr->value) / std::hypot(fr.error, hr->error);
+    row.cost_ratio = row.hmc.cost / row.flow.cost_with_training;
+    // Training T is paid once; then each effective sample costs c_f (flow) or c_h (HMC): T + n c_f < n c_h.
+    row.break_even = row.hmc.cost > row.flow.cost ? ra.train_seconds / (row.hmc.cost - row.flow.cost)
+                                                  : std::numeric_limits<double>::infinity();
+    c.rows.push_back(row);
+  }
+  return c;
+}
+
+std::string format_comparison(const Comparison& c) {
+  std::ostringstream os;
+  char b[640];
+  std::string ext;
+  for (std::size_t i = 0; i < c.flow.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(c.flow.extents[i]);
+  std::snprintf(b, sizeof b,
+                "compare: %s on %s, m2 = %g, lam = %g (no-1/2)\n"
+                "  flow %s: %lld proposals in %.1f s, training %.0f s (%lld steps), acceptance %.3f, ESS/N %.3f\n"
+                "  HMC  %s: %lld chains x %lld trajectories in %.1f s (%s, n_md %lld), acceptance %.3f\n\n",
+                c.flow.theory.c_str(), ext.c_str(), c.flow.m2, c.flow.lam, c.flow.path.c_str(),
+                static_cast<long long>(c.flow.proposals), c.flow.sampling_seconds, c.flow.train_seconds,
+                static_cast<long long>(c.flow.train_steps), c.flow.acceptance, c.flow.ess_fraction,
+                c.hmc.path.c_str(), static_cast<long long>(c.hmc.chains), static_cast<long long>(c.hmc.trajectories),
+                c.hmc.sampling_seconds, c.hmc.integrator.c_str(), static_cast<long long>(c.hmc.n_md),
+                c.hmc.acceptance);
+  os << b;
+  std::snprintf(b, sizeof b, "%-15s %-22s %-22s %6s %-15s %-15s %10s %10s %12s %10s %9s %11s\n", "observable",
+                "flow (IMH)", "HMC", "dev", "tau flow", "tau HMC", "eff/s flow", "eff/s HMC", "s/eff flow+T",
+                "s/eff HMC", "HMC/flow", "break-even");
+  os << b << std::string(170, '-') << "\n";
+  for (const auto& r : c.rows) {
+    std::snprintf(b, sizeof b, "%-15s %-22s %-22s %+6.1f %-15s %-15s %10s %10s %12s %10s %9s %11s\n",
+                  r.name.c_str(), pm(r.flow.value, r.flow.error).c_str(), pm(r.hmc.value, r.hmc.error).c_str(),
+                  r.deviation_sigma, pm(r.flow.tau_int, r.flow.tau_error).c_str(),
+                  pm(r.hmc.tau_int, r.hmc.tau_error).c_str(), num(r.flow.eff_per_second, "%.4g").c_str(),
+                  num(r.hmc.eff_per_second, "%.4g").c_str(), num(r.flow.cost_with_training, "%.3g").c_str(),
+                  num(r.hmc.cost, "%.3g").c_str(), num(r.cost_ratio, "%.3g").c_str(),
+                  num(r.break_even, "%.3g").c_str());
+    os << b;
+  }
+  os << "\ntau: flow in IMH proposals, HMC in trajectories of one chain; eff/s = N/(2 tau_int) per second of "
+        "generation, N = all proposals or all chains' trajectories;\ns/eff flow+T: (training + generation) seconds per effective sample; HMC/flow: the cost ratio "
+        "(> 1: the flow is cheaper\nwith its training counted); break-even: effective samples after which it is.\n";
+  return os.str();
+}
+
+std::string comparison_json(const Comparison& c) {
+  std::ostringstream os;
+  auto side_json = [&](const CompareSide& s) {
+    std::ostringstream o;
+    o << "{\"value\": " << jnum(s.value) << ", \"error\": " << jnum(s.error) << ", \"tau_int\": " << jnum(s.tau_int)
+      << ", \"tau_int_error\": " << jnum(s.tau_error) << ", \"n_eff\": " << jnum(s.n_eff)
+      << ", \"eff_per_second\": " << jnum(s.eff_per_second) << ", \"seconds_per_eff\": " << jnum(s.cost)
+      << ", \"seconds_per_eff_with_training\": " << jnum(s.cost_with_training) << "}";
+    return o.str();
+  };
+  os << "{\n  \"flow\": {\"file\": \"" << c.flow.path << "\", \"proposals\": " << c.flow.proposals
+     << ", \"generation_seconds\": " << jnum(c.flow.sampling_seconds)
+     << ", \"training_seconds\": " << jnum(c.flow.train_seconds) << "},\n  \"hmc\": {\"file\": \"" << c.hmc.path
+     << "\", \"chains\": " << c.hmc.chains << ", \"trajectories\": " << c.hmc.trajectories
+     << ", \"generation_seconds\": " << jnum(c.hmc.sampling_seconds) << "},\n  \"observables\": {";
+  for (std::size_t i = 0; i < c.rows.size(); ++i) {
+    const auto& r = c.rows[i];
+    os << (i ? "," : "") << "\n    \"" << r.name << "\": {\"flow\": " << side_json(r.flow)
+       << ", \"hmc\": " << side_json(r.hmc) << ", \"deviation_sigma\": " << jnum(r.deviation_sigma)
+       << ", \"cost_ratio_hmc_over_flow\": " << jnum(r.cost_ratio) << ", \"break_even_eff\": " << jnum(r.break_even)
+       << "}";
+  }
+  os << "\n  }\n}\n";
+  return os.str();
+}
+
+}  // namespace latflow::analysis
