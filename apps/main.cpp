@@ -35,6 +35,7 @@ commands:
   analyze FILE.h5      print the analysis table of an ensemble and write it as JSON [--json OUT] [--S 1.5]
   compare FLOW.h5 HMC.h5  flow versus HMC: errors, tau_int, effective samples per second, cost with training
   bench CONFIG.ini     training steps/s and proposals/s of the config's flow [--batches 64,1024] [--repeats 5]
+  bench-hmc CONFIG.ini HMC trajectories/s x sites on L^d lattices [--sizes 8,16,32,64] [--repeats 5]
   keys                 list every config key with its default and meaning
 
 common options:
@@ -348,13 +349,23 @@ int dispatch(int argc, char** argv) {
     }
     return 0;
   }
-  if (cmd != "run" && cmd != "train" && cmd != "sample" && cmd != "bench" && cmd != "hmc")
+  if (cmd != "run" && cmd != "train" && cmd != "sample" && cmd != "bench" && cmd != "bench-hmc" && cmd != "hmc")
     throw ConfigError("unknown command '" + cmd + "' (try latflow --help)");
-  auto a = split_args(argc, argv, {"batches", "repeats"});
+  auto a = split_args(argc, argv, {"batches", "repeats", "sizes"});
   if (a.positional.size() != 1) throw ConfigError("usage: latflow " + cmd + " CONFIG.ini [--section.key VALUE ...]");
   Config cfg = load_config(a.positional[0], a.overrides, command_line(argc, argv));
   log::info("latflow " + std::string(LATFLOW_VERSION_STRING) + " " + cmd + " " + a.positional[0] + " (" +
             std::to_string(mpi::size()) + " rank(s) x " + std::to_string(cfg.run.threads) + " thread(s))");
+  if (cmd == "bench-hmc") {
+    std::vector<std::int64_t> sizes{8, 16, 32, 64};
+    if (a.local.count("sizes")) sizes = parse_list<std::int64_t>("--sizes", a.local["sizes"]);
+    for (auto L : sizes)
+      if (L < 2) throw ConfigError("--sizes: every L must be >= 2");
+    const int repeats = a.local.count("repeats") ? parse_number<int>("--repeats", a.local["repeats"]) : 5;
+    if (repeats < 1) throw ConfigError("--repeats: must be >= 1");
+    bench_hmc_job(cfg, sizes, repeats);
+    return 0;
+  }
   if (cmd == "bench") {
     std::vector<std::int64_t> batches{64, 1024};
     if (a.local.count("batches")) batches = parse_list<std::int64_t>("--batches", a.local["batches"]);

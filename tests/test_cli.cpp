@@ -417,3 +417,26 @@ TEST_CASE("latflow hmc writes a complete replica ensemble that analyze reads; re
   CHECK(again.code == 0);
   CHECK(io::File::open_read(out).shape("/chains/dH") == std::vector<std::uint64_t>{10, 8});
 }
+
+TEST_CASE("the flow sampler reproduces the committed HMC golden values of E1 (L = 6) within 3 sigma", "[cli][golden]") {
+  TempDir dir;
+  // configs/e1.ini carries the golden values under [reference]; a short training is enough at L = 6 because the
+  // IMH correction makes any model exact (a poorer one only costs statistics).
+  const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/e1.ini";
+  auto r = run("run " + cfg + " --output " + dir / "e1.h5" +
+               " --train.steps 1500 --train.batch 64 --train.lr 0.003 --flow.hidden 8 --train.eval_every 0"
+               " --sample.proposals 20000 --run.seed 4");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  auto rep = analysis::analyze_ensemble(dir / "e1.h5");
+  REQUIRE(rep.chain_reliable());
+  int compared = 0;
+  for (const auto& row : rep.rows) {
+    if (!row.has_ref) continue;
+    CAPTURE(row.name, row.value, row.error, row.ref, row.ref_error);
+    CHECK(row.ref_kind == "reference");
+    CHECK(std::abs(row.value - row.ref) < 3 * std::hypot(row.error, row.ref_error));
+    ++compared;
+  }
+  CHECK(compared == 5);  // chi2, abs_mag, phi2, action_density, xi_2nd
+}

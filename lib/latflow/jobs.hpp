@@ -54,4 +54,6 @@ std::string hmc_job(const Config& cfg, const std::string& command_line);
 namespace latflow {
 // Median training-step time and proposal throughput of cfg's flow for each batch size, printed as a table.
 void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int repeats);
+// HMC throughput on L^d lattices (d from cfg.lattice) with cfg.hmc's integrator, n_md (not tuned) and chains.
+void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, int repeats);
 }  // namespace latflow

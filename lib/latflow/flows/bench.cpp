@@ -10,6 +10,7 @@
 
 #include "latflow/core/seed.hpp"
 #include "latflow/flows/flow.hpp"
+#include "latflow/samplers/hmc.hpp"
 #include "latflow/jobs.hpp"
 #include "latflow/theories/phi4.hpp"
 
@@ -87,6 +88,39 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   for (auto B : batches) {
     const double ts = median(train_t[B]), ps = median(prop_t[B]);
     std::printf("%8lld %16.2f %14.1f %18.0f %16.0f\n", static_cast<long long>(B), 1e3 * ts, 1 / ts, B / ts, B / ps);
+  }
+}
+
+void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, int repeats) {
+  torch::set_num_threads(cfg.run.threads);
+  const int d = cfg.lattice.dim();
+  const auto& hp = cfg.hmc;
+  const int forces = hp.integrator == "leapfrog" ? hp.n_md + 1 : 2 * hp.n_md + 1;
+  std::printf("bench-hmc: phi4 m2 = %g, lam = %g, %dD L^%d, %s with n_md %d fixed (%d force evaluations), "
+              "%lld chains, float64, %d thread(s), median of %d rounds\n",
+              cfg.phi4.m2_nohalf, cfg.phi4.lam_nohalf, d, d, hp.integrator.c_str(), hp.n_md, forces,
+              static_cast<long long>(hp.chains), cfg.run.threads, repeats);
+  std::printf("%6s %10s %16s %18s %22s %20s\n", "L", "sites", "s/trajectory", "chain-traj/s", "chain-traj x sites/s",
+              "ns/site/force eval");
+  for (auto L : sizes) {
+    LatticeParams lat;
+    lat.extents.assign(static_cast<std::size_t>(d), L);
+    Phi4 theory(lat, cfg.phi4);
+    HmcChains chains(theory, hp, cfg.run.seed, 0, hp.chains, torch::TensorOptions().dtype(torch::kFloat64));
+    // Enough trajectories per round for ~10^6 site-updates, at least 2.
+    const double sites = static_cast<double>(lat.volume());
+    const auto per_round = std::max<std::int64_t>(2, static_cast<std::int64_t>(1e6 / (sites * hp.chains)));
+    std::int64_t t = 0;
+    chains.trajectory(t++);  // warm-up
+    std::vector<double> secs;
+    for (int r = 0; r < repeats; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (std::int64_t i = 0; i < per_round; ++i) chains.trajectory(t++);
+      secs.push_back(seconds_since(t0) / per_round);
+    }
+    const double s_traj = median(secs), chain_traj = hp.chains / s_traj;
+    std::printf("%6lld %10.0f %16.4g %18.4g %22.4g %20.3g\n", static_cast<long long>(L), sites, s_traj, chain_traj,
+                chain_traj * sites, 1e9 * s_traj / (hp.chains * sites * forces));
   }
 }
 
