@@ -17,11 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(argv):
-    if len(argv) < 3:
-        sys.exit(__doc__)
-    out, files = argv[1], argv[2:]
-    fig, (ax_ess, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+def plot_training(files, ax_ess, ax_loss):
     for path in files:
         with h5py.File(path, "r") as f:
             t = f["training"]
@@ -42,9 +38,18 @@ def main(argv):
     ax_loss.set_xlabel("training wall time [min]")
     ax_loss.set_ylabel("loss = <log q + S>  (>= F)")
     ax_loss.grid(alpha=0.3)
-    lo = min(min(l.get_ydata()[len(l.get_ydata()) // 5:]) for l in ax_loss.lines)
-    hi = max(max(l.get_ydata()[len(l.get_ydata()) // 5:]) for l in ax_loss.lines)
+    # Zoom on the last 80 percent of training, where the interesting changes are.
+    tails = [l.get_ydata()[len(l.get_ydata()) // 5:] for l in ax_loss.lines]
+    lo, hi = min(min(t) for t in tails), max(max(t) for t in tails)
     ax_loss.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.5 * (hi - lo + 1e-9))
+
+
+def main(argv):
+    if len(argv) < 3:
+        sys.exit(__doc__)
+    out, files = argv[1], argv[2:]
+    fig, (ax_ess, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    plot_training(files, ax_ess, ax_loss)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")

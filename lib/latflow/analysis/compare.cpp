@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "latflow/core/error.hpp"
+#include "latflow/core/json.hpp"
 
 namespace latflow::analysis {
 namespace {
@@ -34,13 +35,6 @@ std::string num(double v, const char* f = "%.4g") {
 std::string pm(double v, double e) {
   char b[64];
   std::snprintf(b, sizeof b, "%.5g +- %.2g", v, e);
-  return b;
-}
-
-std::string jnum(double v) {
-  if (!std::isfinite(v)) return "null";
-  char b[40];
-  std::snprintf(b, sizeof b, "%.17g", v);
   return b;
 }
 
@@ -115,22 +109,22 @@ std::string comparison_json(const Comparison& c) {
   std::ostringstream os;
   auto side_json = [&](const CompareSide& s) {
     std::ostringstream o;
-    o << "{\"value\": " << jnum(s.value) << ", \"error\": " << jnum(s.error) << ", \"tau_int\": " << jnum(s.tau_int)
-      << ", \"tau_int_error\": " << jnum(s.tau_error) << ", \"n_eff\": " << jnum(s.n_eff)
-      << ", \"eff_per_second\": " << jnum(s.eff_per_second) << ", \"seconds_per_eff\": " << jnum(s.cost)
-      << ", \"seconds_per_eff_with_training\": " << jnum(s.cost_with_training) << "}";
+    o << "{\"value\": " << json::number(s.value) << ", \"error\": " << json::number(s.error) << ", \"tau_int\": " << json::number(s.tau_int)
+      << ", \"tau_int_error\": " << json::number(s.tau_error) << ", \"n_eff\": " << json::number(s.n_eff)
+      << ", \"eff_per_second\": " << json::number(s.eff_per_second) << ", \"seconds_per_eff\": " << json::number(s.cost)
+      << ", \"seconds_per_eff_with_training\": " << json::number(s.cost_with_training) << "}";
     return o.str();
   };
-  os << "{\n  \"flow\": {\"file\": \"" << c.flow.path << "\", \"proposals\": " << c.flow.proposals
-     << ", \"generation_seconds\": " << jnum(c.flow.sampling_seconds)
-     << ", \"training_seconds\": " << jnum(c.flow.train_seconds) << "},\n  \"hmc\": {\"file\": \"" << c.hmc.path
-     << "\", \"chains\": " << c.hmc.chains << ", \"trajectories\": " << c.hmc.trajectories
-     << ", \"generation_seconds\": " << jnum(c.hmc.sampling_seconds) << "},\n  \"observables\": {";
+  os << "{\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"proposals\": " << c.flow.proposals
+     << ", \"generation_seconds\": " << json::number(c.flow.sampling_seconds)
+     << ", \"training_seconds\": " << json::number(c.flow.train_seconds) << "},\n  \"hmc\": {\"file\": " << json::string(c.hmc.path)
+     << ", \"chains\": " << c.hmc.chains << ", \"trajectories\": " << c.hmc.trajectories
+     << ", \"generation_seconds\": " << json::number(c.hmc.sampling_seconds) << "},\n  \"observables\": {";
   for (std::size_t i = 0; i < c.rows.size(); ++i) {
     const auto& r = c.rows[i];
-    os << (i ? "," : "") << "\n    \"" << r.name << "\": {\"flow\": " << side_json(r.flow)
-       << ", \"hmc\": " << side_json(r.hmc) << ", \"deviation_sigma\": " << jnum(r.deviation_sigma)
-       << ", \"cost_ratio_hmc_over_flow\": " << jnum(r.cost_ratio) << ", \"break_even_eff\": " << jnum(r.break_even)
+    os << (i ? "," : "") << "\n    " << json::string(r.name) << ": {\"flow\": " << side_json(r.flow)
+       << ", \"hmc\": " << side_json(r.hmc) << ", \"deviation_sigma\": " << json::number(r.deviation_sigma)
+       << ", \"cost_ratio_hmc_over_flow\": " << json::number(r.cost_ratio) << ", \"break_even_eff\": " << json::number(r.break_even)
        << "}";
   }
   os << "\n  }\n}\n";

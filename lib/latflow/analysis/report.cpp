@@ -10,6 +10,7 @@
 #include "latflow/analysis/gamma.hpp"
 #include "latflow/analysis/weights.hpp"
 #include "latflow/core/error.hpp"
+#include "latflow/core/json.hpp"
 #include "latflow/io/h5.hpp"
 #include "latflow/theories/phi4_exact.hpp"
 
@@ -41,29 +42,6 @@ std::string fmt(double v, double e) {
   return b;
 }
 
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char b[40];
-  std::snprintf(b, sizeof b, "%.17g", v);
-  return b;
-}
-
-std::string json_string(const std::string& s) {
-  std::string o = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\')
-      o += std::string("\\") + c;
-    else if (static_cast<unsigned char>(c) < 0x20) {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\u%04x", c);
-      o += b;
-    } else {
-      o += c;
-    }
-  }
-  return o + "\"";
-}
-
 ObservableRow make_row(const std::string& name, const GammaResult& g, double nis, double nis_error) {
   ObservableRow row;
   row.name = name;
@@ -72,6 +50,9 @@ ObservableRow make_row(const std::string& name, const GammaResult& g, double nis
   row.tau_int = g.tau_int;
   row.tau_error = g.tau_int_error;
   row.window_found = g.window_found;
+  row.window = g.window;
+  row.rho = g.rho;
+  row.tau_int_of_w = g.tau_int_of_w;
   row.nis = nis;
   row.nis_error = nis_error;
   return row;
@@ -401,46 +382,48 @@ std::string format_report(const Report& r) {
 
 std::string report_json(const Report& r) {
   std::ostringstream os;
-  os << "{\n  \"file\": " << json_string(r.path) << ",\n  \"kind\": " << json_string(r.kind)
-     << ",\n  \"theory\": " << json_string(r.theory) << ",\n  \"extents\": [";
+  os << "{\n  \"file\": " << json::string(r.path) << ",\n  \"kind\": " << json::string(r.kind)
+     << ",\n  \"theory\": " << json::string(r.theory) << ",\n  \"extents\": [";
   for (std::size_t i = 0; i < r.extents.size(); ++i) os << (i ? ", " : "") << r.extents[i];
-  os << "],\n  \"m2\": " << json_number(r.m2) << ",\n  \"lam\": " << json_number(r.lam)
+  os << "],\n  \"m2\": " << json::number(r.m2) << ",\n  \"lam\": " << json::number(r.lam)
      << ",\n  \"convention\": \"nohalf\"";
   if (r.kind == "hmc") {
-    os << ",\n  \"integrator\": " << json_string(r.integrator) << ",\n  \"chains\": " << r.chains
+    os << ",\n  \"integrator\": " << json::string(r.integrator) << ",\n  \"chains\": " << r.chains
        << ",\n  \"trajectories\": " << r.trajectories << ",\n  \"n_md\": " << r.n_md
-       << ",\n  \"trajectory_length\": " << json_number(r.trajectory_length)
-       << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json_number(r.acceptance)
-       << ",\n  \"exp_mdH\": {\"value\": " << json_number(r.exp_mdH) << ", \"error\": " << json_number(r.exp_mdH_error)
-       << "},\n  \"sampling_seconds\": " << json_number(r.sampling_seconds)
-       << ",\n  \"seconds_per_trajectory_per_site\": " << json_number(r.seconds_per_trajectory_per_site);
+       << ",\n  \"trajectory_length\": " << json::number(r.trajectory_length)
+       << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json::number(r.acceptance)
+       << ",\n  \"exp_mdH\": {\"value\": " << json::number(r.exp_mdH) << ", \"error\": " << json::number(r.exp_mdH_error)
+       << "},\n  \"sampling_seconds\": " << json::number(r.sampling_seconds)
+       << ",\n  \"seconds_per_trajectory_per_site\": " << json::number(r.seconds_per_trajectory_per_site);
     if (r.has_reversibility)
-      os << ",\n  \"reversibility\": {\"max_dx\": " << json_number(r.reversibility_max_dx)
-         << ", \"max_dp\": " << json_number(r.reversibility_max_dp) << "}";
+      os << ",\n  \"reversibility\": {\"max_dx\": " << json::number(r.reversibility_max_dx)
+         << ", \"max_dp\": " << json::number(r.reversibility_max_dp) << "}";
   } else {
     os << ",\n  \"proposals\": " << r.proposals
-       << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json_number(r.acceptance)
-       << ",\n  \"tau_acc\": " << json_number(r.tau_acc) << ",\n  \"ess_fraction\": " << json_number(r.ess_fraction)
+       << ",\n  \"configs_stored\": " << r.configs_stored << ",\n  \"acceptance\": " << json::number(r.acceptance)
+       << ",\n  \"tau_acc\": " << json::number(r.tau_acc) << ",\n  \"ess_fraction\": " << json::number(r.ess_fraction)
        << ",\n  \"nis_reliable\": " << (r.nis_reliable() ? "true" : "false")
        << ",\n  \"chain_reliable\": " << (r.chain_reliable() ? "true" : "false")
-       << ",\n  \"free_energy\": {\"value\": " << json_number(r.free_energy)
-       << ", \"error\": " << json_number(r.free_energy_error);
-    if (r.has_free_energy_exact) os << ", \"exact\": " << json_number(r.free_energy_exact);
-    os << "},\n  \"train_steps\": " << r.train_steps << ",\n  \"train_seconds\": " << json_number(r.train_seconds)
-       << ",\n  \"sampling_seconds\": " << json_number(r.sampling_seconds)
-       << ",\n  \"weights_hash\": " << json_string(r.weights_hash);
+       << ",\n  \"free_energy\": {\"value\": " << json::number(r.free_energy)
+       << ", \"error\": " << json::number(r.free_energy_error);
+    if (r.has_free_energy_exact) os << ", \"exact\": " << json::number(r.free_energy_exact);
+    os << "},\n  \"train_steps\": " << r.train_steps << ",\n  \"train_seconds\": " << json::number(r.train_seconds)
+       << ",\n  \"sampling_seconds\": " << json::number(r.sampling_seconds)
+       << ",\n  \"weights_hash\": " << json::string(r.weights_hash);
   }
-  os << ",\n  \"gamma_S\": " << json_number(r.gamma_S) << ",\n  \"observables\": {";
+  os << ",\n  \"gamma_S\": " << json::number(r.gamma_S) << ",\n  \"observables\": {";
   for (std::size_t i = 0; i < r.rows.size(); ++i) {
     const auto& row = r.rows[i];
-    os << (i ? "," : "") << "\n    " << json_string(row.name) << ": {\"value\": " << json_number(row.value)
-       << ", \"error\": " << json_number(row.error) << ", \"tau_int\": " << json_number(row.tau_int)
-       << ", \"tau_int_error\": " << json_number(row.tau_error)
-       << ", \"window_found\": " << (row.window_found ? "true" : "false") << ", \"nis\": " << json_number(row.nis)
-       << ", \"nis_error\": " << json_number(row.nis_error);
+    os << (i ? "," : "") << "\n    " << json::string(row.name) << ": {\"value\": " << json::number(row.value)
+       << ", \"error\": " << json::number(row.error) << ", \"tau_int\": " << json::number(row.tau_int)
+       << ", \"tau_int_error\": " << json::number(row.tau_error)
+       << ", \"window_found\": " << (row.window_found ? "true" : "false") << ", \"window\": " << row.window
+       << ", \"rho\": " << json::array(row.rho) << ", \"tau_int_of_w\": " << json::array(row.tau_int_of_w)
+       << ", \"nis\": " << json::number(row.nis)
+       << ", \"nis_error\": " << json::number(row.nis_error);
     if (row.has_ref)
-      os << ", \"ref\": " << json_number(row.ref) << ", \"ref_error\": " << json_number(row.ref_error)
-         << ", \"ref_kind\": " << json_string(row.ref_kind);
+      os << ", \"ref\": " << json::number(row.ref) << ", \"ref_error\": " << json::number(row.ref_error)
+         << ", \"ref_kind\": " << json::string(row.ref_kind);
     os << "}";
   }
   os << "\n  }\n}\n";

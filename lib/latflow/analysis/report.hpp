@@ -15,6 +15,8 @@ struct ObservableRow {
   double value = 0, error = 0;        // Markov chain(s), Gamma method
   double tau_int = 0, tau_error = 0;  // in IMH steps or HMC trajectories
   bool window_found = true;
+  std::int64_t window = 0;                // the Gamma method's summation window W
+  std::vector<double> rho, tau_int_of_w;  // normalised autocorrelation and tau_int(W), for plots
   double nis = 0, nis_error = 0;      // self-normalised importance sampling over all proposals (IMH; HMC: nan)
   bool has_ref = false;
   double ref = 0, ref_error = 0;      // exact (ref_error = 0) or reference value
