@@ -261,7 +261,7 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
   log::info("hmc: thermalised; n_md = " + std::to_string(n_md) +
             " (dt = " + std::to_string(hp.trajectory_length / n_md) + ")");
 
-  std::vector<double> dh_all, exp_mdh;
+  std::vector<double> exp_mdh;
   std::int64_t n_acc = 0;
   double max_dx = 0, max_dp = 0, check_seconds = 0;
   auto flush_all = [&] {
