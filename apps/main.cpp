@@ -48,6 +48,9 @@ common options:
 
 template <class T>
 T parse_number(const std::string& key, const std::string& v) {
+  // istream wraps "-1" around for unsigned types instead of failing.
+  if constexpr (std::is_unsigned_v<T>)
+    if (v.find('-') != std::string::npos) throw ConfigError(key + " = " + v + ": must be >= 0");
   std::istringstream is(v);
   T x{};
   is >> x;
@@ -190,6 +193,8 @@ const std::vector<Key>& keys() {
 // Parses CONFIG.ini and the command-line overrides into a validated Config.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides, const std::string& cmd) {
   Config cfg;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw IoError(path + ": not found or not a regular file");
   std::ifstream in(path);
   if (!in) throw IoError(path + ": cannot open config file");
   std::stringstream text;

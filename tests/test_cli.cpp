@@ -123,6 +123,41 @@ TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero ex
   expect_error("analyze " + dir / "missing.h5", 3, "missing.h5");
   write_file(dir / "garbage.h5", "this is not HDF5");
   expect_error("analyze " + dir / "garbage.h5", 3, "garbage.h5");
+  // More malformed values, each naming its key.
+  expect_error("train " + with("neg.ini", "batch = 256", "batch = -5"), 2, "train.batch");
+  expect_error("train " + with("float.ini", "layers = 8", "layers = 2.5"), 2, "flow.layers = 2.5");
+  expect_error("train " + with("inf.ini", "m2 = 1.0", "m2 = inf"), 2, "phi4.m2");
+  expect_error("train " + with("conv.ini", "lam = 0.0", "lam = 0.0\nconvention = quarter"), 2, "phi4.convention");
+  expect_error("train " + with("kappa.ini", "lam = 0.0", "lam = 0.0\nconvention = hopping\nkappa = 0"), 2,
+               "phi4.kappa");
+  expect_error("train " + with("free.ini", "m2 = 1.0", "m2 = -1.0"), 2, "phi4.m2");
+  expect_error("train " + with("kern.ini", "hidden = 16 16", "hidden = 16 16\nkernel = 4"), 2, "flow.kernel");
+  expect_error("train " + with("coupl.ini", "layers = 8", "layers = 8\ncoupling = glow"), 2, "flow.coupling");
+  expect_error("train " + with("dtype.ini", "layers = 8", "layers = 8\ndtype = float16"), 2, "flow.dtype");
+  expect_error("train " + with("act.ini", "activation = tanh", "activation = relu6"), 2, "flow.activation");
+  expect_error("train " + with("hid.ini", "hidden = 16 16", "hidden = 16 x"), 2, "flow.hidden");
+  expect_error("train " + with("sched.ini", "lr = 0.003", "lr = 0.003\nlr_schedule = step"), 2,
+               "train.lr_schedule");
+  expect_error("train " + with("lr.ini", "lr = 0.003", "lr = 0"), 2, "train.lr");
+  expect_error("train " + with("d5.ini", "extents = 8 8", "extents = 4 4 4 4 4"), 2, "lattice.extents");
+  expect_error("train " + with("d4.ini", "extents = 8 8", "extents = 4 4 4 4"), 2, "d <= 3");
+  expect_error("sample " + with("prop.ini", "proposals = 20000", "proposals = 0"), 2, "sample.proposals");
+  expect_error("sample " + with("blk.ini", "block = 500", "block = 0"), 2, "sample.block");
+  expect_error("train " + with("thr.ini", "seed = 7", "seed = 7\nthreads = 0"), 2, "run.threads");
+  expect_error("train " + with("dev.ini", "seed = 7", "seed = 7\ndevice = tpu"), 2, "run.device");
+  expect_error("train " + with("seed.ini", "seed = 7", "seed = -1"), 2, "run.seed");
+  expect_error("train " + with("noeq.ini", "[train]", "[train]\nthis line has no equals sign"), 2, "");
+  expect_error("hmc " + with("integ.ini", "[run]", "[hmc]\nintegrator = euler\n[run]"), 2, "hmc.integrator");
+  expect_error("train " + dir / "good.ini" + " --train.steps", 2, "--train.steps");
+  expect_error("train " + dir.path.string(), 3, dir.path.string());  // a directory, not a config file
+  // A corrupt checkpoint is named, not loaded.
+  write_file(dir / "bad.ckpt", "not a checkpoint");
+  expect_error("sample " + dir / "good.ini" + " --output " + dir / "x.h5 --run.checkpoint " + dir / "bad.ckpt", 3,
+               "bad.ckpt");
+  CHECK(!fs::exists(dir / "x.h5"));
+  // An output directory that cannot be created is named.
+  write_file(dir / "file", "");
+  expect_error("run " + dir / "good.ini" + " --output " + dir / "file/sub/out.h5 --train.steps 1", 3, "file/sub");
 
   // An existing output is refused before any work, and left as it was.
   write_file(dir / "out.h5", "precious");
