@@ -289,6 +289,19 @@ Args split_args(int argc, char** argv, const std::vector<std::string>& local_opt
   return a;
 }
 
+// The command-local options shared by several commands, validated once here.
+double gamma_S_option(Args& a) {
+  const double S = a.local.count("S") ? parse_number<double>("--S", a.local["S"]) : 1.5;
+  if (!(S > 0)) throw ConfigError("--S = " + a.local["S"] + ": must be > 0");
+  return S;
+}
+
+int repeats_option(Args& a) {
+  const int repeats = a.local.count("repeats") ? parse_number<int>("--repeats", a.local["repeats"]) : 5;
+  if (repeats < 1) throw ConfigError("--repeats: must be >= 1");
+  return repeats;
+}
+
 std::string command_line(int argc, char** argv) {
   std::string s;
   for (int i = 0; i < argc; ++i) s += (i ? " " : "") + std::string(argv[i]);
@@ -330,8 +343,7 @@ int dispatch(int argc, char** argv) {
   if (cmd == "analyze") {
     auto a = split_args(argc, argv, {"json", "S"});
     if (a.positional.size() != 1 || !a.overrides.empty()) throw ConfigError("usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]");
-    const double S = a.local.count("S") ? parse_number<double>("--S", a.local["S"]) : 1.5;
-    if (!(S > 0)) throw ConfigError("--S = " + a.local["S"] + ": must be > 0");
+    const double S = gamma_S_option(a);
     analyze_and_print(a.positional[0], S, a.local.count("json") ? a.local["json"] : json_path_for(a.positional[0]));
     return 0;
   }
@@ -339,8 +351,7 @@ int dispatch(int argc, char** argv) {
     auto a = split_args(argc, argv, {"json", "S"});
     if (a.positional.size() != 2 || !a.overrides.empty())
       throw ConfigError("usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]");
-    const double S = a.local.count("S") ? parse_number<double>("--S", a.local["S"]) : 1.5;
-    if (!(S > 0)) throw ConfigError("--S = " + a.local["S"] + ": must be > 0");
+    const double S = gamma_S_option(a);
     auto c = analysis::compare_ensembles(a.positional[0], a.positional[1], S);
     std::filesystem::path def(c.flow.path);
     def.replace_filename(def.stem().string() + "_vs_hmc.json");
@@ -366,16 +377,14 @@ int dispatch(int argc, char** argv) {
     if (a.local.count("sizes")) sizes = parse_list<std::int64_t>("--sizes", a.local["sizes"]);
     for (auto L : sizes)
       if (L < 2) throw ConfigError("--sizes: every L must be >= 2");
-    const int repeats = a.local.count("repeats") ? parse_number<int>("--repeats", a.local["repeats"]) : 5;
-    if (repeats < 1) throw ConfigError("--repeats: must be >= 1");
+    const int repeats = repeats_option(a);
     bench_hmc_job(cfg, sizes, repeats);
     return 0;
   }
   if (cmd == "bench") {
     std::vector<std::int64_t> batches{64, 1024};
     if (a.local.count("batches")) batches = parse_list<std::int64_t>("--batches", a.local["batches"]);
-    const int repeats = a.local.count("repeats") ? parse_number<int>("--repeats", a.local["repeats"]) : 5;
-    if (repeats < 1) throw ConfigError("--repeats: must be >= 1");
+    const int repeats = repeats_option(a);
     bench_job(cfg, batches, repeats);
     return 0;
   }
