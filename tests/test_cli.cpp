@@ -130,6 +130,17 @@ void expect_error(const std::string& args, int code, const std::string& needle, 
   }
 }
 
+// Copies `from` to `to`, keeping the first `keep` bytes (all if npos) and overwriting `len` bytes at `at` with junk.
+void damaged_copy(const std::string& from, const std::string& to, std::size_t keep, std::size_t at = 0,
+                  std::size_t len = 0) {
+  auto bytes = read_file(from);
+  REQUIRE(!bytes.empty());
+  if (keep < bytes.size()) bytes.resize(keep);
+  for (std::size_t i = at; i < at + len && i < bytes.size(); ++i) bytes[i] = static_cast<char>(0xA5 ^ (i * 131));
+  std::ofstream o(to, std::ios::binary);
+  o << bytes;
+}
+
 }  // namespace
 
 TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero exit; nothing overwritten", "[cli]") {
@@ -206,17 +217,6 @@ TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero ex
   expect_error("sample " + dir / "good.ini" + " --output " + dir / "new.h5", 3, "new.h5.ckpt: checkpoint not found");
   CHECK(!fs::exists(dir / "new.h5"));
   g_watched = nullptr;
-}
-
-// Copies `from` to `to`, keeping the first `keep` bytes (all if npos) and overwriting `len` bytes at `at` with junk.
-void damaged_copy(const std::string& from, const std::string& to, std::size_t keep, std::size_t at = 0,
-                  std::size_t len = 0) {
-  auto bytes = read_file(from);
-  REQUIRE(!bytes.empty());
-  if (keep < bytes.size()) bytes.resize(keep);
-  for (std::size_t i = at; i < at + len && i < bytes.size(); ++i) bytes[i] = static_cast<char>(0xA5 ^ (i * 131));
-  std::ofstream o(to, std::ios::binary);
-  o << bytes;
 }
 
 TEST_CASE("hostile input matrix: configs, ensembles, checkpoints, outputs, unwritable and full disks", "[cli][hostile]") {
@@ -466,6 +466,70 @@ TEST_CASE("training continued from its checkpoint reproduces the uninterrupted r
   CHECK(again.out.find("reusing") != std::string::npos);
   // A different training recipe is refused, naming the key.
   expect_error("train " + cfg + " --output " + dir / "a.h5 --train.lr 0.5", 2, "train.lr");
+}
+
+TEST_CASE("checkpoints keep two backups; an unreadable checkpoint falls back to the newest readable one", "[cli]") {
+  TempDir dir;
+  const std::string cfg = dir / "small.ini";
+  write_file(cfg,
+             "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
+             "[train]\nsteps = 20\nbatch = 16\nlr_schedule = constant\nlog_every = 5\ncheckpoint_every = 5\n"
+             "[run]\nseed = 3\noutput = " + dir / "a.h5" + "\n");
+  const std::string ck = dir / "a.h5.ckpt";
+  auto hash_of = [](const std::string& out) {
+    auto pos = out.find(", weights ");
+    REQUIRE(pos != std::string::npos);
+    return out.substr(pos + 10, 16);
+  };
+  auto full = run("train " + cfg);
+  REQUIRE(full.code == 0);
+  CHECK(fs::exists(ck + ".1"));
+  CHECK(fs::exists(ck + ".2"));
+  CHECK(!fs::exists(ck + ".tmp"));
+  // The main checkpoint truncated (a disk that failed under it): training continues from CKPT.1 (step 15) with a
+  // one-line warning and reaches the uninterrupted run's weights bitwise.
+  damaged_copy(ck, ck, fs::file_size(ck) / 2);
+  auto resumed = run("train " + cfg);
+  CAPTURE(resumed.out);
+  REQUIRE(resumed.code == 0);
+  CHECK(resumed.out.find("latflow: warning: " + ck + ": unreadable") != std::string::npos);
+  CHECK(resumed.out.find("using the backup " + ck + ".1 (step 15)") != std::string::npos);
+  CHECK(resumed.out.find("resuming " + ck + " at step 15") != std::string::npos);
+  CHECK(hash_of(resumed.out) == hash_of(full.out));
+  // Main and first backup unreadable: the second backup is used; none readable: a one-line error, exit 3.
+  damaged_copy(ck, ck, 100);
+  damaged_copy(ck + ".1", ck + ".1", 0);
+  auto second = run("sample " + cfg + " --sample.proposals 50 --output " + dir / "s.h5 --run.checkpoint " + ck);
+  CAPTURE(second.out);
+  CHECK(second.code == 0);
+  CHECK(second.out.find("using the backup " + ck + ".2") != std::string::npos);
+  damaged_copy(ck + ".2", ck + ".2", 0);
+  expect_error("sample " + cfg + " --sample.proposals 50 --output " + dir / "t.h5 --run.checkpoint " + ck, 3,
+               "no readable backup");
+  CHECK(!fs::exists(dir / "t.h5"));
+}
+
+TEST_CASE("a non-finite weight never reaches a checkpoint", "[cli]") {
+  TempDir dir;
+  const std::string cfg = dir / "w.ini";
+  // A NaN put into a weight after step 6 makes every later step non-finite (skipped, so no logging-interval check
+  // runs); the final checkpoint's own guard finds it and rolls back to the last good state first.
+  write_file(cfg,
+             "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
+             "[train]\nsteps = 12\nbatch = 16\nlog_every = 5\ncheckpoint_every = 3\n"
+             "[sample]\nproposals = 100\n[run]\nseed = 5\noutput = " + dir / "w.h5" + "\n");
+  setenv("LATFLOW_FAULT_NAN_WEIGHT_STEP", "6", 1);
+  auto r = run("train " + cfg);
+  unsetenv("LATFLOW_FAULT_NAN_WEIGHT_STEP");
+  CAPTURE(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("non-finite weights at step 12; rolled back before the checkpoint") != std::string::npos);
+  for (const std::string f : {dir / "w.h5.ckpt", dir / "w.h5.ckpt.1", dir / "w.h5.ckpt.2"}) {
+    auto s = run("sample " + cfg + " --overwrite --run.checkpoint " + f);
+    CAPTURE(f, s.out);
+    CHECK(s.code == 0);
+    CHECK(s.out.find("warning") == std::string::npos);
+  }
 }
 
 TEST_CASE("non-finite losses are skipped, rolled back, or stop training with a clear message", "[cli]") {

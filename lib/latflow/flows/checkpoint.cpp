@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <sstream>
 
 #include "latflow/core/error.hpp"
@@ -75,8 +76,15 @@ std::string optimizer_hash(torch::optim::Optimizer& opt) {
 
 // CKPT.1 -> CKPT.2, then CKPT hard-linked as CKPT.1 (copied where links are not supported), so that CKPT itself
 // stays in place until the new file is renamed over it.
+// Checkpoints this process found unreadable: they are replaced, never rotated into the backups (which would push
+// a good backup out).
+std::set<std::string>& unreadable() {
+  static std::set<std::string> s;
+  return s;
+}
+
 void rotate_backups(const std::string& path) {
-  if (!file_exists(path)) return;
+  if (!file_exists(path) || unreadable().count(path)) return;
   std::error_code ec;
   for (int k = kCheckpointBackups - 1; k >= 1; --k) {
     const auto from = checkpoint_backup(path, k), to = checkpoint_backup(path, k + 1);
@@ -213,6 +221,7 @@ void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Op
     write_file_synced(tmp, bytes.str());
     rotate_backups(path);
     commit_file(tmp, path);
+    unreadable().erase(path);
   } catch (const Error& e) {
     std::remove(tmp.c_str());
     throw IoError(path + ": cannot write checkpoint (" + short_what(e) + ")");
@@ -236,6 +245,7 @@ CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch:
                   file + " (step " + std::to_string(meta.step) + ")");
       return meta;
     } catch (const IoError& e) {
+      if (k == 0) unreadable().insert(path);
       if (first_failure.empty()) first_failure = e.what();
     }
   }

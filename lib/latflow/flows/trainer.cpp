@@ -181,6 +181,7 @@ TrainSummary train_job(const Config& cfg) {
   double acc_loss = 0, acc_ess = 0, acc_acc = 0, acc_var = 0;
   int acc_n = 0;
 
+  bool saved_now = false;  // the state is in the checkpoint already (no second save of the same step)
   auto checkpoint = [&](std::int64_t step) {
     // Never a checkpoint with non-finite weights: roll back to the last good state first.
     if (!weights_finite(model)) {
@@ -191,6 +192,7 @@ TrainSummary train_job(const Config& cfg) {
     meta.step = step;
     meta.train_seconds = base_seconds + elapsed();
     save_checkpoint(ckpt, model, &opt, meta);
+    saved_now = true;
   };
 
   // Fault injection for tests: LATFLOW_FAULT_NAN_STEPS="a,b-c" poisons the loss of those steps with NaN.
@@ -214,6 +216,7 @@ TrainSummary train_job(const Config& cfg) {
 
   std::int64_t step = meta.step;
   for (; step < tp.steps; ++step) {
+    saved_now = false;
     if (tp.max_minutes > 0 && elapsed() > 60.0 * tp.max_minutes) {
       log::info("training: wall-clock budget train.max_minutes = " + std::to_string(tp.max_minutes) +
                 " reached at step " + std::to_string(step));
@@ -298,8 +301,11 @@ TrainSummary train_job(const Config& cfg) {
     if ((step + 1) % tp.checkpoint_every == 0) checkpoint(step + 1);
   }
   progress.finish();
-  if (tp.eval_every > 0 && (meta.history.eval_step.empty() || meta.history.eval_step.back() != step)) evaluate(step);
-  checkpoint(step);
+  if (tp.eval_every > 0 && (meta.history.eval_step.empty() || meta.history.eval_step.back() != step)) {
+    evaluate(step);
+    saved_now = false;
+  }
+  if (!saved_now) checkpoint(step);
   const std::string hash = model->weights_hash();
   log::info("training: " + std::to_string(step) + " steps in " + log::format_seconds(meta.train_seconds) +
             " (this session " + log::format_seconds(elapsed()) + "), weights " + hash + ", checkpoint " + ckpt);
