@@ -254,6 +254,8 @@ TEST_CASE("hostile input matrix: configs, ensembles, checkpoints, outputs, unwri
     expect_error("train " + with("hidden0.ini", "hidden = 4", "hidden = 0"), 2, "flow.hidden = 0");
     expect_error("train " + with("lrinf.ini", "batch = 16", "batch = 16\nlr = inf"), 2, "train.lr = inf");
     expect_error("train " + with("huge.ini", "batch = 16", "batch = 99999999999999999999"), 2, "train.batch");
+    expect_error("train " + cfg("u1mask.ini", "theory = u1\n[lattice]\nextents = 6 6\n[u1]\nbeta = 1\n"), 2,
+                 "lattice.extents = 6 6: U(1) gauge-equivariant flow masks have period 4");
   }
   {
     write_file(dir / "empty.h5", "");

@@ -29,7 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!f) return 0;
   std::fwrite(data, 1, size, f);
   std::fclose(f);
-  latflow::FlowModel model(cfg.lattice, cfg.flow);
+  latflow::FlowModel model = latflow::make_flow(cfg);
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
   try {
     auto meta = latflow::load_checkpoint(path, model, &opt, latflow::model_identity(cfg));

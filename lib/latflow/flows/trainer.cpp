@@ -16,7 +16,7 @@
 #include "latflow/core/seed.hpp"
 #include "latflow/flows/checkpoint.hpp"
 #include "latflow/jobs.hpp"
-#include "latflow/theories/phi4.hpp"
+#include "latflow/theories/theory.hpp"
 
 namespace latflow {
 namespace fs = std::filesystem;
@@ -96,10 +96,11 @@ class Progress {
 TrainSummary train_job(const Config& cfg) {
   torch::set_num_threads(cfg.run.threads);
   const auto& tp = cfg.train;
-  Phi4 theory(cfg.lattice, cfg.phi4);
+  const auto theory_ptr = make_theory(cfg);
+  const Theory& theory = *theory_ptr;
   // The initial weights come from the run seed (LibTorch's default generator is not seeded reproducibly).
   torch::manual_seed(derive_seed(cfg.run.seed, "init", 0));
-  FlowModel model(cfg.lattice, cfg.flow);
+  FlowModel model = make_flow(cfg);
   model->to_device(torch::Device(cfg.run.device));
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(tp.lr));
 

@@ -19,7 +19,7 @@
 #include "latflow/io/ensemble.hpp"
 #include "latflow/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
-#include "latflow/theories/phi4.hpp"
+#include "latflow/theories/theory.hpp"
 
 namespace latflow {
 
@@ -215,7 +215,8 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
   torch::set_num_threads(cfg.run.threads);
   torch::InferenceMode inference;
   const auto& hp = cfg.hmc;
-  Phi4 theory(cfg.lattice, cfg.phi4);
+  const auto theory_ptr = make_theory(cfg);
+  const Theory& theory = *theory_ptr;
   const auto options = torch::TensorOptions().dtype(torch::kFloat64).device(torch::Device(cfg.run.device));
   HmcChains chains(theory, hp, cfg.run.seed, 0, hp.chains, options);
 
@@ -247,7 +248,7 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
     return s;
   }());
   std::vector<std::uint64_t> config_row{C};
-  config_row.insert(config_row.end(), cfg.lattice.extents.begin(), cfg.lattice.extents.end());
+  for (auto e : theory.field_shape()) config_row.push_back(static_cast<std::uint64_t>(e));
   if (hp.save_every > 0) {
     f.create_extendible("/configs/field", io::DType::F64, config_row, 4);
     f.create_extendible("/configs/trajectory", io::DType::I64, {}, 64);

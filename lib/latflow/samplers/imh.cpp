@@ -18,13 +18,13 @@
 #include "latflow/io/ensemble.hpp"
 #include "latflow/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
-#include "latflow/theories/phi4.hpp"
+#include "latflow/theories/theory.hpp"
 
 namespace latflow {
 namespace {
 
 // Per-block results, flattened to doubles for MPI: [block, n, log_q(n), S(n), scalars(n*k), corr(n*L0), x(n*V)].
-std::vector<double> make_block(FlowModel& model, const Phi4& theory, const Config& cfg, std::int64_t b) {
+std::vector<double> make_block(FlowModel& model, const Theory& theory, const Config& cfg, std::int64_t b) {
   const std::int64_t n = std::min(cfg.sample.block, cfg.sample.proposals - b * cfg.sample.block);
   auto [x, log_q] = model->sample(n, derive_seed(cfg.run.seed, "propose", static_cast<std::uint64_t>(b)));
   auto xd = x.to(torch::kCPU, torch::kFloat64).contiguous();  // exact for float32 fields
@@ -49,6 +49,8 @@ void write_model_info(io::File& f, const Config& cfg, const CheckpointMeta& meta
   f.write_attr("/model", "z2", static_cast<std::int64_t>(fp.z2));
   f.write_attr("/model", "spline_bins", static_cast<std::int64_t>(fp.spline_bins));
   f.write_attr("/model", "spline_bound", fp.spline_bound);
+  f.write_attr("/model", "ncp_components", static_cast<std::int64_t>(fp.ncp_components));
+  f.write_attr("/model", "loops", static_cast<std::int64_t>(fp.loops));
   f.write_attr("/model", "dtype", fp.dtype);
   f.write_attr("/model", "weights_hash", hash);
   f.write_attr("/model", "checkpoint", cfg.checkpoint_path());
@@ -66,8 +68,9 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
   if (file_exists(out) && !cfg.run.overwrite)
     throw IoError(out + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
   torch::set_num_threads(cfg.run.threads);
-  Phi4 theory(cfg.lattice, cfg.phi4);
-  FlowModel model(cfg.lattice, cfg.flow);
+  const auto theory_ptr = make_theory(cfg);
+  const Theory& theory = *theory_ptr;
+  FlowModel model = make_flow(cfg);
   auto meta = load_checkpoint(cfg.checkpoint_path(), model, nullptr, model_identity(cfg));
   model->to_device(torch::Device(cfg.run.device));
   model->eval();
@@ -75,8 +78,11 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
   torch::InferenceMode inference;
 
   const std::int64_t N = cfg.sample.proposals, nb = (N + cfg.sample.block - 1) / cfg.sample.block;
-  const std::int64_t V = cfg.lattice.volume(), L0 = cfg.lattice.extents[0];
-  const auto& names = Phi4::scalar_names();
+  const auto field_dims = theory.field_shape();
+  std::int64_t V = 1;  // numbers per configuration
+  for (auto e : field_dims) V *= e;
+  const std::int64_t L0 = cfg.lattice.extents[0];
+  const auto& names = theory.observable_names();
   const std::int64_t k = static_cast<std::int64_t>(names.size());
   const bool root = mpi::rank() == 0;
   const int R = mpi::size();
@@ -84,7 +90,7 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
   std::optional<io::File> f;
   const std::string partial = out + ".partial";
   const std::uint64_t chunk = static_cast<std::uint64_t>(cfg.sample.block);
-  std::vector<std::uint64_t> field_shape(cfg.lattice.extents.begin(), cfg.lattice.extents.end());
+  std::vector<std::uint64_t> field_shape(field_dims.begin(), field_dims.end());
   const bool f32 = cfg.flow.dtype == "float32";
   if (root) {
     ensure_parent_dir(out);
