@@ -47,5 +47,9 @@ CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch:
                                const std::string& expected_identity);
 // True if every parameter and buffer of the model is finite.
 bool weights_finite(FlowModel& model);
+// Copies only the parameters (not the lattice-dependent mask buffers) of the checkpoint at `path` into `model`,
+// after checking that its theory and flow.* keys equal those of `expected_identity` (lattice extents and
+// couplings may differ). Returns the source's metadata (its training time is part of the new model's cost).
+CheckpointMeta load_weights_from(const std::string& path, FlowModel& model, const std::string& expected_identity);
 
 }  // namespace latflow
