@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "latflow/analysis/compare.hpp"
@@ -84,20 +85,67 @@ std::string free_field_config(const std::string& output) {
          output + "\nseed = 7\n";
 }
 
-// Bad input must give one line on stderr naming the problem, a non-zero exit and no changed file.
-void expect_error(const std::string& args, int code, const std::string& needle) {
-  auto r = run(args, true);
-  CAPTURE(args, r.out);
+// Every regular file under a directory: its bytes and modification time.
+struct FileState {
+  std::string bytes;
+  fs::file_time_type mtime;
+  bool operator==(const FileState& o) const { return bytes == o.bytes && mtime == o.mtime; }
+};
+std::map<std::string, FileState> snapshot(const fs::path& dir) {
+  std::map<std::string, FileState> m;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) m[e.path().string()] = {read_file(e.path().string()), e.last_write_time()};
+  return m;
+}
+
+// The directory whose files bad input must leave alone (set by the test cases that check it).
+const fs::path* g_watched = nullptr;
+int g_cases = 0;  // malformed-input cases run
+
+// Bad input must give one line on stderr naming the problem, the documented non-zero exit, and no existing file
+// changed, removed or (unless new_files_allowed, e.g. an ensemble's OUTPUT.partial) added. `prefix` runs before
+// the binary in the same shell (e.g. a file-size limit).
+void expect_error(const std::string& args, int code, const std::string& needle, bool new_files_allowed = false,
+                  const std::string& prefix = "") {
+  ++g_cases;
+  std::map<std::string, FileState> before;
+  if (g_watched) before = snapshot(*g_watched);
+  auto r = capture(prefix + std::string(LATFLOW_BINARY) + " " + args + " 2>&1 >/dev/null");
+  CAPTURE(prefix, args, r.out);
   CHECK(r.code == code);
   CHECK(count_lines(r.out) == 1);
   CHECK(r.out.rfind("latflow: error: ", 0) == 0);
   CHECK(r.out.find(needle) != std::string::npos);
+  if (!g_watched) return;
+  const auto after = snapshot(*g_watched);
+  for (const auto& [path, state] : before) {
+    CAPTURE(path);
+    auto it = after.find(path);
+    CHECK(it != after.end());
+    if (it != after.end()) CHECK(it->second == state);
+  }
+  for (const auto& [path, state] : after) {
+    CAPTURE(path);
+    CHECK((before.count(path) || new_files_allowed));
+  }
+}
+
+// Copies `from` to `to`, keeping the first `keep` bytes (all if npos) and overwriting `len` bytes at `at` with junk.
+void damaged_copy(const std::string& from, const std::string& to, std::size_t keep, std::size_t at = 0,
+                  std::size_t len = 0) {
+  auto bytes = read_file(from);
+  REQUIRE(!bytes.empty());
+  if (keep < bytes.size()) bytes.resize(keep);
+  for (std::size_t i = at; i < at + len && i < bytes.size(); ++i) bytes[i] = static_cast<char>(0xA5 ^ (i * 131));
+  std::ofstream o(to, std::ios::binary);
+  o << bytes;
 }
 
 }  // namespace
 
 TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero exit; nothing overwritten", "[cli]") {
   TempDir dir;
+  g_watched = &dir.path;
   const std::string good = free_field_config(dir / "out.h5");
   // The good config with one line replaced.
   auto with = [&](const std::string& name, const std::string& line, const std::string& replacement) {
@@ -168,6 +216,111 @@ TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero ex
   // Sampling without a trained checkpoint names the checkpoint.
   expect_error("sample " + dir / "good.ini" + " --output " + dir / "new.h5", 3, "new.h5.ckpt: checkpoint not found");
   CHECK(!fs::exists(dir / "new.h5"));
+  g_watched = nullptr;
+}
+
+TEST_CASE("hostile input matrix: configs, ensembles, checkpoints, outputs, unwritable and full disks", "[cli][hostile]") {
+  TempDir dir;
+  const std::string good = "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
+                           "[train]\nsteps = 10\nbatch = 16\ncheckpoint_every = 5\nlog_every = 5\n"
+                           "[sample]\nproposals = 300\nblock = 100\n"
+                           "[hmc]\nchains = 2\nthermalization = 4\ntrajectories = 40\nsave_every = 10\n"
+                           "[run]\nseed = 3\noutput = " + dir / "ens.h5" + "\n";
+  write_file(dir / "good.ini", good);
+  // A real ensemble, checkpoint and HMC file to damage.
+  REQUIRE(run("run " + dir / "good.ini").code == 0);
+  REQUIRE(run("hmc " + dir / "good.ini --output " + dir / "hmc.h5").code == 0);
+  const std::string ens = dir / "ens.h5", ckpt = dir / "ens.h5.ckpt";
+  write_file(dir / "ens.json.keep", read_file(dir / "ens.json"));
+  g_watched = &dir.path;
+  const int cases_before = g_cases;
+  auto cfg = [&](const std::string& name, const std::string& text) {
+    write_file(dir / name, text);
+    return dir / name;
+  };
+  auto with = [&](const std::string& name, const std::string& line, const std::string& replacement) {
+    auto text = good;
+    const auto pos = text.find(line);
+    REQUIRE(pos != std::string::npos);
+    return cfg(name, text.replace(pos, line.size(), replacement));
+  };
+
+  {
+    expect_error("train " + cfg("empty.ini", ""), 2, "empty.ini: no settings");
+    expect_error("train " + cfg("trunc.ini", good.substr(0, good.find("[flow]") + 4)), 2, "trunc.ini");
+    expect_error("train " + cfg("garbage.ini", std::string("\x7f" "ELF\x02\x01\x01\0\0\0\xff\xfe\n\x01=\x02\n", 17)),
+                 2, "garbage.ini");
+    expect_error("hmc " + with("chains.ini", "chains = 2", "chains = -3"), 2, "hmc.chains = -3");
+    expect_error("train " + with("hidden0.ini", "hidden = 4", "hidden = 0"), 2, "flow.hidden = 0");
+    expect_error("train " + with("lrinf.ini", "batch = 16", "batch = 16\nlr = inf"), 2, "train.lr = inf");
+    expect_error("train " + with("huge.ini", "batch = 16", "batch = 99999999999999999999"), 2, "train.batch");
+    expect_error("train " + cfg("u1mask.ini", "theory = u1\n[lattice]\nextents = 6 6\n[u1]\nbeta = 1\n"), 2,
+                 "lattice.extents = 6 6: U(1) gauge-equivariant flow masks have period 4");
+  }
+  {
+    write_file(dir / "empty.h5", "");
+    expect_error("analyze " + dir / "empty.h5", 3, "empty.h5");
+    damaged_copy(ens, dir / "trunc.h5", fs::file_size(ens) / 2);
+    expect_error("analyze " + dir / "trunc.h5", 3, "trunc.h5");
+    damaged_copy(ens, dir / "head.h5", std::string::npos, 0, 512);  // the superblock
+    expect_error("analyze " + dir / "head.h5", 3, "head.h5");
+    damaged_copy(ens, dir / "mid.h5", std::string::npos, 2048, 8192);  // object headers and B-trees
+    expect_error("analyze " + dir / "mid.h5", 3, "mid.h5");
+    {
+      auto f = io::File::create(dir / "foreign.h5", false);
+      f.write("/data", {1.0, 2.0}, {2});
+    }
+    expect_error("analyze " + dir / "foreign.h5", 3, "not a latflow ensemble");
+    {
+      damaged_copy(ens, dir / "writing.h5", std::string::npos);
+      auto f = io::File::open_write(dir / "writing.h5");
+      f.write_attr("/", "status", "writing");
+    }
+    expect_error("analyze " + dir / "writing.h5", 3, "incomplete");
+  }
+  {
+    const std::string s = "sample " + dir / "good.ini" + " --output " + dir / "new.h5 --run.checkpoint ";
+    write_file(dir / "empty.ckpt", "");
+    expect_error(s + dir / "empty.ckpt", 3, "empty.ckpt");
+    damaged_copy(ckpt, dir / "trunc.ckpt", fs::file_size(ckpt) - 100);
+    damaged_copy(ckpt, dir / "half.ckpt", fs::file_size(ckpt) / 2);
+    expect_error(s + dir / "half.ckpt", 3, "half.ckpt");
+    // LibTorch 1.13 stores the tensors first (zip records aligned to 64 bytes) and checks no CRC: bytes 720..783
+    // lie in a tensor's data, which only latflow's stored hashes detect; bytes 0..63 are a zip header.
+    damaged_copy(ckpt, dir / "flip.ckpt", std::string::npos, 720, 64);
+    expect_error(s + dir / "flip.ckpt", 3, "flip.ckpt: checkpoint is corrupted");
+    damaged_copy(ckpt, dir / "head.ckpt", std::string::npos, 0, 64);
+    expect_error(s + dir / "head.ckpt", 3, "head.ckpt: unreadable");
+    expect_error("train " + dir / "good.ini --run.checkpoint " + dir / "trunc.ckpt", 3, "trunc.ckpt");
+    expect_error("train " + dir / "good.ini --flow.hidden 8", 2, "flow.hidden: stored 4, requested 8");
+    expect_error("train " + dir / "good.ini --train.steps 20", 2, "train.steps: stored 10, requested 20");
+    CHECK(!fs::exists(dir / "new.h5"));
+  }
+  {
+    expect_error("hmc " + dir / "good.ini --output " + dir / "hmc.h5", 3, "hmc.h5: exists");
+    expect_error("hmc " + dir / "good.ini --output /proc/latflow_test/out.h5", 3, "/proc/latflow_test");
+    expect_error("train " + dir / "good.ini --retrain --run.checkpoint /proc/latflow_test.ckpt", 3,
+                 "/proc/latflow_test.ckpt");
+    expect_error("analyze " + ens + " --json /proc/latflow_test.json", 3, "/proc/latflow_test.json");
+  }
+  {
+    // ulimit -f caps every file the process writes (in 512- or 1024-byte blocks); writes beyond it fail with
+    // EFBIG (latflow ignores SIGXFSZ). The checkpoint is ~ 20 KB, the ensembles more. Open MPI's PMIx keeps
+    // its data in shared-memory files that the limit would break: gds=hash keeps it in memory instead, and an
+    // isolated singleton starts no helper process (which would report the signal).
+    const std::string env = "PMIX_MCA_gds=hash OMPI_MCA_ess_singleton_isolated=1 ";
+    const std::string full = "ulimit -f 4; " + env;
+    expect_error("train " + dir / "good.ini --retrain", 3, "ens.h5.ckpt: cannot write checkpoint", false, full);
+    expect_error("hmc " + dir / "good.ini --output " + dir / "full_hmc.h5", 3, "full_hmc.h5", true, full);
+    CHECK(!fs::exists(dir / "full_hmc.h5"));
+    expect_error("sample " + dir / "good.ini --output " + dir / "full.h5", 3, "full.h5", true, full);
+    CHECK(!fs::exists(dir / "full.h5"));
+    expect_error("analyze " + ens, 3, "ens.json: cannot write", false, "ulimit -f 0; " + env);
+    CHECK(read_file(dir / "ens.json") == read_file(dir / "ens.json.keep"));
+  }
+  g_watched = nullptr;
+  // The matrix in numbers (README "Reliability"): with the first test case's cases, >= 40 in all.
+  std::printf("hostile-input cases in this section: %d\n", g_cases - cases_before);
 }
 
 TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the file is complete", "[cli][e2e]") {
@@ -273,7 +426,7 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
   // Rerunning with more proposals reuses the trained checkpoint and refuses the existing output.
   expect_error("run " + cfg, 3, "exists");
 
-  SECTION("2 MPI ranks produce bitwise the same ensemble as 1 rank") {
+  {
     const std::string o1 = dir / "r1.h5", o2 = dir / "r2.h5", ck = " --run.checkpoint " + out + ".ckpt";
     auto r1 = run("sample " + cfg + " --sample.proposals 3000 --output " + o1 + ck);
     REQUIRE(r1.code == 0);
@@ -315,6 +468,70 @@ TEST_CASE("training continued from its checkpoint reproduces the uninterrupted r
   CHECK(again.out.find("reusing") != std::string::npos);
   // A different training recipe is refused, naming the key.
   expect_error("train " + cfg + " --output " + dir / "a.h5 --train.lr 0.5", 2, "train.lr");
+}
+
+TEST_CASE("checkpoints keep two backups; an unreadable checkpoint falls back to the newest readable one", "[cli]") {
+  TempDir dir;
+  const std::string cfg = dir / "small.ini";
+  write_file(cfg,
+             "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
+             "[train]\nsteps = 20\nbatch = 16\nlr_schedule = constant\nlog_every = 5\ncheckpoint_every = 5\n"
+             "[run]\nseed = 3\noutput = " + dir / "a.h5" + "\n");
+  const std::string ck = dir / "a.h5.ckpt";
+  auto hash_of = [](const std::string& out) {
+    auto pos = out.find(", weights ");
+    REQUIRE(pos != std::string::npos);
+    return out.substr(pos + 10, 16);
+  };
+  auto full = run("train " + cfg);
+  REQUIRE(full.code == 0);
+  CHECK(fs::exists(ck + ".1"));
+  CHECK(fs::exists(ck + ".2"));
+  CHECK(!fs::exists(ck + ".tmp"));
+  // The main checkpoint truncated (a disk that failed under it): training continues from CKPT.1 (step 15) with a
+  // one-line warning and reaches the uninterrupted run's weights bitwise.
+  damaged_copy(ck, ck, fs::file_size(ck) / 2);
+  auto resumed = run("train " + cfg);
+  CAPTURE(resumed.out);
+  REQUIRE(resumed.code == 0);
+  CHECK(resumed.out.find("latflow: warning: " + ck + ": unreadable") != std::string::npos);
+  CHECK(resumed.out.find("using the backup " + ck + ".1 (step 15)") != std::string::npos);
+  CHECK(resumed.out.find("resuming " + ck + " at step 15") != std::string::npos);
+  CHECK(hash_of(resumed.out) == hash_of(full.out));
+  // Main and first backup unreadable: the second backup is used; none readable: a one-line error, exit 3.
+  damaged_copy(ck, ck, 100);
+  damaged_copy(ck + ".1", ck + ".1", 0);
+  auto second = run("sample " + cfg + " --sample.proposals 50 --output " + dir / "s.h5 --run.checkpoint " + ck);
+  CAPTURE(second.out);
+  CHECK(second.code == 0);
+  CHECK(second.out.find("using the backup " + ck + ".2") != std::string::npos);
+  damaged_copy(ck + ".2", ck + ".2", 0);
+  expect_error("sample " + cfg + " --sample.proposals 50 --output " + dir / "t.h5 --run.checkpoint " + ck, 3,
+               "no readable backup");
+  CHECK(!fs::exists(dir / "t.h5"));
+}
+
+TEST_CASE("a non-finite weight never reaches a checkpoint", "[cli]") {
+  TempDir dir;
+  const std::string cfg = dir / "w.ini";
+  // A NaN put into a weight after step 6 makes every later step non-finite (skipped, so no logging-interval check
+  // runs); the final checkpoint's own guard finds it and rolls back to the last good state first.
+  write_file(cfg,
+             "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
+             "[train]\nsteps = 12\nbatch = 16\nlog_every = 5\ncheckpoint_every = 3\n"
+             "[sample]\nproposals = 100\n[run]\nseed = 5\noutput = " + dir / "w.h5" + "\n");
+  setenv("LATFLOW_FAULT_NAN_WEIGHT_STEP", "6", 1);
+  auto r = run("train " + cfg);
+  unsetenv("LATFLOW_FAULT_NAN_WEIGHT_STEP");
+  CAPTURE(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("non-finite weights at step 12; rolled back before the checkpoint") != std::string::npos);
+  for (const std::string f : {dir / "w.h5.ckpt", dir / "w.h5.ckpt.1", dir / "w.h5.ckpt.2"}) {
+    auto s = run("sample " + cfg + " --overwrite --run.checkpoint " + f);
+    CAPTURE(f, s.out);
+    CHECK(s.code == 0);
+    CHECK(s.out.find("warning") == std::string::npos);
+  }
 }
 
 TEST_CASE("non-finite losses are skipped, rolled back, or stop training with a clear message", "[cli]") {

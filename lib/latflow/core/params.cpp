@@ -202,6 +202,8 @@ std::string training_identity(const Config& c) {
      << "train.lr_min = " << c.train.lr_min << "\n"
      << "train.warmup = " << c.train.warmup << "\n"
      << "train.clip = " << c.train.clip << "\n";
+  // A cosine schedule is a function of the total step count: continuing with another count would jump.
+  if (c.train.lr_schedule == "cosine") os << "train.steps = " << c.train.steps << "\n";
   if (!c.train.init_from.empty()) os << "train.init_from = " << c.train.init_from << "\n";
   return os.str();
 }

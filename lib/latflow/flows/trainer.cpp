@@ -1,9 +1,5 @@
 // SPDX-License-Identifier: MIT
 // Reverse-KL training, checkpoints, and resume.
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -24,112 +20,6 @@
 
 namespace latflow {
 namespace fs = std::filesystem;
-
-bool file_exists(const std::string& path) {
-  std::error_code ec;
-  return fs::exists(path, ec);
-}
-
-void ensure_parent_dir(const std::string& path) {
-  auto dir = fs::path(path).parent_path();
-  std::error_code ec;
-  if (!dir.empty()) fs::create_directories(dir, ec);
-  if (ec) throw IoError(dir.string() + ": cannot create directory for " + path + " (" + ec.message() + ")");
-}
-
-void commit_file(const std::string& tmp, const std::string& path) {
-  int fd = ::open(tmp.c_str(), O_RDONLY);
-  if (fd < 0 || ::fsync(fd) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw IoError(tmp + ": cannot fsync");
-  }
-  ::close(fd);
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw IoError(path + ": cannot rename " + tmp + " into place: " + ec.message());
-  auto dir = fs::path(path).parent_path();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
-
-void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
-                     const CheckpointMeta& meta) {
-  torch::serialize::OutputArchive archive;
-  torch::serialize::OutputArchive model_archive;
-  model->save(model_archive);
-  archive.write("model", model_archive);
-  if (opt) {
-    torch::serialize::OutputArchive opt_archive;
-    opt->save(opt_archive);
-    archive.write("optimizer", opt_archive);
-  }
-  archive.write("format", c10::IValue(std::string("latflow-checkpoint-1")));
-  archive.write("model_identity", c10::IValue(meta.model_identity));
-  archive.write("training_identity", c10::IValue(meta.training_identity));
-  archive.write("step", c10::IValue(meta.step));
-  archive.write("train_seconds", c10::IValue(meta.train_seconds));
-  auto h = meta.history;
-  for (const auto& [name, col] : h.columns())
-    archive.write(std::string("history_") + name, torch::tensor(*col, torch::kFloat64), /*is_buffer=*/true);
-  const std::string tmp = path + ".tmp";
-  ensure_parent_dir(path);
-  try {
-    archive.save_to(tmp);
-  } catch (const c10::Error& e) {
-    std::remove(tmp.c_str());
-    throw IoError(path + ": cannot write checkpoint (" + std::string(e.what_without_backtrace()).substr(0, 120) +
-                  ")");
-  }
-  commit_file(tmp, path);
-}
-
-CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
-                               const std::string& expected_identity) {
-  if (!file_exists(path)) throw IoError(path + ": checkpoint not found (run `latflow train` first)");
-  CheckpointMeta meta;
-  try {
-    torch::serialize::InputArchive archive;
-    archive.load_from(path);
-    c10::IValue v;
-    archive.read("format", v);
-    if (!v.isString() || v.toStringRef() != "latflow-checkpoint-1") throw IoError(path + ": not a latflow checkpoint");
-    archive.read("model_identity", v);
-    meta.model_identity = v.toStringRef();
-    archive.read("training_identity", v);
-    meta.training_identity = v.toStringRef();
-    archive.read("step", v);
-    meta.step = v.toInt();
-    archive.read("train_seconds", v);
-    meta.train_seconds = v.toDouble();
-    for (const auto& [name, col] : meta.history.columns()) {
-      torch::Tensor t;
-      archive.read(std::string("history_") + name, t, /*is_buffer=*/true);
-      t = t.contiguous();
-      *col = std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
-    }
-    // The architecture must match before tensors are loaded into it.
-    auto diff = first_difference(meta.model_identity, expected_identity);
-    if (!diff.empty())
-      throw ConfigError("checkpoint " + path + " was made with other parameters (" + diff +
-                        "); pass --retrain to train from scratch, or set run.checkpoint");
-    torch::serialize::InputArchive model_archive;
-    archive.read("model", model_archive);
-    model->load(model_archive);
-    if (opt) {
-      torch::serialize::InputArchive opt_archive;
-      archive.read("optimizer", opt_archive);
-      opt->load(opt_archive);
-    }
-  } catch (const c10::Error& e) {
-    std::string what = e.what_without_backtrace();
-    throw IoError(path + ": unreadable or incompatible checkpoint (" + what.substr(0, what.find('\n')).substr(0, 160) +
-                  ")");
-  }
-  return meta;
-}
 
 namespace {
 // Parameters only, recursively by module name; shapes must agree (the architecture check makes them).
@@ -274,18 +164,26 @@ TrainSummary train_job(const Config& cfg) {
   CheckpointMeta meta;
   meta.model_identity = model_identity(cfg);
   meta.training_identity = training_identity(cfg);
-  if (file_exists(ckpt) && !tp.restart) {
+  if (checkpoint_exists(ckpt) && !tp.restart) {
     auto stored = load_checkpoint(ckpt, model, &opt, meta.model_identity);
-    auto diff = first_difference(stored.training_identity, meta.training_identity);
+    // Reusing a complete checkpoint does not depend on the step count; continuing one does (cosine schedule).
+    auto without_steps = [](const std::string& id) {
+      const auto at = id.find("train.steps = ");
+      return at == std::string::npos ? id : id.substr(0, at) + id.substr(id.find('\n', at) + 1);
+    };
+    const bool complete = stored.step >= tp.steps;
+    auto diff = complete ? first_difference(without_steps(stored.training_identity), without_steps(meta.training_identity))
+                         : first_difference(stored.training_identity, meta.training_identity);
     if (!diff.empty())
       throw ConfigError("checkpoint " + ckpt + " was made with other parameters (" + diff +
                         "); pass --retrain to train from scratch, or set run.checkpoint");
     meta.step = stored.step;
     meta.train_seconds = stored.train_seconds;
     meta.history = stored.history;
+    meta.lr_scale = stored.lr_scale;
     if (meta.step >= tp.steps) {
       log::info("training: checkpoint " + ckpt + " is trained (" + std::to_string(meta.step) + " steps, " +
-                log::format_seconds(meta.train_seconds) + "); reusing it");
+                log::format_seconds(meta.train_seconds) + "); reusing it, weights " + model->weights_hash());
       return {meta.step, meta.train_seconds, true, model->weights_hash(), meta.history};
     }
     log::info("training: resuming " + ckpt + " at step " + std::to_string(meta.step));
@@ -338,7 +236,7 @@ TrainSummary train_job(const Config& cfg) {
   };
   Progress progress(tp.steps);
   std::string good_state = serialize_state(model, opt);
-  double lr_scale = 1.0;
+  double& lr_scale = meta.lr_scale;  // stored in the checkpoint, so a resume after a roll-back continues exactly
   std::int64_t bad_in_a_row = 0;
   int rollbacks_in_a_row = 0;  // without a good step in between
   constexpr int kMaxRollbacks = 3;
@@ -346,10 +244,18 @@ TrainSummary train_job(const Config& cfg) {
   double acc_loss = 0, acc_ess = 0, acc_acc = 0, acc_var = 0;
   int acc_n = 0;
 
+  bool saved_now = false;  // the state is in the checkpoint already (no second save of the same step)
   auto checkpoint = [&](std::int64_t step) {
+    // Never a checkpoint with non-finite weights: roll back to the last good state first.
+    if (!weights_finite(model)) {
+      restore_state(good_state, model, opt);
+      lr_scale *= 0.5;
+      log::warn("training: non-finite weights at step " + std::to_string(step) + "; rolled back before the checkpoint");
+    }
     meta.step = step;
     meta.train_seconds = base_seconds + elapsed();
     save_checkpoint(ckpt, model, &opt, meta);
+    saved_now = true;
   };
 
   // Fault injection for tests: LATFLOW_FAULT_NAN_STEPS="a,b-c" poisons the loss of those steps with NaN.
@@ -366,9 +272,14 @@ TrainSummary train_job(const Config& cfg) {
   auto is_poisoned = [&](std::int64_t s) {
     return std::any_of(poisoned.begin(), poisoned.end(), [s](auto r) { return s >= r.first && s <= r.second; });
   };
+  // LATFLOW_FAULT_NAN_WEIGHT_STEP=s: a weight becomes NaN right after the update of step s (tests the guard that
+  // keeps non-finite weights out of checkpoints).
+  const char* nan_weight_env = std::getenv("LATFLOW_FAULT_NAN_WEIGHT_STEP");
+  const std::int64_t nan_weight_step = nan_weight_env ? std::stoll(nan_weight_env) : -1;
 
   std::int64_t step = meta.step;
   for (; step < tp.steps; ++step) {
+    saved_now = false;
     if (tp.max_minutes > 0 && elapsed() > 60.0 * tp.max_minutes) {
       log::info("training: wall-clock budget train.max_minutes = " + std::to_string(tp.max_minutes) +
                 " reached at step " + std::to_string(step));
@@ -407,6 +318,10 @@ TrainSummary train_job(const Config& cfg) {
     rollbacks_in_a_row = 0;
     if (tp.clip > 0) torch::nn::utils::clip_grad_norm_(params, tp.clip);
     opt.step();
+    if (step == nan_weight_step) {
+      torch::NoGradGuard no_grad;
+      params.front().view(-1)[0].fill_(std::numeric_limits<double>::quiet_NaN());
+    }
 
     std::vector<double> lw(static_cast<std::size_t>(tp.batch));
     auto lw_t = (-(S + log_q)).detach().to(torch::kCPU).contiguous();
@@ -449,8 +364,11 @@ TrainSummary train_job(const Config& cfg) {
     if ((step + 1) % tp.checkpoint_every == 0) checkpoint(step + 1);
   }
   progress.finish();
-  if (tp.eval_every > 0 && (meta.history.eval_step.empty() || meta.history.eval_step.back() != step)) evaluate(step);
-  checkpoint(step);
+  if (tp.eval_every > 0 && (meta.history.eval_step.empty() || meta.history.eval_step.back() != step)) {
+    evaluate(step);
+    saved_now = false;
+  }
+  if (!saved_now) checkpoint(step);
   const std::string hash = model->weights_hash();
   log::info("training: " + std::to_string(step) + " steps in " + log::format_seconds(meta.train_seconds) +
             " (this session " + log::format_seconds(elapsed()) + "), weights " + hash + ", checkpoint " + ckpt);

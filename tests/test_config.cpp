@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: MIT
+// The INI parser of the CLI (apps/config_parse.cpp) on texts, and the identity a checkpoint must match before
+// training continues: every key that changes the model or its training recipe is named when it differs.
+#include <catch2/catch.hpp>
+
+#include "config_parse.hpp"
+#include "latflow/core/error.hpp"
+#include "latflow/core/params.hpp"
+
+using namespace latflow;
+
+namespace {
+Config parse(const std::string& text, const std::vector<std::string>& overrides = {}) {
+  return cli::parse_config(text, "test.ini", overrides, "test");
+}
+}  // namespace
+
+TEST_CASE("config text: values, overrides, errors", "[config]") {
+  auto c = parse("[lattice]\nextents = 6 6\n[phi4]\nm2 = -2\nlam = 3\n[train]\nsteps = 7\n");
+  CHECK(c.lattice.extents == std::vector<std::int64_t>{6, 6});
+  CHECK(c.train.steps == 7);
+  CHECK(parse("[train]\nsteps = 7\n", {"--train.steps", "9"}).train.steps == 9);
+  CHECK(c.effective_text.find("steps = 7") != std::string::npos);
+  CHECK_THROWS_AS(parse("[train]\nsteps = x\n"), ConfigError);
+  CHECK_THROWS_AS(parse("[train]\nstepz = 1\n"), ConfigError);
+  CHECK_THROWS_AS(parse("[lat"), ConfigError);
+  CHECK_THROWS_AS(parse(""), ConfigError);              // empty: nothing was asked for
+  CHECK_THROWS_AS(parse("# only a comment\n\n"), ConfigError);
+  CHECK_THROWS_AS(parse(std::string("[run]\nseed = 1\0\xff", 16)), ConfigError);
+  // Tiny but finite numbers parse and print back (a subnormal once made the effective config throw).
+  CHECK(parse("[phi4]\nm2 = 1e-310\nlam = 1\n").phi4.m2 == 1e-310);
+}
+
+TEST_CASE("resume identity: every model and recipe key is named when it differs", "[config]") {
+  const std::string base = "[lattice]\nextents = 8 8\n[phi4]\nm2 = -4\nlam = 8\n[train]\nsteps = 100\n";
+  const auto ref = parse(base);
+  const std::vector<std::pair<std::string, std::vector<std::string>>> model_keys{
+      {"lattice.extents", {"--lattice.extents", "8 6"}}, {"phi4.m2_nohalf", {"--phi4.m2", "-3"}},
+      {"phi4.lam_nohalf", {"--phi4.lam", "7"}},          {"flow.coupling", {"--flow.coupling", "spline"}},
+      {"flow.layers", {"--flow.layers", "4"}},           {"flow.hidden", {"--flow.hidden", "4 4"}},
+      {"flow.kernel", {"--flow.kernel", "5"}},           {"flow.activation", {"--flow.activation", "tanh"}},
+      {"flow.z2", {"--flow.z2", "true"}},                {"flow.spline_bins", {"--flow.spline_bins", "4"}},
+      {"flow.spline_bound", {"--flow.spline_bound", "3"}}, {"flow.dtype", {"--flow.dtype", "float64"}},
+      {"phi4.lam_nohalf", {"--phi4.convention", "hopping", "--phi4.kappa", "0.2"}}};
+  for (const auto& [key, ov] : model_keys) {
+    CAPTURE(key);
+    const auto diff = first_difference(model_identity(ref), model_identity(parse(base, ov)));
+    CHECK(diff.rfind(key + ": stored ", 0) == 0);
+  }
+  const std::vector<std::pair<std::string, std::vector<std::string>>> recipe_keys{
+      {"run.seed", {"--run.seed", "2"}},          {"train.batch", {"--train.batch", "32"}},
+      {"train.lr", {"--train.lr", "0.01"}},       {"train.lr_schedule", {"--train.lr_schedule", "constant"}},
+      {"train.lr_min", {"--train.lr_min", "0"}},  {"train.warmup", {"--train.warmup", "5"}},
+      {"train.clip", {"--train.clip", "1"}},      {"train.steps", {"--train.steps", "200"}}};
+  for (const auto& [key, ov] : recipe_keys) {
+    CAPTURE(key);
+    const auto diff = first_difference(training_identity(ref), training_identity(parse(base, ov)));
+    CHECK(diff.rfind(key + ": stored ", 0) == 0);
+  }
+  const std::string u1 = "theory = u1\n[lattice]\nextents = 8 8\n[u1]\nbeta = 2\n";
+  CHECK(first_difference(model_identity(parse(u1)), model_identity(parse(u1, {"--u1.beta", "3"}))).rfind("u1.beta: stored ", 0) ==
+        0);
+  CHECK(!first_difference(model_identity(ref), model_identity(parse(u1))).empty());
+  // Keys that may change between sessions: sampling, output, threads, logging, budgets.
+  for (const auto& ov : std::vector<std::vector<std::string>>{{"--sample.proposals", "5"},
+                                                              {"--run.threads", "2"},
+                                                              {"--train.log_every", "7"},
+                                                              {"--train.checkpoint_every", "3"},
+                                                              {"--train.max_minutes", "1"},
+                                                              {"--run.output", "x.h5"}}) {
+    const auto c = parse(base, ov);
+    CHECK(first_difference(model_identity(ref), model_identity(c)).empty());
+    CHECK(first_difference(training_identity(ref), training_identity(c)).empty());
+  }
+  // A constant schedule does not depend on the step count.
+  CHECK(first_difference(training_identity(parse(base, {"--train.lr_schedule", "constant"})),
+                         training_identity(parse(base, {"--train.lr_schedule", "constant", "--train.steps", "9"})))
+            .empty());
+}
