@@ -31,20 +31,24 @@ def main(argv):
         if c.get("theory") != "u1" or obs not in c["observables"]:
             sys.exit(f"plot_freezing: {path} is not a U(1) comparison with observable {obs}")
         o = c["observables"][obs]
-        rows.append((c["beta"], o["flow"], o["hmc"], c["flow"]["acceptance"]))
+        rows.append((c["beta"], o["flow"], o["hmc"], c["flow"]["acceptance"], c["flow"].get("chain_reliable", True)))
     rows.sort(key=lambda r: r[0])
     print(f"{'beta':>5} {'acc':>6} {'tau flow':>16} {'tau HMC':>18} {'s/eff flow+T':>13} {'s/eff HMC':>11} {'ratio':>8}")
-    for beta, fl, hm, acc in rows:
+    for beta, fl, hm, acc, reliable in rows:
         ratio = hm["seconds_per_eff"] / fl["seconds_per_eff_with_training"]
         print(f"{beta:5.2f} {acc:6.3f} {fl['tau_int']:8.2f}({fl['tau_int_error']:5.2f}) "
               f"{hm['tau_int']:9.1f}({hm['tau_int_error']:6.1f}) {fl['seconds_per_eff_with_training']:13.4g} "
-              f"{hm['seconds_per_eff']:11.4g} {ratio:8.3g}")
+              f"{hm['seconds_per_eff']:11.4g} {ratio:8.3g}{'' if reliable else '  ! flow chain unreliable'}")
     betas = [r[0] for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     for key, label, marker in (("flow", "flow (IMH steps)", "o"), ("hmc", "HMC (unit trajectories)", "s")):
         side = [r[1] if key == "flow" else r[2] for r in rows]
         ax[0].errorbar(betas, [s["tau_int"] for s in side], yerr=[s["tau_int_error"] for s in side], marker=marker,
                        capsize=3, label=label)
+    bad = [r for r in rows if not r[4]]
+    if bad:
+        ax[0].plot([r[0] for r in bad], [r[1]["tau_int"] for r in bad], "x", color="red", markersize=12,
+                   label="flow chain unreliable (N/(2 tau_acc) < 100)")
     ax[0].set_yscale("log")
     ax[0].set_xlabel(r"$\beta$")
     ax[0].set_ylabel(rf"$\tau_{{int}}$({obs})")

@@ -102,6 +102,9 @@ std::string format_comparison(const Comparison& c) {
   os << "\ntau: flow in IMH proposals, HMC in trajectories of one chain; eff/s = N/(2 tau_int) per second of "
         "generation, N = all proposals or all chains' trajectories;\ns/eff flow+T: (training + generation) seconds per effective sample; HMC/flow: the cost ratio "
         "(> 1: the flow is cheaper\nwith its training counted); break-even: effective samples after which it is.\n";
+  if (!c.flow.chain_reliable())
+    os << "! the flow's IMH chain has only " << static_cast<long long>(c.flow.proposals / (2 * c.flow.tau_acc))
+       << " independent steps by N / (2 tau_acc): its errors, tau_int and costs are not reliable.\n";
   return os.str();
 }
 
@@ -121,6 +124,7 @@ std::string comparison_json(const Comparison& c) {
   if (c.flow.theory == "u1") os << ",\n  \"beta\": " << json::number(c.flow.beta);
   os << ",\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"proposals\": " << c.flow.proposals
      << ", \"acceptance\": " << json::number(c.flow.acceptance) << ", \"ess_fraction\": " << json::number(c.flow.ess_fraction)
+     << ", \"chain_reliable\": " << (c.flow.chain_reliable() ? "true" : "false")
      << ", \"generation_seconds\": " << json::number(c.flow.sampling_seconds)
      << ", \"training_seconds\": " << json::number(c.flow.train_seconds) << "},\n  \"hmc\": {\"file\": " << json::string(c.hmc.path)
      << ", \"chains\": " << c.hmc.chains << ", \"trajectories\": " << c.hmc.trajectories
