@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <exception>
 #include <filesystem>
 #include <limits>
 #include <string_view>
@@ -621,6 +622,9 @@ File& File::operator=(File&& other) noexcept {
 
 File::~File() {
   // Errors here cannot be reported; callers that must know the data is on disk call flush() first.
+  // Closing a parallel file is collective: while an exception unwinds on one rank the others are not there to
+  // close it with us, and the process is on its way to MPI_Abort. Leave it; the committed data is on disk.
+  if (parallel_ && std::uncaught_exceptions() > 0) return;
   if (id_ >= 0) H5Fclose(id_);
 }
 

@@ -103,6 +103,7 @@ void ImhChain::setup_root(const std::function<void(io::File&)>& write_header) {
     if (N_ == stored) {
       log::info("sampling: " + out_ + " is complete with " + std::to_string(stored) + " proposals; nothing to do");
       complete_ = true;
+      committed_props_ = stored;
       return;
     }
     std::error_code ec;
