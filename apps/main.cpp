@@ -121,14 +121,15 @@ struct Key {
 const std::vector<Key>& keys() {
   using I = std::int64_t;
   static const std::vector<Key> k{
-      LATFLOW_KEY("theory", theory, v, "theory: phi4"),
+      LATFLOW_KEY("theory", theory, v, "phi4 | u1"),
       LATFLOW_KEY("lattice.extents", lattice.extents, parse_list<I>("lattice.extents", v),
                   "lattice extents L_0 ... L_{d-1}, d = 1..4 (flows: d <= 3, even extents)"),
       LATFLOW_KEY("phi4.convention", phi4.convention, v, "nohalf | half | hopping (converted exactly to nohalf)"),
       LATFLOW_KEY("phi4.m2", phi4.m2, parse_number<double>("phi4.m2", v), "mass term m2 (nohalf, half)"),
       LATFLOW_KEY("phi4.lam", phi4.lam, parse_number<double>("phi4.lam", v), "quartic coupling lambda"),
       LATFLOW_KEY("phi4.kappa", phi4.kappa, parse_number<double>("phi4.kappa", v), "hopping parameter (hopping)"),
-      LATFLOW_KEY("flow.coupling", flow.coupling, v, "affine | spline"),
+      LATFLOW_KEY("u1.beta", u1.beta, parse_number<double>("u1.beta", v), "U(1) gauge coupling beta"),
+      LATFLOW_KEY("flow.coupling", flow.coupling, v, "phi4: affine | spline; u1: ncp | spline (circular)"),
       LATFLOW_KEY("flow.layers", flow.layers, parse_number<int>("flow.layers", v), "number of coupling layers"),
       LATFLOW_KEY("flow.hidden", flow.hidden, parse_list<int>("flow.hidden", v), "hidden channels of each conv net"),
       LATFLOW_KEY("flow.kernel", flow.kernel, parse_number<int>("flow.kernel", v), "odd conv kernel size"),
@@ -137,6 +138,10 @@ const std::vector<Key>& keys() {
       LATFLOW_KEY("flow.spline_bins", flow.spline_bins, parse_number<int>("flow.spline_bins", v), "spline bins K"),
       LATFLOW_KEY("flow.spline_bound", flow.spline_bound, parse_number<double>("flow.spline_bound", v),
                   "spline domain [-B, B]; identity outside"),
+      LATFLOW_KEY("flow.ncp_components", flow.ncp_components, parse_number<int>("flow.ncp_components", v),
+                  "u1 ncp kernel: mixture components"),
+      LATFLOW_KEY("flow.loops", flow.loops, parse_bool("flow.loops", v),
+                  "u1: feed frozen 2x1 and 1x2 loops to the nets as well as plaquettes"),
       LATFLOW_KEY("flow.dtype", flow.dtype, v, "float32 | float64 nets (log-weights always float64)"),
       LATFLOW_KEY("train.steps", train.steps, parse_number<I>("train.steps", v), "optimizer steps"),
       LATFLOW_KEY("train.batch", train.batch, parse_number<I>("train.batch", v), "samples per step"),

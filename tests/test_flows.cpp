@@ -105,13 +105,13 @@ TEST_CASE("flow model: forward and inverse agree on x and log q; a fresh model i
   lat.extents = {4, 6};
   for (std::string kind : {"affine", "spline"}) {
     CAPTURE(kind);
-    FlowModel fresh(lat, params(kind));
+    FlowModel fresh = make_scalar_flow(lat, params(kind));
     auto z0 = fresh->draw_prior(8, 42);
     auto [x0, lq0] = fresh->forward(z0);
     CHECK((x0 - z0).abs().max().item<double>() < 1e-12);
     CHECK((lq0 - fresh->prior_log_prob(z0)).abs().max().item<double>() < 1e-12);
 
-    FlowModel model(lat, params(kind));
+    FlowModel model = make_scalar_flow(lat, params(kind));
     // Strongly random splines have bins with slopes far from 1 whose inverse amplifies rounding; 0.2 keeps the
     // composition well conditioned, like a trained flow.
     randomise(*model, kind == "spline" ? 0.2 : 0.4);
@@ -127,7 +127,7 @@ TEST_CASE("flow model log q equals the whole-model autograd Jacobian", "[flows]"
   torch::manual_seed(9);
   LatticeParams lat;
   lat.extents = {4, 4};
-  FlowModel model(lat, params("affine", true));
+  FlowModel model = make_scalar_flow(lat, params("affine", true));
   randomise(*model, 0.4);
   auto z = model->draw_prior(1, 7);
   auto [x, lq] = model->forward(z);
@@ -142,7 +142,7 @@ TEST_CASE("flow model commutes with translations by the mask period and, with z2
   for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{{"affine", false}, {"affine", true},
                                                                     {"spline", false}}) {
     CAPTURE(kind, z2);
-    FlowModel model(lat, params(kind, z2));
+    FlowModel model = make_scalar_flow(lat, params(kind, z2));
     randomise(*model, 0.4);
     auto z = model->draw_prior(4, 1);
     auto [x, lq] = model->forward(z);
@@ -169,12 +169,12 @@ TEST_CASE("flow model commutes with translations by the mask period and, with z2
 TEST_CASE("prior draws depend only on the stream seed", "[flows]") {
   LatticeParams lat;
   lat.extents = {4, 4};
-  FlowModel model(lat, params("affine"));
+  FlowModel model = make_scalar_flow(lat, params("affine"));
   CHECK(torch::equal(model->draw_prior(3, 99), model->draw_prior(3, 99)));
   CHECK(!torch::equal(model->draw_prior(3, 99), model->draw_prior(3, 100)));
   // float32 models see the float64 draws rounded once.
   auto p32 = params("affine");
   p32.dtype = "float32";
-  FlowModel m32(lat, p32);
+  FlowModel m32 = make_scalar_flow(lat, p32);
   CHECK(torch::equal(m32->draw_prior(3, 99), model->draw_prior(3, 99).to(torch::kFloat32)));
 }

@@ -46,9 +46,9 @@ Comparison compare_ensembles(const std::string& a, const std::string& b, double 
   if (ra.kind != "imh" || rb.kind != "hmc")
     throw IoError(a + ", " + b + ": compare needs one flow (imh) and one hmc ensemble, got " + ra.kind + " and " +
                   rb.kind);
-  auto differs = [](double x, double y) { return std::abs(x - y) > 1e-12 * std::max(1.0, std::abs(x)); };
-  if (ra.theory != rb.theory || ra.extents != rb.extents || differs(ra.m2, rb.m2) || differs(ra.lam, rb.lam))
-    throw ConfigError(ra.path + " and " + rb.path + " are different physics (theory, extents, m2 or lam differ)");
+  if (ra.theory != rb.theory || ra.extents != rb.extents || ra.physics() != rb.physics())
+    throw ConfigError(ra.path + " and " + rb.path + " are different physics (" + ra.theory + " " + ra.physics() +
+                      " vs " + rb.theory + " " + rb.physics() + ", or different extents)");
   Comparison c{ra, rb, {}};
   const double n_flow = static_cast<double>(ra.proposals);
   const double n_hmc = static_cast<double>(rb.chains * rb.trajectories);
@@ -75,10 +75,10 @@ std::string format_comparison(const Comparison& c) {
   std::string ext;
   for (std::size_t i = 0; i < c.flow.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(c.flow.extents[i]);
   std::snprintf(b, sizeof b,
-                "compare: %s on %s, m2 = %g, lam = %g (no-1/2)\n"
+                "compare: %s on %s, %s\n"
                 "  flow %s: %lld proposals in %.1f s, training %.0f s (%lld steps), acceptance %.3f, ESS/N %.3f\n"
                 "  HMC  %s: %lld chains x %lld trajectories in %.1f s (%s, n_md %lld), acceptance %.3f\n\n",
-                c.flow.theory.c_str(), ext.c_str(), c.flow.m2, c.flow.lam, c.flow.path.c_str(),
+                c.flow.theory.c_str(), ext.c_str(), c.flow.physics().c_str(), c.flow.path.c_str(),
                 static_cast<long long>(c.flow.proposals), c.flow.sampling_seconds, c.flow.train_seconds,
                 static_cast<long long>(c.flow.train_steps), c.flow.acceptance, c.flow.ess_fraction,
                 c.hmc.path.c_str(), static_cast<long long>(c.hmc.chains), static_cast<long long>(c.hmc.trajectories),

@@ -13,6 +13,7 @@
 #include "latflow/core/json.hpp"
 #include "latflow/io/h5.hpp"
 #include "latflow/theories/phi4_exact.hpp"
+#include "latflow/theories/u1_exact.hpp"
 
 namespace latflow::analysis {
 namespace {
@@ -60,6 +61,16 @@ ObservableRow make_row(const std::string& name, const GammaResult& g, double nis
 
 }  // namespace
 
+std::string Report::physics() const {
+  char b[160];
+  if (theory == "u1")
+    std::snprintf(b, sizeof b, "beta = %.17g", beta);
+  else
+    std::snprintf(b, sizeof b, "m2 = %.17g, lam = %.17g (no-1/2 convention; input %s)", m2, lam,
+                  input_convention.c_str());
+  return b;
+}
+
 const ObservableRow* Report::row(const std::string& name) const {
   for (const auto& r : rows)
     if (r.name == name) return &r;
@@ -72,6 +83,7 @@ namespace {
 // each correlator time slice ("corr(t)") as replicas x measurements: one replica (the IMH chain) or one per HMC
 // chain. An IMH file also gives every observable per proposal with the log-weights, for the NIS column.
 struct Samples {
+  std::vector<std::string> primary;  // the per-configuration observables, in file order
   std::map<std::string, Series> chain;
   std::map<std::string, std::vector<double>> proposals;
   std::vector<double> log_w;
@@ -108,6 +120,18 @@ References read_references(const io::File& f, Report& r) {
     r.has_free_energy_exact = true;
     r.free_energy_exact = e.free_energy;
   }
+  if (r.theory == "u1") {
+    const std::int64_t V = r.extents[0] * r.extents[1];
+    const double plaq = u1_plaquette(V, r.beta);
+    refs.exact = {{"plaq", plaq}, {"action_density", -r.beta * plaq}, {"Q", 0.0},
+                  {"Q2", u1_topological_susceptibility_q2(V, r.beta)}};
+    for (std::int64_t R = 2; R <= std::min(r.extents[0], r.extents[1]) / 2; ++R)
+      refs.exact["wilson_" + std::to_string(R) + "x" + std::to_string(R)] = u1_wilson_loop(V, r.beta, R * R);
+    for (std::int64_t t = 1; 2 * t <= r.extents[0]; ++t)
+      refs.exact["poly_corr(" + std::to_string(t) + ")"] = u1_wilson_loop(V, r.beta, t * r.extents[1]);
+    r.has_free_energy_exact = true;
+    r.free_energy_exact = u1_free_energy(V, r.beta);
+  }
   if (f.exists("/reference"))
     for (const auto& name : f.attr_names("/reference")) {
       auto v = f.read_attr_doubles("/reference", name);
@@ -116,15 +140,23 @@ References read_references(const io::File& f, Report& r) {
   return refs;
 }
 
-const std::vector<std::string> kPrimary{"chi2", "abs_mag", "phi2", "action_density", "mag", "m4", "g_pmin"};
+// The names attribute of an observables group: the primary observables in the order the theory measures them.
+std::vector<std::string> observable_names(const io::File& f, const std::string& group) {
+  std::istringstream is(f.read_attr_string(group, "names"));
+  std::vector<std::string> names;
+  for (std::string n; is >> n;) names.push_back(n);
+  if (names.empty()) throw IoError(f.path() + ": " + group + " lists no observables");
+  return names;
+}
 
 std::string corr_name(std::size_t t) { return "corr(" + std::to_string(t) + ")"; }
 
-// The rows of the primary observables and of the derived quantities (Binder cumulant, second-moment
-// correlation length, effective mass), shared by every kind of ensemble.
+// The rows of the primary observables and of the derived quantities, shared by every kind of ensemble: phi4 adds
+// the Binder cumulant, the second-moment correlation length and the effective mass; u1 the Polyakov-loop
+// correlator c(t) = <Re P(0) P*(t)> for t = 1 .. L0/2 (exact values from the character expansion).
 void add_observable_rows(Report& r, const Samples& s, const References& refs, const GammaOptions& opt) {
   const double nan = std::nan("");
-  for (const auto& name : kPrimary) {
+  for (const auto& name : s.primary) {
     auto g = gamma_method(s.chain.at(name), opt);
     Estimate nis{nan, nan};
     if (s.has_nis()) nis = reweighted_mean(s.proposals.at(name), s.log_w);
@@ -173,6 +205,12 @@ void add_observable_rows(Report& r, const Samples& s, const References& refs, co
     refs.apply(row);
     r.rows.push_back(row);
   };
+  const auto nL0 = static_cast<std::size_t>(r.extents[0]);
+  if (r.theory == "u1") {
+    for (std::size_t t = 1; 2 * t <= nL0; ++t)
+      derived("poly_corr(" + std::to_string(t) + ")", {corr_name(t)}, [](const std::vector<double>& a) { return a[0]; });
+    return;
+  }
   double V = 1;
   for (auto l : r.extents) V *= static_cast<double>(l);
   const double L0 = static_cast<double>(r.extents[0]);
@@ -180,7 +218,6 @@ void add_observable_rows(Report& r, const Samples& s, const References& refs, co
           [V](const std::vector<double>& a) { return 1 - a[0] / (3 * (a[1] / V) * (a[1] / V)); });
   derived("xi_2nd", {"chi2", "g_pmin"},
           [L0](const std::vector<double>& a) { return std::sqrt(a[0] / a[1] - 1) / (2 * std::sin(M_PI / L0)); });
-  const auto nL0 = static_cast<std::size_t>(r.extents[0]);
   for (std::size_t t = 1; 2 * t < nL0; ++t)
     derived("m_eff(" + std::to_string(t) + ")", {corr_name(t - 1), corr_name(t), corr_name((t + 1) % nL0)},
             [](const std::vector<double>& a) { return std::acosh((a[0] + a[2]) / (2 * a[1])); });
@@ -212,7 +249,8 @@ Samples read_imh(const io::File& f, Report& r) {
   r.free_energy = fe.F;
   r.free_energy_error = fe.error;
 
-  for (const auto& name : kPrimary) {
+  s.primary = observable_names(f, "/proposals/observables");
+  for (const auto& name : s.primary) {
     s.proposals[name] = f.read_f64("/proposals/observables/" + name);
     s.chain[name] = {along_chain(s.proposals[name], trail)};
   }
@@ -256,7 +294,8 @@ Samples read_hmc(const io::File& f, Report& r) {
     return s;
   };
   Samples s;
-  for (const auto& name : kPrimary) s.chain[name] = replicas(f.read_f64("/chains/observables/" + name), 1, 0);
+  s.primary = observable_names(f, "/chains/observables");
+  for (const auto& name : s.primary) s.chain[name] = replicas(f.read_f64("/chains/observables/" + name), 1, 0);
   const auto corr = f.read_f64("/chains/observables/correlator");
   const auto nL0 = static_cast<std::size_t>(r.extents[0]);
   for (std::size_t t = 0; t < nL0; ++t) s.chain[corr_name(t)] = replicas(corr, nL0, t);
@@ -278,9 +317,14 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
   if (r.kind != "imh" && r.kind != "hmc") throw IoError(path + ": unknown ensemble kind " + r.kind);
   r.theory = f.read_attr_string("/theory", "name");
   r.extents = f.read_attr_ints("/theory", "extents");
-  r.m2 = f.read_attr_double("/theory", "m2");
-  r.lam = f.read_attr_double("/theory", "lam");
-  r.input_convention = f.read_attr_string("/theory", "input_convention");
+  if (r.theory == "u1") {
+    r.beta = f.read_attr_double("/theory", "beta");
+    if (r.extents.size() != 2) throw IoError(path + ": a u1 ensemble needs two extents");
+  } else {
+    r.m2 = f.read_attr_double("/theory", "m2");
+    r.lam = f.read_attr_double("/theory", "lam");
+    r.input_convention = f.read_attr_string("/theory", "input_convention");
+  }
 
   GammaOptions opt;
   opt.S = gamma_S;
@@ -296,9 +340,8 @@ std::string format_report(const Report& r) {
   char b[512];
   std::string ext;
   for (std::size_t i = 0; i < r.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(r.extents[i]);
-  std::snprintf(b, sizeof b, "%s: %s ensemble, %s on %s, m2 = %g, lam = %g (no-1/2 convention; input %s)\n",
-                r.path.c_str(), r.kind.c_str(), r.theory.c_str(), ext.c_str(), r.m2, r.lam,
-                r.input_convention.c_str());
+  std::snprintf(b, sizeof b, "%s: %s ensemble, %s on %s, %s\n", r.path.c_str(), r.kind.c_str(),
+                r.theory.c_str(), ext.c_str(), r.physics().c_str());
   os << b;
   const bool hmc = r.kind == "hmc";
   const std::string flag = hmc || r.nis_reliable() ? "" : "!";
@@ -385,8 +428,12 @@ std::string report_json(const Report& r) {
   os << "{\n  \"file\": " << json::string(r.path) << ",\n  \"kind\": " << json::string(r.kind)
      << ",\n  \"theory\": " << json::string(r.theory) << ",\n  \"extents\": [";
   for (std::size_t i = 0; i < r.extents.size(); ++i) os << (i ? ", " : "") << r.extents[i];
-  os << "],\n  \"m2\": " << json::number(r.m2) << ",\n  \"lam\": " << json::number(r.lam)
-     << ",\n  \"convention\": \"nohalf\"";
+  os << "]";
+  if (r.theory == "u1")
+    os << ",\n  \"beta\": " << json::number(r.beta);
+  else
+    os << ",\n  \"m2\": " << json::number(r.m2) << ",\n  \"lam\": " << json::number(r.lam)
+       << ",\n  \"convention\": \"nohalf\"";
   if (r.kind == "hmc") {
     os << ",\n  \"integrator\": " << json::string(r.integrator) << ",\n  \"chains\": " << r.chains
        << ",\n  \"trajectories\": " << r.trajectories << ",\n  \"n_md\": " << r.n_md

@@ -26,8 +26,12 @@ struct ObservableRow {
 struct Report {
   std::string path, kind, theory;
   std::vector<std::int64_t> extents;
-  double m2 = 0, lam = 0;
+  double m2 = 0, lam = 0;  // phi4 (no-1/2 convention)
   std::string input_convention;
+  double beta = 0;         // u1
+  // The couplings as one line, e.g. "m2 = -4, lam = 8 (no-1/2 convention; input nohalf)" or "beta = 2"; two
+  // ensembles of the same theory and extents are the same physics when these are equal.
+  std::string physics() const;
   std::int64_t proposals = 0, configs_stored = 0;
   double acceptance = 0, tau_acc = 0, ess_fraction = 0;
   // The delta-method errors of NIS estimates and of F collapse when a few weights dominate (they can even

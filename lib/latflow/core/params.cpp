@@ -22,6 +22,13 @@ void require(bool ok, const std::string& key, const std::string& value, const st
 
 void require_finite(double v, const std::string& key) { require(std::isfinite(v), key, str(v), "must be finite"); }
 
+template <class T>
+std::string join(const std::vector<T>& v) {
+  std::ostringstream os;
+  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? " " : "") << v[i];
+  return os.str();
+}
+
 }  // namespace
 
 std::int64_t LatticeParams::volume() const {
@@ -58,14 +65,32 @@ void Phi4Params::resolve(int dim) {
 }
 
 void Config::validate() {
-  require(theory == "phi4", "theory", theory, "must be phi4 (U(1) and SU(N) are not in this build)");
+  require(theory == "phi4" || theory == "u1", "theory", theory, "must be phi4 or u1 (SU(N) is not in this build)");
   require(!lattice.extents.empty() && lattice.extents.size() <= 4, "lattice.extents", str(lattice.extents.size()),
           "needs 1 to 4 extents");
   for (auto l : lattice.extents) require(l >= 2, "lattice.extents", str(l), "every extent must be >= 2");
-  phi4.resolve(lattice.dim());
-
-  const auto& f = flow;
-  require(f.coupling == "affine" || f.coupling == "spline", "flow.coupling", f.coupling, "must be affine or spline");
+  const bool gauge = theory == "u1";
+  auto& f = flow;
+  if (gauge) {
+    require(lattice.dim() == 2, "lattice.extents", join(lattice.extents), "U(1) gauge theory is 2-dimensional");
+    require(std::isfinite(u1.beta) && u1.beta >= 0, "u1.beta", str(u1.beta), "must be finite and >= 0");
+    if (f.coupling.empty()) f.coupling = "ncp";
+    require(f.coupling == "ncp" || f.coupling == "spline", "flow.coupling", f.coupling,
+            "U(1) flows take ncp or spline (circular)");
+    // The gauge-equivariant masks (active, passive and two frozen plaquette stripes) repeat every 4 sites.
+    for (auto l : lattice.extents)
+      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(lattice.extents),
+              "U(1) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
+    require(!f.z2, "flow.z2", "true", "is a phi4 option (U(1) flows are gauge-equivariant instead)");
+    require(f.ncp_components >= 1 && f.ncp_components <= 64, "flow.ncp_components", str(f.ncp_components),
+            "must be in 1..64");
+  } else {
+    phi4.resolve(lattice.dim());
+    if (f.coupling.empty()) f.coupling = "affine";
+    require(f.coupling == "affine" || f.coupling == "spline", "flow.coupling", f.coupling,
+            "phi4 flows take affine or spline");
+    require(!f.loops, "flow.loops", "true", "is a U(1) option");
+  }
   require(f.layers >= 0 && f.layers <= 1000, "flow.layers", str(f.layers), "must be in 0..1000");
   for (int h : f.hidden) require(h >= 1 && h <= 4096, "flow.hidden", str(h), "channels must be in 1..4096");
   require(f.kernel >= 1 && f.kernel % 2 == 1, "flow.kernel", str(f.kernel), "must be odd and >= 1");
@@ -133,12 +158,6 @@ void Config::validate() {
 
 namespace latflow {
 namespace {
-template <class T>
-std::string join(const std::vector<T>& v) {
-  std::ostringstream os;
-  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? " " : "") << v[i];
-  return os.str();
-}
 std::map<std::string, std::string> parse_lines(const std::string& text) {
   std::map<std::string, std::string> m;
   std::istringstream is(text);
@@ -155,10 +174,15 @@ std::string model_identity(const Config& c) {
   std::ostringstream os;
   os.precision(17);
   os << "theory = " << c.theory << "\n"
-     << "lattice.extents = " << join(c.lattice.extents) << "\n"
-     << "phi4.m2_nohalf = " << c.phi4.m2_nohalf << "\n"
-     << "phi4.lam_nohalf = " << c.phi4.lam_nohalf << "\n"
-     << "flow.coupling = " << c.flow.coupling << "\n"
+     << "lattice.extents = " << join(c.lattice.extents) << "\n";
+  if (c.theory == "u1")
+    os << "u1.beta = " << c.u1.beta << "\n"
+       << "flow.ncp_components = " << c.flow.ncp_components << "\n"
+       << "flow.loops = " << (c.flow.loops ? "true" : "false") << "\n";
+  else
+    os << "phi4.m2_nohalf = " << c.phi4.m2_nohalf << "\n"
+       << "phi4.lam_nohalf = " << c.phi4.lam_nohalf << "\n";
+  os << "flow.coupling = " << c.flow.coupling << "\n"
      << "flow.layers = " << c.flow.layers << "\n"
      << "flow.hidden = " << join(c.flow.hidden) << "\n"
      << "flow.kernel = " << c.flow.kernel << "\n"

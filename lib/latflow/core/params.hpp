@@ -27,14 +27,22 @@ struct Phi4Params {
   void resolve(int dim);  // converts exactly; throws ConfigError on bad values
 };
 
+// 2D U(1) lattice gauge theory (PHYSICS.md section 2): S = -beta sum_P cos theta_P.
+struct U1Params {
+  double beta = 2.0;
+};
+
 struct FlowParams {
-  std::string coupling = "affine";    // affine | spline
+  // phi4: affine | spline (default affine); u1: ncp | spline (circular; default ncp). Empty = the default.
+  std::string coupling;
   int layers = 16;                    // coupling layers (each updates one checkerboard parity)
   std::vector<int> hidden{8, 8};      // hidden channels of the conv net
   int kernel = 3;                     // odd kernel size
   std::string activation = "leaky_relu";  // leaky_relu | tanh | silu
   bool z2 = false;                    // Z2-equivariant (affine only): scale net even, shift net odd
   int spline_bins = 8;                // spline: number of bins K
+  int ncp_components = 2;             // u1 ncp: mixture components of the non-compact projection kernel
+  bool loops = false;                 // u1: also feed the frozen 2x1 and 1x2 loops to the nets
   double spline_bound = 4.0;          // spline: the map is a spline on [-B, B], identity outside
   std::string dtype = "float32";      // float32 | float64: the nets; S and log-weights are always float64
 };
@@ -97,6 +105,7 @@ struct Config {
   std::string theory = "phi4";
   LatticeParams lattice;
   Phi4Params phi4;
+  U1Params u1;
   FlowParams flow;
   TrainParams train;
   SampleParams sample;

@@ -12,7 +12,7 @@
 #include "latflow/flows/flow.hpp"
 #include "latflow/samplers/hmc.hpp"
 #include "latflow/jobs.hpp"
-#include "latflow/theories/phi4.hpp"
+#include "latflow/theories/theory.hpp"
 
 namespace latflow {
 namespace {
@@ -31,8 +31,9 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int repeats) {
   torch::set_num_threads(cfg.run.threads);
-  Phi4 theory(cfg.lattice, cfg.phi4);
-  FlowModel model(cfg.lattice, cfg.flow);
+  const auto theory_ptr = make_theory(cfg);
+  const Theory& theory = *theory_ptr;
+  FlowModel model = make_flow(cfg);
   model->to_device(torch::Device(cfg.run.device));
   {
     // A fresh flow is the identity (zero last layers); random weights make every op do real work.
@@ -96,17 +97,21 @@ void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, in
   const int d = cfg.lattice.dim();
   const auto& hp = cfg.hmc;
   const int forces = hp.integrator == "leapfrog" ? hp.n_md + 1 : 2 * hp.n_md + 1;
-  std::printf("bench-hmc: phi4 m2 = %g, lam = %g, %dD L^%d, %s with n_md %d fixed (%d force evaluations), "
+  const std::string physics = cfg.theory == "u1" ? "u1 beta = " + std::to_string(cfg.u1.beta)
+                                                 : "phi4 m2 = " + std::to_string(cfg.phi4.m2_nohalf) +
+                                                       ", lam = " + std::to_string(cfg.phi4.lam_nohalf);
+  std::printf("bench-hmc: %s, %dD L^%d, %s with n_md %d fixed (%d force evaluations), "
               "%lld chains, float64, %d thread(s), median of %d rounds\n",
-              cfg.phi4.m2_nohalf, cfg.phi4.lam_nohalf, d, d, hp.integrator.c_str(), hp.n_md, forces,
+              physics.c_str(), d, d, hp.integrator.c_str(), hp.n_md, forces,
               static_cast<long long>(hp.chains), cfg.run.threads, repeats);
   std::printf("%6s %10s %16s %18s %22s %20s\n", "L", "sites", "s/trajectory", "chain-traj/s", "chain-traj x sites/s",
               "ns/site/force eval");
   for (auto L : sizes) {
-    LatticeParams lat;
-    lat.extents.assign(static_cast<std::size_t>(d), L);
-    Phi4 theory(lat, cfg.phi4);
-    HmcChains chains(theory, hp, cfg.run.seed, 0, hp.chains, torch::TensorOptions().dtype(torch::kFloat64));
+    Config at_size = cfg;
+    at_size.lattice.extents.assign(static_cast<std::size_t>(d), L);
+    const auto& lat = at_size.lattice;
+    const auto theory = make_theory(at_size);
+    HmcChains chains(*theory, hp, cfg.run.seed, 0, hp.chains, torch::TensorOptions().dtype(torch::kFloat64));
     // Enough trajectories per round for ~10^6 site-updates, at least 2.
     const double sites = static_cast<double>(lat.volume());
     const auto per_round = std::max<std::int64_t>(2, static_cast<std::int64_t>(1e6 / (sites * hp.chains)));

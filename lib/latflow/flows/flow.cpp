@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "latflow/core/error.hpp"
+#include "latflow/flows/gauge.hpp"
 
 namespace latflow {
 namespace {
@@ -117,6 +118,47 @@ std::pair<torch::Tensor, torch::Tensor> AffineCoupling::inverse(const torch::Ten
   return {(y - t) * torch::exp(-s), -s.sum(site_dims(y.dim() - 1))};
 }
 
+torch::Tensor spline_knots(const torch::Tensor& fractions, double lo, double hi) {
+  const auto K = fractions.size(-1);
+  auto c = torch::cumsum(fractions, -1) * (hi - lo) + lo;
+  auto first = torch::full_like(c.narrow(-1, 0, 1), lo);
+  // The last knot is exactly hi so that [lo, hi] is covered whatever the rounding of the cumulative sum.
+  return torch::cat({first, c.narrow(-1, 0, K - 1), torch::full_like(first, hi)}, -1);
+}
+
+std::pair<torch::Tensor, torch::Tensor> rational_quadratic(const torch::Tensor& v_in, const torch::Tensor& xk,
+                                                           const torch::Tensor& yk, const torch::Tensor& dk,
+                                                           bool inverse) {
+  const auto K = xk.size(-1) - 1;
+  auto v = v_in.unsqueeze(-1);
+  auto search = (inverse ? yk : xk).narrow(-1, 1, K - 1).contiguous();
+  auto bin = torch::searchsorted(search, v.contiguous(), /*out_int32=*/false, /*right=*/true);
+  auto g = [&](const torch::Tensor& t, int off) { return t.gather(-1, bin + off).squeeze(-1); };
+  auto x0 = g(xk, 0), x1 = g(xk, 1), y0 = g(yk, 0), y1 = g(yk, 1), d0 = g(dk, 0), d1 = g(dk, 1);
+  auto w = x1 - x0, h = y1 - y0, s = h / w;
+  auto vv = v_in;
+
+  torch::Tensor xi;
+  if (!inverse) {
+    xi = ((vv - x0) / w).clamp(0, 1);
+  } else {
+    // Solve the rational-quadratic for xi (Durkan et al. eq. 6-8), the root that lies in [0, 1].
+    auto dy = vv - y0;
+    auto c2 = d1 + d0 - 2 * s;
+    auto a = h * (s - d0) + dy * c2;
+    auto b = h * d0 - dy * c2;
+    auto c = -s * dy;
+    auto disc = (b * b - 4 * a * c).clamp_min(0);
+    xi = (2 * c / (-b - torch::sqrt(disc))).clamp(0, 1);
+  }
+  auto xi1 = xi * (1 - xi);
+  auto den = s + (d1 + d0 - 2 * s) * xi1;
+  auto log_slope = 2 * torch::log(s) + torch::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) -
+                   2 * torch::log(den);
+  if (!inverse) return {y0 + h * (s * xi * xi + d0 * xi1) / den, log_slope};
+  return {x0 + xi * w, -log_slope};
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 SplineCoupling::SplineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim)
     : bins_(p.spline_bins), bound_(p.spline_bound) {
@@ -142,50 +184,13 @@ std::pair<torch::Tensor, torch::Tensor> SplineCoupling::apply(const torch::Tenso
   auto heights = kMinBin + (1 - K * kMinBin) * torch::softmax(raw.narrow(-1, K, K), -1);
   auto derivs = kMinDeriv + torch::softplus(raw.narrow(-1, 2 * K, K - 1) + kDerivShift);
 
-  auto knots = [&](const torch::Tensor& w) {
-    auto c = torch::cumsum(w, -1) * (2 * B) - B;
-    auto lo = torch::full_like(c.narrow(-1, 0, 1), -B);
-    // The last knot is exactly B so that [-B, B] is covered whatever the rounding of the cumulative sum.
-    return torch::cat({lo, c.narrow(-1, 0, K - 1), torch::full_like(lo, B)}, -1);  // [..., K+1]
-  };
-  auto xk = knots(widths), yk = knots(heights);
+  auto xk = spline_knots(widths, -B, B), yk = spline_knots(heights, -B, B);
   auto ones = torch::ones_like(derivs.narrow(-1, 0, 1));
   auto dk = torch::cat({ones, derivs, ones}, -1);  // unit slopes at +-B match the identity tails
 
   // Clamp before the bin search so every element, selected or not, gets finite values (no NaN in gradients).
   auto inside = (in > -B) & (in < B) & (active_ > 0.5);
-  auto v = torch::clamp(in, -B, B).unsqueeze(-1);
-  auto search = (inverse ? yk : xk).narrow(-1, 1, K - 1).contiguous();
-  auto bin = torch::searchsorted(search, v.contiguous(), /*out_int32=*/false, /*right=*/true);
-  auto g = [&](const torch::Tensor& t, int off) { return t.gather(-1, bin + off).squeeze(-1); };
-  auto x0 = g(xk, 0), x1 = g(xk, 1), y0 = g(yk, 0), y1 = g(yk, 1), d0 = g(dk, 0), d1 = g(dk, 1);
-  auto w = x1 - x0, h = y1 - y0, s = h / w;
-  auto vv = v.squeeze(-1);
-
-  torch::Tensor xi;
-  if (!inverse) {
-    xi = ((vv - x0) / w).clamp(0, 1);
-  } else {
-    // Solve the rational-quadratic for xi (Durkan et al. eq. 6-8), the root that lies in [0, 1].
-    auto dy = vv - y0;
-    auto c2 = d1 + d0 - 2 * s;
-    auto a = h * (s - d0) + dy * c2;
-    auto b = h * d0 - dy * c2;
-    auto c = -s * dy;
-    auto disc = (b * b - 4 * a * c).clamp_min(0);
-    xi = (2 * c / (-b - torch::sqrt(disc))).clamp(0, 1);
-  }
-  auto xi1 = xi * (1 - xi);
-  auto den = s + (d1 + d0 - 2 * s) * xi1;
-  auto log_slope = 2 * torch::log(s) + torch::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) -
-                   2 * torch::log(den);
-  torch::Tensor out;
-  if (!inverse) {
-    out = y0 + h * (s * xi * xi + d0 * xi1) / den;
-  } else {
-    out = x0 + xi * w;
-    log_slope = -log_slope;
-  }
+  auto [out, log_slope] = rational_quadratic(torch::clamp(in, -B, B), xk, yk, dk, inverse);
   out = torch::where(inside, out, in);
   auto ld = torch::where(inside, log_slope, torch::zeros_like(log_slope)).sum(site_dims(d));
   return {out, ld};
@@ -195,19 +200,10 @@ std::pair<torch::Tensor, torch::Tensor> SplineCoupling::forward(const torch::Ten
 std::pair<torch::Tensor, torch::Tensor> SplineCoupling::inverse(const torch::Tensor& y) { return apply(y, true); }
 
 // ---------------------------------------------------------------------------------------------------------------
-FlowModelImpl::FlowModelImpl(const LatticeParams& lattice, const FlowParams& params)
-    : extents_(lattice.extents), dtype_(parse_dtype(params.dtype)) {
-  const int d = lattice.dim();
-  for (int i = 0; i < params.layers; ++i) {
-    auto mask = checkerboard(extents_, i % 2, torch::TensorOptions().dtype(dtype_));
-    std::shared_ptr<CouplingLayer> layer;
-    if (params.coupling == "spline")
-      layer = std::make_shared<SplineCoupling>(mask, params, d);
-    else
-      layer = std::make_shared<AffineCoupling>(mask, params, d);
-    layers_.push_back(register_module("layer" + std::to_string(i), layer));
-  }
-  this->to(dtype_);
+FlowModelImpl::FlowModelImpl(const FlowParams& params) : dtype_(parse_dtype(params.dtype)) {}
+
+void FlowModelImpl::add_layer(std::shared_ptr<CouplingLayer> layer) {
+  layers_.push_back(register_module("layer" + std::to_string(layers_.size()), std::move(layer)));
 }
 
 void FlowModelImpl::to_device(torch::Device dev) {
@@ -215,18 +211,40 @@ void FlowModelImpl::to_device(torch::Device dev) {
   this->to(dev);
 }
 
-torch::Tensor FlowModelImpl::prior_log_prob(const torch::Tensor& z) const {
+ScalarFlowImpl::ScalarFlowImpl(const LatticeParams& lattice, const FlowParams& params)
+    : FlowModelImpl(params), extents_(lattice.extents) {
+  const int d = lattice.dim();
+  for (int i = 0; i < params.layers; ++i) {
+    auto mask = checkerboard(extents_, i % 2, torch::TensorOptions().dtype(dtype_));
+    if (params.coupling == "spline")
+      add_layer(std::make_shared<SplineCoupling>(mask, params, d));
+    else
+      add_layer(std::make_shared<AffineCoupling>(mask, params, d));
+  }
+  this->to(dtype_);
+}
+
+torch::Tensor ScalarFlowImpl::prior_log_prob(const torch::Tensor& z) const {
   auto zd = z.to(torch::kFloat64);
   const double V = static_cast<double>(zd[0].numel());
   return -0.5 * (zd * zd).sum(site_dims(zd.dim() - 1)) - 0.5 * V * std::log(2 * M_PI);
 }
 
-torch::Tensor FlowModelImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
+torch::Tensor ScalarFlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
   std::vector<std::int64_t> shape{batch};
   shape.insert(shape.end(), extents_.begin(), extents_.end());
   auto z = torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64));
   return z.to(device_, dtype_);
+}
+
+FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& params) {
+  return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<ScalarFlowImpl>(lattice, params)));
+}
+
+FlowModel make_flow(const Config& cfg) {
+  if (cfg.theory == "u1") return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(cfg.lattice, cfg.flow)));
+  return make_scalar_flow(cfg.lattice, cfg.flow);
 }
 
 std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::forward(const torch::Tensor& z_in) {
@@ -237,7 +255,7 @@ std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::forward(const torch::Tens
     x = y;
     log_q = log_q - ld.to(torch::kFloat64);
   }
-  return {x, log_q};
+  return {finish(x), log_q};
 }
 
 std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::sample(std::int64_t batch, std::uint64_t stream_seed) {

@@ -75,9 +75,22 @@ class SplineCoupling : public CouplingLayer {
 // Checkerboard mask of the sites with (sum_mu x_mu) % 2 == parity, shape [L_0..L_{d-1}].
 torch::Tensor checkerboard(const std::vector<std::int64_t>& extents, int parity, torch::TensorOptions opt);
 
+// Knots lo = k_0 < ... < k_K = hi from bin fractions [..., K] that sum to 1 (k_K is exactly hi).
+torch::Tensor spline_knots(const torch::Tensor& fractions, double lo, double hi);
+// Rational-quadratic spline (Durkan et al. 2019, eqs. 4-8) through knots (xk, yk), both [..., K+1] and
+// increasing, with slopes dk [..., K+1] at the knots, evaluated at v [...] inside [xk_0, xk_K] (clamp first). Returns
+// (y, log|dy/dv|), or for inverse = true (x, -log|dy/dx| at x) with v read as y. Shared by the real-line spline
+// coupling and the circular spline kernel of the U(1) flows.
+std::pair<torch::Tensor, torch::Tensor> rational_quadratic(const torch::Tensor& v, const torch::Tensor& xk,
+                                                           const torch::Tensor& yk, const torch::Tensor& dk,
+                                                           bool inverse);
+
+// A flow: a prior density r(z) that can be sampled exactly, pushed through coupling layers. The layers and the
+// float64 bookkeeping of log q live here; each field type provides its prior (ScalarFlow: N(0,1) per site;
+// U1Flow in gauge.hpp: uniform angles).
 class FlowModelImpl : public torch::nn::Module {
  public:
-  FlowModelImpl(const LatticeParams& lattice, const FlowParams& params);
+  ~FlowModelImpl() override = default;
 
   // x = f(z) and log q(x) in float64 for prior draws z (any dtype; cast to the model's dtype).
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& z);
@@ -85,11 +98,11 @@ class FlowModelImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> sample(std::int64_t batch, std::uint64_t stream_seed);
   // log q(x) in float64 through the inverse; also returns z = f^{-1}(x).
   std::pair<torch::Tensor, torch::Tensor> log_prob(const torch::Tensor& x);
-  // log of the N(0,1) prior density, [B] float64.
-  torch::Tensor prior_log_prob(const torch::Tensor& z) const;
-  // Standard normal draws [batch, L...] in float64 on the CPU from the stream derived from `stream_seed`,
-  // then moved to the model's device and dtype: the numbers do not depend on the device.
-  torch::Tensor draw_prior(std::int64_t batch, std::uint64_t stream_seed) const;
+  // log of the prior density, [B] float64.
+  virtual torch::Tensor prior_log_prob(const torch::Tensor& z) const = 0;
+  // Prior draws [batch, field...] made in float64 on the CPU from the stream derived from `stream_seed`, then
+  // moved to the model's device and dtype: the numbers do not depend on the device.
+  virtual torch::Tensor draw_prior(std::int64_t batch, std::uint64_t stream_seed) const = 0;
 
   torch::Dtype dtype() const { return dtype_; }
   torch::Device device() const { return device_; }
@@ -98,12 +111,33 @@ class FlowModelImpl : public torch::nn::Module {
   CouplingLayer& layer(std::size_t i) { return *layers_[i]; }
   std::string weights_hash();  // FNV-1a over parameter bytes: the model's identity in output files
 
- private:
-  std::vector<std::int64_t> extents_;
+ protected:
+  explicit FlowModelImpl(const FlowParams& params);
+  void add_layer(std::shared_ptr<CouplingLayer> layer);
+  // Applied to the output of the last layer (e.g. angles reduced to [0, 2 pi)); identity by default.
+  virtual torch::Tensor finish(const torch::Tensor& x) const { return x; }
   torch::Dtype dtype_;
   torch::Device device_{torch::kCPU};
+
+ private:
   std::vector<std::shared_ptr<CouplingLayer>> layers_;
 };
 TORCH_MODULE(FlowModel);
+
+// Real scalar fields [B, L_0..L_{d-1}]: N(0,1) prior, checkerboard couplings of alternating parity.
+class ScalarFlowImpl : public FlowModelImpl {
+ public:
+  ScalarFlowImpl(const LatticeParams& lattice, const FlowParams& params);
+  torch::Tensor prior_log_prob(const torch::Tensor& z) const override;
+  torch::Tensor draw_prior(std::int64_t batch, std::uint64_t stream_seed) const override;
+
+ private:
+  std::vector<std::int64_t> extents_;
+};
+
+FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& params);
+// The flow for cfg.theory (phi4: ScalarFlow; u1: U1Flow), weights initialised from LibTorch's default generator.
+FlowModel make_flow(const Config& cfg);
+
 
 }  // namespace latflow

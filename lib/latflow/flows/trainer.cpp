@@ -21,7 +21,7 @@
 #include "latflow/flows/checkpoint.hpp"
 #include "latflow/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
-#include "latflow/theories/phi4.hpp"
+#include "latflow/theories/theory.hpp"
 
 namespace latflow {
 namespace fs = std::filesystem;
@@ -248,10 +248,11 @@ TrainSummary train_job(const Config& cfg) {
     throw ConfigError("train.batch = " + std::to_string(tp.batch) + ": smaller than the " + std::to_string(R) +
                       " MPI ranks it is split over");
   const std::int64_t lo = tp.batch * rank / R, hi = tp.batch * (rank + 1) / R;
-  Phi4 theory(cfg.lattice, cfg.phi4);
+  const auto theory_ptr = make_theory(cfg);
+  const Theory& theory = *theory_ptr;
   // The initial weights come from the run seed (LibTorch's default generator is not seeded reproducibly).
   torch::manual_seed(derive_seed(cfg.run.seed, "init", 0));
-  FlowModel model(cfg.lattice, cfg.flow);
+  FlowModel model = make_flow(cfg);
   model->to_device(torch::Device(cfg.run.device));
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(tp.lr));
 

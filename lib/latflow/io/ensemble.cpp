@@ -26,6 +26,11 @@ void write_header(File& f, const Config& cfg, const Provenance& prov, const std:
   f.create_group("/theory");
   f.write_attr("/theory", "name", cfg.theory);
   f.write_attr("/theory", "extents", cfg.lattice.extents);
+  if (cfg.theory == "u1") {
+    f.write_attr("/theory", "beta", cfg.u1.beta);
+    f.write_attr("/theory", "action", "wilson: S = -beta sum_P cos theta_P; links stored as angles [2, L0, L1]");
+    return;
+  }
   f.write_attr("/theory", "convention", "nohalf");
   f.write_attr("/theory", "m2", cfg.phi4.m2_nohalf);
   f.write_attr("/theory", "lam", cfg.phi4.lam_nohalf);

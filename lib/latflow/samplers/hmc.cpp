@@ -21,7 +21,7 @@
 #include "latflow/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
 #include "latflow/samplers/hmc_store.hpp"
-#include "latflow/theories/phi4.hpp"
+#include "latflow/theories/theory.hpp"
 
 namespace latflow {
 
@@ -219,7 +219,8 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
                       " MPI ranks they are split over");
   torch::set_num_threads(cfg.run.threads);
   torch::InferenceMode inference;
-  Phi4 theory(cfg.lattice, cfg.phi4);
+  const auto theory_ptr = make_theory(cfg);
+  const Theory& theory = *theory_ptr;
   const auto options = torch::TensorOptions().dtype(torch::kFloat64).device(torch::Device(cfg.run.device));
   // Contiguous ranges of global chain indices; chain c's random streams are keyed by c, not by the rank.
   const std::int64_t c0 = hp.chains * rank / R, nc = hp.chains * (rank + 1) / R - c0;
@@ -228,8 +229,10 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
   HmcLayout layout;
   layout.observable_names = theory.observable_names();
   layout.L0 = cfg.lattice.extents[0];
-  layout.V = cfg.lattice.volume();
-  layout.field_shape.assign(cfg.lattice.extents.begin(), cfg.lattice.extents.end());
+  const auto field_dims = theory.field_shape();
+  layout.V = 1;  // numbers per configuration
+  for (auto e : field_dims) layout.V *= e;
+  layout.field_shape.assign(field_dims.begin(), field_dims.end());
   layout.identity = hmc_identity(cfg);
   HmcStore store(cfg, layout, c0, nc, [&](io::File& f) {
     io::write_header(f, cfg, Provenance::collect(command_line), "hmc");
@@ -242,7 +245,7 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
             " thermalisation + " + std::to_string(hp.trajectories) + " trajectories each");
   const std::vector<std::int64_t> field_shape = [&] {
     std::vector<std::int64_t> s{nc};
-    s.insert(s.end(), cfg.lattice.extents.begin(), cfg.lattice.extents.end());
+    s.insert(s.end(), field_dims.begin(), field_dims.end());
     return s;
   }();
   if (store.thermalized()) {

@@ -21,13 +21,13 @@
 #include "latflow/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
 #include "latflow/samplers/imh_chain.hpp"
-#include "latflow/theories/phi4.hpp"
+#include "latflow/theories/theory.hpp"
 
 namespace latflow {
 namespace {
 
 // One block of proposals with its log-densities, actions, observables and fields (float64, exact for float32).
-ImhBlock make_block(FlowModel& model, const Phi4& theory, const Config& cfg, std::int64_t b) {
+ImhBlock make_block(FlowModel& model, const Theory& theory, const Config& cfg, std::int64_t b) {
   ImhBlock blk;
   blk.block = b;
   blk.n = std::min(cfg.sample.block, cfg.sample.proposals - b * cfg.sample.block);
@@ -58,6 +58,8 @@ void write_model_info(io::File& f, const Config& cfg, const CheckpointMeta& meta
   f.write_attr("/model", "z2", static_cast<std::int64_t>(fp.z2));
   f.write_attr("/model", "spline_bins", static_cast<std::int64_t>(fp.spline_bins));
   f.write_attr("/model", "spline_bound", fp.spline_bound);
+  f.write_attr("/model", "ncp_components", static_cast<std::int64_t>(fp.ncp_components));
+  f.write_attr("/model", "loops", static_cast<std::int64_t>(fp.loops));
   f.write_attr("/model", "dtype", fp.dtype);
   f.write_attr("/model", "weights_hash", hash);
   f.write_attr("/model", "checkpoint", cfg.checkpoint_path());
@@ -81,8 +83,9 @@ void fault_point(std::int64_t b) {
 std::string sample_job(const Config& cfg, const std::string& command_line) {
   const std::string& out = cfg.run.output;
   torch::set_num_threads(cfg.run.threads);
-  Phi4 theory(cfg.lattice, cfg.phi4);
-  FlowModel model(cfg.lattice, cfg.flow);
+  const auto theory_ptr = make_theory(cfg);
+  const Theory& theory = *theory_ptr;
+  FlowModel model = make_flow(cfg);
   auto meta = load_checkpoint(cfg.checkpoint_path(), model, nullptr, model_identity(cfg));
   model->to_device(torch::Device(cfg.run.device));
   model->eval();
@@ -91,10 +94,12 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
 
   const std::int64_t N = cfg.sample.proposals;
   ImhLayout layout;
-  layout.observable_names = Phi4::scalar_names();
+  const auto field_dims = theory.field_shape();
+  layout.observable_names = theory.observable_names();
   layout.L0 = cfg.lattice.extents[0];
-  layout.V = cfg.lattice.volume();
-  layout.field_shape.assign(cfg.lattice.extents.begin(), cfg.lattice.extents.end());
+  layout.V = 1;  // numbers per configuration
+  for (auto e : field_dims) layout.V *= e;
+  layout.field_shape.assign(field_dims.begin(), field_dims.end());
   layout.float32_fields = cfg.flow.dtype == "float32";
   layout.identity = sample_identity(cfg, hash);
   ImhChain chain(cfg, layout, [&](io::File& f) {

@@ -4,6 +4,9 @@
 
 #include <torch/torch.h>
 
+#include "latflow/theories/phi4.hpp"
+#include "latflow/theories/u1.hpp"
+
 namespace latflow {
 
 at::Tensor Theory::update_field(const at::Tensor& x, const at::Tensor& p, const at::Tensor& dt) const {
@@ -24,6 +27,11 @@ at::Tensor Theory::cold_start(std::int64_t n, const at::TensorOptions& options) 
   const auto f = field_shape();
   shape.insert(shape.end(), f.begin(), f.end());
   return torch::zeros(shape, options);
+}
+
+std::unique_ptr<Theory> make_theory(const Config& cfg) {
+  if (cfg.theory == "u1") return std::make_unique<U1>(cfg.lattice, cfg.u1);
+  return std::make_unique<Phi4>(cfg.lattice, cfg.phi4);
 }
 
 }  // namespace latflow

@@ -9,8 +9,11 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "latflow/core/params.hpp"
 
 namespace latflow {
 
@@ -42,5 +45,8 @@ class Theory {
   // A deterministic start for Markov chains ("cold start"): zero field (identity links for gauge theories).
   virtual at::Tensor cold_start(std::int64_t n, const at::TensorOptions& options) const;
 };
+
+// The theory of cfg.theory (phi4 | u1) with cfg's lattice and couplings.
+std::unique_ptr<Theory> make_theory(const Config& cfg);
 
 }  // namespace latflow

@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: MIT
+#include "latflow/flows/gauge.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "latflow/core/error.hpp"
+#include "latflow/theories/u1.hpp"
+
+namespace latflow {
+namespace {
+
+constexpr double kTwoPi = 2 * M_PI;
+// log alpha of the NCP components is bounded smoothly to +-kMaxLogAlpha (alpha in [0.0025, 403]), so that alpha^2
+// stays finite in float32 whatever the net outputs.
+constexpr double kMaxLogAlpha = 6.0;
+constexpr double kMinBin = 1e-3, kMinDeriv = 1e-3;
+
+at::Tensor shift(const at::Tensor& t, std::int64_t by, std::int64_t dim) { return torch::roll(t, {-by}, {dim}); }
+// Angles reduced to [-pi, pi).
+at::Tensor centred(const at::Tensor& a) { return torch::remainder(a + M_PI, kTwoPi) - M_PI; }
+
+// Mask [L0, L1] of the sites whose coordinate along `axis`, minus `offset`, is one of `residues` mod 4.
+torch::Tensor stripes(const std::vector<std::int64_t>& ext, int axis, int offset, std::vector<int> residues) {
+  auto c = torch::arange(ext[axis], torch::kInt64);
+  auto r = torch::remainder(c - offset, 4);
+  auto m = torch::zeros_like(c, torch::kBool);
+  for (int v : residues) m = m | (r == v);
+  std::vector<std::int64_t> shape{1, 1};
+  shape[axis] = ext[axis];
+  return m.view(shape).expand(ext).to(torch::kFloat64).contiguous();
+}
+
+int kernel_channels(const FlowParams& p) {
+  return p.coupling == "spline" ? 3 * p.spline_bins + 1 : 2 * p.ncp_components + 1;
+}
+
+}  // namespace
+
+GaugeCoupling::GaugeCoupling(int mu, int offset, const std::vector<std::int64_t>& ext, const FlowParams& p)
+    : mu_(mu), kind_(p.coupling), components_(p.coupling == "spline" ? p.spline_bins : p.ncp_components),
+      loops_(p.loops) {
+  if (ext.size() != 2 || ext[0] % 4 || ext[1] % 4)
+    throw ConfigError("lattice.extents: U(1) gauge-equivariant masks have period 4; extents must be multiples of 4");
+  const int nu = 1 - mu;  // the stripes run along mu, stacked along nu
+  auto active = stripes(ext, nu, offset, {0});
+  auto frozen = stripes(ext, nu, offset, {1, 2});
+  active_ = register_buffer("active", active);
+  frozen_ = register_buffer("frozen", frozen);
+  // A 2x1 loop is frozen when both of its plaquettes are.
+  frozen_rect0_ = register_buffer("frozen_rect0", frozen * shift(frozen, 1, 0));
+  frozen_rect1_ = register_buffer("frozen_rect1", frozen * shift(frozen, 1, 1));
+  net_ = register_module("net", ConvNet(2, loops_ ? 6 : 2, p.hidden, kernel_channels(p), p.kernel, p.activation));
+}
+
+torch::Tensor GaugeCoupling::parameters_of(const torch::Tensor& plaq) {
+  std::vector<torch::Tensor> ctx{torch::cos(plaq) * frozen_, torch::sin(plaq) * frozen_};
+  if (loops_) {
+    auto r0 = plaq + shift(plaq, 1, 1), r1 = plaq + shift(plaq, 1, 2);
+    ctx.insert(ctx.end(), {torch::cos(r0) * frozen_rect0_, torch::sin(r0) * frozen_rect0_,
+                           torch::cos(r1) * frozen_rect1_, torch::sin(r1) * frozen_rect1_});
+  }
+  return net_->forward(torch::stack(ctx, 1)).permute({0, 2, 3, 1});
+}
+
+std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::kernel(const torch::Tensor& plaq, const torch::Tensor& par,
+                                                              bool inverse) {
+  const int K = components_;
+  if (kind_ == "spline") {
+    const double kDerivShift = std::log(std::expm1(1.0 - kMinDeriv));  // zero input -> unit slope
+    auto widths = kMinBin + (1 - K * kMinBin) * torch::softmax(par.narrow(-1, 0, K), -1);
+    auto heights = kMinBin + (1 - K * kMinBin) * torch::softmax(par.narrow(-1, K, K), -1);
+    auto d = kMinDeriv + torch::softplus(par.narrow(-1, 2 * K, K) + kDerivShift);
+    auto dk = torch::cat({d, d.narrow(-1, 0, 1)}, -1);  // equal slopes at 0 and 2 pi: smooth on the circle
+    auto t = par.select(-1, 3 * K);
+    auto xk = spline_knots(widths, 0, kTwoPi), yk = spline_knots(heights, 0, kTwoPi);
+    auto v = torch::clamp(torch::remainder(inverse ? plaq - t : plaq, kTwoPi), 0, kTwoPi);
+    auto [out, log_slope] = rational_quadratic(v, xk, yk, dk, inverse);
+    return {inverse ? out : out + t, log_slope};
+  }
+  auto log_alpha = kMaxLogAlpha * torch::tanh(par.narrow(-1, 0, K) / kMaxLogAlpha);
+  auto alpha = torch::exp(log_alpha);
+  auto rho = torch::softmax(par.narrow(-1, K, K), -1);
+  auto t = par.select(-1, 2 * K);
+  // theta in [-pi, pi): each component maps (-pi, pi) onto itself monotonically, fixing 0 and the end points.
+  auto h = [&](const torch::Tensor& theta) {
+    auto half = (theta / 2).unsqueeze(-1);
+    auto c = torch::cos(half), s = torch::sin(half);
+    return (rho * 2 * torch::atan2(alpha * s, c)).sum(-1);
+  };
+  auto slope = [&](const torch::Tensor& theta) {
+    auto half = (theta / 2).unsqueeze(-1);
+    auto c = torch::cos(half), s = torch::sin(half);
+    return (rho * alpha / (c * c + alpha * alpha * s * s)).sum(-1);
+  };
+  if (!inverse) {
+    auto theta = centred(plaq);
+    return {h(theta) + t, torch::log(slope(theta))};
+  }
+  // Bisection on [-pi, pi] (h is increasing with h(-pi) = -pi, h(pi) = pi): 64 halvings reach the rounding.
+  auto target = centred(plaq - t);
+  torch::Tensor lo, hi;
+  {
+    torch::NoGradGuard no_grad;
+    lo = torch::full_like(target, -M_PI);
+    hi = torch::full_like(target, M_PI);
+    auto tgt = target.detach();
+    for (int i = 0; i < 64; ++i) {
+      auto mid = 0.5 * (lo + hi);
+      auto below = h(mid) < tgt;
+      lo = torch::where(below, mid, lo);
+      hi = torch::where(below, hi, mid);
+    }
+  }
+  auto theta = 0.5 * (lo + hi);
+  return {theta, -torch::log(slope(theta))};
+}
+
+std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::apply(const torch::Tensor& x, bool inverse) {
+  auto plaq = U1::plaquettes(x);
+  auto par = parameters_of(plaq);  // frozen plaquettes are the same before and after: same parameters
+  auto [moved, log_slope] = kernel(plaq, par, inverse);
+  // The active link enters its active plaquette with sign +1 (mu = 0: theta_0(x) in P(x)) or -1 (mu = 1:
+  // theta_1(x) in P(x)); a change by a multiple of 2 pi is no change, so the shift is reduced to [-pi, pi).
+  const double sign = mu_ == 0 ? 1.0 : -1.0;
+  auto dp = centred(moved - plaq) * active_;
+  auto dlink = torch::stack({mu_ == 0 ? sign * dp : torch::zeros_like(dp), mu_ == 1 ? sign * dp : torch::zeros_like(dp)},
+                            1);
+  auto y = torch::remainder(x + dlink, kTwoPi);
+  return {y, (log_slope * active_).sum({1, 2})};
+}
+
+std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::forward(const torch::Tensor& x) { return apply(x, false); }
+std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::inverse(const torch::Tensor& y) { return apply(y, true); }
+
+// ---------------------------------------------------------------------------------------------------------------
+U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params)
+    : FlowModelImpl(params), extents_(lattice.extents) {
+  // Layer i updates direction i % 2 on the stripe offset (i / 2) % 4: eight layers visit every link once.
+  for (int i = 0; i < params.layers; ++i) add_layer(std::make_shared<GaugeCoupling>(i % 2, (i / 2) % 4, extents_, params));
+  this->to(dtype_);
+}
+
+torch::Tensor U1FlowImpl::prior_log_prob(const torch::Tensor& z) const {
+  const double links = static_cast<double>(z[0].numel());
+  return torch::full({z.size(0)}, -links * std::log(kTwoPi), z.options().dtype(torch::kFloat64));
+}
+
+torch::Tensor U1FlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
+  auto z = torch::rand({batch, 2, extents_[0], extents_[1]}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+  return (z * kTwoPi).to(device_, dtype_);
+}
+
+torch::Tensor U1FlowImpl::finish(const torch::Tensor& x) const { return torch::remainder(x, kTwoPi); }
+
+}  // namespace latflow
