@@ -159,6 +159,8 @@ const std::vector<Key>& keys() {
                   "consecutive non-finite steps before rolling back"),
       LATFLOW_KEY("train.restart", train.restart, parse_bool("train.restart", v),
                   "ignore an existing checkpoint and train from scratch"),
+      LATFLOW_KEY("train.init_from", train.init_from, v,
+                  "start from this checkpoint's weights (same architecture; any extents/couplings)"),
       LATFLOW_KEY("train.eval_every", train.eval_every, parse_number<I>("train.eval_every", v),
                   "steps between evaluations of ESS/acceptance on fresh proposals, 0 = off"),
       LATFLOW_KEY("train.eval_samples", train.eval_samples, parse_number<I>("train.eval_samples", v),

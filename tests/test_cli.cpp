@@ -639,3 +639,55 @@ TEST_CASE("the flow sampler reproduces the committed HMC golden values of E1 (L 
   }
   CHECK(compared == 5);  // chi2, abs_mag, phi2, action_density, xi_2nd
 }
+
+TEST_CASE("U(1) at L = 8, beta = 2: the flow ensemble reproduces the exact <cos theta_P> and <Q^2>; HMC and "
+          "compare on the same point",
+          "[cli][u1]") {
+  TempDir dir;
+  const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/u1_tutorial.ini";
+  // A short training: the independence Metropolis correction makes any model exact; a poorer one costs statistics.
+  auto r = run("run " + cfg + " --output " + dir / "u1.h5" +
+               " --train.steps 300 --train.batch 64 --train.eval_every 0 --sample.proposals 20000 --run.seed 3");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  auto rep = analysis::analyze_ensemble(dir / "u1.h5");
+  REQUIRE(rep.chain_reliable());
+  CHECK(rep.theory == "u1");
+  CHECK(rep.beta == 2.0);
+  for (const auto& [name, exact] : {std::pair{"plaq", 0.697775}, std::pair{"Q2", 1.23930}}) {
+    const auto* row = rep.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->value, row->error, row->nis, row->nis_error, row->ref);
+    CHECK(row->ref_kind == "exact");
+    CHECK(row->ref == Approx(exact).margin(1e-5));
+    CHECK(std::abs(row->value - row->ref) < 3 * row->error);
+  }
+  CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 3 * rep.free_energy_error);
+  // Stored links are angles in [0, 2 pi) with the [N, 2, L0, L1] layout; every charge is an integer.
+  auto f = io::File::open_read(dir / "u1.h5");
+  const auto n = f.rows("/configs/field");
+  CHECK(f.shape("/configs/field") == std::vector<std::uint64_t>{n, 2, 8, 8});
+  auto links = f.read_f64("/configs/field", n - 1, 1);
+  CHECK(*std::min_element(links.begin(), links.end()) >= 0);
+  CHECK(*std::max_element(links.begin(), links.end()) < 2 * M_PI);
+  bool integers = true;
+  for (double q : f.read_f64("/proposals/observables/Q")) integers = integers && q == std::round(q);
+  CHECK(integers);
+  CHECK(f.read_attr_double("/theory", "beta") == 2.0);
+
+  auto h = run("hmc " + cfg + " --output " + dir / "u1_hmc.h5" + " --hmc.trajectories 500 --hmc.thermalization 100");
+  INFO(h.out);
+  REQUIRE(h.code == 0);
+  auto hrep = analysis::analyze_ensemble(dir / "u1_hmc.h5");
+  CHECK(std::abs(hrep.row("plaq")->value - 0.697775) < 3 * hrep.row("plaq")->error);
+  auto c = run("compare " + dir / "u1.h5" + " " + dir / "u1_hmc.h5");
+  INFO(c.out);
+  CHECK(c.code == 0);
+  CHECK(c.out.find("beta = 2") != std::string::npos);
+  // Different physics is refused.
+  auto other = run("hmc " + cfg + " --output " + dir / "b3.h5" + " --u1.beta 3 --hmc.trajectories 20 --hmc.thermalization 5");
+  REQUIRE(other.code == 0);
+  expect_error("compare " + dir / "u1.h5" + " " + dir / "b3.h5", 2, "different physics");
+  // Gauge-equivariant masks need multiples of 4.
+  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --lattice.extents 6,6", 2, "multiples of 4");
+}

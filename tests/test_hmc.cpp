@@ -11,6 +11,8 @@
 #include "latflow/analysis/gamma.hpp"
 #include "latflow/samplers/hmc.hpp"
 #include "latflow/theories/phi4.hpp"
+#include "latflow/theories/u1.hpp"
+#include "latflow/theories/u1_exact.hpp"
 
 using namespace latflow;
 
@@ -48,7 +50,7 @@ struct Run {
   double acceptance = 0;
   int n_md = 0;
 };
-Run run_chains(const Phi4& theory, const HmcParams& p, std::uint64_t seed) {
+Run run_chains(const Theory& theory, const HmcParams& p, std::uint64_t seed) {
   HmcChains hmc(theory, p, seed, 0, p.chains, kF64);
   Run run;
   run.n_md = hmc.thermalize(p.thermalization);
@@ -176,4 +178,42 @@ TEST_CASE("HMC at the tutorial point gives chi2 = 0.7456(13); tuned to ~0.8 acce
     CHECK(run.acceptance > 0.7);
     CHECK(run.acceptance < 0.97);
   }
+}
+
+TEST_CASE("U(1) HMC at L = 8, beta = 2 reproduces the exact <cos theta_P>, <Q^2> and 2x2 loop; reversible; "
+          "<exp(-dH)> = 1",
+          "[hmc][physics][u1]") {
+  LatticeParams lattice;
+  lattice.extents = {8, 8};
+  U1Params up;
+  up.beta = 2.0;
+  const U1 theory(lattice, up);
+  auto p = params("omelyan", 32);
+  p.thermalization = 100;
+  p.trajectories = 800;
+  const auto run = run_chains(theory, p, 5);
+  const std::int64_t V = 64;
+  for (const auto& [name, exact] :
+       {std::pair{"plaq", u1_plaquette(V, 2.0)}, std::pair{"Q2", u1_topological_susceptibility_q2(V, 2.0)},
+        std::pair{"wilson_2x2", u1_wilson_loop(V, 2.0, 4)}}) {
+    const auto g = analysis::gamma_method(run.series.at(name));
+    CAPTURE(name, exact, g.mean, g.error, g.tau_int);
+    CHECK(std::abs(g.mean - exact) < 3 * g.error);
+  }
+  const auto e = analysis::gamma_method(run.series.at("exp_mdH"));
+  CAPTURE(e.mean, e.error, run.acceptance, run.n_md);
+  CHECK(std::abs(e.mean - 1) < 3 * e.error);
+
+  HmcChains hmc(theory, p, 3, 0, 8, kF64);
+  hmc.thermalize(20);
+  const auto x0 = hmc.field();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+  const auto p0 = theory.draw_momenta(gen, 8);
+  auto x = x0.clone(), mom = p0.clone();
+  const auto dt = torch::full({8}, 0.1, kF64);
+  integrate(theory, Integrator::kOmelyan, x, mom, dt, 10);
+  mom = -mom;
+  integrate(theory, Integrator::kOmelyan, x, mom, dt, 10);
+  CHECK((x - x0).abs().max().item<double>() < 1e-10);
+  CHECK((mom + p0).abs().max().item<double>() < 1e-10);
 }

@@ -115,10 +115,16 @@ std::string comparison_json(const Comparison& c) {
       << ", \"seconds_per_eff_with_training\": " << json::number(s.cost_with_training) << "}";
     return o.str();
   };
-  os << "{\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"proposals\": " << c.flow.proposals
+  os << "{\n  \"theory\": " << json::string(c.flow.theory) << ",\n  \"extents\": [";
+  for (std::size_t i = 0; i < c.flow.extents.size(); ++i) os << (i ? ", " : "") << c.flow.extents[i];
+  os << "],\n  \"physics\": " << json::string(c.flow.physics());
+  if (c.flow.theory == "u1") os << ",\n  \"beta\": " << json::number(c.flow.beta);
+  os << ",\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"proposals\": " << c.flow.proposals
+     << ", \"acceptance\": " << json::number(c.flow.acceptance) << ", \"ess_fraction\": " << json::number(c.flow.ess_fraction)
      << ", \"generation_seconds\": " << json::number(c.flow.sampling_seconds)
      << ", \"training_seconds\": " << json::number(c.flow.train_seconds) << "},\n  \"hmc\": {\"file\": " << json::string(c.hmc.path)
      << ", \"chains\": " << c.hmc.chains << ", \"trajectories\": " << c.hmc.trajectories
+     << ", \"acceptance\": " << json::number(c.hmc.acceptance)
      << ", \"generation_seconds\": " << json::number(c.hmc.sampling_seconds) << "},\n  \"observables\": {";
   for (std::size_t i = 0; i < c.rows.size(); ++i) {
     const auto& r = c.rows[i];

@@ -204,6 +204,7 @@ std::string training_identity(const Config& c) {
      << "train.lr_min = " << c.train.lr_min << "\n"
      << "train.warmup = " << c.train.warmup << "\n"
      << "train.clip = " << c.train.clip << "\n";
+  if (!c.train.init_from.empty()) os << "train.init_from = " << c.train.init_from << "\n";
   return os.str();
 }
 

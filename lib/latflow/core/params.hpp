@@ -60,6 +60,10 @@ struct TrainParams {
   double max_minutes = 0.0;            // wall-clock budget; 0 = none (stops cleanly and checkpoints)
   std::int64_t max_bad_steps = 20;     // consecutive non-finite steps tolerated before giving up
   bool restart = false;                // discard an existing checkpoint and train from scratch
+  // Start a new training from the weights of another checkpoint with the same architecture but possibly another
+  // lattice size or couplings (the nets are local and translation-equivariant, so they apply to any extents):
+  // train small and cheap, then fine-tune at the target volume. Its training time is counted in this one's.
+  std::string init_from;
   std::int64_t eval_every = 0;         // evaluate ESS/acceptance on eval_samples fresh proposals; 0 = off
   std::int64_t eval_samples = 10000;
 };

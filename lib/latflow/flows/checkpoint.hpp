@@ -28,6 +28,10 @@ void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Op
 // (checked before any tensor is loaded).
 CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
                                const std::string& expected_identity);
+// Copies only the parameters (not the lattice-dependent mask buffers) of the checkpoint at `path` into `model`,
+// after checking that its theory and flow.* keys equal those of `expected_identity` (lattice extents and
+// couplings may differ). Returns the source's metadata (its training time is part of the new model's cost).
+CheckpointMeta load_weights_from(const std::string& path, FlowModel& model, const std::string& expected_identity);
 bool file_exists(const std::string& path);
 // Creates the directory that will hold `path` if it is missing; IoError naming it if that fails.
 void ensure_parent_dir(const std::string& path);
