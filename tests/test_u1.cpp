@@ -8,8 +8,11 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <filesystem>
+#include <unistd.h>
 
 #include "latflow/core/error.hpp"
+#include "latflow/flows/checkpoint.hpp"
 #include "latflow/flows/gauge.hpp"
 #include "latflow/theories/u1.hpp"
 #include "latflow/theories/u1_exact.hpp"
@@ -263,4 +266,44 @@ TEST_CASE("U(1) flow masks need extents that are multiples of 4", "[u1][flows]")
   LatticeParams lattice;
   lattice.extents = {8, 6};
   CHECK_THROWS_AS(U1FlowImpl(lattice, flow_params("ncp", false)), ConfigError);
+}
+
+TEST_CASE("weights moved to a larger volume (train.init_from) give the same local map: f(tile(z)) = tile(f(z))",
+          "[u1][flows]") {
+  torch::manual_seed(7);
+  Config small, large;
+  for (Config* c : {&small, &large}) {
+    c->theory = "u1";
+    c->flow = flow_params("spline", true);
+    c->flow.kernel = 3;
+  }
+  small.lattice.extents = {4, 8};
+  large.lattice.extents = {8, 16};
+  small.u1.beta = 2.0;
+  large.u1.beta = 3.0;  // couplings may differ too
+  small.validate();
+  large.validate();
+  FlowModel m_small = make_flow(small), m_large = make_flow(large);
+  randomise(*m_small, 0.3);
+  const auto path = (std::filesystem::temp_directory_path() / ("latflow_u1_init_" + std::to_string(::getpid()))).string();
+  CheckpointMeta meta;
+  meta.model_identity = model_identity(small);
+  meta.train_seconds = 12.5;
+  save_checkpoint(path, m_small, nullptr, meta);
+  auto source = load_weights_from(path, m_large, model_identity(large));
+  CHECK(source.train_seconds == 12.5);
+  CHECK(m_large->weights_hash() == m_small->weights_hash());
+  auto z = m_small->draw_prior(2, 3);
+  auto tiled = z.repeat({1, 1, 2, 2});
+  auto [x_small, lq_small] = m_small->forward(z);
+  auto [x_large, lq_large] = m_large->forward(tiled);
+  CHECK(circle_distance(x_large, x_small.repeat({1, 1, 2, 2})).max().item<double>() < 1e-10);
+  // log q of the tiled configuration: prior and log-det both scale with the number of copies.
+  CHECK((lq_large - 4 * lq_small).abs().max().item<double>() < 1e-8);
+  // Another architecture is refused, naming the key.
+  Config other = large;
+  other.flow.hidden = {8};
+  FlowModel m_other = make_flow(other);
+  CHECK_THROWS_WITH(load_weights_from(path, m_other, model_identity(other)), Catch::Contains("flow.hidden"));
+  std::filesystem::remove(path);
 }
