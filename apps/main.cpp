@@ -45,6 +45,7 @@ commands:
 common options:
   --overwrite          replace an existing output ensemble (never done silently)
   --retrain            discard an existing checkpoint and train from scratch
+  --resume             sample/hmc: continue an interrupted OUTPUT.partial (or extend a complete OUTPUT)
   --threads N          threads per process (= --run.threads)
   --output FILE        (= --run.output)
   -h, --help           this text
@@ -62,6 +63,8 @@ Args split_args(int argc, char** argv, const std::vector<std::string>& local_opt
     std::string s = argv[i];
     if (s == "--overwrite") {
       a.overrides.insert(a.overrides.end(), {"--run.overwrite", "true"});
+    } else if (s == "--resume") {
+      a.overrides.insert(a.overrides.end(), {"--run.resume", "true"});
     } else if (s == "--retrain") {
       a.overrides.insert(a.overrides.end(), {"--train.restart", "true"});
     } else if (s.rfind("--", 0) == 0) {
@@ -180,7 +183,8 @@ int dispatch(int argc, char** argv) {
     return 0;
   }
   // Refuse an existing output before spending time on training.
-  if ((cmd == "run" || cmd == "sample" || cmd == "hmc") && std::filesystem::exists(cfg.run.output) && !cfg.run.overwrite)
+  if ((cmd == "run" || cmd == "sample" || cmd == "hmc") && std::filesystem::exists(cfg.run.output) &&
+      !cfg.run.overwrite && !cfg.run.resume)
     throw IoError(cfg.run.output + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
   if (cmd == "hmc") {
     auto out = hmc_job(cfg, command_line(argc, argv));
@@ -189,10 +193,9 @@ int dispatch(int argc, char** argv) {
     return 0;
   }
   if (cmd == "train" || cmd == "run") {
-    // Training runs on the root only (data-parallel training is not in this version); the other ranks wait
-    // without spinning and then load the same checkpoint for sampling.
-    if (mpi::rank() == 0) train_job(cfg);
-    mpi::idle_barrier();
+    // Data-parallel over all ranks; the root writes the checkpoint, which every rank then samples from.
+    train_job(cfg);
+    mpi::barrier();
   }
   if (cmd == "sample" || cmd == "run") {
     auto out = sample_job(cfg, command_line(argc, argv));

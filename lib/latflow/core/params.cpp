@@ -143,6 +143,8 @@ void Config::validate() {
   require(h.save_every >= 0, "hmc.save_every", str(h.save_every), "must be >= 0");
 
   require(!run.output.empty(), "run.output", "''", "must not be empty");
+  require(run.commit_seconds >= 0, "run.commit_seconds", str(run.commit_seconds), "must be >= 0");
+  require(!(run.resume && run.overwrite), "run.resume", "true", "contradicts run.overwrite = true");
   require(run.threads >= 1 && run.threads <= 1024, "run.threads", str(run.threads), "must be in 1..1024");
   require(run.device == "cpu" || run.device.rfind("cuda", 0) == 0, "run.device", run.device,
           "must be cpu or cuda[:N]");

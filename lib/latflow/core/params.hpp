@@ -92,7 +92,8 @@ struct RunParams {
   std::string output = "latflow_out.h5";
   std::string checkpoint;     // default: output + ".ckpt"
   bool overwrite = false;
-  bool resume = false;
+  bool resume = false;        // sample/hmc: continue OUTPUT.partial (or extend a complete OUTPUT)
+  double commit_seconds = 10;  // sample/hmc: seconds between commits of the output (0: every round)
   std::uint64_t seed = 1;
   int threads = 1;
   std::string device = "cpu";

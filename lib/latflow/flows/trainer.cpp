@@ -16,6 +16,7 @@
 #include "latflow/core/seed.hpp"
 #include "latflow/flows/checkpoint.hpp"
 #include "latflow/jobs.hpp"
+#include "latflow/parallel/mpi.hpp"
 #include "latflow/theories/theory.hpp"
 
 namespace latflow {
@@ -119,6 +120,38 @@ void restore_state(const std::string& blob, FlowModel& model, torch::optim::Opti
   opt.load(o);
 }
 
+// The training batch of one step, split over the ranks. Sample i of step s draws its prior noise from the
+// stream (seed, "train", s, i), so rank r's share [B r / R, B (r + 1) / R) is the same data whatever R is.
+torch::Tensor draw_batch(FlowModel& model, std::uint64_t seed, std::int64_t step, std::int64_t lo, std::int64_t hi) {
+  const std::uint64_t step_seed = derive_seed(seed, "train", static_cast<std::uint64_t>(step));
+  std::vector<torch::Tensor> z;
+  for (std::int64_t i = lo; i < hi; ++i) z.push_back(model->draw_prior(1, derive_seed(step_seed, "sample", i)));
+  return torch::cat(z);
+}
+
+// Sums the gradients (and the loss, appended) over the ranks in one flattened float64 buffer: one
+// MPI_Allreduce per step. Returns the summed loss.
+double allreduce_gradients(const std::vector<torch::Tensor>& params, double local_loss) {
+  if (mpi::size() == 1) return local_loss;
+  std::vector<torch::Tensor> flat;
+  for (const auto& p : params)
+    flat.push_back(p.grad().defined() ? p.grad().detach().reshape(-1).to(torch::kCPU, torch::kFloat64)
+                                      : torch::zeros({p.numel()}, torch::kFloat64));
+  flat.push_back(torch::tensor({local_loss}, torch::kFloat64));
+  auto buf = torch::cat(flat).contiguous();
+  mpi::allreduce_sum(buf.data_ptr<double>(), buf.numel());
+  std::int64_t at = 0;
+  for (const auto& p : params) {
+    auto g = buf.slice(0, at, at + p.numel()).view(p.sizes()).to(p.options());
+    if (p.grad().defined())
+      p.mutable_grad().copy_(g);
+    else
+      p.mutable_grad() = g;
+    at += p.numel();
+  }
+  return buf[at].item<double>();
+}
+
 class Progress {
  public:
   Progress(std::int64_t total) : total_(total), tty_(log::stdout_is_tty()) {}
@@ -152,6 +185,15 @@ class Progress {
 TrainSummary train_job(const Config& cfg) {
   torch::set_num_threads(cfg.run.threads);
   const auto& tp = cfg.train;
+  // Data-parallel over the MPI ranks: every rank holds the whole model, makes its share of the batch, and the
+  // gradients are summed with one MPI_Allreduce per step, so the ranks apply the same update and stay identical
+  // (checked by a weight hash at every checkpoint). Only the root writes checkpoints and prints.
+  const int R = mpi::size(), rank = mpi::rank();
+  const bool root = rank == 0;
+  if (tp.batch < R)
+    throw ConfigError("train.batch = " + std::to_string(tp.batch) + ": smaller than the " + std::to_string(R) +
+                      " MPI ranks it is split over");
+  const std::int64_t lo = tp.batch * rank / R, hi = tp.batch * (rank + 1) / R;
   const auto theory_ptr = make_theory(cfg);
   const Theory& theory = *theory_ptr;
   // The initial weights come from the run seed (LibTorch's default generator is not seeded reproducibly).
@@ -213,14 +255,24 @@ TrainSummary train_job(const Config& cfg) {
     std::vector<double> lw;
     {
       torch::InferenceMode guard;
-      const std::int64_t chunk = 1000;
-      for (std::int64_t done = 0, i = 0; done < tp.eval_samples; done += chunk, ++i) {
-        const auto n = std::min(chunk, tp.eval_samples - done);
-        auto [x, log_q] =
-            model->sample(n, derive_seed(cfg.run.seed, "eval", static_cast<std::uint64_t>(step) * 1000003 + i));
-        auto w = (-(theory.action(x.to(torch::kFloat64)) + log_q)).to(torch::kCPU).contiguous();
-        lw.insert(lw.end(), w.data_ptr<double>(), w.data_ptr<double>() + n);
+      // Chunk i of the evaluation sample is made by rank i mod R; a round's gather is in chunk order.
+      const std::int64_t chunk = 1000, n_chunks = (tp.eval_samples + chunk - 1) / chunk;
+      for (std::int64_t first = 0; first < n_chunks; first += R) {
+        std::vector<double> mine;
+        if (const std::int64_t i = first + rank; i < n_chunks) {
+          const auto n = std::min(chunk, tp.eval_samples - i * chunk);
+          auto [x, log_q] =
+              model->sample(n, derive_seed(cfg.run.seed, "eval", static_cast<std::uint64_t>(step) * 1000003 + i));
+          auto w = (-(theory.action(x.to(torch::kFloat64)) + log_q)).to(torch::kCPU).contiguous();
+          mine.assign(w.data_ptr<double>(), w.data_ptr<double>() + n);
+        }
+        const auto all = mpi::gather(mine);
+        lw.insert(lw.end(), all.begin(), all.end());
       }
+    }
+    if (!root) {
+      eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+      return;
     }
     auto& h = meta.history;
     h.eval_step.push_back(step);
@@ -246,15 +298,19 @@ TrainSummary train_job(const Config& cfg) {
 
   bool saved_now = false;  // the state is in the checkpoint already (no second save of the same step)
   auto checkpoint = [&](std::int64_t step) {
-    // Never a checkpoint with non-finite weights: roll back to the last good state first.
+    // Never a checkpoint with non-finite weights: roll back to the last good state first (every rank alike).
     if (!weights_finite(model)) {
       restore_state(good_state, model, opt);
       lr_scale *= 0.5;
       log::warn("training: non-finite weights at step " + std::to_string(step) + "; rolled back before the checkpoint");
     }
+    const std::string hash = model->weights_hash();
+    if (!mpi::all_equal(hash_purpose(hash)))
+      throw NumericalError("training: the model weights differ between MPI ranks at step " + std::to_string(step) +
+                           " (this rank: " + hash + ")");
     meta.step = step;
     meta.train_seconds = base_seconds + elapsed();
-    save_checkpoint(ckpt, model, &opt, meta);
+    if (root) save_checkpoint(ckpt, model, &opt, meta);
     saved_now = true;
   };
 
@@ -280,7 +336,10 @@ TrainSummary train_job(const Config& cfg) {
   std::int64_t step = meta.step;
   for (; step < tp.steps; ++step) {
     saved_now = false;
-    if (tp.max_minutes > 0 && elapsed() > 60.0 * tp.max_minutes) {
+    // The root's clock decides for all ranks, which must stop at the same step.
+    std::uint8_t out_of_time = tp.max_minutes > 0 && elapsed() > 60.0 * tp.max_minutes;
+    if (tp.max_minutes > 0) mpi::broadcast(&out_of_time, 1);
+    if (out_of_time) {
       log::info("training: wall-clock budget train.max_minutes = " + std::to_string(tp.max_minutes) +
                 " reached at step " + std::to_string(step));
       break;
@@ -288,16 +347,17 @@ TrainSummary train_job(const Config& cfg) {
     const double lr = learning_rate(tp, step) * lr_scale;
     for (auto& group : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
 
-    auto [x, log_q] = model->sample(tp.batch, derive_seed(cfg.run.seed, "train", step));
+    auto [x, log_q] = model->forward(draw_batch(model, cfg.run.seed, step, lo, hi));
     auto S = theory.action(x.to(torch::kFloat64));
-    auto loss = (log_q + S).mean();
-    if (is_poisoned(step)) loss = loss * std::numeric_limits<double>::quiet_NaN();
+    // This rank's part of the batch mean; the allreduce completes it.
+    auto loss_part = (log_q + S).sum() / static_cast<double>(tp.batch);
+    if (is_poisoned(step)) loss_part = loss_part * std::numeric_limits<double>::quiet_NaN();
     opt.zero_grad();
-    bool ok = std::isfinite(loss.item<double>());
-    if (ok) {
-      loss.backward();
-      ok = all_finite(params, true);
-    }
+    const double local_loss = loss_part.item<double>();
+    if (std::isfinite(local_loss)) loss_part.backward();
+    // Every rank sees the same summed loss and gradients, hence takes the same decisions below.
+    const double loss_value = allreduce_gradients(params, local_loss);
+    bool ok = std::isfinite(loss_value) && all_finite(params, true);
     if (!ok) {
       // Skip the step: its update is never applied. Persistent failures roll back to the last good state with a
       // smaller learning rate.
@@ -323,13 +383,16 @@ TrainSummary train_job(const Config& cfg) {
       params.front().view(-1)[0].fill_(std::numeric_limits<double>::quiet_NaN());
     }
 
-    std::vector<double> lw(static_cast<std::size_t>(tp.batch));
+    // The batch statistics of the history, on the root from the whole batch's log-weights (in sample order).
     auto lw_t = (-(S + log_q)).detach().to(torch::kCPU).contiguous();
-    std::copy(lw_t.data_ptr<double>(), lw_t.data_ptr<double>() + tp.batch, lw.begin());
-    acc_loss += loss.item<double>();
-    acc_ess += analysis::kish_ess_fraction(lw);
-    acc_acc += analysis::imh_acceptance_estimate(lw);
-    acc_var += lw_t.var().item<double>();
+    const std::vector<double> lw =
+        mpi::gather(std::vector<double>(lw_t.data_ptr<double>(), lw_t.data_ptr<double>() + lw_t.numel()));
+    if (root) {
+      acc_loss += loss_value;
+      acc_ess += analysis::kish_ess_fraction(lw);
+      acc_acc += analysis::imh_acceptance_estimate(lw);
+      acc_var += torch::tensor(lw, torch::kFloat64).var().item<double>();
+    }
     ++acc_n;
 
     const bool log_now = (step + 1) % tp.log_every == 0 || step + 1 == tp.steps;

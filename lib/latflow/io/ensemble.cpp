@@ -7,7 +7,7 @@ void write_header(File& f, const Config& cfg, const Provenance& prov, const std:
   f.write_attr("/", "format", "latflow-ensemble");
   f.write_attr("/", "format_version", kEnsembleFormatVersion);
   f.write_attr("/", "kind", kind);
-  f.write_attr("/", "status", "writing");
+  f.write_attr("/", "status", "running");
   f.write_attr("/", "program_version", prov.program_version);
   f.write_attr("/", "git_hash", prov.git_hash);
   f.write_attr("/", "created", prov.created);

@@ -5,8 +5,10 @@
 #include "latflow/io/h5.hpp"
 
 #include <hdf5.h>
+#include <mpi.h>
 
 #include <algorithm>
+#include <exception>
 #include <filesystem>
 #include <limits>
 #include <string_view>
@@ -589,19 +591,40 @@ File File::create(const std::string& path, bool overwrite) {
 File File::open_read(const std::string& path) { return File(path, open_existing(path, H5F_ACC_RDONLY)); }
 File File::open_write(const std::string& path) { return File(path, open_existing(path, H5F_ACC_RDWR)); }
 
-File::File(File&& other) noexcept : path_(std::move(other.path_)), id_(std::exchange(other.id_, -1)) {}
+File File::open_parallel(const std::string& path) {
+  int init = 0, fin = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&fin);
+  if (!init || fin) return open_write(path);
+  silence_hdf5();
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  if (!fapl.valid() || H5Pset_fapl_mpio(fapl.get(), MPI_COMM_WORLD, MPI_INFO_NULL) < 0)
+    raise(path, "", with_detail("cannot set up the MPI-IO driver"));
+  const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl.get());
+  if (id < 0) raise(path, "", lock_hint(with_detail("cannot open for parallel writing")));
+  File f(path, id);
+  f.parallel_ = true;
+  return f;
+}
+
+File::File(File&& other) noexcept
+    : path_(std::move(other.path_)), id_(std::exchange(other.id_, -1)), parallel_(other.parallel_) {}
 
 File& File::operator=(File&& other) noexcept {
   if (this != &other) {
     if (id_ >= 0) H5Fclose(id_);
     path_ = std::move(other.path_);
     id_ = std::exchange(other.id_, -1);
+    parallel_ = other.parallel_;
   }
   return *this;
 }
 
 File::~File() {
   // Errors here cannot be reported; callers that must know the data is on disk call flush() first.
+  // Closing a parallel file is collective: while an exception unwinds on one rank the others are not there to
+  // close it with us, and the process is on its way to MPI_Abort. Leave it; the committed data is on disk.
+  if (parallel_ && std::uncaught_exceptions() > 0) return;
   if (id_ >= 0) H5Fclose(id_);
 }
 
@@ -770,6 +793,10 @@ void File::create_extendible(const std::string& dset, DType type, const std::vec
       H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()) < 0) {
     raise(path_, label, with_detail("cannot set up chunked layout"));
   }
+  // Parallel HDF5 writes unfiltered chunks only where they are allocated: allocate them when the dataset is
+  // extended (with the default fill time nothing is written then).
+  if (deflate == 0 && H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY) < 0)
+    raise(path_, label, with_detail("cannot set the allocation time"));
   if (deflate > 0) {
     if (H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0) raise(path_, label, "this HDF5 has no deflate filter");
     // Shuffle first: grouping the bytes of equal significance is what lets deflate compress floats at all.
@@ -808,6 +835,54 @@ void File::resize(const std::string& dset, std::uint64_t rows) {
   if (H5Dset_extent(info.dset.get(), dims.data()) < 0) {
     raise(path_, label, with_detail("cannot resize to " + std::to_string(rows) + " rows"));
   }
+}
+
+void File::write_rows(const std::string& dset, const std::vector<RowRange>& ranges, DType type, const void* data,
+                      RowRange cols) {
+  DatasetInfo info = inspect_dataset(live(id_, path_), path_, dset);
+  const std::string label = dataset_label(dset);
+  DType stored;
+  if (!dtype_of(info.type.get(), &stored) || stored != type)
+    raise(path_, label, std::string("cannot write ") + type_name(type) + " data to this dataset");
+  if (info.dims.empty()) raise(path_, label, "is scalar; cannot write rows");
+  const bool some_cols = cols.rows > 0;
+  if (some_cols && (info.dims.size() < 2 || cols.row0 + cols.rows > info.dims[1]))
+    raise(path_, label, "columns out of range");
+  Handle fspace(H5Dget_space(info.dset.get()), H5Sclose);
+  if (!fspace.valid() || H5Sselect_none(fspace.get()) < 0) raise(path_, label, with_detail("cannot select"));
+  hsize_t total_rows = 0;
+  for (const RowRange& r : ranges) {
+    if (r.rows == 0) continue;
+    if (r.row0 + r.rows > info.dims[0])
+      raise(path_, label,
+            "rows " + std::to_string(r.row0) + ".." + std::to_string(r.row0 + r.rows) + " beyond its " +
+                std::to_string(info.dims[0]) + " rows");
+    std::vector<hsize_t> start(info.dims.size(), 0), count = info.dims;
+    start[0] = r.row0;
+    count[0] = r.rows;
+    if (some_cols) {
+      start[1] = cols.row0;
+      count[1] = cols.rows;
+    }
+    const H5S_seloper_t op = total_rows == 0 ? H5S_SELECT_SET : H5S_SELECT_OR;
+    if (H5Sselect_hyperslab(fspace.get(), op, start.data(), nullptr, count.data(), nullptr) < 0)
+      raise(path_, label, with_detail("cannot select rows"));
+    total_rows += r.rows;
+  }
+  std::vector<hsize_t> mdims = info.dims;
+  mdims[0] = std::max<hsize_t>(total_rows, 1);
+  if (some_cols) mdims[1] = cols.rows;
+  Handle mspace(H5Screate_simple(static_cast<int>(mdims.size()), mdims.data(), nullptr), H5Sclose);
+  if (!mspace.valid() || (total_rows == 0 && H5Sselect_none(mspace.get()) < 0))
+    raise(path_, label, with_detail("cannot select"));
+  Handle dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+  if (!dxpl.valid() || (parallel_ && H5Pset_dxpl_mpio(dxpl.get(), H5FD_MPIO_COLLECTIVE) < 0))
+    raise(path_, label, with_detail("cannot set up the transfer"));
+  if (total_rows > 0 && data == nullptr) raise(path_, label, "write from a null pointer");
+  static const double dummy = 0;
+  if (H5Dwrite(info.dset.get(), mem_type(type), mspace.get(), fspace.get(), dxpl.get(),
+               data != nullptr ? data : &dummy) < 0)
+    raise(path_, label, with_detail("cannot write"));
 }
 
 std::uint64_t File::rows(const std::string& dset) const {

@@ -3,7 +3,7 @@
 // Object paths are absolute ("/", "/proposals/log_w"). Every failure throws latflow::IoError with a one-line
 // message naming the file and the object, e.g. "out.h5: dataset /chain/index: not found" (HDF5's own
 // error-stack printing is switched off). Files use the default (serial) property lists, so no MPI
-// initialisation is needed.
+// initialisation is needed, except those opened with open_parallel (MPI-IO driver, see there).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -14,6 +14,11 @@ namespace latflow::io {
 
 enum class DType { F64, F32, I64, U8 };
 
+// Rows [row0, row0 + rows) of a dataset's first axis.
+struct RowRange {
+  std::uint64_t row0 = 0, rows = 0;
+};
+
 class File {
  public:
   // New file. If it exists: IoError ("<path>: exists; refusing to overwrite (pass --overwrite)") and the file
@@ -21,6 +26,11 @@ class File {
   static File create(const std::string& path, bool overwrite);
   static File open_read(const std::string& path);   // IoError naming the file if missing, empty or not HDF5
   static File open_write(const std::string& path);  // existing file, read-write
+  // Existing file, read-write, opened by every rank of MPI_COMM_WORLD through the MPI-IO driver (serial
+  // open_write when MPI is not running). Collective: every call that changes the file (resize, write_attr,
+  // write_rows, flush, and closing it) must be made by all ranks with the same arguments, except the data of
+  // write_rows. Parallel HDF5 cannot write variable-length data, so files are created and finished serially.
+  static File open_parallel(const std::string& path);
 
   // Move-only. The destructor closes without throwing, so a close-time error is lost: call flush() first when
   // the caller must know that the data reached the file.
@@ -72,6 +82,13 @@ class File {
   void append(const std::string& dset, const std::int64_t* data, std::uint64_t rows);
   void append(const std::string& dset, const std::uint8_t* data, std::uint64_t rows);
   void resize(const std::string& dset, std::uint64_t rows);  // shrink or grow the first axis
+  // Writes this rank's `ranges` of rows (which must lie inside the dataset: resize first) from `data`, the
+  // ranges' rows concatenated in order. With cols = {col0, ncols} only those entries of the second axis are
+  // written (data then holds rows x ncols x the rest). On a parallel file the write is collective
+  // (H5FD_MPIO_COLLECTIVE, required for compressed datasets): every rank calls it, a rank with nothing to
+  // write passes no ranges. The type must match the dataset's.
+  void write_rows(const std::string& dset, const std::vector<RowRange>& ranges, DType type, const void* data,
+                  RowRange cols = {0, 0});
   std::uint64_t rows(const std::string& dset) const;
   std::vector<std::uint64_t> shape(const std::string& dset) const;  // full shape, rows first
   DType dtype(const std::string& dset) const;
@@ -89,6 +106,7 @@ class File {
   File(std::string path, std::int64_t id) : path_(std::move(path)), id_(id) {}
   std::string path_;
   std::int64_t id_ = -1;  // hid_t
+  bool parallel_ = false;
 };
 
 }  // namespace latflow::io

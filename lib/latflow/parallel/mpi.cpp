@@ -94,6 +94,28 @@ void allreduce_sum(double* data, std::int64_t n) {
     MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
 }
 
+void allreduce_max(double* data, std::int64_t n) {
+  if (running() && size() > 1)
+    MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+}
+
+void allreduce_sum(float* data, std::int64_t n) {
+  if (running() && size() > 1)
+    MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+}
+
+bool all_equal(std::uint64_t value) {
+  if (!running() || size() == 1) return true;
+  std::uint64_t lo = value, hi = value;
+  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+  return lo == hi;
+}
+
+void broadcast(std::int64_t* data, std::int64_t n, int root) {
+  if (running() && size() > 1) MPI_Bcast(data, static_cast<int>(n), MPI_INT64_T, root, MPI_COMM_WORLD);
+}
+
 void broadcast(double* data, std::int64_t n, int root) {
   if (running() && size() > 1) MPI_Bcast(data, static_cast<int>(n), MPI_DOUBLE, root, MPI_COMM_WORLD);
 }

@@ -27,8 +27,13 @@ void barrier();
 // root's long serial work must not take the cores it runs on.
 void idle_barrier();
 void allreduce_sum(double* data, std::int64_t n);
+void allreduce_max(double* data, std::int64_t n);
+void allreduce_sum(float* data, std::int64_t n);
+// True on every rank when every rank passed the same value (e.g. a hash of the model weights).
+bool all_equal(std::uint64_t value);
 void broadcast(double* data, std::int64_t n, int root = 0);
 void broadcast(std::uint8_t* data, std::int64_t n, int root = 0);
+void broadcast(std::int64_t* data, std::int64_t n, int root = 0);
 // Root receives the concatenation of every rank's `local` in rank order; other ranks get an empty vector.
 std::vector<double> gather(const std::vector<double>& local, int root = 0);
 std::vector<float> gather(const std::vector<float>& local, int root = 0);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <optional>
 
@@ -19,6 +20,7 @@
 #include "latflow/io/ensemble.hpp"
 #include "latflow/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
+#include "latflow/samplers/hmc_store.hpp"
 #include "latflow/theories/theory.hpp"
 
 namespace latflow {
@@ -136,8 +138,13 @@ TrajectoryResult HmcChains::trajectory(std::int64_t t, bool check_reversibility)
 
 int HmcChains::thermalize(std::int64_t n) {
   const std::int64_t tune_until = 3 * n / 4;
+  // Under MPI the chains are split over the ranks: the tuning sees all of them, summed in global chain order on
+  // the root, so every rank takes the same n_md decisions as a single rank would.
+  double all_chains = static_cast<double>(n_chains_);
+  mpi::allreduce_sum(&all_chains, 1);
+  const auto total = static_cast<std::int64_t>(all_chains);
   // Blocks of ~320 acceptance probabilities (at least 2 trajectories) keep the rescaling noise below ~10%.
-  const std::int64_t block = std::max<std::int64_t>(2, (320 + n_chains_ - 1) / n_chains_);
+  const std::int64_t block = std::max<std::int64_t>(2, (320 + total - 1) / total);
   const double target_dh = mean_dh_for_acceptance(params_.target_acceptance);
   std::map<int, std::pair<double, std::int64_t>> seen;  // n_md -> (sum of acceptance probabilities, count)
   double sum_p = 0;
@@ -146,13 +153,17 @@ int HmcChains::thermalize(std::int64_t n) {
   for (std::int64_t t = 0; t < n; ++t) {
     auto r = trajectory(t);
     if (t >= t_frozen) continue;
-    const double p = torch::clamp_max(torch::exp(-r.dH), 1.0).sum().item<double>();
+    const auto pc = torch::clamp_max(torch::exp(-r.dH), 1.0).contiguous();
+    const auto all = mpi::gather(std::vector<double>(pc.data_ptr<double>(), pc.data_ptr<double>() + pc.numel()));
+    double p = 0;
+    for (double v : all) p += v;
+    mpi::broadcast(&p, 1);
     sum_p += p;
-    count += n_chains_;
+    count += total;
     // The first quarter of the tuning window still relaxes from the cold start: it steers but is not kept.
     if (4 * t >= tune_until) {
       seen[n_md_].first += p;
-      seen[n_md_].second += n_chains_;
+      seen[n_md_].second += total;
     }
     if ((t + 1) % block != 0) continue;
     // <dH> ~ V dt^4 for second-order integrators at fixed tau predicts n_md ~ <dH>^(1/4). Near the stability
@@ -183,174 +194,116 @@ int HmcChains::thermalize(std::int64_t n) {
 
 namespace {
 
-// Row buffers of the extendible [T, ...] datasets, appended a chunk at a time (h5.hpp: each append reopens
-// the dataset, and whole chunks avoid recompressing a partial one).
-struct RowBuffer {
-  explicit RowBuffer(std::string name = {}) : dset(std::move(name)) {}
-  std::string dset;
-  std::vector<double> f64;
-  std::vector<std::uint8_t> u8;
-  std::uint64_t rows = 0;
-  void flush(io::File& f) {
-    if (rows == 0) return;
-    if (u8.empty())
-      f.append(dset, f64.data(), rows);
-    else
-      f.append(dset, u8.data(), rows);
-    f64.clear();
-    u8.clear();
-    rows = 0;
-  }
-};
+std::vector<double> to_vector(const torch::Tensor& t) {
+  const auto c = t.to(torch::kCPU, torch::kFloat64).contiguous();
+  return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
+}
+
+// Fault injection for tests: LATFLOW_FAULT_TRAJECTORY=i makes rank LATFLOW_FAULT_RANK (default 0) fail before
+// kept trajectory i, as a crashed node would.
+void fault_point(std::int64_t i) {
+  static const char* env = std::getenv("LATFLOW_FAULT_TRAJECTORY");
+  static const char* rank = std::getenv("LATFLOW_FAULT_RANK");
+  if (env != nullptr && std::to_string(i) == env && mpi::rank() == (rank ? std::atoi(rank) : 0))
+    throw Error("injected failure before trajectory " + std::to_string(i) + " (LATFLOW_FAULT_TRAJECTORY)");
+}
 
 }  // namespace
 
 std::string hmc_job(const Config& cfg, const std::string& command_line) {
   const std::string& out = cfg.run.output;
-  if (mpi::size() > 1)
-    throw ConfigError(
-        "latflow hmc runs on one MPI rank (its chains are the batch); hmc.chains sets their number");
-  if (file_exists(out) && !cfg.run.overwrite)
-    throw IoError(out + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
+  const auto& hp = cfg.hmc;
+  const int R = mpi::size(), rank = mpi::rank();
+  if (hp.chains < R)
+    throw ConfigError("hmc.chains = " + std::to_string(hp.chains) + ": fewer chains than the " + std::to_string(R) +
+                      " MPI ranks they are split over");
   torch::set_num_threads(cfg.run.threads);
   torch::InferenceMode inference;
-  const auto& hp = cfg.hmc;
   const auto theory_ptr = make_theory(cfg);
   const Theory& theory = *theory_ptr;
   const auto options = torch::TensorOptions().dtype(torch::kFloat64).device(torch::Device(cfg.run.device));
-  HmcChains chains(theory, hp, cfg.run.seed, 0, hp.chains, options);
+  // Contiguous ranges of global chain indices; chain c's random streams are keyed by c, not by the rank.
+  const std::int64_t c0 = hp.chains * rank / R, nc = hp.chains * (rank + 1) / R - c0;
+  HmcChains chains(theory, hp, cfg.run.seed, c0, nc, options);
 
-  const auto C = static_cast<std::uint64_t>(hp.chains);
-  const auto L0 = static_cast<std::uint64_t>(cfg.lattice.extents[0]);
-  const std::int64_t V = cfg.lattice.volume();
-  const auto& names = theory.observable_names();
-  const std::size_t k = names.size();
-  const std::uint64_t chunk = std::max<std::uint64_t>(1, std::min<std::uint64_t>(256, 16384 / (C * L0)));
+  HmcLayout layout;
+  layout.observable_names = theory.observable_names();
+  layout.L0 = cfg.lattice.extents[0];
+  const auto field_dims = theory.field_shape();
+  layout.V = 1;  // numbers per configuration
+  for (auto e : field_dims) layout.V *= e;
+  layout.field_shape.assign(field_dims.begin(), field_dims.end());
+  layout.identity = hmc_identity(cfg);
+  HmcStore store(cfg, layout, c0, nc, [&](io::File& f) {
+    io::write_header(f, cfg, Provenance::collect(command_line), "hmc");
+    io::write_references(f, cfg);
+  });
+  if (store.complete()) return out;
 
-  ensure_parent_dir(out);
-  const std::string partial = out + ".partial";
-  std::optional<io::File> file = io::File::create(partial, true);
-  io::File& f = *file;
-  io::write_header(f, cfg, Provenance::collect(command_line), "hmc");
-  io::write_references(f, cfg);
-  std::vector<RowBuffer> obs(k);
-  for (std::size_t j = 0; j < k; ++j) {
-    obs[j].dset = "/chains/observables/" + names[j];
-    f.create_extendible(obs[j].dset, io::DType::F64, {C}, chunk);
-  }
-  RowBuffer corr("/chains/observables/correlator"), dH("/chains/dH"), acc("/chains/accepted");
-  f.create_extendible(corr.dset, io::DType::F64, {C, L0}, chunk);
-  f.create_extendible(dH.dset, io::DType::F64, {C}, chunk);
-  f.create_extendible(acc.dset, io::DType::U8, {C}, chunk);
-  f.write_attr("/chains/observables", "names", [&] {
-    std::string s;
-    for (const auto& n : names) s += (s.empty() ? "" : " ") + n;
-    return s;
-  }());
-  std::vector<std::uint64_t> config_row{C};
-  for (auto e : theory.field_shape()) config_row.push_back(static_cast<std::uint64_t>(e));
-  if (hp.save_every > 0) {
-    f.create_extendible("/configs/field", io::DType::F64, config_row, 4);
-    f.create_extendible("/configs/trajectory", io::DType::I64, {}, 64);
-  }
-
-  log::info("hmc: " + std::to_string(hp.chains) + " chains, " + hp.integrator +
+  log::info("hmc: " + std::to_string(hp.chains) + " chains on " + std::to_string(R) + " rank(s), " + hp.integrator +
             ", tau = " + std::to_string(hp.trajectory_length) + ", " + std::to_string(hp.thermalization) +
             " thermalisation + " + std::to_string(hp.trajectories) + " trajectories each");
-  const auto t0 = std::chrono::steady_clock::now();
-  const int n_md = chains.thermalize(hp.thermalization);
-  log::info("hmc: thermalised; n_md = " + std::to_string(n_md) +
-            " (dt = " + std::to_string(hp.trajectory_length / n_md) + ")");
+  const std::vector<std::int64_t> field_shape = [&] {
+    std::vector<std::int64_t> s{nc};
+    s.insert(s.end(), field_dims.begin(), field_dims.end());
+    return s;
+  }();
+  if (store.thermalized()) {
+    auto x = store.resume_field();
+    chains.set_field(torch::tensor(x, torch::kFloat64).view(field_shape).to(options));
+    chains.set_n_md(store.n_md());
+  } else {
+    const int n_md = chains.thermalize(hp.thermalization);
+    store.set_thermalized(n_md, to_vector(chains.field()));
+    log::info("hmc: thermalised; n_md = " + std::to_string(n_md) +
+              " (dt = " + std::to_string(hp.trajectory_length / n_md) + ")");
+  }
 
-  std::vector<double> exp_mdh;
-  std::int64_t n_acc = 0;
-  double max_dx = 0, max_dp = 0, check_seconds = 0;
-  auto flush_all = [&] {
-    for (auto& b : obs) b.flush(f);
-    corr.flush(f);
-    dH.flush(f);
-    acc.flush(f);
-  };
-  for (std::int64_t i = 0; i < hp.trajectories; ++i) {
+  for (std::int64_t i = store.next_trajectory(); i < hp.trajectories; ++i) {
+    fault_point(i);
     auto r = chains.trajectory(hp.thermalization + i, hp.check_reversibility);
-    max_dx = std::max(max_dx, r.max_dx);
-    max_dp = std::max(max_dp, r.max_dp);
-    check_seconds += r.check_seconds;
     const auto x = chains.field().to(torch::kCPU).contiguous();
     auto m = theory.measure(x);
-    auto sc = m.scalars.contiguous();
-    auto cr = m.correlator.contiguous();
-    const double* s = sc.data_ptr<double>();
-    for (std::size_t j = 0; j < k; ++j) {
-      for (std::uint64_t c = 0; c < C; ++c) obs[j].f64.push_back(s[c * k + j]);
-      ++obs[j].rows;
-    }
-    corr.f64.insert(corr.f64.end(), cr.data_ptr<double>(), cr.data_ptr<double>() + C * L0);
-    ++corr.rows;
-    const double* d = r.dH.data_ptr<double>();
     const auto a = r.accepted.to(torch::kUInt8).contiguous();
-    dH.f64.insert(dH.f64.end(), d, d + C);
-    ++dH.rows;
-    acc.u8.insert(acc.u8.end(), a.data_ptr<std::uint8_t>(), a.data_ptr<std::uint8_t>() + C);
-    ++acc.rows;
-    for (std::uint64_t c = 0; c < C; ++c) {
-      n_acc += a.data_ptr<std::uint8_t>()[c];
-      exp_mdh.push_back(std::exp(-d[c]));
-    }
-    if (corr.rows == chunk) flush_all();
-    if (hp.save_every > 0 && (i + 1) % hp.save_every == 0) {
-      f.append("/configs/field", x.data_ptr<double>(), 1);
-      const std::int64_t traj = hp.thermalization + i;
-      f.append("/configs/trajectory", &traj, 1);
-    }
+    store.add(to_vector(m.scalars), to_vector(m.correlator), to_vector(r.dH),
+              std::vector<std::uint8_t>(a.data_ptr<std::uint8_t>(), a.data_ptr<std::uint8_t>() + a.numel()),
+              to_vector(x), r.max_dx, r.max_dp, r.check_seconds);
   }
-  flush_all();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-  // <exp(-dH)> with the Gamma method over the chains (replicas): exp_mdh is stored trajectory-major.
-  const auto T = static_cast<std::size_t>(hp.trajectories);
-  std::vector<std::vector<double>> replicas(C, std::vector<double>(T));
-  for (std::size_t t = 0; t < T; ++t)
-    for (std::size_t c = 0; c < C; ++c) replicas[c][t] = exp_mdh[t * C + c];
-  const auto e = analysis::gamma_method(replicas);
-  const double acceptance = static_cast<double>(n_acc) / static_cast<double>(T * C);
-  // Cost of one trajectory of one chain per lattice site, everything but the optional reversibility check.
-  const double per_site =
-      (seconds - check_seconds) / (static_cast<double>(hp.thermalization + hp.trajectories) * hp.chains * V);
-
-  f.create_group("/hmc");
-  f.write_attr("/hmc", "integrator", hp.integrator);
-  if (hp.integrator == "omelyan") f.write_attr("/hmc", "omelyan_lambda", kOmelyanLambda);
-  f.write_attr("/hmc", "n_md", static_cast<std::int64_t>(n_md));
-  f.write_attr("/hmc", "n_md_initial", static_cast<std::int64_t>(hp.n_md));
-  f.write_attr("/hmc", "trajectory_length", hp.trajectory_length);
-  f.write_attr("/hmc", "jitter", hp.jitter);
-  f.write_attr("/hmc", "target_acceptance", hp.target_acceptance);
-  f.write_attr("/hmc", "chains", hp.chains);
-  f.write_attr("/hmc", "thermalization", hp.thermalization);
-  f.write_attr("/hmc", "trajectories", hp.trajectories);
-  f.write_attr("/hmc", "save_every", hp.save_every);
-  f.write_attr("/hmc", "acceptance", acceptance);
-  f.write_attr("/hmc", "exp_mdH", e.mean);
-  f.write_attr("/hmc", "exp_mdH_error", e.error);
-  f.write_attr("/hmc", "seconds", seconds);
-  f.write_attr("/hmc", "seconds_per_trajectory_per_site", per_site);
-  if (hp.check_reversibility) {
-    f.write_attr("/hmc", "reversibility_max_dx", max_dx);
-    f.write_attr("/hmc", "reversibility_max_dp", max_dp);
-  }
-  f.write_attr("/", "finished", iso_time_utc());
-  f.write_attr("/", "status", "complete");
-  f.flush();
-  file.reset();
-  commit_file(partial, out);
-  char b[256];
-  std::snprintf(b, sizeof b,
-                "hmc: %lld x %lld trajectories in %s, acceptance %.4f, <exp(-dH)> = %.4f +- %.4f, %.3g s per "
-                "trajectory per site, wrote %s",
-                static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories),
-                log::format_seconds(seconds).c_str(), acceptance, e.mean, e.error, per_site, out.c_str());
-  log::info(b);
+  const std::int64_t V = cfg.lattice.volume();
+  store.finish([&](io::File& f, const HmcTotals& t) {
+    // Cost of one trajectory of one chain per lattice site, everything but the optional reversibility check
+    // (over all sessions of a resumed run).
+    const double per_site = (t.seconds - t.check_seconds) /
+                            (static_cast<double>(hp.thermalization + hp.trajectories) * hp.chains * V);
+    f.create_group("/hmc");
+    f.write_attr("/hmc", "integrator", hp.integrator);
+    if (hp.integrator == "omelyan") f.write_attr("/hmc", "omelyan_lambda", kOmelyanLambda);
+    f.write_attr("/hmc", "n_md", static_cast<std::int64_t>(t.n_md));
+    f.write_attr("/hmc", "n_md_initial", static_cast<std::int64_t>(hp.n_md));
+    f.write_attr("/hmc", "trajectory_length", hp.trajectory_length);
+    f.write_attr("/hmc", "jitter", hp.jitter);
+    f.write_attr("/hmc", "target_acceptance", hp.target_acceptance);
+    f.write_attr("/hmc", "chains", hp.chains);
+    f.write_attr("/hmc", "thermalization", hp.thermalization);
+    f.write_attr("/hmc", "trajectories", hp.trajectories);
+    f.write_attr("/hmc", "save_every", hp.save_every);
+    f.write_attr("/hmc", "acceptance", t.acceptance);
+    f.write_attr("/hmc", "exp_mdH", t.exp_mdH);
+    f.write_attr("/hmc", "exp_mdH_error", t.exp_mdH_error);
+    f.write_attr("/hmc", "seconds", t.seconds);
+    f.write_attr("/hmc", "seconds_per_trajectory_per_site", per_site);
+    if (hp.check_reversibility) {
+      f.write_attr("/hmc", "reversibility_max_dx", t.max_dx);
+      f.write_attr("/hmc", "reversibility_max_dp", t.max_dp);
+    }
+    char b[256];
+    std::snprintf(b, sizeof b,
+                  "hmc: %lld x %lld trajectories, acceptance %.4f, <exp(-dH)> = %.4f +- %.4f, %.3g s per "
+                  "trajectory per site, wrote %s",
+                  static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories), t.acceptance,
+                  t.exp_mdH, t.exp_mdH_error, per_site, out.c_str());
+    log::info(b);
+  });
   return out;
 }
 

@@ -1,0 +1,330 @@
+// SPDX-License-Identifier: MIT
+#include "latflow/samplers/hmc_store.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "latflow/analysis/gamma.hpp"
+#include "latflow/core/error.hpp"
+#include "latflow/core/files.hpp"
+#include "latflow/core/log.hpp"
+#include "latflow/core/provenance.hpp"
+#include "latflow/parallel/mpi.hpp"
+
+namespace latflow {
+namespace {
+
+// Datasets that ranks write in parallel are uncompressed: with parallel HDF5 1.10.8 (Debian 12) a second
+// collective write into an extended, deflate-filtered dataset hung in our tests, and uncompressed chunks go
+// straight through MPI-IO without being routed through one owner rank per chunk. (Random float mantissas
+// compress poorly anyway.)
+constexpr int kDeflate = 0;
+
+std::string observable_dset(const std::string& name) { return "/chains/observables/" + name; }
+
+}  // namespace
+
+std::string hmc_identity(const Config& cfg) {
+  // The physics lines of the model identity (not the flow's), the seed and every HMC key but the number of
+  // trajectories, which a resume may raise.
+  std::istringstream is(model_identity(cfg));
+  std::ostringstream os;
+  os.precision(17);
+  for (std::string line; std::getline(is, line);)
+    if (line.rfind("flow.", 0) != 0) os << line << "\n";
+  const auto& h = cfg.hmc;
+  os << "run.seed = " << cfg.run.seed << "\n"
+     << "hmc.integrator = " << h.integrator << "\n"
+     << "hmc.trajectory_length = " << h.trajectory_length << "\n"
+     << "hmc.n_md = " << h.n_md << "\n"
+     << "hmc.jitter = " << h.jitter << "\n"
+     << "hmc.target_acceptance = " << h.target_acceptance << "\n"
+     << "hmc.chains = " << h.chains << "\n"
+     << "hmc.thermalization = " << h.thermalization << "\n"
+     << "hmc.save_every = " << h.save_every << "\n";
+  return os.str();
+}
+
+HmcStore::HmcStore(const Config& cfg, const HmcLayout& layout, std::int64_t c0, std::int64_t nc,
+                   const std::function<void(io::File&)>& write_header)
+    : cfg_(cfg),
+      layout_(layout),
+      out_(cfg.run.output),
+      partial_(cfg.run.output + ".partial"),
+      C_(cfg.hmc.chains),
+      c0_(c0),
+      nc_(nc),
+      T_(cfg.hmc.trajectories) {
+  scalars_.resize(layout_.observable_names.size());
+  // state: committed trajectories, thermalised, n_md, state slot, complete
+  std::int64_t state[5] = {0, 0, 0, 1, 0};
+  double earlier[4] = {0, 0, 0, 0};  // seconds, check seconds, max dx, max dp of earlier sessions
+  if (mpi::rank() == 0) {
+    setup_root(write_header);
+    state[0] = committed_;
+    state[1] = thermalized_;
+    state[2] = n_md_;
+    state[3] = slot_;
+    state[4] = complete_;
+    earlier[0] = totals_.seconds;
+    earlier[1] = totals_.check_seconds;
+    earlier[2] = totals_.max_dx;
+    earlier[3] = totals_.max_dp;
+  }
+  mpi::broadcast(state, 5);
+  mpi::broadcast(earlier, 4);
+  committed_ = trajectories_ = resumed_from_ = state[0];
+  thermalized_ = state[1] != 0;
+  n_md_ = static_cast<int>(state[2]);
+  slot_ = state[3];
+  complete_ = state[4] != 0;
+  totals_.seconds = earlier[0];
+  totals_.check_seconds = earlier[1];
+  totals_.max_dx = earlier[2];
+  totals_.max_dp = earlier[3];
+  if (!complete_) file_ = io::File::open_parallel(partial_);
+  t0_ = last_commit_ = std::chrono::steady_clock::now();
+}
+
+HmcStore::~HmcStore() = default;
+
+void HmcStore::setup_root(const std::function<void(io::File&)>& write_header) {
+  const bool resume = cfg_.run.resume;
+  if (!resume) {
+    if (file_exists(out_) && !cfg_.run.overwrite)
+      throw IoError(out_ + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
+    if (file_exists(partial_) && !cfg_.run.overwrite)
+      throw IoError(partial_ + ": an interrupted run's ensemble; pass --resume to continue it or --overwrite to "
+                               "start afresh");
+  }
+  auto check_identity = [&](io::File& f, const std::string& path) {
+    if (!f.has_attr("/", "resume_identity") || f.read_attr_string("/", "kind") != "hmc")
+      throw IoError(path + ": not a resumable ensemble of latflow hmc");
+    const auto diff = first_difference(f.read_attr_string("/", "resume_identity"), layout_.identity);
+    if (!diff.empty())
+      throw ConfigError(path + " was written with other parameters (" + diff +
+                        "); resume with the same ones, or pass --overwrite to start afresh");
+  };
+  if (resume && !file_exists(partial_) && file_exists(out_)) {
+    std::int64_t stored = 0;
+    {
+      auto f = io::File::open_read(out_);
+      check_identity(f, out_);
+      stored = f.read_attr_int("/chains", "committed_trajectories");
+    }
+    if (T_ < stored)
+      throw ConfigError("hmc.trajectories = " + std::to_string(T_) + " is fewer than the " +
+                        std::to_string(stored) + " trajectories in " + out_);
+    if (T_ == stored) {
+      log::info("hmc: " + out_ + " is complete with " + std::to_string(stored) + " trajectories; nothing to do");
+      complete_ = true;
+      return;
+    }
+    std::error_code ec;
+    std::filesystem::rename(out_, partial_, ec);
+    if (ec) throw IoError(out_ + ": cannot rename to " + partial_ + " (" + ec.message() + ")");
+  }
+  const std::uint64_t C = static_cast<std::uint64_t>(C_);
+  const std::int64_t se = cfg_.hmc.save_every;
+  if (resume && file_exists(partial_)) {
+    auto f = io::File::open_write(partial_);
+    check_identity(f, partial_);
+    thermalized_ = f.read_attr_int("/chains", "thermalized") != 0;
+    committed_ = thermalized_ ? f.read_attr_int("/chains", "committed_trajectories") : 0;
+    if (T_ < committed_)
+      throw ConfigError("hmc.trajectories = " + std::to_string(T_) + " is fewer than the " +
+                        std::to_string(committed_) + " committed trajectories in " + partial_);
+    const auto rows = static_cast<std::uint64_t>(committed_);
+    for (const auto& name : layout_.observable_names) f.resize(observable_dset(name), rows);
+    for (const char* d : {"/chains/observables/correlator", "/chains/dH", "/chains/accepted"}) f.resize(d, rows);
+    if (se > 0) {
+      f.resize("/configs/field", rows / static_cast<std::uint64_t>(se));
+      f.resize("/configs/trajectory", rows / static_cast<std::uint64_t>(se));
+    }
+    if (thermalized_) {
+      n_md_ = static_cast<int>(f.read_attr_int("/chains", "n_md"));
+      slot_ = f.read_attr_int("/chains", "state_slot");
+      totals_.seconds = f.read_attr_double("/chains", "seconds");
+      totals_.check_seconds = f.read_attr_double("/chains", "check_seconds");
+      totals_.max_dx = f.read_attr_double("/chains", "max_dx");
+      totals_.max_dp = f.read_attr_double("/chains", "max_dp");
+    }
+    f.write_attr("/chains", "committed_trajectories", committed_);
+    f.write_attr("/", "status", "running");
+    f.flush();
+    log::info("hmc: resuming " + partial_ + (thermalized_ ? " after " + std::to_string(committed_) +
+                                                                " trajectories"
+                                                          : " from the start (it was still thermalising)"));
+    return;
+  }
+  if (resume) log::info("hmc: no interrupted run at " + partial_ + "; starting afresh");
+
+  ensure_parent_dir(out_);
+  auto f = io::File::create(partial_, true);
+  write_header(f);
+  f.write_attr("/", "resume_identity", layout_.identity);
+  const auto L0 = static_cast<std::uint64_t>(layout_.L0);
+  const std::uint64_t chunk = std::max<std::uint64_t>(1, std::min<std::uint64_t>(256, 16384 / (C * L0)));
+  for (const auto& name : layout_.observable_names)
+    f.create_extendible(observable_dset(name), io::DType::F64, {C}, chunk, kDeflate);
+  f.create_extendible("/chains/observables/correlator", io::DType::F64, {C, L0}, chunk, kDeflate);
+  f.create_extendible("/chains/dH", io::DType::F64, {C}, chunk, kDeflate);
+  f.create_extendible("/chains/accepted", io::DType::U8, {C}, chunk, kDeflate);
+  std::string names;
+  for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
+  f.write_attr("/chains/observables", "names", names);
+  std::vector<std::uint64_t> row{C};
+  row.insert(row.end(), layout_.field_shape.begin(), layout_.field_shape.end());
+  if (se > 0) {
+    f.create_extendible("/configs/field", io::DType::F64, row, 4, kDeflate);
+    f.create_extendible("/configs/trajectory", io::DType::I64, {}, 64, kDeflate);
+  }
+  f.create_extendible("/resume/field", io::DType::F64, row, 1, kDeflate);
+  f.resize("/resume/field", 2);
+  f.write_attr("/chains", "thermalized", std::int64_t{0});
+  f.write_attr("/chains", "committed_trajectories", std::int64_t{0});
+  f.write_attr("/", "status", "running");
+  f.flush();
+}
+
+std::vector<double> HmcStore::resume_field() {
+  // Independent read of this rank's columns of the committed state slot.
+  const auto row = file_->read_f64("/resume/field", static_cast<std::uint64_t>(slot_), 1);
+  const auto V = layout_.V;
+  return {row.begin() + c0_ * V, row.begin() + (c0_ + nc_) * V};
+}
+
+void HmcStore::set_thermalized(int n_md, const std::vector<double>& x) {
+  n_md_ = n_md;
+  thermalized_ = true;
+  x_ = x;
+  commit();
+}
+
+void HmcStore::add(const std::vector<double>& scalars, const std::vector<double>& correlator,
+                   const std::vector<double>& dH, const std::vector<std::uint8_t>& accepted,
+                   const std::vector<double>& x, double max_dx, double max_dp, double check_seconds) {
+  const std::size_t k = scalars_.size();
+  for (std::int64_t c = 0; c < nc_; ++c)
+    for (std::size_t j = 0; j < k; ++j) scalars_[j].push_back(scalars[c * k + j]);
+  corr_.insert(corr_.end(), correlator.begin(), correlator.end());
+  dH_.insert(dH_.end(), dH.begin(), dH.end());
+  acc_.insert(acc_.end(), accepted.begin(), accepted.end());
+  x_ = x;
+  max_dx_ = std::max(max_dx_, max_dx);
+  max_dp_ = std::max(max_dp_, max_dp);
+  check_seconds_ += check_seconds;
+  ++rows_;
+  ++trajectories_;
+  const std::int64_t se = cfg_.hmc.save_every;
+  if (se > 0 && trajectories_ % se == 0) {
+    config_x_.insert(config_x_.end(), x.begin(), x.end());
+    config_traj_.push_back(cfg_.hmc.thermalization + trajectories_ - 1);
+  }
+  std::uint8_t now = 0;
+  if (mpi::rank() == 0) {
+    const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_commit_).count();
+    now = trajectories_ == T_ || since >= cfg_.run.commit_seconds;
+  }
+  mpi::broadcast(&now, 1);
+  if (now) commit();
+}
+
+void HmcStore::commit() {
+  io::File& f = *file_;
+  const bool root = mpi::rank() == 0;
+  const auto T = static_cast<std::uint64_t>(trajectories_);
+  const std::vector<io::RowRange> rows{{static_cast<std::uint64_t>(committed_), static_cast<std::uint64_t>(rows_)}};
+  const io::RowRange cols{static_cast<std::uint64_t>(c0_), static_cast<std::uint64_t>(nc_)};
+  // A rank without chains (never: hmc_job requires chains >= ranks) would pass no rows.
+  for (std::size_t j = 0; j < scalars_.size(); ++j) {
+    f.resize(observable_dset(layout_.observable_names[j]), T);
+    f.write_rows(observable_dset(layout_.observable_names[j]), rows, io::DType::F64, scalars_[j].data(), cols);
+  }
+  f.resize("/chains/observables/correlator", T);
+  f.write_rows("/chains/observables/correlator", rows, io::DType::F64, corr_.data(), cols);
+  f.resize("/chains/dH", T);
+  f.write_rows("/chains/dH", rows, io::DType::F64, dH_.data(), cols);
+  f.resize("/chains/accepted", T);
+  f.write_rows("/chains/accepted", rows, io::DType::U8, acc_.data(), cols);
+  const std::int64_t se = cfg_.hmc.save_every;
+  if (se > 0) {
+    const auto n_cfg = static_cast<std::uint64_t>(trajectories_ / se);
+    const auto new_cfg = static_cast<std::uint64_t>(config_traj_.size());
+    const std::vector<io::RowRange> cfg_rows{{n_cfg - new_cfg, new_cfg}};
+    f.resize("/configs/field", n_cfg);
+    f.resize("/configs/trajectory", n_cfg);
+    f.write_rows("/configs/field", cfg_rows, io::DType::F64, config_x_.data(), cols);
+    f.write_rows("/configs/trajectory", root ? cfg_rows : std::vector<io::RowRange>{}, io::DType::I64,
+                 config_traj_.data());
+  }
+  // The chains' current state into the slot the last commit does not reference.
+  const std::int64_t slot = 1 - slot_;
+  f.write_rows("/resume/field", {{static_cast<std::uint64_t>(slot), 1}}, io::DType::F64, x_.data(), cols);
+  f.flush();
+  // Attribute values must be equal on every rank: reduce the reversibility figures first.
+  double figures[3] = {max_dx_, max_dp_, check_seconds_};
+  mpi::allreduce_max(figures, 3);
+  double seconds = totals_.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  mpi::broadcast(&seconds, 1);
+  f.write_attr("/chains", "n_md", static_cast<std::int64_t>(n_md_));
+  f.write_attr("/chains", "state_slot", slot);
+  f.write_attr("/chains", "seconds", seconds);
+  f.write_attr("/chains", "check_seconds", totals_.check_seconds + figures[2]);
+  f.write_attr("/chains", "max_dx", std::max(totals_.max_dx, figures[0]));
+  f.write_attr("/chains", "max_dp", std::max(totals_.max_dp, figures[1]));
+  f.write_attr("/chains", "thermalized", std::int64_t{1});
+  f.write_attr("/chains", "committed_trajectories", trajectories_);
+  f.flush();
+  slot_ = slot;
+  committed_ = trajectories_;
+  last_commit_ = std::chrono::steady_clock::now();
+  for (auto& s : scalars_) s.clear();
+  corr_.clear();
+  dH_.clear();
+  acc_.clear();
+  config_x_.clear();
+  config_traj_.clear();
+  rows_ = 0;
+}
+
+void HmcStore::finish(const std::function<void(io::File&, const HmcTotals&)>& write_summary) {
+  if (complete_) return;
+  if (trajectories_ > committed_ || rows_ > 0) commit();
+  file_.reset();  // collective close
+  mpi::barrier();
+  if (mpi::rank() == 0) {
+    auto f = io::File::open_write(partial_);
+    HmcTotals t;
+    t.n_md = n_md_;
+    t.seconds = f.read_attr_double("/chains", "seconds");
+    t.check_seconds = f.read_attr_double("/chains", "check_seconds");
+    t.max_dx = f.read_attr_double("/chains", "max_dx");
+    t.max_dp = f.read_attr_double("/chains", "max_dp");
+    // Acceptance and <exp(-dH)> from the stored data of all sessions; the Gamma method over the chains.
+    const auto dH = f.read_f64("/chains/dH");
+    const auto acc = f.read_u8("/chains/accepted");
+    const auto C = static_cast<std::size_t>(C_), T = dH.size() / C;
+    std::vector<std::vector<double>> replicas(C, std::vector<double>(T));
+    std::int64_t n_acc = 0;
+    for (std::size_t i = 0; i < T; ++i)
+      for (std::size_t c = 0; c < C; ++c) {
+        replicas[c][i] = std::exp(-dH[i * C + c]);
+        n_acc += acc[i * C + c];
+      }
+    const auto e = analysis::gamma_method(replicas);
+    t.exp_mdH = e.mean;
+    t.exp_mdH_error = e.error;
+    t.acceptance = static_cast<double>(n_acc) / static_cast<double>(T * C);
+    write_summary(f, t);
+    f.write_attr("/", "finished", iso_time_utc());
+    f.write_attr("/", "status", "complete");
+    f.flush();
+  }
+  if (mpi::rank() == 0) commit_file(partial_, out_);
+  mpi::barrier();
+}
+
+}  // namespace latflow
