@@ -145,6 +145,13 @@ def same(a, b):
     return a == b
 
 
+def without_resume_key(text):
+    """The effective config records how the run was started; `resume = true` is that, not the ensemble's content."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    return "\n".join(line for line in str(text).splitlines() if not line.startswith("resume = "))
+
+
 def compare_ensembles(ref, got):
     diffs = []
     for k in sorted(set(ref) | set(got)):
@@ -152,6 +159,9 @@ def compare_ensembles(ref, got):
             continue
         if k not in ref or k not in got:
             diffs.append(f"{k} only in {'reference' if k in ref else 'resumed run'}")
+        elif k == "/input/effective_config":
+            if without_resume_key(ref[k]) != without_resume_key(got[k]):
+                diffs.append(k)
         elif not same(ref[k], got[k]):
             diffs.append(k)
     return diffs
