@@ -146,10 +146,12 @@ def same(a, b):
 
 
 def without_resume_key(text):
-    """The effective config records how the run was started; `resume = true` is that, not the ensemble's content."""
+    """The effective config records how the run was started (its first line quotes the command line, and
+    `resume = true`); that is provenance, not the ensemble's content."""
     if isinstance(text, bytes):
         text = text.decode()
-    return "\n".join(line for line in str(text).splitlines() if not line.startswith("resume = "))
+    return "\n".join(line for line in str(text).splitlines()
+                     if not line.startswith("resume = ") and not line.startswith("# effective configuration"))
 
 
 def compare_ensembles(ref, got):

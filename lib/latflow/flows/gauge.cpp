@@ -125,8 +125,8 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::apply(const torch::Tensor
   // theta_1(x) in P(x)); a change by a multiple of 2 pi is no change, so the shift is reduced to [-pi, pi).
   const double sign = mu_ == 0 ? 1.0 : -1.0;
   auto dp = centred(moved - plaq) * active_;
-  auto dlink = torch::stack({mu_ == 0 ? sign * dp : torch::zeros_like(dp), mu_ == 1 ? sign * dp : torch::zeros_like(dp)},
-                            1);
+  auto zero = torch::zeros_like(dp);
+  auto dlink = torch::stack({mu_ == 0 ? sign * dp : zero, mu_ == 1 ? sign * dp : zero}, 1);
   auto y = torch::remainder(x + dlink, kTwoPi);
   return {y, (log_slope * active_).sum({1, 2})};
 }
@@ -138,7 +138,8 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::inverse(const torch::Tens
 U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params)
     : FlowModelImpl(params), extents_(lattice.extents) {
   // Layer i updates direction i % 2 on the stripe offset (i / 2) % 4: eight layers visit every link once.
-  for (int i = 0; i < params.layers; ++i) add_layer(std::make_shared<GaugeCoupling>(i % 2, (i / 2) % 4, extents_, params));
+  for (int i = 0; i < params.layers; ++i)
+    add_layer(std::make_shared<GaugeCoupling>(i % 2, (i / 2) % 4, extents_, params));
   this->to(dtype_);
 }
 
