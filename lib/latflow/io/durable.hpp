@@ -18,6 +18,9 @@ void write_file_synced(const std::string& path, const std::string& bytes, const 
 // Writes `bytes` to path + ".tmp" and commits it; on failure removes the temporary and throws IoError naming
 // `path` (an existing `path` is left as it was).
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// The check before an ensemble job writes OUTPUT: without resume, an existing OUTPUT or OUTPUT.partial (an
+// interrupted run's) is refused with an IoError naming it, unless overwrite.
+void refuse_existing_output(const std::string& out, const std::string& partial, bool resume, bool overwrite);
 // fsync of the directory that holds `path` (makes a rename or link durable); IoError on an I/O error.
 void fsync_parent_dir(const std::string& path);
 

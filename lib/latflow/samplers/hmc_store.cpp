@@ -8,7 +8,7 @@
 
 #include "latflow/analysis/gamma.hpp"
 #include "latflow/core/error.hpp"
-#include "latflow/core/files.hpp"
+#include "latflow/io/durable.hpp"
 #include "latflow/core/log.hpp"
 #include "latflow/core/provenance.hpp"
 #include "latflow/parallel/mpi.hpp"
@@ -92,13 +92,7 @@ HmcStore::~HmcStore() = default;
 
 void HmcStore::setup_root(const std::function<void(io::File&)>& write_header) {
   const bool resume = cfg_.run.resume;
-  if (!resume) {
-    if (file_exists(out_) && !cfg_.run.overwrite)
-      throw IoError(out_ + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
-    if (file_exists(partial_) && !cfg_.run.overwrite)
-      throw IoError(partial_ + ": an interrupted run's ensemble; pass --resume to continue it or --overwrite to "
-                               "start afresh");
-  }
+  refuse_existing_output(out_, partial_, resume, cfg_.run.overwrite);
   auto check_identity = [&](io::File& f, const std::string& path) {
     if (!f.has_attr("/", "resume_identity") || f.read_attr_string("/", "kind") != "hmc")
       throw IoError(path + ": not a resumable ensemble of latflow hmc");

@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "latflow/core/error.hpp"
-#include "latflow/core/files.hpp"
+#include "latflow/io/durable.hpp"
 #include "latflow/core/log.hpp"
 #include "latflow/core/provenance.hpp"
 #include "latflow/core/seed.hpp"
@@ -78,13 +78,7 @@ ImhChain::~ImhChain() = default;
 
 void ImhChain::setup_root(const std::function<void(io::File&)>& write_header) {
   const bool resume = cfg_.run.resume;
-  if (!resume) {
-    if (file_exists(out_) && !cfg_.run.overwrite)
-      throw IoError(out_ + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
-    if (file_exists(partial_) && !cfg_.run.overwrite)
-      throw IoError(partial_ + ": an interrupted run's ensemble; pass --resume to continue it or --overwrite to "
-                               "start afresh");
-  }
+  refuse_existing_output(out_, partial_, resume, cfg_.run.overwrite);
   if (resume && !file_exists(partial_) && file_exists(out_)) {
     // Extending a complete ensemble: it becomes OUTPUT.partial again until the extension is complete.
     std::int64_t stored = 0;
