@@ -4,15 +4,16 @@
 # R = 2 ranks (1 thread each), measured end to end through the binary, R = 1 and R = 2 alternating so that a
 # shared machine's load hits both alike; prints every run and the medians.
 #
-#   sh analysis/scaling_bench.sh [CONFIG.ini] [REPEATS] [PROPOSALS] [STEPS]
+#   sh analysis/scaling_bench.sh [CONFIG.ini] [REPEATS] [PROPOSALS] [STEPS] [BATCH]
 #
 # Defaults: configs/tutorial.ini (8x8, 16 Z2 affine layers, hidden 8 8, float32), 5 repeats, 40000 proposals
-# in blocks of 500, 100 training steps of batch 128 (64 per rank at R = 2).
+# in blocks of 500, 100 training steps of the config's batch (128; 64 per rank at R = 2) unless BATCH is given.
 set -eu
 cfg=${1:-configs/tutorial.ini}
 repeats=${2:-5}
 proposals=${3:-40000}
 steps=${4:-100}
+batch=${5:+--train.batch $5}
 bin=${LATFLOW:-build/bin/latflow}
 mpi="mpiexec --oversubscribe --bind-to none"
 [ "$(id -u)" = 0 ] && mpi="$mpi --allow-run-as-root"
@@ -30,7 +31,7 @@ for i in $(seq "$repeats"); do
     rate=$(echo "$line" | sed 's/.*(\([0-9]*\)\/s).*/\1/')
     echo "sample R=$R run $i: $rate proposals/s"
     echo "$rate" >> "$tmp/sample_$R"
-    line=$($mpi -n $R $bin train "$cfg" --output "$tmp/t$R.h5" --retrain --train.steps "$steps" $common |
+    line=$($mpi -n $R $bin train "$cfg" --output "$tmp/t$R.h5" --retrain --train.steps "$steps" $batch $common |
            grep "steps in")
     secs=$(echo "$line" | sed 's/.*(this session \([0-9.]*\)s).*/\1/')
     rate=$(echo "$steps $secs" | awk '{printf "%.2f", $1 / $2}')
