@@ -178,3 +178,56 @@ TEST_CASE("prior draws depend only on the stream seed", "[flows]") {
   FlowModel m32 = make_scalar_flow(lat, p32);
   CHECK(torch::equal(m32->draw_prior(3, 99), model->draw_prior(3, 99).to(torch::kFloat32)));
 }
+
+TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradient", "[flows]") {
+  torch::manual_seed(31);
+  struct Case {
+    std::vector<int64_t> ext;
+    int kernel;
+    std::string act;
+    int cin;
+  };
+  const std::vector<Case> cases{{{7}, 3, "leaky_relu", 1},  {{4, 6}, 3, "tanh", 2},  {{8, 8}, 3, "leaky_relu", 1},
+                                {{5, 4}, 5, "silu", 3},     {{2, 4, 4}, 3, "tanh", 1}, {{2, 3}, 5, "leaky_relu", 2},
+                                {{6, 6}, 1, "silu", 2}};
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    for (int threads : {1, 2}) {
+      at::set_num_threads(threads);
+      for (const auto& c : cases) {
+        CAPTURE(c.ext, c.kernel, c.act, c.cin, threads, dtype == torch::kFloat64);
+        const int d = static_cast<int>(c.ext.size());
+        ConvNet net(d, c.cin, std::vector<int>{5, 4}, 3, c.kernel, c.act);
+        randomise(*net, 0.5);
+        net->to(dtype);
+        std::vector<int64_t> shape{5, c.cin};  // odd batch: uneven chunks over the threads
+        shape.insert(shape.end(), c.ext.begin(), c.ext.end());
+        auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype));
+        auto probe = torch::randn({5, 3}, torch::TensorOptions().dtype(dtype));
+        auto run = [&](bool fused) {
+          set_fused_conv(fused);
+          auto xv = x.clone().requires_grad_(true);
+          net->zero_grad();
+          auto y = net->forward(xv);
+          // A loss that weights every output element differently.
+          auto w = probe.view({5, 3, 1}).expand({5, 3, y[0][0].numel()}).reshape(y.sizes()) *
+                   torch::arange(y.numel(), y.options()).reshape(y.sizes()).cos();
+          (y * w).sum().backward();
+          std::vector<torch::Tensor> out{y.detach(), xv.grad()};
+          for (auto& p : net->parameters()) out.push_back(p.grad().clone());
+          return out;
+        };
+        auto fused = run(true), ops = run(false);
+        set_fused_conv(true);
+        const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
+        REQUIRE(fused.size() == ops.size());
+        for (std::size_t i = 0; i < fused.size(); ++i) {
+          CAPTURE(i);
+          CHECK(fused[i].sizes() == ops[i].sizes());
+          const double scale = 1 + ops[i].abs().max().item<double>();
+          CHECK((fused[i] - ops[i]).abs().max().item<double>() < tol * scale);
+        }
+      }
+    }
+  }
+  at::set_num_threads(1);
+}

@@ -41,7 +41,10 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
     for (auto& p : model->parameters()) p.normal_(0, 0.05);
   }
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-4));
-  std::map<std::int64_t, std::vector<double>> train_t, prop_t;
+  // Both ConvNet implementations (flow.hpp) on the same model, interleaved round by round: "fused" (the default)
+  // and "ops" (LibTorch ops, which is what a PyTorch implementation of the same model does).
+  const std::vector<bool> backends{true, false};
+  std::map<std::pair<bool, std::int64_t>, std::vector<double>> train_t, prop_t;
   std::uint64_t counter = 0;
   auto train_step = [&](std::int64_t B) {
     auto [x, log_q] = model->sample(B, derive_seed(cfg.run.seed, "bench", counter++));
@@ -60,21 +63,28 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   };
   // Enough samples per round that one round takes a measurable time at every batch size.
   auto steps_for = [](std::int64_t B) { return std::max<std::int64_t>(1, 4096 / B); };
-  for (auto B : batches) {  // warm-up
-    train_step(B);
-    propose(B);
+  for (bool fused : backends) {  // warm-up
+    set_fused_conv(fused);
+    for (auto B : batches) {
+      train_step(B);
+      propose(B);
+    }
   }
   for (int r = 0; r < repeats; ++r) {
     for (auto B : batches) {
-      const auto n = steps_for(B);
-      auto t0 = std::chrono::steady_clock::now();
-      for (std::int64_t i = 0; i < n; ++i) train_step(B);
-      train_t[B].push_back(seconds_since(t0) / n);
-      t0 = std::chrono::steady_clock::now();
-      for (std::int64_t i = 0; i < n; ++i) propose(B);
-      prop_t[B].push_back(seconds_since(t0) / n);
+      for (bool fused : backends) {
+        set_fused_conv(fused);
+        const auto n = steps_for(B);
+        auto t0 = std::chrono::steady_clock::now();
+        for (std::int64_t i = 0; i < n; ++i) train_step(B);
+        train_t[{fused, B}].push_back(seconds_since(t0) / n);
+        t0 = std::chrono::steady_clock::now();
+        for (std::int64_t i = 0; i < n; ++i) propose(B);
+        prop_t[{fused, B}].push_back(seconds_since(t0) / n);
+      }
     }
   }
+  set_fused_conv(true);
   std::int64_t n_params = 0;
   for (const auto& p : model->parameters()) n_params += p.numel();
   std::string ext;
@@ -84,11 +94,17 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   for (int h : cfg.flow.hidden) std::printf(" %d", h);
   std::printf(", %s, z2 %s, lattice %s, %lld parameters, %d thread(s), median of %d rounds\n", cfg.flow.dtype.c_str(),
               cfg.flow.z2 ? "on" : "off", ext.c_str(), static_cast<long long>(n_params), cfg.run.threads, repeats);
-  std::printf("%8s %16s %14s %18s %16s\n", "batch", "train step [ms]", "train steps/s", "train samples/s",
-              "proposals/s");
+  std::printf("%8s %6s %16s %14s %18s %16s\n", "batch", "nets", "train step [ms]", "train steps/s",
+              "train samples/s", "proposals/s");
   for (auto B : batches) {
-    const double ts = median(train_t[B]), ps = median(prop_t[B]);
-    std::printf("%8lld %16.2f %14.1f %18.0f %16.0f\n", static_cast<long long>(B), 1e3 * ts, 1 / ts, B / ts, B / ps);
+    for (bool fused : backends) {
+      const double ts = median(train_t[{fused, B}]), ps = median(prop_t[{fused, B}]);
+      std::printf("%8lld %6s %16.2f %14.1f %18.0f %16.0f\n", static_cast<long long>(B), fused ? "fused" : "ops",
+                  1e3 * ts, 1 / ts, B / ts, B / ps);
+    }
+    std::printf("%8lld %6s %16.2fx %32s %15.2fx\n", static_cast<long long>(B), "ratio",
+                median(train_t[{false, B}]) / median(train_t[{true, B}]), "",
+                median(prop_t[{false, B}]) / median(prop_t[{true, B}]));
   }
 }
 

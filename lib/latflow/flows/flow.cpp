@@ -10,6 +10,7 @@
 
 #include "latflow/core/error.hpp"
 #include "latflow/flows/gauge.hpp"
+#include "latflow/flows/periodic_conv.hpp"
 
 namespace latflow {
 namespace {
@@ -31,12 +32,136 @@ torch::nn::AnyModule make_conv(int dim, int in, int out, int kernel) {
 
 torch::Dtype parse_dtype(const std::string& s) { return s == "float64" ? torch::kFloat64 : torch::kFloat32; }
 
+bool g_fused_conv = true;
+
+pconv::Act parse_activation(const std::string& a) {
+  if (a == "leaky_relu") return pconv::Act::leaky_relu;
+  if (a == "tanh") return pconv::Act::tanh;
+  return pconv::Act::silu;
+}
+
+// Splits [0, n) into one chunk per thread (at most n), runs f(chunk, begin, end) on them in parallel.
+template <class F>
+void for_chunks(std::int64_t n, F&& f) {
+  const std::int64_t chunks = std::max<std::int64_t>(1, std::min<std::int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, chunks, 1, [&](std::int64_t c0, std::int64_t c1) {
+    for (std::int64_t c = c0; c < c1; ++c) f(c, n * c / chunks, n * (c + 1) / chunks);
+  });
+}
+
+// The whole periodic conv net as one autograd node (kernels in periodic_conv.cpp). Arguments: the input
+// [B, C, L...], the parameters (w0, b0, w1, b1, ...) in LibTorch's Conv layout, the geometry.
+struct FusedGeometry {
+  const std::vector<std::int32_t>* nbr;
+  std::int64_t V;
+  int taps;
+  pconv::Act act;
+  bool differentiable;  // a backward pass can follow: keep what it needs (values before the activations)
+};
+
+// [B, V, C] channels-last -> [B, C, L...] contiguous, with L... taken from like = [B, C', L...].
+torch::Tensor channels_first(const torch::Tensor& t, at::IntArrayRef like) {
+  std::vector<std::int64_t> sizes{like[0]};
+  sizes.insert(sizes.end(), like.begin() + 2, like.end());
+  sizes.push_back(t.size(-1));
+  return t.view(sizes).movedim(-1, 1).contiguous();
+}
+
+class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, at::TensorList params,
+                               FusedGeometry geo) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const auto B = x.size(0);
+    const auto layers = static_cast<std::int64_t>(params.size() / 2);
+    const bool keep_pre = geo.differentiable;
+    std::vector<torch::Tensor> acts{x.movedim(1, -1).reshape({B, geo.V, x.size(1)}).contiguous()}, pres;  // [B, V, C]
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_conv_forward", [&] {
+      for (std::int64_t l = 0; l < layers; ++l) {
+        const auto& w = params[2 * l];
+        const int cout = static_cast<int>(w.size(0)), cin = static_cast<int>(w.size(1));
+        const bool last = l + 1 == layers;
+        auto wk = w.detach().contiguous();
+        auto bias = params[2 * l + 1].detach().contiguous();
+        auto out = torch::empty({B, geo.V, cout}, x.options());
+        auto pre = keep_pre && !last ? torch::empty_like(out) : torch::Tensor();
+        const auto& in = acts.back();
+        for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
+          const auto off = b0 * geo.V * cout;
+          pconv::conv_forward<scalar_t>(in.data_ptr<scalar_t>() + b0 * geo.V * cin, b1 - b0, geo.V, geo.taps,
+                                        geo.nbr->data(), cin, cout, wk.data_ptr<scalar_t>(),
+                                        bias.data_ptr<scalar_t>(), last ? nullptr : &geo.act,
+                                        pre.defined() ? pre.data_ptr<scalar_t>() + off : nullptr,
+                                        out.data_ptr<scalar_t>() + off);
+        });
+        pres.push_back(pre);
+        acts.push_back(out);
+      }
+    });
+    auto result = channels_first(acts.back(), x.sizes());
+    acts.pop_back();  // the backward needs each conv's input, not the net's output
+    ctx->saved_data["acts"] = acts;
+    ctx->saved_data["pres"] = pres;
+    ctx->saved_data["params"] = params.vec();
+    ctx->saved_data["geo_nbr"] = reinterpret_cast<std::int64_t>(geo.nbr);
+    ctx->saved_data["geo_taps"] = static_cast<std::int64_t>(geo.taps);
+    ctx->saved_data["geo_act"] = static_cast<std::int64_t>(geo.act);
+    ctx->saved_data["geo_V"] = geo.V;
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
+    return result;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto acts = ctx->saved_data["acts"].toTensorVector();
+    const auto pres = ctx->saved_data["pres"].toTensorVector();
+    const auto params = ctx->saved_data["params"].toTensorVector();
+    const auto* nbr = reinterpret_cast<const std::vector<std::int32_t>*>(ctx->saved_data["geo_nbr"].toInt());
+    const int taps = static_cast<int>(ctx->saved_data["geo_taps"].toInt());
+    const auto act = static_cast<pconv::Act>(ctx->saved_data["geo_act"].toInt());
+    const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
+    const auto layers = static_cast<std::int64_t>(params.size() / 2);
+    const auto B = acts[0].size(0), V = ctx->saved_data["geo_V"].toInt();
+    torch::autograd::variable_list grads(params.size() + 2);
+    auto g = grad_out[0].movedim(1, -1).contiguous().view({B, V, -1});
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_conv_backward", [&] {
+      // g is dL/d(values before layer l's activation), starting from the net's output (no activation there).
+      for (std::int64_t l = layers - 1; l >= 0; --l) {
+        const auto& w = params[2 * l];
+        const int cout = static_cast<int>(w.size(0)), cin = static_cast<int>(w.size(1));
+        auto wc = w.detach().contiguous();
+        const bool need_gin = l > 0 || ctx->needs_input_grad(0);
+        auto gin = need_gin ? torch::empty({B, V, cin}, g.options()) : torch::Tensor();
+        const std::int64_t chunks = std::max<std::int64_t>(1, std::min<std::int64_t>(at::get_num_threads(), B));
+        auto gw = torch::zeros({chunks, cout, cin, taps}, g.options());
+        auto gb = torch::zeros({chunks, cout}, g.options());
+        for_chunks(B, [&](std::int64_t c, std::int64_t b0, std::int64_t b1) {
+          pconv::conv_backward<scalar_t>(
+              acts[l].data_ptr<scalar_t>() + b0 * V * cin, g.data_ptr<scalar_t>() + b0 * V * cout, b1 - b0, V, taps,
+              nbr->data(), cin, cout, wc.data_ptr<scalar_t>(),
+              l > 0 ? pres[l - 1].data_ptr<scalar_t>() + b0 * V * cin : nullptr, &act,
+              need_gin ? gin.data_ptr<scalar_t>() + b0 * V * cin : nullptr, gw[c].data_ptr<scalar_t>(),
+              gb[c].data_ptr<scalar_t>());
+        });
+        grads[1 + 2 * l] = gw.sum(0).view(w.sizes());
+        grads[2 + 2 * l] = gb.sum(0);
+        g = gin;
+      }
+    });
+    if (g.defined()) grads[0] = channels_first(g, x_sizes);
+    return grads;
+  }
+};
+
 }  // namespace
+
+void set_fused_conv(bool on) { g_fused_conv = on; }
+bool fused_conv() { return g_fused_conv; }
 
 // ---------------------------------------------------------------------------------------------------------------
 ConvNetImpl::ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
                          const std::string& activation)
-    : dim_(dim), pad_(kernel / 2), activation_(activation) {
+    : dim_(dim), pad_(kernel / 2), kernel_(kernel), activation_(activation) {
   std::vector<int> ch{in_channels};
   ch.insert(ch.end(), hidden.begin(), hidden.end());
   ch.push_back(out_channels);
@@ -60,6 +185,9 @@ torch::Tensor ConvNetImpl::wrap_pad(const torch::Tensor& x) const {
 }
 
 torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
+  const bool fusable = g_fused_conv && x.device().is_cpu() &&
+                       (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
+  if (fusable) return forward_fused(x);
   for (std::size_t i = 0; i < convs_.size(); ++i) {
     x = convs_[i].forward(wrap_pad(x));
     if (i + 1 == convs_.size()) break;
@@ -71,6 +199,24 @@ torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
       x = torch::silu(x);
   }
   return x;
+}
+
+torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
+  std::vector<std::int64_t> extents(x.sizes().begin() + 2, x.sizes().end());
+  auto& nbr = neighbours_[extents];
+  if (!nbr) nbr = std::make_shared<std::vector<std::int32_t>>(pconv::neighbour_table(extents, kernel_));
+  std::int64_t V = 1, taps = 1;
+  for (auto L : extents) V *= L;
+  for (int mu = 0; mu < dim_; ++mu) taps *= kernel_;
+  std::vector<torch::Tensor> params;
+  for (auto& c : convs_)
+    for (auto& p : c.ptr()->parameters()) params.push_back(p);  // weight, bias
+  // (Function::apply runs forward() with grad mode off, so whether a backward can follow is decided here.)
+  bool differentiable = torch::GradMode::is_enabled() && x.requires_grad();
+  for (const auto& p : params) differentiable = differentiable || (torch::GradMode::is_enabled() && p.requires_grad());
+  return FusedConvNet::apply(x, at::TensorList(params),
+                             FusedGeometry{nbr.get(), V, static_cast<int>(taps), parse_activation(activation_),
+                                           differentiable});
 }
 
 torch::Tensor checkerboard(const std::vector<std::int64_t>& extents, int parity, torch::TensorOptions opt) {

@@ -7,6 +7,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -16,9 +17,14 @@
 
 namespace latflow {
 
-// Periodic conv net on [B, C, L_0..L_{d-1}] (d = 1..3): explicit wrap padding followed by unpadded convolutions
-// (identical to circular padding and measurably faster, DESIGN.md). The last layer is zero-initialised so that a
-// fresh flow is the identity map (training starts from the prior).
+// Periodic conv net on [B, C, L_0..L_{d-1}] (d = 1..3). The last layer is zero-initialised so that a fresh flow is
+// the identity map (training starts from the prior). Two implementations of the same function and parameters:
+//   fused (default on the CPU, float32/float64): the whole net is one autograd node running the hand-written
+//     kernels of periodic_conv.hpp, forward and backward (2-3x faster per training step on the tutorial nets,
+//     README "Performance");
+//   LibTorch ops (other devices and dtypes, or set_fused_conv(false)): explicit wrap padding followed by
+//     unpadded convolutions (identical to circular padding and measurably faster, DESIGN.md).
+// The fused path supports first derivatives only (all that reverse-KL training and the Jacobian tests need).
 class ConvNetImpl : public torch::nn::Module {
  public:
   ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
@@ -27,10 +33,16 @@ class ConvNetImpl : public torch::nn::Module {
 
  private:
   torch::Tensor wrap_pad(const torch::Tensor& x) const;
-  int dim_, pad_;
+  torch::Tensor forward_fused(const torch::Tensor& x);
+  int dim_, pad_, kernel_;
   std::string activation_;
   std::vector<torch::nn::AnyModule> convs_;
+  // Periodic neighbour tables per lattice shape seen (a model can be applied to other volumes).
+  std::map<std::vector<std::int64_t>, std::shared_ptr<std::vector<std::int32_t>>> neighbours_;
 };
+// Process-wide choice of ConvNet implementation (true: fused kernels where possible); for benchmarks and tests.
+void set_fused_conv(bool on);
+bool fused_conv();
 TORCH_MODULE(ConvNet);
 
 // One coupling layer: sites of one checkerboard parity are frozen and condition the update of the others.

@@ -1,0 +1,469 @@
+// SPDX-License-Identifier: MIT
+#include "latflow/flows/periodic_conv.hpp"
+
+// The vector-extension helpers below pass AVX-sized values between inlined functions; only the ABI of such calls
+// across translation units would change with the target, and there are none.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+
+namespace latflow::pconv {
+
+std::vector<std::int32_t> neighbour_table(const std::vector<std::int64_t>& extents, int kernel) {
+  const int d = static_cast<int>(extents.size());
+  std::int64_t V = 1, taps = 1;
+  for (auto L : extents) V *= L;
+  for (int mu = 0; mu < d; ++mu) taps *= kernel;
+  const int half = kernel / 2;
+  std::vector<std::int32_t> nbr(static_cast<std::size_t>(V * taps));
+  std::vector<std::int64_t> x(d), a(d);
+  for (std::int64_t s = 0; s < V; ++s) {
+    for (int mu = d - 1, r = static_cast<int>(s); mu >= 0; --mu) {
+      x[mu] = r % extents[mu];
+      r /= static_cast<int>(extents[mu]);
+    }
+    for (std::int64_t t = 0; t < taps; ++t) {
+      for (int mu = d - 1, r = static_cast<int>(t); mu >= 0; --mu) {
+        a[mu] = r % kernel;
+        r /= kernel;
+      }
+      std::int64_t idx = 0;
+      for (int mu = 0; mu < d; ++mu) {
+        const auto L = extents[mu];
+        idx = idx * L + (((x[mu] + a[mu] - half) % L) + L) % L;
+      }
+      nbr[s * taps + t] = static_cast<std::int32_t>(idx);
+    }
+  }
+  return nbr;
+}
+
+// The kernels are compiled for AVX2+FMA and for the baseline; the loader picks the best the CPU has.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LATFLOW_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LATFLOW_CLONES
+#endif
+
+namespace {
+
+// Channels are processed in blocks of W lanes held in one vector register: W = 8 (an AVX register of floats),
+// or W = 4 when a conv has at most 4 output channels (the last layer of most nets), so that little work is done
+// on padding lanes.
+int lanes(int channels) { return channels <= 4 ? 4 : 8; }
+std::int64_t round_up(std::int64_t c, int W) { return (c + W - 1) / W * W; }
+
+// W lanes as one value (GCC/Clang vector extension): the compiler keeps it in a vector register, where a plain
+// array of W accumulators was kept in W scalar registers. Loads and stores go through memcpy (unaligned).
+template <class T, int W>
+struct Block {
+  typedef T type __attribute__((vector_size(sizeof(T) * W)));
+};
+template <class T, int W>
+using vec_t = typename Block<T, W>::type;
+template <int W, class T>
+__attribute__((always_inline)) inline vec_t<T, W> load(const T* p) {
+  vec_t<T, W> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <int W, class T>
+__attribute__((always_inline)) inline void store(T* p, const vec_t<T, W>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+constexpr double kLeakySlope = 0.01;  // LibTorch's default negative slope, as in ConvNetImpl's torch path
+
+template <class T>
+__attribute__((always_inline)) inline T activation(T v, Act act) {
+  switch (act) {
+    case Act::leaky_relu: return v > 0 ? v : static_cast<T>(kLeakySlope) * v;
+    case Act::tanh: return std::tanh(v);
+    case Act::silu: return v / (1 + std::exp(-v));
+  }
+  return v;
+}
+
+template <class T>
+__attribute__((always_inline)) inline T derivative(T pre, Act act) {
+  switch (act) {
+    case Act::leaky_relu: return pre > 0 ? T(1) : static_cast<T>(kLeakySlope);
+    case Act::tanh: {
+      const T th = std::tanh(pre);
+      return 1 - th * th;
+    }
+    case Act::silu: {
+      const T sg = 1 / (1 + std::exp(-pre));
+      return sg * (1 + pre * (1 - sg));
+    }
+  }
+  return T(1);
+}
+
+// Row r = b V + s of [n, V, C] activations, advanced without divisions (steps of at most V).
+struct Row {
+  std::int64_t r, b, s;
+  void advance(std::int64_t k, std::int64_t V) {
+    r += k;
+    s += k;
+    while (s >= V) {
+      s -= V;
+      ++b;
+    }
+  }
+};
+
+// Where a gather's results go: out = act(v) (act null: out = v), pre = v when pre is not null, or, for the
+// input-gradient of a backward pass, out = v * act'(dpre) when dpre is not null (the derivative of the activation
+// that produced the conv's input, so the result is the gradient with respect to the values before it).
+template <class T>
+struct Sink {
+  const Act* act;
+  T* pre;
+  const T* dpre;
+  T* out;
+  // Scalar path: any number of valid lanes, any activation.
+  __attribute__((always_inline)) void put(std::int64_t o, const T* res, int valid) const {
+    if (pre)
+      for (int j = 0; j < valid; ++j) pre[o + j] = res[j];
+    if (dpre)
+      for (int j = 0; j < valid; ++j) out[o + j] = res[j] * derivative(dpre[o + j], *act);
+    else if (act)
+      for (int j = 0; j < valid; ++j) out[o + j] = activation(res[j], *act);
+    else
+      for (int j = 0; j < valid; ++j) out[o + j] = res[j];
+  }
+  // A block of W lanes; whole blocks without activation or with leaky_relu stay in vector registers (the per-lane
+  // path costs more than the 9 multiply-adds per row of a first conv layer).
+  template <int W>
+  __attribute__((always_inline)) void put(std::int64_t o, const vec_t<T, W>& v, int valid) const {
+    const bool simple = !act || *act == Act::leaky_relu;
+    if (valid == W && simple) {
+      if (pre) store<W>(pre + o, v);
+      const vec_t<T, W> slope = v * static_cast<T>(kLeakySlope);
+      if (dpre)
+        store<W>(out + o, load<W>(dpre + o) > 0 ? v : slope);
+      else if (act)
+        store<W>(out + o, v > 0 ? v : slope);
+      else
+        store<W>(out + o, v);
+      return;
+    }
+    T res[W];
+    store<W>(res, v);
+    put(o, res, valid);
+  }
+};
+
+// out[b, s, :] = act(bias + sum_t sum_k in[b, nbr(s, t), k] M[t, k, :]) for b in [0, n), with M [taps, kin, koutP]
+// (koutP = kout rounded up to W, padding zero) and nbr(s, t) = nbr[s * taps + t], or with mirrored = true
+// nbr[s * taps + taps - 1 - t] (the site that sees s at tap t: the transpose of the periodic convolution); the
+// value before the activation goes to pre when pre is not null. Rows (b, s) are done SB at a time: SB independent
+// accumulators hide the FMA latency and share each load of M (one accumulator alone is latency-bound, ~4x slower).
+template <class T, int W, int SB>
+__attribute__((always_inline)) inline void gather_rows(const T* in, Row row, std::int64_t V, int taps,
+                                                       const std::int32_t* nbr, bool mirrored, int kin, const T* M,
+                                                       int kout, const T* bias, const Sink<T>& sink) {
+  using V_t = vec_t<T, W>;
+  const std::int64_t koutP = round_up(kout, W);
+  const T* base[SB];
+  const std::int32_t* ns[SB];
+  for (int q = 0; q < SB; ++q) {
+    const std::int64_t b = row.b + (row.s + q >= V), s = row.s + q - (row.s + q >= V ? V : 0);
+    base[q] = in + b * V * kin;
+    ns[q] = nbr + s * taps;
+  }
+  for (std::int64_t c0 = 0; c0 < koutP; c0 += W) {
+    T init[W];
+    for (int j = 0; j < W; ++j) init[j] = (bias && c0 + j < kout) ? bias[c0 + j] : T(0);
+    V_t acc[SB];
+    for (int q = 0; q < SB; ++q) acc[q] = load<W>(init);
+    for (int t = 0; t < taps; ++t) {
+      const int tt = mirrored ? taps - 1 - t : t;
+      const T* src[SB];
+      for (int q = 0; q < SB; ++q) src[q] = base[q] + static_cast<std::int64_t>(ns[q][tt]) * kin;
+      const T* Mt = M + static_cast<std::int64_t>(t) * kin * koutP + c0;
+      for (int k = 0; k < kin; ++k) {
+        const V_t m = load<W>(Mt + k * koutP);
+        for (int q = 0; q < SB; ++q) acc[q] += src[q][k] * m;
+      }
+    }
+    const int valid = static_cast<int>(std::min<std::int64_t>(W, kout - c0));
+    for (int q = 0; q < SB; ++q) sink.template put<W>((row.r + q) * kout + c0, acc[q], valid);
+  }
+}
+
+// The same gather for few outputs (kout <= 4) and kin a multiple of 8: lanes run over the input channels instead
+// (a contiguous load of in[b, nbr(s, t), k : k + 8] against a row of Md [taps, KO, kin]) and each output is a
+// horizontal sum at the end; this does kout instead of 8 multiply-adds per (tap, 8 inputs) -- the last conv of a
+// net (2 outputs) and the input-gradient of the first (1 output) cost 4-8x less than in gather_conv.
+template <class T, int KO, int SB>
+__attribute__((always_inline)) inline void dot_rows(const T* in, Row row, std::int64_t V, int taps,
+                                                    const std::int32_t* nbr, bool mirrored, int kin, const T* Md,
+                                                    int kout, const T* bias, const Sink<T>& sink) {
+  using V_t = vec_t<T, 8>;
+  const T* src0[SB];
+  const std::int32_t* ns[SB];
+  for (int q = 0; q < SB; ++q) {
+    const std::int64_t b = row.b + (row.s + q >= V), s = row.s + q - (row.s + q >= V ? V : 0);
+    src0[q] = in + b * V * kin;
+    ns[q] = nbr + s * taps;
+  }
+  V_t acc[SB][KO];
+  for (int q = 0; q < SB; ++q)
+    for (int c = 0; c < KO; ++c) acc[q][c] = V_t{};
+  for (int t = 0; t < taps; ++t) {
+    const int tt = mirrored ? taps - 1 - t : t;
+    const T* src[SB];
+    for (int q = 0; q < SB; ++q) src[q] = src0[q] + static_cast<std::int64_t>(ns[q][tt]) * kin;
+    for (int k0 = 0; k0 < kin; k0 += 8) {
+      V_t m[KO];
+      for (int c = 0; c < KO; ++c) m[c] = load<8>(Md + (static_cast<std::int64_t>(t) * KO + c) * kin + k0);
+      for (int q = 0; q < SB; ++q) {
+        const V_t v = load<8>(src[q] + k0);
+        for (int c = 0; c < KO; ++c) acc[q][c] += v * m[c];
+      }
+    }
+  }
+  for (int q = 0; q < SB; ++q) {
+    T res[KO];
+    for (int c = 0; c < KO; ++c) {
+      T sum = bias && c < kout ? bias[c] : T(0);
+      for (int j = 0; j < 8; ++j) sum += acc[q][c][j];
+      res[c] = sum;
+    }
+    sink.put((row.r + q) * kout, res, kout);
+  }
+}
+
+// The two row kernels as policies of one driver: SB rows at a time, then the remainder one by one.
+template <class T, int W>
+struct ChannelLanes {
+  static constexpr int SB = 8;  // 8 accumulators: 8 of the 16 AVX registers (16 for doubles at W = 8: some spill)
+  template <int S>
+  __attribute__((always_inline)) static void rows(const T* in, Row row, std::int64_t V, int taps,
+                                                  const std::int32_t* nbr, bool mirrored, int kin, const T* M,
+                                                  int kout, const T* bias, const Sink<T>& sink) {
+    gather_rows<T, W, S>(in, row, V, taps, nbr, mirrored, kin, M, kout, bias, sink);
+  }
+};
+template <class T, int KO>
+struct InputLanes {
+  static constexpr int SB = 8 / KO;  // SB x KO = 8 accumulators
+  template <int S>
+  __attribute__((always_inline)) static void rows(const T* in, Row row, std::int64_t V, int taps,
+                                                  const std::int32_t* nbr, bool mirrored, int kin, const T* M,
+                                                  int kout, const T* bias, const Sink<T>& sink) {
+    dot_rows<T, KO, S>(in, row, V, taps, nbr, mirrored, kin, M, kout, bias, sink);
+  }
+};
+
+template <class T, class Kernel>
+LATFLOW_CLONES void gather_conv(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                                bool mirrored, int kin, const T* M, int kout, const T* bias, Sink<T> sink) {
+  constexpr int SB = Kernel::SB;
+  const std::int64_t rows = n * V;
+  Row row{0, 0, 0};
+  for (; row.r + SB <= rows; row.advance(SB, V))
+    Kernel::template rows<SB>(in, row, V, taps, nbr, mirrored, kin, M, kout, bias, sink);
+  for (; row.r < rows; row.advance(1, V)) Kernel::template rows<1>(in, row, V, taps, nbr, mirrored, kin, M, kout, bias, sink);
+}
+
+// gw[t, ci0 + c, c0 : c0 + W] += sum_{b, s} in[b, nbr(s, t), ci0 + c] gP[b, s, c0 : c0 + W] for c < CB, with gP the
+// output gradient padded to coutP channels and gw [taps, cin, coutP]. CB x RB accumulators (RB = 8 / CB
+// consecutive rows summed separately) stay in registers for the whole sweep over the rows and hide the FMA latency.
+template <class T, int W, int CB>
+__attribute__((always_inline)) inline void weight_grad_block(const T* in, const T* gP, std::int64_t n,
+                                                             std::int64_t V, int taps, const std::int32_t* nbr,
+                                                             int cin, int ci0, std::int64_t coutP, int t,
+                                                             std::int64_t c0, T* gw) {
+  using V_t = vec_t<T, W>;
+  constexpr int RB = 8 / CB;
+  V_t acc[CB][RB];
+  for (int c = 0; c < CB; ++c)
+    for (int q = 0; q < RB; ++q) acc[c][q] = V_t{};
+  for (std::int64_t b = 0; b < n; ++b) {
+    const T* inb = in + b * V * cin + ci0;
+    const T* gb = gP + b * V * coutP + c0;
+    std::int64_t s = 0;
+    for (; s + RB <= V; s += RB) {
+      for (int q = 0; q < RB; ++q) {
+        const T* x = inb + static_cast<std::int64_t>(nbr[(s + q) * taps + t]) * cin;
+        const V_t g = load<W>(gb + (s + q) * coutP);
+        for (int c = 0; c < CB; ++c) acc[c][q] += x[c] * g;
+      }
+    }
+    for (; s < V; ++s) {
+      const T* x = inb + static_cast<std::int64_t>(nbr[s * taps + t]) * cin;
+      const V_t g = load<W>(gb + s * coutP);
+      for (int c = 0; c < CB; ++c) acc[c][0] += x[c] * g;
+    }
+  }
+  for (int c = 0; c < CB; ++c) {
+    V_t sum = acc[c][0];
+    for (int q = 1; q < RB; ++q) sum += acc[c][q];
+    T* row = gw + (static_cast<std::int64_t>(t) * cin + ci0 + c) * coutP + c0;
+    store<W>(row, load<W>(row) + sum);
+  }
+}
+
+template <class T, int W>
+LATFLOW_CLONES void weight_grad(const T* in, const T* gP, std::int64_t n, std::int64_t V, int taps,
+                                const std::int32_t* nbr, int cin, std::int64_t coutP, T* gw) {
+  for (std::int64_t c0 = 0; c0 < coutP; c0 += W)
+    for (int t = 0; t < taps; ++t) {
+      int ci = 0;
+      for (; ci + 8 <= cin; ci += 8) weight_grad_block<T, W, 8>(in, gP, n, V, taps, nbr, cin, ci, coutP, t, c0, gw);
+      for (; ci + 4 <= cin; ci += 4) weight_grad_block<T, W, 4>(in, gP, n, V, taps, nbr, cin, ci, coutP, t, c0, gw);
+      for (; ci + 2 <= cin; ci += 2) weight_grad_block<T, W, 2>(in, gP, n, V, taps, nbr, cin, ci, coutP, t, c0, gw);
+      for (; ci < cin; ++ci) weight_grad_block<T, W, 1>(in, gP, n, V, taps, nbr, cin, ci, coutP, t, c0, gw);
+    }
+}
+
+// The weight gradient for few outputs (KO >= cout, cin a multiple of 8), lanes over the input channels:
+// gwd[t, c, k0 : k0 + 8] = sum_{b, s} in[b, nbr(s, t), k0 : k0 + 8] gP[b, s, c], gP [rows, KO] zero-padded,
+// gwd [taps, KO, cin]; RB consecutive rows in separate accumulators.
+template <class T, int KO>
+LATFLOW_CLONES void weight_grad_dot(const T* in, const T* gP, std::int64_t n, std::int64_t V, int taps,
+                                    const std::int32_t* nbr, int cin, T* gwd) {
+  using V_t = vec_t<T, 8>;
+  constexpr int RB = 8 / KO;
+  for (int t = 0; t < taps; ++t)
+    for (int k0 = 0; k0 < cin; k0 += 8) {
+      V_t acc[RB][KO];
+      for (int q = 0; q < RB; ++q)
+        for (int c = 0; c < KO; ++c) acc[q][c] = V_t{};
+      for (std::int64_t b = 0; b < n; ++b) {
+        const T* inb = in + b * V * cin + k0;
+        const T* gb = gP + b * V * KO;
+        std::int64_t s = 0;
+        for (; s + RB <= V; s += RB)
+          for (int q = 0; q < RB; ++q) {
+            const V_t v = load<8>(inb + static_cast<std::int64_t>(nbr[(s + q) * taps + t]) * cin);
+            for (int c = 0; c < KO; ++c) acc[q][c] += v * gb[(s + q) * KO + c];
+          }
+        for (; s < V; ++s) {
+          const V_t v = load<8>(inb + static_cast<std::int64_t>(nbr[s * taps + t]) * cin);
+          for (int c = 0; c < KO; ++c) acc[0][c] += v * gb[s * KO + c];
+        }
+      }
+      for (int c = 0; c < KO; ++c) {
+        V_t sum = acc[0][c];
+        for (int q = 1; q < RB; ++q) sum += acc[q][c];
+        store<8>(gwd + (static_cast<std::int64_t>(t) * KO + c) * cin + k0, sum);
+      }
+    }
+}
+
+// Weights [cout, cin, taps] (LibTorch's layout, flattened) -> [taps, cin, coutP], zero-padded to W lanes; with
+// transpose, -> [taps, cout, cinP] (the weights of the transposed convolution).
+template <class T>
+std::vector<T> arrange(const T* w, int taps, int cin, int cout, bool transpose, int W) {
+  const int rows = transpose ? cout : cin, cols = transpose ? cin : cout;
+  const std::int64_t colsP = round_up(cols, W);
+  std::vector<T> m(static_cast<std::size_t>(taps * rows * colsP), T(0));
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int t = 0; t < taps; ++t) {
+        const T v = w[(static_cast<std::int64_t>(co) * cin + ci) * taps + t];
+        const int r = transpose ? co : ci, c = transpose ? ci : co;
+        m[static_cast<std::size_t>((static_cast<std::int64_t>(t) * rows + r) * colsP + c)] = v;
+      }
+  return m;
+}
+
+// Weights [cout, cin, taps] -> Md [taps, KO, kin] for dot_conv (rows c >= kout zero): the rows are the output
+// channels (ci of the transposed convolution when transpose) and the columns the inputs.
+template <class T>
+std::vector<T> arrange_dot(const T* w, int taps, int cin, int cout, bool transpose, int KO) {
+  const int kin = transpose ? cout : cin;
+  std::vector<T> m(static_cast<std::size_t>(taps * KO * kin), T(0));
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int t = 0; t < taps; ++t) {
+        const int c = transpose ? ci : co, k = transpose ? co : ci;
+        m[static_cast<std::size_t>((static_cast<std::int64_t>(t) * KO + c) * kin + k)] =
+            w[(static_cast<std::int64_t>(co) * cin + ci) * taps + t];
+      }
+  return m;
+}
+
+// The convolution (or, mirrored, its transpose) of in with w, into sink; picks the kernel and lane layout.
+template <class T>
+void gather(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, bool mirrored,
+            const T* w, int cin, int cout, const T* bias, const Sink<T>& sink) {
+  const int kin = mirrored ? cout : cin, kout = mirrored ? cin : cout;
+  if (kout <= 4 && kin % 8 == 0) {
+    const int KO = kout <= 1 ? 1 : kout <= 2 ? 2 : 4;
+    const auto md = arrange_dot(w, taps, cin, cout, mirrored, KO);
+    if (KO == 1) gather_conv<T, InputLanes<T, 1>>(in, n, V, taps, nbr, mirrored, kin, md.data(), kout, bias, sink);
+    if (KO == 2) gather_conv<T, InputLanes<T, 2>>(in, n, V, taps, nbr, mirrored, kin, md.data(), kout, bias, sink);
+    if (KO == 4) gather_conv<T, InputLanes<T, 4>>(in, n, V, taps, nbr, mirrored, kin, md.data(), kout, bias, sink);
+    return;
+  }
+  const int W = lanes(kout);
+  const auto m = arrange(w, taps, cin, cout, mirrored, W);
+  if (W == 4)
+    gather_conv<T, ChannelLanes<T, 4>>(in, n, V, taps, nbr, mirrored, kin, m.data(), kout, bias, sink);
+  else
+    gather_conv<T, ChannelLanes<T, 8>>(in, n, V, taps, nbr, mirrored, kin, m.data(), kout, bias, sink);
+}
+
+}  // namespace
+
+template <class T>
+void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, int cin, int cout,
+                  const T* w, const T* bias, const Act* act, T* pre, T* out) {
+  gather(in, n, V, taps, nbr, false, w, cin, cout, bias, Sink<T>{act, pre, nullptr, out});
+}
+
+template <class T>
+void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                   int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb) {
+  if (gin)
+    gather(gpre, n, V, taps, nbr, true, w, cin, cout, static_cast<const T*>(nullptr),
+           Sink<T>{in_pre ? in_act : nullptr, nullptr, in_pre, gin});
+  const bool dot = cout <= 4 && cin % 8 == 0;
+  const int W = dot ? (cout <= 1 ? 1 : cout <= 2 ? 2 : 4) : lanes(cout);  // padded width of gP
+  const std::int64_t coutP = round_up(cout, W), rows = n * V;
+  std::vector<T> gP(static_cast<std::size_t>(rows * coutP), T(0));
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (int c = 0; c < cout; ++c) {
+      gP[static_cast<std::size_t>(r * coutP + c)] = gpre[r * cout + c];
+      gb[c] += gpre[r * cout + c];
+    }
+  std::vector<T> gwp(static_cast<std::size_t>(taps * cin * coutP), T(0));
+  if (dot) {  // gwp [taps, coutP, cin]
+    if (W == 1) weight_grad_dot<T, 1>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
+    if (W == 2) weight_grad_dot<T, 2>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
+    if (W == 4) weight_grad_dot<T, 4>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
+    for (int co = 0; co < cout; ++co)
+      for (int ci = 0; ci < cin; ++ci)
+        for (int t = 0; t < taps; ++t)
+          gw[(static_cast<std::int64_t>(co) * cin + ci) * taps + t] +=
+              gwp[static_cast<std::size_t>((static_cast<std::int64_t>(t) * coutP + co) * cin + ci)];
+    return;
+  }
+  if (W == 4)  // gwp [taps, cin, coutP]
+    weight_grad<T, 4>(in, gP.data(), n, V, taps, nbr, cin, coutP, gwp.data());
+  else
+    weight_grad<T, 8>(in, gP.data(), n, V, taps, nbr, cin, coutP, gwp.data());
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int t = 0; t < taps; ++t)
+        gw[(static_cast<std::int64_t>(co) * cin + ci) * taps + t] +=
+            gwp[static_cast<std::size_t>((static_cast<std::int64_t>(t) * cin + ci) * coutP + co)];
+}
+
+#define LATFLOW_INSTANTIATE(T)                                                                                    \
+  template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,         \
+                                const T*, const T*, const Act*, T*, T*);                                          \
+  template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, \
+                                 int, const T*, const T*, const Act*, T*, T*, T*);
+LATFLOW_INSTANTIATE(float)
+LATFLOW_INSTANTIATE(double)
+#undef LATFLOW_INSTANTIATE
+
+}  // namespace latflow::pconv

@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: MIT
+// Hand-written CPU kernels for the small periodic conv nets of the coupling layers (torch-free).
+//
+// Why: the nets are tiny (8x8 sites, 1-8 channels), so a LibTorch step spends about half its time in per-op
+// overhead (dispatch, autograd nodes, allocation, padding copies) rather than in arithmetic; measured with perf
+// on `latflow bench configs/tutorial.ini`: 48% in oneDNN's conv kernels, 30% libtorch_cpu, 10% malloc/free.
+// These kernels run a whole net (every conv, its periodic wrap and its activation) as one autograd node, with a
+// hand-written backward; flow.cpp wraps them (ConvNetImpl, fused path) and tests/test_flows.cpp checks values
+// and gradients against the LibTorch net in float64.
+//
+// Layout: activations channels-last [n, V, C] (V = lattice sites in row-major order); weights in LibTorch's layout
+// [C_out, C_in, taps] with taps in the row-major order of the kernel window; the periodic neighbour of site s at tap
+// t is nbr[s * taps + t], so any dimension and odd kernel size is handled by the same loops. The inner loops run over
+// blocks of 8 output channels held in registers (vectorised by the compiler without reassociating sums, so results
+// do not depend on the vector width); the input-gradient is the same gather with the mirrored taps.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace latflow::pconv {
+
+enum class Act { leaky_relu, tanh, silu };
+
+// nbr[s * taps + t]: the site at offset (window index t) - kernel / 2 from s, periodic; taps = kernel^d.
+std::vector<std::int32_t> neighbour_table(const std::vector<std::int64_t>& extents, int kernel);
+
+// out[b, s, :] = act(pre), pre = bias + sum_t W[:, :, t] in[b, nbr(s, t), :] for b in [0, n); no activation when
+// act is null; pre is written only when not null (what the backward needs).
+template <class T>
+void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, int cin, int cout,
+                  const T* w, const T* bias, const Act* act, T* pre, T* out);
+
+// Backward of conv_forward for b in [0, n) from gpre = dL/dpre: gw += dL/dW (W's layout), gb += dL/dbias, and
+// when gin is not null gin = dL/din (overwritten) or, when in_pre is not null (in = in_act(in_pre), the previous
+// layer's output), gin = dL/din_pre.
+template <class T>
+void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                   int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb);
+
+}  // namespace latflow::pconv
