@@ -181,35 +181,43 @@ TEST_CASE("prior draws depend only on the stream seed", "[flows]") {
 
 TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradient", "[flows]") {
   torch::manual_seed(31);
+  // Hidden and output widths pick every kernel variant: blocks of 4 or 8 output channels with partial blocks
+  // (hidden 5 4, 3 outputs), and the dot-product form for <= 4 outputs from a multiple of 8 inputs (hidden 8 16 with
+  // 1, 2 or 3 outputs; with 1 input channel also the first layer's input-gradient).
   struct Case {
     std::vector<int64_t> ext;
     int kernel;
     std::string act;
     int cin;
+    std::vector<int> hidden;
+    int cout;
   };
-  const std::vector<Case> cases{{{7}, 3, "leaky_relu", 1},  {{4, 6}, 3, "tanh", 2},  {{8, 8}, 3, "leaky_relu", 1},
-                                {{5, 4}, 5, "silu", 3},     {{2, 4, 4}, 3, "tanh", 1}, {{2, 3}, 5, "leaky_relu", 2},
-                                {{6, 6}, 1, "silu", 2}};
+  const std::vector<int> h54{5, 4}, h816{8, 16};
+  const std::vector<Case> cases{
+      {{7}, 3, "leaky_relu", 1, h54, 3},  {{4, 6}, 3, "tanh", 2, h54, 3},      {{8, 8}, 3, "leaky_relu", 1, h54, 3},
+      {{5, 4}, 5, "silu", 3, h54, 3},     {{2, 4, 4}, 3, "tanh", 1, h54, 3},   {{2, 3}, 5, "leaky_relu", 2, h54, 3},
+      {{6, 6}, 1, "silu", 2, h54, 3},     {{8, 8}, 3, "leaky_relu", 1, h816, 2}, {{4, 6}, 3, "tanh", 1, h816, 1},
+      {{5}, 3, "silu", 2, h816, 3},       {{2, 4, 3}, 3, "leaky_relu", 1, h816, 2}};
   for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
     for (int threads : {1, 2}) {
       at::set_num_threads(threads);
       for (const auto& c : cases) {
-        CAPTURE(c.ext, c.kernel, c.act, c.cin, threads, dtype == torch::kFloat64);
+        CAPTURE(c.ext, c.kernel, c.act, c.cin, c.hidden, c.cout, threads, dtype == torch::kFloat64);
         const int d = static_cast<int>(c.ext.size());
-        ConvNet net(d, c.cin, std::vector<int>{5, 4}, 3, c.kernel, c.act);
+        ConvNet net(d, c.cin, c.hidden, c.cout, c.kernel, c.act);
         randomise(*net, 0.5);
         net->to(dtype);
         std::vector<int64_t> shape{5, c.cin};  // odd batch: uneven chunks over the threads
         shape.insert(shape.end(), c.ext.begin(), c.ext.end());
         auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype));
-        auto probe = torch::randn({5, 3}, torch::TensorOptions().dtype(dtype));
+        auto probe = torch::randn({5, c.cout}, torch::TensorOptions().dtype(dtype));
         auto run = [&](bool fused) {
           set_fused_conv(fused);
           auto xv = x.clone().requires_grad_(true);
           net->zero_grad();
           auto y = net->forward(xv);
           // A loss that weights every output element differently.
-          auto w = probe.view({5, 3, 1}).expand({5, 3, y[0][0].numel()}).reshape(y.sizes()) *
+          auto w = probe.view({5, c.cout, 1}).expand({5, c.cout, y[0][0].numel()}).reshape(y.sizes()) *
                    torch::arange(y.numel(), y.options()).reshape(y.sizes()).cos();
           (y * w).sum().backward();
           std::vector<torch::Tensor> out{y.detach(), xv.grad()};

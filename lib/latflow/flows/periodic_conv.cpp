@@ -170,10 +170,13 @@ __attribute__((always_inline)) inline void gather_rows(const T* in, Row row, std
   const std::int64_t koutP = round_up(kout, W);
   const T* base[SB];
   const std::int32_t* ns[SB];
-  for (int q = 0; q < SB; ++q) {
-    const std::int64_t b = row.b + (row.s + q >= V), s = row.s + q - (row.s + q >= V ? V : 0);
+  for (std::int64_t q = 0, b = row.b, s = row.s; q < SB; ++q) {  // SB may exceed V: rows of several samples
     base[q] = in + b * V * kin;
     ns[q] = nbr + s * taps;
+    if (++s == V) {
+      s = 0;
+      ++b;
+    }
   }
   for (std::int64_t c0 = 0; c0 < koutP; c0 += W) {
     T init[W];
@@ -206,10 +209,13 @@ __attribute__((always_inline)) inline void dot_rows(const T* in, Row row, std::i
   using V_t = vec_t<T, 8>;
   const T* src0[SB];
   const std::int32_t* ns[SB];
-  for (int q = 0; q < SB; ++q) {
-    const std::int64_t b = row.b + (row.s + q >= V), s = row.s + q - (row.s + q >= V ? V : 0);
+  for (std::int64_t q = 0, b = row.b, s = row.s; q < SB; ++q) {  // SB may exceed V: rows of several samples
     src0[q] = in + b * V * kin;
     ns[q] = nbr + s * taps;
+    if (++s == V) {
+      s = 0;
+      ++b;
+    }
   }
   V_t acc[SB][KO];
   for (int q = 0; q < SB; ++q)
