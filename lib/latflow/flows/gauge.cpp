@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "latflow/core/error.hpp"
+#include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
 
 namespace latflow {
@@ -36,13 +37,31 @@ int kernel_channels(const FlowParams& p) {
   return p.coupling == "spline" ? 3 * p.spline_bins + 1 : 2 * p.ncp_components + 1;
 }
 
+void require_period_four(const std::vector<std::int64_t>& ext) {
+  if (ext.size() != 2 || ext[0] % 4 || ext[1] % 4)
+    throw ConfigError("lattice.extents: gauge-equivariant masks have period 4; extents must be multiples of 4");
+}
+
+// Monotone rational-quadratic spline parameters (K widths, K heights, K + 1 knot slopes) from raw net outputs
+// [..., 3K + 1] on [lo, hi]: zero input gives equal bins and unit slopes.
+struct SplineKnots {
+  torch::Tensor xk, yk, dk;
+  SplineKnots(const torch::Tensor& par, int K, double lo, double hi) {
+    const double kDerivShift = std::log(std::expm1(1.0 - kMinDeriv));
+    auto widths = kMinBin + (1 - K * kMinBin) * torch::softmax(par.narrow(-1, 0, K), -1);
+    auto heights = kMinBin + (1 - K * kMinBin) * torch::softmax(par.narrow(-1, K, K), -1);
+    xk = spline_knots(widths, lo, hi);
+    yk = spline_knots(heights, lo, hi);
+    dk = kMinDeriv + torch::softplus(par.narrow(-1, 2 * K, K + 1) + kDerivShift);
+  }
+};
+
 }  // namespace
 
 GaugeCoupling::GaugeCoupling(int mu, int offset, const std::vector<std::int64_t>& ext, const FlowParams& p)
     : mu_(mu), kind_(p.coupling), components_(p.coupling == "spline" ? p.spline_bins : p.ncp_components),
       loops_(p.loops) {
-  if (ext.size() != 2 || ext[0] % 4 || ext[1] % 4)
-    throw ConfigError("lattice.extents: U(1) gauge-equivariant masks have period 4; extents must be multiples of 4");
+  require_period_four(ext);
   const int nu = 1 - mu;  // the stripes run along mu, stacked along nu
   auto active = stripes(ext, nu, offset, {0});
   auto frozen = stripes(ext, nu, offset, {1, 2});
@@ -155,5 +174,66 @@ torch::Tensor U1FlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_se
 }
 
 torch::Tensor U1FlowImpl::finish(const torch::Tensor& x) const { return torch::remainder(x, kTwoPi); }
+
+}  // namespace latflow
+
+namespace latflow {
+
+// ---------------------------------------------------------------------------------------------------------------
+SU2Coupling::SU2Coupling(int mu, int offset, const std::vector<std::int64_t>& ext, const FlowParams& p)
+    : mu_(mu), bins_(p.spline_bins) {
+  require_period_four(ext);
+  const int nu = 1 - mu;
+  active_ = register_buffer("active", stripes(ext, nu, offset, {0}));
+  frozen_ = register_buffer("frozen", stripes(ext, nu, offset, {1, 2}));
+  net_ = register_module("net", ConvNet(2, 1, p.hidden, 3 * p.spline_bins + 1, p.kernel, p.activation));
+}
+
+std::pair<torch::Tensor, torch::Tensor> SU2Coupling::apply(const torch::Tensor& x, bool inverse) {
+  auto u = SUN::matrices(x);
+  auto P = SUN::plaquettes(u);                                  // [B, L0, L1, 2, 2]
+  auto c = torch::real(P.diagonal(0, -2, -1).sum(-1)) / 2;      // cos theta, gauge invariant
+  auto par = net_->forward((c * frozen_).unsqueeze(1)).permute({0, 2, 3, 1});
+  // P = cos theta I + i sin theta n.sigma: sin theta from the antihermitian part (accurate near 0 and pi, where
+  // acos is not), kept off 0 (a set of Haar measure zero) so that 1 / sin theta and the gradients stay finite.
+  const double eps = x.scalar_type() == torch::kFloat64 ? 1e-150 : 1e-30;
+  auto a = (P - SUN::dagger(P)) / 2;
+  auto s = torch::sqrt(((torch::real(a) * torch::real(a) + torch::imag(a) * torch::imag(a)).sum({-2, -1}) / 2)
+                           .clamp_min(eps));
+  auto cc = c;
+  auto theta = torch::atan2(s, c);
+  const SplineKnots k(par, bins_, 0, M_PI);
+  auto [moved, log_slope] = rational_quadratic(theta, k.xk, k.yk, k.dk, inverse);
+  auto s_old = s, s_new = torch::sin(moved);
+  auto eye = torch::eye(2, torch::TensorOptions().dtype(P.scalar_type()).device(P.device()));
+  auto col = [](const torch::Tensor& t) { return t.unsqueeze(-1).unsqueeze(-1); };
+  auto Pn = col(torch::cos(moved)) * eye + col(s_new / s_old) * (P - col(cc) * eye);
+  auto R = mu_ == 0 ? torch::matmul(Pn, SUN::dagger(P)) : torch::matmul(SUN::dagger(Pn), P);
+  auto on = active_ > 0.5;
+  R = torch::where(col(on), R, eye);
+  auto moved_link = torch::matmul(R, u.select(1, mu_));
+  auto y = torch::stack({mu_ == 0 ? moved_link : u.select(1, 0), mu_ == 1 ? moved_link : u.select(1, 1)}, 1);
+  auto ld = torch::where(on, log_slope + 2 * torch::log(s_new) - 2 * torch::log(s_old), torch::zeros_like(c));
+  return {SUN::storage(y).to(x.scalar_type()), ld.sum({1, 2})};
+}
+
+SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params)
+    : FlowModelImpl(params), extents_(lattice.extents), n_(n) {
+  if (n != 2)
+    throw ConfigError("sun.n = " + std::to_string(n) +
+                      ": SU(N) flows are implemented for N = 2 only (latflow hmc works for any N)");
+  for (int i = 0; i < params.layers; ++i)
+    add_layer(std::make_shared<SU2Coupling>(i % 2, (i / 2) % 4, extents_, params));
+  this->to(dtype_);
+}
+
+torch::Tensor SUNFlowImpl::prior_log_prob(const torch::Tensor& z) const {
+  return torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));
+}
+
+torch::Tensor SUNFlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
+  return SUN::storage(SUN::haar(n_, {batch, 2, extents_[0], extents_[1]}, gen)).to(device_, dtype_);
+}
 
 }  // namespace latflow

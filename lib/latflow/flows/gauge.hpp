@@ -60,4 +60,44 @@ class U1FlowImpl : public FlowModelImpl {
   std::vector<std::int64_t> extents_;
 };
 
+// ---------------------------------------------------------------------------------------------------------------
+// SU(2) gauge-equivariant flows (Boyda et al., PRD 103 (2021) 074504). Links are stored as in SUN (theories/sun.hpp),
+// [B, 2, L0, L1, 2, 2, 2]; the prior is the normalised Haar measure (exact sampler SUN::haar, log density 0, so
+// log q and F = -ln Z refer to the normalised Haar measure, like sun_free_energy).
+//
+// Masks as for U(1): layer i updates direction i % 2 on the stripe (i / 2) % 4. The spectral kernel acts on the
+// untraced active plaquette P = V diag(e^{i theta}, e^{-i theta}) V^+ with theta in [0, pi] (cos theta = tr P / 2):
+// theta -> h(theta), a monotone rational-quadratic spline of [0, pi] onto itself (ends fixed, so the map is smooth
+// at P = +-1) whose parameters a periodic CNN computes from the gauge-invariant traces tr P / 2 of the frozen
+// plaquettes; V is kept: P' = cos h I + (sin h / sin theta)(P - cos theta I). This commutes with conjugation
+// P -> g P g^+, hence with gauge transformations. The link moves as U_0(x) <- P' P^+ U_0(x) (mu = 0) or
+// U_1(x) <- P'^+ P U_1(x) (mu = 1), which makes the new active plaquette P'. The Haar measure in class
+// coordinates is (2/pi) sin^2 theta d theta d^2 n, so with respect to Haar
+// log|det| = sum_active [log h'(theta) + 2 log sin h(theta) - 2 log sin theta].
+// A zero net output gives equal bins and unit slopes: a fresh layer is the identity. N = 2 only; SU(3) and larger
+// need a kernel on the N - 1 independent eigenphases (the canonical cell of Boyda et al.), not implemented.
+class SU2Coupling : public CouplingLayer {
+ public:
+  SU2Coupling(int mu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override { return apply(x, false); }
+  std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override { return apply(y, true); }
+
+ private:
+  std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& x, bool inverse);
+  int mu_, bins_;
+  torch::Tensor active_, frozen_;  // [L0, L1]
+  ConvNet net_{nullptr};
+};
+
+class SUNFlowImpl : public FlowModelImpl {
+ public:
+  SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params);
+  torch::Tensor prior_log_prob(const torch::Tensor& z) const override;  // 0: normalised Haar measure
+  torch::Tensor draw_prior(std::int64_t batch, std::uint64_t stream_seed) const override;
+
+ private:
+  std::vector<std::int64_t> extents_;
+  int n_;
+};
+
 }  // namespace latflow
