@@ -239,12 +239,12 @@ TEST_CASE("SU(N) action and observables are gauge invariant", "[sun]") {
 
 namespace {
 
-// An SU(2) flow on 4x4 in float64 with every parameter perturbed, so that no layer is the identity.
-FlowModel random_su2_flow(int layers, std::uint64_t seed) {
+// An SU(n) flow on 4x4 in float64 with every parameter perturbed, so that no layer is the identity.
+FlowModel random_flow(int n, int layers, std::uint64_t seed) {
   Config cfg;
   cfg.theory = "sun";
   cfg.lattice.extents = {4, 4};
-  cfg.sun.n = 2;
+  cfg.sun.n = n;
   cfg.flow.layers = layers;
   cfg.flow.hidden = {4};
   cfg.flow.dtype = "float64";
@@ -265,7 +265,7 @@ torch::Tensor local(const SUN& th, const torch::Tensor& y, const torch::Tensor& 
   return th.components(d).flatten();
 }
 
-// log|det| of a map of SU(2) fields by finite differences along every generator of every link (left-invariant
+// log|det| of a map of SU(N) fields by finite differences along every generator of every link (left-invariant
 // frame on both sides: the Haar measure is Lebesgue measure there up to the same constant).
 double numerical_log_det(const SUN& th, const std::function<torch::Tensor(const torch::Tensor&)>& f,
                          const torch::Tensor& x) {
@@ -273,35 +273,38 @@ double numerical_log_det(const SUN& th, const std::function<torch::Tensor(const 
   auto y0 = f(x);
   auto gens = th.generators();
   const auto links = x.size(1) * x.size(2) * x.size(3);
-  auto J = torch::zeros({links * 3, links * 3}, torch::kFloat64);
+  const int n = th.colors(), G = n * n - 1;
+  auto J = torch::zeros({links * G, links * G}, torch::kFloat64);
   auto u = SUN::matrices(x);
   for (std::int64_t l = 0; l < links; ++l)
-    for (int a = 0; a < 3; ++a) {
+    for (int a = 0; a < G; ++a) {
       auto shifted = [&](double t) {
-        auto v = u.clone().view({links, 2, 2});
+        auto v = u.clone().view({links, n, n});
         v[l] = torch::mm(torch::matrix_exp(t * gens[a]), v[l]);
         return f(SUN::storage(v.view(u.sizes())));
       };
-      J.select(1, l * 3 + a).copy_((local(th, shifted(eps), y0) - local(th, shifted(-eps), y0)) / (2 * eps));
+      J.select(1, l * G + a).copy_((local(th, shifted(eps), y0) - local(th, shifted(-eps), y0)) / (2 * eps));
     }
   return std::get<1>(torch::linalg_slogdet(J)).item<double>();
 }
 
 }  // namespace
 
-TEST_CASE("SU(2) flow layer is gauge equivariant; its log-det matches a numerical Jacobian", "[sun][flow]") {
+TEST_CASE("SU(2) and SU(3) flow layers are gauge equivariant; their log-dets match a numerical Jacobian",
+          "[sun][flow]") {
   torch::NoGradGuard ng;
-  const auto th = make_sun(2, 2.0);
-  auto flow = random_su2_flow(8, 3);
+  for (int n : {2, 3}) {
+  const auto th = make_sun(n, 2.0);
+  auto flow = random_flow(n, 8, 3);
   auto x = random_field(th, 2, 41);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(42);
-  auto g = SUN::haar(2, {2, 4, 4}, gen);
+  auto g = SUN::haar(n, {2, 4, 4}, gen);
   auto gauge = [&](const torch::Tensor& f) { return SUN::storage(SUN::gauge_transform(SUN::matrices(f), g)); };
   for (std::size_t i = 0; i < 3; ++i) {
     auto& layer = flow->layer(i);
     auto [y, ld] = layer.forward(x);
     auto [yg, ldg] = layer.forward(gauge(x));
-    CAPTURE(i);
+    CAPTURE(n, i);
     CHECK((y - x).abs().max().item<double>() > 1e-2);  // the layer moves the field
     CHECK((yg - gauge(y)).abs().max().item<double>() < 1e-11);
     CHECK(torch::allclose(ld, ldg, 1e-11, 1e-11));
@@ -313,18 +316,20 @@ TEST_CASE("SU(2) flow layer is gauge equivariant; its log-det matches a numerica
     CAPTURE(num, layer.forward(one).second.item<double>());
     CHECK(std::abs(num - layer.forward(one).second.item<double>()) < 1e-6);
   }
+  }
 }
 
-TEST_CASE("SU(2) flow: log q matches a numerical Jacobian of the whole flow, is gauge invariant; outputs are "
-          "SU(2); the inverse recovers the prior draw",
+TEST_CASE("SU(2) and SU(3) flows: log q matches a numerical Jacobian of the whole flow, is gauge invariant; "
+          "outputs are SU(N); the inverse recovers the prior draw",
           "[sun][flow]") {
   torch::NoGradGuard ng;
-  const auto th = make_sun(2, 2.0);
-  auto flow = random_su2_flow(8, 5);
+  for (int n : {2, 3}) {
+  const auto th = make_sun(n, 2.0);
+  auto flow = random_flow(n, 8, 5);
   auto z = flow->draw_prior(3, 77);
   auto [x, log_q] = flow->forward(z);
   auto u = SUN::matrices(x);
-  auto eye = torch::eye(2, torch::TensorOptions().dtype(torch::kComplexDouble));
+  auto eye = torch::eye(n, torch::TensorOptions().dtype(torch::kComplexDouble));
   CHECK((torch::matmul(u, SUN::dagger(u)) - eye).abs().max().item<double>() < 1e-12);
   CHECK((torch::linalg_det(u) - 1).abs().max().item<double>() < 1e-12);
   auto [lq, z_back] = flow->log_prob(x);
@@ -333,11 +338,12 @@ TEST_CASE("SU(2) flow: log q matches a numerical Jacobian of the whole flow, is 
   // log q(x) = -log|det df/dz| (prior density 1 for the normalised Haar measure).
   auto zero = z.narrow(0, 0, 1);
   const double num = numerical_log_det(th, [&](const torch::Tensor& v) { return flow->forward(v).first; }, zero);
-  CAPTURE(num, log_q[0].item<double>());
+  CAPTURE(n, num, log_q[0].item<double>());
   CHECK(std::abs(num + log_q[0].item<double>()) < 1e-5);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(78);
-  auto g = SUN::haar(2, {3, 4, 4}, gen);
+  auto g = SUN::haar(n, {3, 4, 4}, gen);
   auto xg = SUN::storage(SUN::gauge_transform(u, g));
   CHECK(torch::allclose(flow->log_prob(xg).first, log_q, 1e-9, 1e-9));
   CHECK(torch::allclose(th.action(xg), th.action(x), 1e-11, 1e-11));
+  }
 }
