@@ -11,6 +11,7 @@
 #include <complex>
 #include <functional>
 
+#include "latflow/core/error.hpp"
 #include "latflow/core/params.hpp"
 #include "latflow/flows/flow.hpp"
 #include "latflow/theories/sun.hpp"
@@ -141,6 +142,11 @@ TEST_CASE("SU(N) torus references: planar limit, strong-coupling identities, fin
     const double lead = n == 2 ? 1e-4 / 4 : 1e-4 / (2.0 * n * n);
     CHECK(std::abs(sun_wilson_loop_infinite(n, 1e-4, 1) / lead - 1) < 1e-3);
   }
+  // Large beta stays consistent up to N = 4; where the determinant sums cancel (N = 6, beta = 60) the references
+  // refuse rather than return garbage.
+  CHECK(std::abs(sun_plaquette(4, 4096, 200.0) / sun_wilson_loop_infinite(4, 200.0, 1) - 1) < 1e-10);
+  CHECK(sun_plaquette(3, 64, 200.0) > 0.97);
+  CHECK_THROWS_AS(sun_plaquette(6, 64, 60.0), ConfigError);
   // F = -ln Z is extensive up to exponentially small corrections.
   CHECK(std::abs(sun_free_energy(3, 128, 3.0) - 2 * sun_free_energy(3, 64, 3.0)) < 1e-9);
 }

@@ -101,6 +101,12 @@ struct Reps {
     }
     std::vector<int> cur(static_cast<std::size_t>(N), 0);
     enumerate(cur, 0, M, I);
+    // |c_r| <= c_0 exactly; the alternating determinant sums lose that (and everything) to cancellation for
+    // large N and beta (e.g. N = 6, beta = 60): refuse rather than return garbage.
+    for (double r : rho)
+      if (!std::isfinite(r) || std::abs(r) > 1 + 1e-9 || !std::isfinite(c0) || c0 <= 0)
+        throw ConfigError("SU(N) exact results: the character expansion loses precision at N = " +
+                          std::to_string(N) + ", beta = " + std::to_string(beta));
   }
 
   void enumerate(std::vector<int>& cur, int row, int bound, const BesselTable& I) {
