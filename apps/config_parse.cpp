@@ -57,7 +57,7 @@ struct Key {
 const std::vector<Key>& keys() {
   using I = std::int64_t;
   static const std::vector<Key> k{
-      LATFLOW_KEY("theory", theory, v, "phi4 | u1"),
+      LATFLOW_KEY("theory", theory, v, "phi4 | u1 | sun"),
       LATFLOW_KEY("lattice.extents", lattice.extents, parse_list<I>("lattice.extents", v),
                   "lattice extents L_0 ... L_{d-1}, d = 1..4 (flows: d <= 3, even extents)"),
       LATFLOW_KEY("phi4.convention", phi4.convention, v, "nohalf | half | hopping (converted exactly to nohalf)"),
@@ -65,7 +65,11 @@ const std::vector<Key>& keys() {
       LATFLOW_KEY("phi4.lam", phi4.lam, parse_number<double>("phi4.lam", v), "quartic coupling lambda"),
       LATFLOW_KEY("phi4.kappa", phi4.kappa, parse_number<double>("phi4.kappa", v), "hopping parameter (hopping)"),
       LATFLOW_KEY("u1.beta", u1.beta, parse_number<double>("u1.beta", v), "U(1) gauge coupling beta"),
-      LATFLOW_KEY("flow.coupling", flow.coupling, v, "phi4: affine | spline; u1: ncp | spline (circular)"),
+      LATFLOW_KEY("sun.n", sun.n, parse_number<int>("sun.n", v), "SU(N): number of colours N, 2..6"),
+      LATFLOW_KEY("sun.beta", sun.beta, parse_number<double>("sun.beta", v),
+                  "SU(N) gauge coupling beta (S = -(beta/N) sum_P Re tr U_P)"),
+      LATFLOW_KEY("flow.coupling", flow.coupling, v,
+                  "phi4: affine | spline; u1: ncp | spline (circular); sun: spectral"),
       LATFLOW_KEY("flow.layers", flow.layers, parse_number<int>("flow.layers", v), "number of coupling layers"),
       LATFLOW_KEY("flow.hidden", flow.hidden, parse_list<int>("flow.hidden", v), "hidden channels of each conv net"),
       LATFLOW_KEY("flow.kernel", flow.kernel, parse_number<int>("flow.kernel", v), "odd conv kernel size"),

@@ -4,7 +4,9 @@
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
+#include <complex>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -17,6 +19,7 @@
 #include "latflow/core/error.hpp"
 #include "latflow/core/seed.hpp"
 #include "latflow/io/h5.hpp"
+#include "latflow/theories/sun_exact.hpp"
 
 namespace fs = std::filesystem;
 using namespace latflow;
@@ -906,4 +909,84 @@ TEST_CASE("U(1) at L = 8, beta = 2: the flow ensemble reproduces the exact <cos 
   expect_error("compare " + dir / "u1.h5" + " " + dir / "b3.h5", 2, "different physics");
   // Gauge-equivariant masks need multiples of 4.
   expect_error("train " + cfg + " --output " + dir / "x.h5" + " --lattice.extents 6,6", 2, "multiples of 4");
+}
+
+TEST_CASE("SU(2) at L = 8, beta = 2 and SU(3) at beta = 4: the flow ensembles reproduce the exact plaquette and "
+          "2x2 loop; HMC and compare; SU(3) HMC against exact; bad sun keys",
+          "[cli][sun]") {
+  TempDir dir;
+  const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/su2_tutorial.ini";
+  auto r = run("run " + cfg + " --output " + dir / "su2.h5" +
+               " --train.steps 300 --train.eval_every 0 --sample.proposals 10000 --run.seed 3");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  auto rep = analysis::analyze_ensemble(dir / "su2.h5");
+  REQUIRE(rep.chain_reliable());
+  CHECK(rep.theory == "sun");
+  CHECK(rep.colors == 2);
+  CHECK(rep.beta == 2.0);
+  for (const auto& [name, exact] :
+       {std::pair{"plaq", sun_plaquette(2, 64, 2.0)}, std::pair{"wilson_2x2", sun_wilson_loop(2, 64, 2.0, 4)}}) {
+    const auto* row = rep.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->value, row->error, row->nis, row->nis_error, row->ref, rep.acceptance);
+    CHECK(row->ref_kind == "exact");
+    CHECK(row->ref == Approx(exact).epsilon(1e-12));
+    CHECK(std::abs(row->value - row->ref) < 3 * row->error);
+  }
+  CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 3 * rep.free_energy_error);
+  // Stored links: [N, 2, L0, L1, 2, 2, 2] (complex entries as a trailing real/imag axis), each in SU(2).
+  auto f = io::File::open_read(dir / "su2.h5");
+  const auto n = f.rows("/configs/field");
+  CHECK(f.shape("/configs/field") == std::vector<std::uint64_t>{n, 2, 8, 8, 2, 2, 2});
+  auto v = f.read_f64("/configs/field", n - 1, 1);
+  double worst = 0;
+  for (std::size_t l = 0; l < v.size(); l += 8) {
+    const std::complex<double> a(v[l], v[l + 1]), b(v[l + 2], v[l + 3]), c(v[l + 4], v[l + 5]), d(v[l + 6], v[l + 7]);
+    worst = std::max({worst, std::abs(std::norm(a) + std::norm(b) - 1), std::abs(a * d - b * c - 1.0),
+                      std::abs(a * std::conj(c) + b * std::conj(d))});
+  }
+  CHECK(worst < 1e-4);  // float32 flow: 16 layers of float32 matrix products drift by ~1e-5
+  CHECK(f.read_attr_int("/theory", "n") == 2);
+
+  auto h = run("hmc " + cfg + " --output " + dir / "su2_hmc.h5" + " --hmc.trajectories 300 --hmc.thermalization 50");
+  INFO(h.out);
+  REQUIRE(h.code == 0);
+  auto c = run("compare " + dir / "su2.h5" + " " + dir / "su2_hmc.h5");
+  INFO(c.out);
+  CHECK(c.code == 0);
+  CHECK(c.out.find("N = 2, beta = 2") != std::string::npos);
+  auto other = run("hmc " + cfg + " --output " + dir / "su3.h5" + " --sun.n 3 --hmc.trajectories 20 --hmc.thermalization 5");
+  REQUIRE(other.code == 0);
+  expect_error("compare " + dir / "su2.h5" + " " + dir / "su3.h5", 2, "different physics");
+
+  const std::string cfg3 = std::string(LATFLOW_SOURCE_DIR) + "/configs/su3_tutorial.ini";
+  auto h3 = run("hmc " + cfg3 + " --output " + dir / "su3_hmc.h5" + " --hmc.trajectories 200 --hmc.thermalization 50");
+  INFO(h3.out);
+  REQUIRE(h3.code == 0);
+  auto rep3 = analysis::analyze_ensemble(dir / "su3_hmc.h5");
+  const auto* p3 = rep3.row("plaq");
+  REQUIRE(p3);
+  CHECK(p3->ref == Approx(sun_plaquette(3, 64, 4.0)).epsilon(1e-12));
+  CHECK(std::abs(p3->value - p3->ref) < 3 * p3->error);
+  // SU(3) flow: a short training, then the IMH chain against the exact plaquette and 2x2 loop.
+  auto f3 = run("run " + cfg3 + " --output " + dir / "su3_flow.h5" +
+                " --train.steps 150 --train.eval_every 0 --sample.proposals 6000 --run.seed 3");
+  INFO(f3.out);
+  REQUIRE(f3.code == 0);
+  auto frep3 = analysis::analyze_ensemble(dir / "su3_flow.h5");
+  REQUIRE(frep3.chain_reliable());
+  CHECK(frep3.colors == 3);
+  for (const auto& [name, exact] :
+       {std::pair{"plaq", sun_plaquette(3, 64, 4.0)}, std::pair{"wilson_2x2", sun_wilson_loop(3, 64, 4.0, 4)}}) {
+    const auto* row = frep3.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->value, row->error, row->ref, frep3.acceptance);
+    CHECK(std::abs(row->value - exact) < 3 * row->error);
+  }
+
+  expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --sun.n 1", 2, "sun.n");
+  expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --sun.beta -1", 2, "sun.beta");
+  expect_error("train " + cfg3 + " --output " + dir / "x.h5" + " --sun.n 4", 2, "N = 2 and 3 only");
+  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --flow.coupling spline", 2, "flow.coupling");
 }

@@ -121,7 +121,8 @@ std::string comparison_json(const Comparison& c) {
   os << "{\n  \"theory\": " << json::string(c.flow.theory) << ",\n  \"extents\": [";
   for (std::size_t i = 0; i < c.flow.extents.size(); ++i) os << (i ? ", " : "") << c.flow.extents[i];
   os << "],\n  \"physics\": " << json::string(c.flow.physics());
-  if (c.flow.theory == "u1") os << ",\n  \"beta\": " << json::number(c.flow.beta);
+  if (c.flow.theory == "u1" || c.flow.theory == "sun") os << ",\n  \"beta\": " << json::number(c.flow.beta);
+  if (c.flow.theory == "sun") os << ",\n  \"n\": " << c.flow.colors;
   os << ",\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"proposals\": " << c.flow.proposals
      << ", \"acceptance\": " << json::number(c.flow.acceptance) << ", \"ess_fraction\": " << json::number(c.flow.ess_fraction)
      << ", \"chain_reliable\": " << (c.flow.chain_reliable() ? "true" : "false")

@@ -13,6 +13,7 @@
 #include "latflow/core/json.hpp"
 #include "latflow/io/h5.hpp"
 #include "latflow/theories/phi4_exact.hpp"
+#include "latflow/theories/sun_exact.hpp"
 #include "latflow/theories/u1_exact.hpp"
 
 namespace latflow::analysis {
@@ -65,6 +66,8 @@ std::string Report::physics() const {
   char b[160];
   if (theory == "u1")
     std::snprintf(b, sizeof b, "beta = %.17g", beta);
+  else if (theory == "sun")
+    std::snprintf(b, sizeof b, "N = %d, beta = %.17g", colors, beta);
   else
     std::snprintf(b, sizeof b, "m2 = %.17g, lam = %.17g (no-1/2 convention; input %s)", m2, lam,
                   input_convention.c_str());
@@ -131,6 +134,22 @@ References read_references(const io::File& f, Report& r) {
       refs.exact["poly_corr(" + std::to_string(t) + ")"] = u1_wilson_loop(V, r.beta, t * r.extents[1]);
     r.has_free_energy_exact = true;
     r.free_energy_exact = u1_free_energy(V, r.beta);
+  }
+  if (r.theory == "sun") try {  // character expansion (sun_exact.hpp); F for the normalised Haar measure
+    const std::int64_t V = r.extents[0] * r.extents[1];
+    const double plaq = sun_plaquette(r.colors, V, r.beta);
+    refs.exact = {{"plaq", plaq}, {"action_density", -r.beta * plaq}};
+    for (std::int64_t R = 2; R <= std::min<std::int64_t>(4, std::min(r.extents[0], r.extents[1]) / 2); ++R)
+      refs.exact["wilson_" + std::to_string(R) + "x" + std::to_string(R)] =
+          sun_wilson_loop(r.colors, V, r.beta, R * R);
+    for (std::int64_t t = 1; 2 * t <= r.extents[0]; ++t)
+      refs.exact["poly_corr(" + std::to_string(t) + ")"] =
+          sun_polyakov_correlator(r.colors, V, r.beta, t * r.extents[1]);
+    r.has_free_energy_exact = true;
+    r.free_energy_exact = sun_free_energy(r.colors, V, r.beta);
+  } catch (const ConfigError&) {  // no reliable exact values at this N and beta: print none
+    refs.exact.clear();
+    r.has_free_energy_exact = false;
   }
   if (f.exists("/reference"))
     for (const auto& name : f.attr_names("/reference")) {
@@ -206,7 +225,7 @@ void add_observable_rows(Report& r, const Samples& s, const References& refs, co
     r.rows.push_back(row);
   };
   const auto nL0 = static_cast<std::size_t>(r.extents[0]);
-  if (r.theory == "u1") {
+  if (r.theory == "u1" || r.theory == "sun") {
     for (std::size_t t = 1; 2 * t <= nL0; ++t)
       derived("poly_corr(" + std::to_string(t) + ")", {corr_name(t)}, [](const std::vector<double>& a) { return a[0]; });
     return;
@@ -320,6 +339,11 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
   if (r.theory == "u1") {
     r.beta = f.read_attr_double("/theory", "beta");
     if (r.extents.size() != 2) throw IoError(path + ": a u1 ensemble needs two extents");
+  } else if (r.theory == "sun") {
+    r.beta = f.read_attr_double("/theory", "beta");
+    r.colors = static_cast<int>(f.read_attr_int("/theory", "n"));
+    if (r.extents.size() != 2) throw IoError(path + ": a sun ensemble needs two extents");
+    if (r.colors < 2 || r.colors > 6) throw IoError(path + ": /theory n must be in 2..6");
   } else {
     r.m2 = f.read_attr_double("/theory", "m2");
     r.lam = f.read_attr_double("/theory", "lam");
@@ -431,6 +455,8 @@ std::string report_json(const Report& r) {
   os << "]";
   if (r.theory == "u1")
     os << ",\n  \"beta\": " << json::number(r.beta);
+  else if (r.theory == "sun")
+    os << ",\n  \"n\": " << r.colors << ",\n  \"beta\": " << json::number(r.beta);
   else
     os << ",\n  \"m2\": " << json::number(r.m2) << ",\n  \"lam\": " << json::number(r.lam)
        << ",\n  \"convention\": \"nohalf\"";

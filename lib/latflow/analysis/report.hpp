@@ -28,7 +28,8 @@ struct Report {
   std::vector<std::int64_t> extents;
   double m2 = 0, lam = 0;  // phi4 (no-1/2 convention)
   std::string input_convention;
-  double beta = 0;         // u1
+  double beta = 0;         // u1, sun
+  int colors = 0;          // sun: N
   // The couplings as one line, e.g. "m2 = -4, lam = 8 (no-1/2 convention; input nohalf)" or "beta = 2"; two
   // ensembles of the same theory and extents are the same physics when these are equal.
   std::string physics() const;

@@ -65,13 +65,24 @@ void Phi4Params::resolve(int dim) {
 }
 
 void Config::validate() {
-  require(theory == "phi4" || theory == "u1", "theory", theory, "must be phi4 or u1 (SU(N) is not in this build)");
+  require(theory == "phi4" || theory == "u1" || theory == "sun", "theory", theory, "must be phi4, u1 or sun");
   require(!lattice.extents.empty() && lattice.extents.size() <= 4, "lattice.extents", str(lattice.extents.size()),
           "needs 1 to 4 extents");
   for (auto l : lattice.extents) require(l >= 2, "lattice.extents", str(l), "every extent must be >= 2");
-  const bool gauge = theory == "u1";
   auto& f = flow;
-  if (gauge) {
+  if (theory == "sun") {
+    require(lattice.dim() == 2, "lattice.extents", join(lattice.extents), "SU(N) gauge theory is 2-dimensional");
+    require(sun.n >= 2 && sun.n <= 6, "sun.n", str(sun.n), "must be in 2..6");
+    require(std::isfinite(sun.beta) && sun.beta >= 0 && sun.beta <= 200, "sun.beta", str(sun.beta),
+            "must be finite and in [0, 200]");
+    if (f.coupling.empty()) f.coupling = "spectral";
+    require(f.coupling == "spectral", "flow.coupling", f.coupling, "SU(N) flows take spectral");
+    require(!f.z2, "flow.z2", "true", "is a phi4 option (SU(N) flows are gauge-equivariant instead)");
+    require(!f.loops, "flow.loops", "true", "is a U(1) option");
+    for (auto l : lattice.extents)
+      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(lattice.extents),
+              "SU(N) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
+  } else if (theory == "u1") {
     require(lattice.dim() == 2, "lattice.extents", join(lattice.extents), "U(1) gauge theory is 2-dimensional");
     require(std::isfinite(u1.beta) && u1.beta >= 0, "u1.beta", str(u1.beta), "must be finite and >= 0");
     if (f.coupling.empty()) f.coupling = "ncp";
@@ -175,7 +186,10 @@ std::string model_identity(const Config& c) {
   os.precision(17);
   os << "theory = " << c.theory << "\n"
      << "lattice.extents = " << join(c.lattice.extents) << "\n";
-  if (c.theory == "u1")
+  if (c.theory == "sun")
+    os << "sun.n = " << c.sun.n << "\n"
+       << "sun.beta = " << c.sun.beta << "\n";
+  else if (c.theory == "u1")
     os << "u1.beta = " << c.u1.beta << "\n"
        << "flow.ncp_components = " << c.flow.ncp_components << "\n"
        << "flow.loops = " << (c.flow.loops ? "true" : "false") << "\n";

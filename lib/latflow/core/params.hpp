@@ -32,6 +32,12 @@ struct U1Params {
   double beta = 2.0;
 };
 
+// 2D SU(N) lattice gauge theory (PHYSICS.md section 3): S = -(beta/N) sum_P Re tr U_P.
+struct SUNParams {
+  int n = 2;  // N, 2..6
+  double beta = 2.0;
+};
+
 struct FlowParams {
   // phi4: affine | spline (default affine); u1: ncp | spline (circular; default ncp). Empty = the default.
   std::string coupling;
@@ -110,6 +116,7 @@ struct Config {
   LatticeParams lattice;
   Phi4Params phi4;
   U1Params u1;
+  SUNParams sun;
   FlowParams flow;
   TrainParams train;
   SampleParams sample;

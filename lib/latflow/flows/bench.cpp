@@ -113,8 +113,10 @@ void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, in
   const int d = cfg.lattice.dim();
   const auto& hp = cfg.hmc;
   const int forces = hp.integrator == "leapfrog" ? hp.n_md + 1 : 2 * hp.n_md + 1;
-  const std::string physics = cfg.theory == "u1" ? "u1 beta = " + std::to_string(cfg.u1.beta)
-                                                 : "phi4 m2 = " + std::to_string(cfg.phi4.m2_nohalf) +
+  const std::string physics = cfg.theory == "u1"    ? "u1 beta = " + std::to_string(cfg.u1.beta)
+                              : cfg.theory == "sun" ? "su(" + std::to_string(cfg.sun.n) + ") beta = " +
+                                                          std::to_string(cfg.sun.beta)
+                                                    : "phi4 m2 = " + std::to_string(cfg.phi4.m2_nohalf) +
                                                        ", lam = " + std::to_string(cfg.phi4.lam_nohalf);
   std::printf("bench-hmc: %s, %dD L^%d, %s with n_md %d fixed (%d force evaluations), "
               "%lld chains, float64, %d thread(s), median of %d rounds\n",

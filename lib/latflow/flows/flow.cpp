@@ -389,6 +389,8 @@ FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& param
 }
 
 FlowModel make_flow(const Config& cfg) {
+  if (cfg.theory == "sun")
+    return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow)));
   if (cfg.theory == "u1")
     return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(cfg.lattice, cfg.flow)));
   return make_scalar_flow(cfg.lattice, cfg.flow);

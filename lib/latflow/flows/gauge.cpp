@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "latflow/core/error.hpp"
+#include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
 
 namespace latflow {
@@ -36,13 +37,31 @@ int kernel_channels(const FlowParams& p) {
   return p.coupling == "spline" ? 3 * p.spline_bins + 1 : 2 * p.ncp_components + 1;
 }
 
+void require_period_four(const std::vector<std::int64_t>& ext) {
+  if (ext.size() != 2 || ext[0] % 4 || ext[1] % 4)
+    throw ConfigError("lattice.extents: gauge-equivariant masks have period 4; extents must be multiples of 4");
+}
+
+// Monotone rational-quadratic spline parameters (K widths, K heights, K + 1 knot slopes) from raw net outputs
+// [..., 3K + 1] on [lo, hi]: zero input gives equal bins and unit slopes.
+struct SplineKnots {
+  torch::Tensor xk, yk, dk;
+  SplineKnots(const torch::Tensor& par, int K, double lo, double hi) {
+    const double kDerivShift = std::log(std::expm1(1.0 - kMinDeriv));
+    auto widths = kMinBin + (1 - K * kMinBin) * torch::softmax(par.narrow(-1, 0, K), -1);
+    auto heights = kMinBin + (1 - K * kMinBin) * torch::softmax(par.narrow(-1, K, K), -1);
+    xk = spline_knots(widths, lo, hi);
+    yk = spline_knots(heights, lo, hi);
+    dk = kMinDeriv + torch::softplus(par.narrow(-1, 2 * K, K + 1) + kDerivShift);
+  }
+};
+
 }  // namespace
 
 GaugeCoupling::GaugeCoupling(int mu, int offset, const std::vector<std::int64_t>& ext, const FlowParams& p)
     : mu_(mu), kind_(p.coupling), components_(p.coupling == "spline" ? p.spline_bins : p.ncp_components),
       loops_(p.loops) {
-  if (ext.size() != 2 || ext[0] % 4 || ext[1] % 4)
-    throw ConfigError("lattice.extents: U(1) gauge-equivariant masks have period 4; extents must be multiples of 4");
+  require_period_four(ext);
   const int nu = 1 - mu;  // the stripes run along mu, stacked along nu
   auto active = stripes(ext, nu, offset, {0});
   auto frozen = stripes(ext, nu, offset, {1, 2});
@@ -155,5 +174,132 @@ torch::Tensor U1FlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_se
 }
 
 torch::Tensor U1FlowImpl::finish(const torch::Tensor& x) const { return torch::remainder(x, kTwoPi); }
+
+}  // namespace latflow
+
+namespace latflow {
+
+// ---------------------------------------------------------------------------------------------------------------
+SpectralCoupling::SpectralCoupling(int n, int mu, int offset, const std::vector<std::int64_t>& ext,
+                                   const FlowParams& p)
+    : n_(n), mu_(mu), bins_(p.spline_bins) {
+  require_period_four(ext);
+  const int nu = 1 - mu;
+  active_ = register_buffer("active", stripes(ext, nu, offset, {0}));
+  frozen_ = register_buffer("frozen", stripes(ext, nu, offset, {1, 2}));
+  // SU(2): tr P / 2 is real (one channel), one spline; SU(3): Re and Im tr P / 3, two splines.
+  const int splines = n == 2 ? 1 : 2;
+  net_ = register_module("net", ConvNet(2, n == 2 ? 1 : 2, p.hidden, splines * (3 * p.spline_bins + 1), p.kernel,
+                                        p.activation));
+}
+
+std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Tensor& x, bool inverse) {
+  auto u = SUN::matrices(x);
+  auto P = SUN::plaquettes(u);  // [B, L0, L1, N, N]
+  auto tr = P.diagonal(0, -2, -1).sum(-1) / n_;  // gauge invariant
+  auto ctx = n_ == 2 ? (torch::real(tr) * frozen_).unsqueeze(1)
+                     : torch::stack({torch::real(tr) * frozen_, torch::imag(tr) * frozen_}, 1);
+  auto par = net_->forward(ctx).permute({0, 2, 3, 1});
+  auto [Pn, ld] = n_ == 2 ? su2_kernel(P, par, inverse) : su3_kernel(P, par, inverse);
+  // U_0 <- P' P^+ U_0 or U_1 <- P'^+ P U_1 on the active links: the new active plaquette is P'.
+  auto step = mu_ == 0 ? torch::matmul(Pn, SUN::dagger(P)) : torch::matmul(SUN::dagger(Pn), P);
+  auto eye = torch::eye(n_, torch::TensorOptions().dtype(P.scalar_type()).device(P.device()));
+  auto on = active_ > 0.5;
+  step = torch::where(on.unsqueeze(-1).unsqueeze(-1), step, eye);
+  auto moved = torch::matmul(step, u.select(1, mu_));
+  auto y = torch::stack({mu_ == 0 ? moved : u.select(1, 0), mu_ == 1 ? moved : u.select(1, 1)}, 1);
+  ld = torch::where(on, ld, torch::zeros_like(ld));
+  return {SUN::storage(y).to(x.scalar_type()), ld.sum({1, 2})};
+}
+
+std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su2_kernel(const torch::Tensor& P, const torch::Tensor& par,
+                                                                     bool inverse) {
+  auto c = torch::real(P.diagonal(0, -2, -1).sum(-1)) / 2;  // cos theta
+  // P = cos theta I + i sin theta n.sigma: sin theta from the antihermitian part (accurate near 0 and pi, where
+  // acos is not), kept off 0 (a set of Haar measure zero) so that 1 / sin theta and the gradients stay finite.
+  const double eps = P.scalar_type() == torch::kComplexDouble ? 1e-150 : 1e-30;
+  auto a = (P - SUN::dagger(P)) / 2;
+  auto s = torch::sqrt(((torch::real(a) * torch::real(a) + torch::imag(a) * torch::imag(a)).sum({-2, -1}) / 2)
+                           .clamp_min(eps));
+  auto theta = torch::atan2(s, c);
+  const SplineKnots k(par, bins_, 0, M_PI);
+  auto [moved, log_slope] = rational_quadratic(theta, k.xk, k.yk, k.dk, inverse);
+  auto s_new = torch::sin(moved);
+  auto eye = torch::eye(2, torch::TensorOptions().dtype(P.scalar_type()).device(P.device()));
+  auto col = [](const torch::Tensor& t) { return t.unsqueeze(-1).unsqueeze(-1); };
+  auto Pn = col(torch::cos(moved)) * eye + col(s_new / s) * (P - col(c) * eye);
+  return {Pn, log_slope + 2 * torch::log(s_new) - 2 * torch::log(s)};
+}
+
+namespace {
+// log |Delta(e^{i theta})|^2 = sum_{i<j} log(4 sin^2((theta_i - theta_j)/2)) over the last axis (size 3).
+torch::Tensor log_vandermonde(const torch::Tensor& th) {
+  auto out = torch::zeros_like(th.select(-1, 0));
+  for (int i = 0; i < 3; ++i)
+    for (int j = i + 1; j < 3; ++j)
+      out = out + torch::log(4 * torch::sin((th.select(-1, i) - th.select(-1, j)) / 2).pow(2));
+  return out;
+}
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su3_kernel(const torch::Tensor& P, const torch::Tensor& par,
+                                                                     bool inverse) {
+  const int np = 3 * bins_ + 1;
+  auto [evals, evecs] = torch::linalg_eig(P);
+  auto phi = torch::angle(evals);  // (-pi, pi]
+  // Sort descending, then move the branch so that the phases sum to 0 with theta_1 - theta_3 <= 2 pi.
+  auto order = torch::argsort(phi, -1, /*descending=*/true);
+  auto m = torch::round(phi.sum(-1) / (2 * M_PI));  // -1, 0 or 1
+  auto opts = order.options();
+  auto rot_up = torch::tensor({1, 2, 0}, opts), rot_down = torch::tensor({2, 0, 1}, opts),
+       same = torch::tensor({0, 1, 2}, opts);
+  auto mm = m.unsqueeze(-1);
+  auto cyc = torch::where(mm > 0.5, rot_up, torch::where(mm < -0.5, rot_down, same));
+  auto idx = order.gather(-1, cyc);
+  auto th = phi.gather(-1, idx);
+  auto zero = torch::zeros_like(m), turn = torch::full_like(m, 2 * M_PI);  // in the phases' dtype
+  th = th + torch::stack({torch::where(m < -0.5, turn, zero), zero, torch::where(m > 0.5, -turn, zero)}, -1);
+  auto V = evecs.gather(-1, idx.unsqueeze(-2).expand_as(evecs));
+  // Barycentric coordinates of the alcove and the stick-breaking map.
+  const double lo = 1e-12;
+  auto w1 = ((th.select(-1, 0) - th.select(-1, 1)) / (2 * M_PI)).clamp(lo, 1 - lo);
+  auto w2 = ((th.select(-1, 1) - th.select(-1, 2)) / (2 * M_PI)).clamp(lo, 1 - lo);
+  auto v = (w2 / (1 - w1)).clamp(lo, 1 - lo);
+  const SplineKnots k1(par.narrow(-1, 0, np), bins_, 0, 1), k2(par.narrow(-1, np, np), bins_, 0, 1);
+  auto [w1n, ls1] = rational_quadratic(w1, k1.xk, k1.yk, k1.dk, inverse);
+  auto [vn, ls2] = rational_quadratic(v, k2.xk, k2.yk, k2.dk, inverse);
+  auto w2n = vn * (1 - w1n);
+  auto a = 2 * M_PI * w1n, b = 2 * M_PI * w2n;
+  auto t2 = (b - a) / 3;
+  auto thn = torch::stack({t2 + a, t2, t2 - b}, -1);
+  auto phase = torch::polar(torch::ones_like(thn), thn - th);
+  // The eigenvectors of a unitary matrix are orthonormal; LAPACK's general eigensolver returns them only
+  // approximately so, and QR (Gram-Schmidt in column order) restores it, so that R is unitary to rounding.
+  V = std::get<0>(torch::linalg_qr(V));
+  auto R = torch::matmul(V * phase.unsqueeze(-2).to(V.scalar_type()), SUN::dagger(V));  // P' = R P
+  R = R.to(P.scalar_type());
+  auto ld = ls1 + ls2 + torch::log(1 - w1n) - torch::log(1 - w1) + log_vandermonde(thn) - log_vandermonde(th);
+  return {torch::matmul(R, P), ld};
+}
+
+SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params)
+    : FlowModelImpl(params), extents_(lattice.extents), n_(n) {
+  if (n != 2 && n != 3)
+    throw ConfigError("sun.n = " + std::to_string(n) +
+                      ": SU(N) flows are implemented for N = 2 and 3 only (latflow hmc works for any N)");
+  for (int i = 0; i < params.layers; ++i) {
+    add_layer(std::make_shared<SpectralCoupling>(n, i % 2, (i / 2) % 4, extents_, params));
+  }
+  this->to(dtype_);
+}
+
+torch::Tensor SUNFlowImpl::prior_log_prob(const torch::Tensor& z) const {
+  return torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));
+}
+
+torch::Tensor SUNFlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
+  return SUN::storage(SUN::haar(n_, {batch, 2, extents_[0], extents_[1]}, gen)).to(device_, dtype_);
+}
 
 }  // namespace latflow

@@ -60,4 +60,58 @@ class U1FlowImpl : public FlowModelImpl {
   std::vector<std::int64_t> extents_;
 };
 
+// ---------------------------------------------------------------------------------------------------------------
+// SU(2) and SU(3) gauge-equivariant flows (Boyda et al., PRD 103 (2021) 074504). Links are stored as in SUN
+// (theories/sun.hpp), [B, 2, L0, L1, N, N, 2]; the prior is the normalised Haar measure (exact sampler SUN::haar,
+// log density 0, so log q and F = -ln Z refer to the normalised Haar measure, like sun_free_energy).
+//
+// Masks as for U(1): layer i updates direction i % 2 on the stripe (i / 2) % 4. A spectral kernel maps the
+// untraced active plaquette P to P' with the same eigenvectors and new eigenphases, conditioned (periodic CNN) on
+// the gauge-invariant traces of the frozen plaquettes; it commutes with conjugation P -> g P g^+, hence the layer
+// with gauge transformations. The link moves as U_0(x) <- P' P^+ U_0(x) (mu = 0) or U_1(x) <- P'^+ P U_1(x)
+// (mu = 1), which makes the new active plaquette P' (the Jacobian is that of P -> P', a right translation of the
+// Haar measure aside). A zero net output gives equal bins and unit slopes: a fresh layer is the identity.
+//
+// SU(2): P = V diag(e^{i theta}, e^{-i theta}) V^+ with theta in [0, pi]; theta -> h(theta), a monotone
+// rational-quadratic spline of [0, pi] onto itself (ends fixed) conditioned on tr P / 2 of the frozen plaquettes;
+// P' = cos h I + (sin h / sin theta)(P - cos theta I). Haar in class coordinates is (2/pi) sin^2 theta d theta d^2 n,
+// so log|det| = sum_active [log h'(theta) + 2 log sin h(theta) - 2 log sin theta].
+//
+// SU(3): the eigenphases, with the branch chosen so that theta_1 >= theta_2 >= theta_3, sum = 0 and
+// theta_1 - theta_3 <= 2 pi, label the conjugacy class uniquely: a point of the Weyl alcove, the triangle with
+// barycentric coordinates w = (theta_1 - theta_2, theta_2 - theta_3, 2 pi - theta_1 + theta_3) / 2 pi. Sorting
+// makes the map independent of the eigenvector order (permutation equivariant). The triangle is mapped onto
+// itself by stick breaking, w_1 -> s_1(w_1) and v = w_2 / (1 - w_1) -> s_2(v), with two monotone splines of
+// [0, 1] (ends fixed) conditioned on Re and Im tr P / 3 of the frozen plaquettes; P' = V diag(e^{i theta'}) V^+
+// (V from the eigensolver, re-orthonormalised). w is linear in the phases, so with respect to Haar (density
+// |Delta(e^{i theta})|^2 on classes) log|det| = log s_1' + log s_2' + log(1 - w_1') - log(1 - w_1)
+// + log|Delta(theta')|^2 - log|Delta(theta)|^2. (A simple stand-in for the canonical-cell construction of Boyda
+// et al.: the alcove is that cell; the map is a bijection of it, but not built to be smooth across its edges.)
+class SpectralCoupling : public CouplingLayer {
+ public:
+  SpectralCoupling(int n, int mu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override { return apply(x, false); }
+  std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override { return apply(y, true); }
+
+ private:
+  std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& x, bool inverse);
+  // The new active plaquettes P' [B, L0, L1, N, N] and the kernel's log-det per site, from P and the net output.
+  std::pair<torch::Tensor, torch::Tensor> su2_kernel(const torch::Tensor& P, const torch::Tensor& par, bool inverse);
+  std::pair<torch::Tensor, torch::Tensor> su3_kernel(const torch::Tensor& P, const torch::Tensor& par, bool inverse);
+  int n_, mu_, bins_;
+  torch::Tensor active_, frozen_;  // [L0, L1]
+  ConvNet net_{nullptr};
+};
+
+class SUNFlowImpl : public FlowModelImpl {
+ public:
+  SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params);
+  torch::Tensor prior_log_prob(const torch::Tensor& z) const override;  // 0: normalised Haar measure
+  torch::Tensor draw_prior(std::int64_t batch, std::uint64_t stream_seed) const override;
+
+ private:
+  std::vector<std::int64_t> extents_;
+  int n_;
+};
+
 }  // namespace latflow

@@ -26,6 +26,13 @@ void write_header(File& f, const Config& cfg, const Provenance& prov, const std:
   f.create_group("/theory");
   f.write_attr("/theory", "name", cfg.theory);
   f.write_attr("/theory", "extents", cfg.lattice.extents);
+  if (cfg.theory == "sun") {
+    f.write_attr("/theory", "beta", cfg.sun.beta);
+    f.write_attr("/theory", "n", static_cast<std::int64_t>(cfg.sun.n));
+    f.write_attr("/theory", "action",
+                 "wilson: S = -(beta/N) sum_P Re tr U_P; links stored as [2, L0, L1, N, N, 2] (real, imag)");
+    return;
+  }
   if (cfg.theory == "u1") {
     f.write_attr("/theory", "beta", cfg.u1.beta);
     f.write_attr("/theory", "action", "wilson: S = -beta sum_P cos theta_P; links stored as angles [2, L0, L1]");

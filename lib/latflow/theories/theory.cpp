@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "latflow/theories/phi4.hpp"
+#include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
 
 namespace latflow {
@@ -31,6 +32,7 @@ at::Tensor Theory::cold_start(std::int64_t n, const at::TensorOptions& options) 
 
 std::unique_ptr<Theory> make_theory(const Config& cfg) {
   if (cfg.theory == "u1") return std::make_unique<U1>(cfg.lattice, cfg.u1);
+  if (cfg.theory == "sun") return std::make_unique<SUN>(cfg.lattice, cfg.sun);
   return std::make_unique<Phi4>(cfg.lattice, cfg.phi4);
 }
 

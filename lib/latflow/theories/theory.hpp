@@ -46,7 +46,7 @@ class Theory {
   virtual at::Tensor cold_start(std::int64_t n, const at::TensorOptions& options) const;
 };
 
-// The theory of cfg.theory (phi4 | u1) with cfg's lattice and couplings.
+// The theory of cfg.theory (phi4 | u1 | sun) with cfg's lattice and couplings.
 std::unique_ptr<Theory> make_theory(const Config& cfg);
 
 }  // namespace latflow

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: MIT
+#include "latflow/theories/sun.hpp"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "latflow/core/error.hpp"
+
+namespace latflow {
+namespace {
+at::Tensor shift(const at::Tensor& t, std::int64_t by, std::int64_t dim) { return torch::roll(t, {-by}, {dim}); }
+
+// T_a = i lambda_a / 2 with the generalised Gell-Mann matrices: symmetric and antisymmetric off-diagonal pairs,
+// then the N - 1 diagonal ones sqrt(2 / (l (l + 1))) diag(1, ..., 1, -l, 0, ...).
+at::Tensor make_generators(int n) {
+  const auto c128 = torch::TensorOptions().dtype(torch::kComplexDouble);
+  std::vector<at::Tensor> g;
+  const c10::complex<double> I(0, 1);
+  for (int j = 0; j < n; ++j)
+    for (int k = j + 1; k < n; ++k) {
+      auto s = torch::zeros({n, n}, c128), a = torch::zeros({n, n}, c128);
+      s[j][k] = 1;
+      s[k][j] = 1;
+      a[j][k] = -I;
+      a[k][j] = I;
+      g.push_back(s);
+      g.push_back(a);
+    }
+  for (int l = 1; l < n; ++l) {
+    auto d = torch::zeros({n, n}, c128);
+    const double f = std::sqrt(2.0 / (l * (l + 1.0)));
+    for (int m = 0; m < l; ++m) d[m][m] = f;
+    d[l][l] = -l * f;
+    g.push_back(d);
+  }
+  return torch::stack(g) * c10::complex<double>(0, 0.5);
+}
+
+// Ordered product u(x) u(x + e) ... u(x + (R - 1) e) along lattice dimension `dim` of complex links [B, L0, L1, N, N].
+at::Tensor line(const at::Tensor& u, std::int64_t R, std::int64_t dim) {
+  auto prod = u;
+  for (std::int64_t k = 1; k < R; ++k) prod = torch::matmul(prod, shift(u, k, dim));
+  return prod;
+}
+
+at::Tensor real_trace(const at::Tensor& m) { return torch::real(m.diagonal(0, -2, -1).sum(-1)); }
+}  // namespace
+
+SUN::SUN(const LatticeParams& lattice, const SUNParams& params)
+    : extents_(lattice.extents), n_(params.n), beta_(params.beta) {
+  if (extents_.size() != 2) throw ConfigError("lattice.extents: SU(N) gauge theory is 2-dimensional");
+  if (n_ < 2) throw ConfigError("sun.n: must be >= 2");
+  gen_ = make_generators(n_);
+  names_ = {"plaq", "action_density"};
+  const auto half = std::min(extents_[0], extents_[1]) / 2;
+  for (std::int64_t r = 2; r <= std::min<std::int64_t>(4, half); ++r) {
+    loop_sizes_.push_back(r);
+    names_.push_back("wilson_" + std::to_string(r) + "x" + std::to_string(r));
+  }
+}
+
+at::Tensor SUN::matrices(const at::Tensor& x) { return torch::view_as_complex(x.contiguous()); }
+at::Tensor SUN::storage(const at::Tensor& u) { return torch::view_as_real(u.contiguous()).contiguous(); }
+
+at::Tensor SUN::algebra(const at::Tensor& c) const {
+  auto g = gen_.to(c.device(), c.scalar_type() == torch::kFloat32 ? torch::kComplexFloat : torch::kComplexDouble);
+  return torch::einsum("...a,aij->...ij", {c.to(g.scalar_type()), g});
+}
+
+at::Tensor SUN::components(const at::Tensor& m) const {
+  auto g = gen_.to(m.device(), m.scalar_type());
+  return -2 * torch::real(torch::einsum("aij,...ji->...a", {g, m}));
+}
+
+at::Tensor SUN::plaquettes(const at::Tensor& u) {
+  // Dims of u: 0 batch, 1 direction, 2 = x0, 3 = x1; after select(1, mu): 1 = x0, 2 = x1.
+  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
+  return torch::matmul(torch::matmul(u0, shift(u1, 1, 1)), torch::matmul(dagger(shift(u0, 1, 2)), dagger(u1)));
+}
+
+at::Tensor SUN::staples(const at::Tensor& u) {
+  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
+  // mu = 0: U1(x+e0) U0(x+e1)^+ U1(x)^+  +  U1(x+e0-e1)^+ U0(x-e1)^+ U1(x-e1).
+  auto a0 = torch::matmul(torch::matmul(shift(u1, 1, 1), dagger(shift(u0, 1, 2))), dagger(u1)) +
+            shift(torch::matmul(torch::matmul(dagger(shift(u1, 1, 1)), dagger(u0)), u1), -1, 2);
+  // mu = 1: U0(x+e1) U1(x+e0)^+ U0(x)^+  +  U0(x-e0+e1)^+ U1(x-e0)^+ U0(x-e0).
+  auto a1 = torch::matmul(torch::matmul(shift(u0, 1, 2), dagger(shift(u1, 1, 1))), dagger(u0)) +
+            shift(torch::matmul(torch::matmul(dagger(shift(u0, 1, 2)), dagger(u1)), u0), -1, 1);
+  return torch::stack({a0, a1}, 1);
+}
+
+at::Tensor SUN::gauge_transform(const at::Tensor& u, const at::Tensor& g) {
+  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
+  return torch::stack({torch::matmul(torch::matmul(g, u0), dagger(shift(g, 1, 1))),
+                       torch::matmul(torch::matmul(g, u1), dagger(shift(g, 1, 2)))},
+                      1);
+}
+
+at::Tensor SUN::haar(int n, std::vector<std::int64_t> shape, at::Generator& gen) {
+  shape.insert(shape.end(), {n, n, 2});
+  auto z = torch::view_as_complex(torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64)));
+  auto [q, r] = torch::linalg_qr(z);
+  auto d = r.diagonal(0, -2, -1);
+  q = q * (d / d.abs()).unsqueeze(-2);  // column j times the phase of R_jj
+  auto phase = torch::angle(torch::linalg_det(q));
+  return q * torch::polar(torch::ones_like(phase), -phase / n).unsqueeze(-1).unsqueeze(-1);
+}
+
+at::Tensor SUN::project(const at::Tensor& m) {
+  auto [w, s, vh] = torch::linalg_svd(m, /*full_matrices=*/false);
+  auto q = torch::matmul(w, vh);
+  auto phase = torch::angle(torch::linalg_det(q));
+  return q * torch::polar(torch::ones_like(phase), -phase / m.size(-1)).unsqueeze(-1).unsqueeze(-1);
+}
+
+at::Tensor SUN::action(const at::Tensor& x) const {
+  return -(beta_ / n_) * real_trace(plaquettes(matrices(x))).sum({1, 2});
+}
+
+at::Tensor SUN::force(const at::Tensor& x) const {
+  auto u = matrices(x);
+  // F_a = (beta/N) Re tr(T_a M) = -(beta / 2N) components(M), M = U A.
+  return -(beta_ / (2.0 * n_)) * components(torch::matmul(u, staples(u)));
+}
+
+at::Tensor SUN::update_field(const at::Tensor& x, const at::Tensor& p, const at::Tensor& dt) const {
+  auto u = matrices(x);
+  auto step = torch::matrix_exp(algebra(dt * p).to(u.scalar_type()));
+  return storage(project(torch::matmul(step, u))).to(x.scalar_type());
+}
+
+at::Tensor SUN::draw_momenta(at::Generator& gen, std::int64_t n) const {
+  return torch::randn({n, 2, extents_[0], extents_[1], n_ * n_ - 1}, gen,
+                      torch::TensorOptions().dtype(torch::kFloat64));
+}
+
+at::Tensor SUN::cold_start(std::int64_t n, const at::TensorOptions& options) const {
+  auto eye = torch::eye(n_, torch::TensorOptions().dtype(torch::kComplexDouble));
+  auto u = eye.expand({n, 2, extents_[0], extents_[1], n_, n_});
+  return storage(u).to(options);
+}
+
+Measurement SUN::measure(const at::Tensor& x_in) const {
+  auto u = matrices(x_in.to(torch::kFloat64));
+  const double V = static_cast<double>(extents_[0] * extents_[1]);
+  auto plaq = real_trace(plaquettes(u)).sum({1, 2}) / (V * n_);
+  std::vector<at::Tensor> cols{plaq, -beta_ * plaq};
+  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
+  for (auto R : loop_sizes_) {
+    auto l0 = line(u0, R, 1), l1 = line(u1, R, 2);
+    auto w = torch::matmul(torch::matmul(l0, shift(l1, R, 1)), torch::matmul(dagger(shift(l0, R, 2)), dagger(l1)));
+    cols.push_back(real_trace(w).sum({1, 2}) / (V * n_));
+  }
+  // Polyakov loops along x1, one per x0 (ordered product over x1), and their correlator along x0.
+  auto poly = u1.select(2, 0);
+  for (std::int64_t k = 1; k < extents_[1]; ++k) poly = torch::matmul(poly, u1.select(2, k));
+  auto tr = poly.diagonal(0, -2, -1).sum(-1);  // [B, L0] complex
+  std::vector<at::Tensor> corr;
+  for (std::int64_t t = 0; t < extents_[0]; ++t)
+    corr.push_back(torch::real(tr * shift(tr, t, 1).conj()).mean(1));
+  return {torch::stack(cols, 1), torch::stack(corr, 1)};
+}
+
+}  // namespace latflow

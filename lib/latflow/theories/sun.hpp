@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+// 2D SU(N) lattice gauge theory on a periodic L0 x L1 torus (PHYSICS.md section 3), N >= 2 chosen at run time.
+//
+// Storage: the samplers, the HDF5 writer and the flows move real tensors, so a configuration is stored as
+// [B, 2, L0, L1, N, N, 2]: link U_mu(x) with its complex entries split into a trailing (real, imag) axis
+// (torch::view_as_complex gives the complex matrices [B, 2, L0, L1, N, N], DESIGN.md's layout).
+// Plaquette U_P(x) = U_0(x) U_1(x + e0) U_0(x + e1)^+ U_1(x)^+, Wilson action S = -(beta/N) sum_x Re tr U_P(x).
+// Gauge transformations U_mu(x) -> g(x) U_mu(x) g(x + e_mu)^+ conjugate every plaquette.
+//
+// HMC: momenta are algebra components p_a, [B, 2, L0, L1, N^2 - 1], in the basis T_a = i lambda_a / 2 of
+// traceless antihermitian matrices (lambda_a the generalised Gell-Mann matrices, tr lambda_a lambda_b = 2 delta_ab,
+// so tr T_a T_b = -delta_ab / 2). P = sum_a p_a T_a; K = sum_a p_a^2 / 2 = -tr P^2 (the Theory default on the
+// components), p_a ~ N(0, 1). Molecular dynamics: U <- exp(dt P) U (torch::matrix_exp, exact to rounding, then a
+// projection back onto SU(N) so that rounding does not accumulate), p_a <- p_a + dt F_a with the force
+// F_a(mu, x) = -d/dt S(exp(t T_a) U_mu(x))|_0 = (beta/N) Re tr(T_a U_mu(x) A_mu(x)), A the sum of the two staples.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "latflow/core/params.hpp"
+#include "latflow/theories/theory.hpp"
+
+namespace latflow {
+
+class SUN : public Theory {
+ public:
+  SUN(const LatticeParams& lattice, const SUNParams& params);
+
+  at::Tensor action(const at::Tensor& x) const override;  // [B]
+  // Algebra components F_a, [B, 2, L0, L1, N^2 - 1] (the shape of the momenta, not of the field).
+  at::Tensor force(const at::Tensor& x) const override;
+
+  // Scalars per configuration, in this order: plaq = mean over x of Re tr U_P(x) / N, action_density = S / V,
+  // wilson_RxR = mean over x of Re tr W_RxR(x) / N (R = 2 .. min(4, L/2)). Correlator: Polyakov loops
+  // P(x0) = prod_{x1} U_1(x0, x1) (ordered), c(t) = (1/L0) sum_{x0} Re tr P(x0) tr P(x0 + t)^* (not divided by N^2).
+  Measurement measure(const at::Tensor& x) const override;
+  const std::vector<std::string>& observable_names() const override { return names_; }
+  std::vector<std::int64_t> field_shape() const override { return {2, extents_[0], extents_[1], n_, n_, 2}; }
+
+  at::Tensor update_field(const at::Tensor& x, const at::Tensor& p, const at::Tensor& dt) const override;
+  at::Tensor draw_momenta(at::Generator& gen, std::int64_t n) const override;
+  at::Tensor cold_start(std::int64_t n, const at::TensorOptions& options) const override;
+
+  int colors() const { return n_; }
+  double beta() const { return beta_; }
+  const std::vector<std::int64_t>& extents() const { return extents_; }
+  const std::vector<std::int64_t>& loop_sizes() const { return loop_sizes_; }
+  // sum_a c_a T_a for components c [..., N^2 - 1] (complex [..., N, N]) and the inverse Re-trace map
+  // c_a = -2 Re tr(T_a M) of the antihermitian traceless part of M.
+  at::Tensor algebra(const at::Tensor& c) const;
+  at::Tensor components(const at::Tensor& m) const;
+  at::Tensor generators() const { return gen_; }  // [N^2 - 1, N, N] complex128
+
+  // Real storage <-> complex link matrices.
+  static at::Tensor matrices(const at::Tensor& x);  // [B, 2, L0, L1, N, N, 2] -> complex [B, 2, L0, L1, N, N]
+  static at::Tensor storage(const at::Tensor& u);   // the inverse
+  static at::Tensor dagger(const at::Tensor& m) { return m.conj().transpose(-2, -1); }
+  // Untraced plaquettes U_P(x), complex [B, L0, L1, N, N], from complex links.
+  static at::Tensor plaquettes(const at::Tensor& u);
+  // Staple sums A_mu(x) with sum_P Re tr U_P = (1/4) sum_{mu, x} Re tr U_mu(x) A_mu(x), complex like u.
+  static at::Tensor staples(const at::Tensor& u);
+  // g(x) U_mu(x) g(x + e_mu)^+ for complex links u and g [B, L0, L1, N, N].
+  static at::Tensor gauge_transform(const at::Tensor& u, const at::Tensor& g);
+  // Haar-random SU(N) matrices [shape..., N, N] complex128 (QR of a complex Gaussian with the phases of R's
+  // diagonal moved into Q (Mezzadri 2007), then divided by det^(1/N)).
+  static at::Tensor haar(int n, std::vector<std::int64_t> shape, at::Generator& gen);
+  // The nearest unitary matrix (polar part, via SVD) divided by the principal det^(1/N): exact SU(N) for
+  // matrices that drifted by rounding.
+  static at::Tensor project(const at::Tensor& m);
+
+ private:
+  std::vector<std::int64_t> extents_;
+  int n_;
+  double beta_;
+  at::Tensor gen_;
+  std::vector<std::int64_t> loop_sizes_;
+  std::vector<std::string> names_;
+};
+
+}  // namespace latflow
