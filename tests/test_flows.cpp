@@ -239,3 +239,19 @@ TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradie
   }
   at::set_num_threads(1);
 }
+
+TEST_CASE("a net first applied while sampling can be trained afterwards", "[flows]") {
+  torch::manual_seed(5);
+  ConvNet net(2, 1, std::vector<int>{8, 8}, 2, 3, "leaky_relu");
+  randomise(*net, 0.3);
+  auto x = torch::randn({3, 1, 4, 4}, torch::kFloat64);
+  net->to(torch::kFloat64);
+  {
+    torch::InferenceMode im;
+    net->forward(x);  // builds the neighbour table for 4x4 inside inference mode
+  }
+  auto xv = x.clone().requires_grad_(true);
+  net->forward(xv).square().sum().backward();
+  CHECK(torch::isfinite(xv.grad()).all().item<bool>());
+  for (auto& p : net->parameters()) CHECK(p.grad().defined());
+}

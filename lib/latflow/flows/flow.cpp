@@ -52,7 +52,7 @@ void for_chunks(std::int64_t n, F&& f) {
 // The whole periodic conv net as one autograd node (kernels in periodic_conv.cpp). Arguments: the input
 // [B, C, L...], the parameters (w0, b0, w1, b1, ...) in LibTorch's Conv layout, the geometry.
 struct FusedGeometry {
-  const std::vector<std::int32_t>* nbr;
+  torch::Tensor nbr;  // int32 [V * taps], pconv::neighbour_table
   std::int64_t V;
   int taps;
   pconv::Act act;
@@ -89,7 +89,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
         for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
           const auto off = b0 * geo.V * cout;
           pconv::conv_forward<scalar_t>(in.data_ptr<scalar_t>() + b0 * geo.V * cin, b1 - b0, geo.V, geo.taps,
-                                        geo.nbr->data(), cin, cout, wk.data_ptr<scalar_t>(),
+                                        geo.nbr.data_ptr<std::int32_t>(), cin, cout, wk.data_ptr<scalar_t>(),
                                         bias.data_ptr<scalar_t>(), last ? nullptr : &geo.act,
                                         pre.defined() ? pre.data_ptr<scalar_t>() + off : nullptr,
                                         out.data_ptr<scalar_t>() + off);
@@ -103,7 +103,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
     ctx->saved_data["acts"] = acts;
     ctx->saved_data["pres"] = pres;
     ctx->saved_data["params"] = params.vec();
-    ctx->saved_data["geo_nbr"] = reinterpret_cast<std::int64_t>(geo.nbr);
+    ctx->saved_data["geo_nbr"] = geo.nbr;
     ctx->saved_data["geo_taps"] = static_cast<std::int64_t>(geo.taps);
     ctx->saved_data["geo_act"] = static_cast<std::int64_t>(geo.act);
     ctx->saved_data["geo_V"] = geo.V;
@@ -116,7 +116,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
     const auto acts = ctx->saved_data["acts"].toTensorVector();
     const auto pres = ctx->saved_data["pres"].toTensorVector();
     const auto params = ctx->saved_data["params"].toTensorVector();
-    const auto* nbr = reinterpret_cast<const std::vector<std::int32_t>*>(ctx->saved_data["geo_nbr"].toInt());
+    const auto nbr = ctx->saved_data["geo_nbr"].toTensor();
     const int taps = static_cast<int>(ctx->saved_data["geo_taps"].toInt());
     const auto act = static_cast<pconv::Act>(ctx->saved_data["geo_act"].toInt());
     const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
@@ -138,7 +138,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
         for_chunks(B, [&](std::int64_t c, std::int64_t b0, std::int64_t b1) {
           pconv::conv_backward<scalar_t>(
               acts[l].data_ptr<scalar_t>() + b0 * V * cin, g.data_ptr<scalar_t>() + b0 * V * cout, b1 - b0, V, taps,
-              nbr->data(), cin, cout, wc.data_ptr<scalar_t>(),
+              nbr.data_ptr<std::int32_t>(), cin, cout, wc.data_ptr<scalar_t>(),
               l > 0 ? pres[l - 1].data_ptr<scalar_t>() + b0 * V * cin : nullptr, &act,
               need_gin ? gin.data_ptr<scalar_t>() + b0 * V * cin : nullptr, gw[c].data_ptr<scalar_t>(),
               gb[c].data_ptr<scalar_t>());
@@ -204,7 +204,12 @@ torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
 torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
   std::vector<std::int64_t> extents(x.sizes().begin() + 2, x.sizes().end());
   auto& nbr = neighbours_[extents];
-  if (!nbr) nbr = std::make_shared<std::vector<std::int32_t>>(pconv::neighbour_table(extents, kernel_));
+  if (!nbr.defined()) {
+    // A normal tensor even when first made while sampling, since later training passes keep it in their graphs.
+    c10::InferenceMode normal_tensors(false);
+    const auto table = pconv::neighbour_table(extents, kernel_);
+    nbr = torch::tensor(at::ArrayRef<std::int32_t>(table), torch::kInt32);
+  }
   std::int64_t V = 1, taps = 1;
   for (auto L : extents) V *= L;
   for (int mu = 0; mu < dim_; ++mu) taps *= kernel_;
@@ -215,7 +220,7 @@ torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
   bool differentiable = torch::GradMode::is_enabled() && x.requires_grad();
   for (const auto& p : params) differentiable = differentiable || (torch::GradMode::is_enabled() && p.requires_grad());
   return FusedConvNet::apply(x, at::TensorList(params),
-                             FusedGeometry{nbr.get(), V, static_cast<int>(taps), parse_activation(activation_),
+                             FusedGeometry{nbr, V, static_cast<int>(taps), parse_activation(activation_),
                                            differentiable});
 }
 

@@ -38,7 +38,8 @@ class ConvNetImpl : public torch::nn::Module {
   std::string activation_;
   std::vector<torch::nn::AnyModule> convs_;
   // Periodic neighbour tables per lattice shape seen (a model can be applied to other volumes).
-  std::map<std::vector<std::int64_t>, std::shared_ptr<std::vector<std::int32_t>>> neighbours_;
+  // (int32 tensors, so that an autograd graph holds a reference to the one its backward needs).
+  std::map<std::vector<std::int64_t>, torch::Tensor> neighbours_;
 };
 // Process-wide choice of ConvNet implementation (true: fused kernels where possible); for benchmarks and tests.
 void set_fused_conv(bool on);
