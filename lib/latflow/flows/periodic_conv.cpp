@@ -115,6 +115,22 @@ struct Row {
   }
 };
 
+// For SB consecutive rows from row: the start of each row's sample in `in` and its neighbour-table row. SB may
+// exceed V, so the rows may belong to several samples.
+template <int SB, class T>
+__attribute__((always_inline)) inline void row_starts(const T* in, Row row, std::int64_t V, int taps,
+                                                      const std::int32_t* nbr, int kin, const T* (&sample)[SB],
+                                                      const std::int32_t* (&ns)[SB]) {
+  for (std::int64_t q = 0, b = row.b, s = row.s; q < SB; ++q) {
+    sample[q] = in + b * V * kin;
+    ns[q] = nbr + s * taps;
+    if (++s == V) {
+      s = 0;
+      ++b;
+    }
+  }
+}
+
 // Where a gather's results go: out = act(v) (act null: out = v), pre = v when pre is not null, or, for the
 // input-gradient of a backward pass, out = v * act'(dpre) when dpre is not null (the derivative of the activation
 // that produced the conv's input, so the result is the gradient with respect to the values before it).
@@ -170,14 +186,7 @@ __attribute__((always_inline)) inline void gather_rows(const T* in, Row row, std
   const std::int64_t koutP = round_up(kout, W);
   const T* base[SB];
   const std::int32_t* ns[SB];
-  for (std::int64_t q = 0, b = row.b, s = row.s; q < SB; ++q) {  // SB may exceed V: rows of several samples
-    base[q] = in + b * V * kin;
-    ns[q] = nbr + s * taps;
-    if (++s == V) {
-      s = 0;
-      ++b;
-    }
-  }
+  row_starts<SB>(in, row, V, taps, nbr, kin, base, ns);
   for (std::int64_t c0 = 0; c0 < koutP; c0 += W) {
     T init[W];
     for (int j = 0; j < W; ++j) init[j] = (bias && c0 + j < kout) ? bias[c0 + j] : T(0);
@@ -209,14 +218,7 @@ __attribute__((always_inline)) inline void dot_rows(const T* in, Row row, std::i
   using V_t = vec_t<T, 8>;
   const T* src0[SB];
   const std::int32_t* ns[SB];
-  for (std::int64_t q = 0, b = row.b, s = row.s; q < SB; ++q) {  // SB may exceed V: rows of several samples
-    src0[q] = in + b * V * kin;
-    ns[q] = nbr + s * taps;
-    if (++s == V) {
-      s = 0;
-      ++b;
-    }
-  }
+  row_starts<SB>(in, row, V, taps, nbr, kin, src0, ns);
   V_t acc[SB][KO];
   for (int q = 0; q < SB; ++q)
     for (int c = 0; c < KO; ++c) acc[q][c] = V_t{};
