@@ -89,6 +89,8 @@ const std::vector<Key>& keys() {
       LATFLOW_KEY("train.lr_schedule", train.lr_schedule, v, "constant | cosine"),
       LATFLOW_KEY("train.lr_min", train.lr_min, parse_number<double>("train.lr_min", v), "final lr of cosine"),
       LATFLOW_KEY("train.warmup", train.warmup, parse_number<I>("train.warmup", v), "linear warm-up steps"),
+      LATFLOW_KEY("train.gradient", train.gradient, v,
+                  "reparam | path (through the sample only: lower variance near convergence)"),
       LATFLOW_KEY("train.clip", train.clip, parse_number<double>("train.clip", v), "gradient-norm clip, 0 = off"),
       LATFLOW_KEY("train.log_every", train.log_every, parse_number<I>("train.log_every", v), "history interval"),
       LATFLOW_KEY("train.checkpoint_every", train.checkpoint_every, parse_number<I>("train.checkpoint_every", v),

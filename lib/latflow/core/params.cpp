@@ -127,6 +127,7 @@ void Config::validate() {
           "must be constant or cosine");
   require(t.lr_min >= 0 && t.lr_min <= t.lr, "train.lr_min", str(t.lr_min), "must be in [0, train.lr]");
   require(t.warmup >= 0, "train.warmup", str(t.warmup), "must be >= 0");
+  require(t.gradient == "reparam" || t.gradient == "path", "train.gradient", t.gradient, "must be reparam or path");
   require(t.clip >= 0 && std::isfinite(t.clip), "train.clip", str(t.clip), "must be >= 0");
   require(t.log_every >= 1, "train.log_every", str(t.log_every), "must be >= 1");
   require(t.checkpoint_every >= 1, "train.checkpoint_every", str(t.checkpoint_every), "must be >= 1");
@@ -217,7 +218,8 @@ std::string training_identity(const Config& c) {
      << "train.lr_schedule = " << c.train.lr_schedule << "\n"
      << "train.lr_min = " << c.train.lr_min << "\n"
      << "train.warmup = " << c.train.warmup << "\n"
-     << "train.clip = " << c.train.clip << "\n";
+     << "train.clip = " << c.train.clip << "\n"
+     << "train.gradient = " << c.train.gradient << "\n";
   // A cosine schedule is a function of the total step count: continuing with another count would jump.
   if (c.train.lr_schedule == "cosine") os << "train.steps = " << c.train.steps << "\n";
   if (!c.train.init_from.empty()) os << "train.init_from = " << c.train.init_from << "\n";

@@ -61,6 +61,11 @@ struct TrainParams {
   double lr_min = 1e-5;
   std::int64_t warmup = 0;             // linear warm-up steps
   double clip = 0.0;                   // max gradient norm; 0 = off
+  // reparam: gradient of the reverse-KL estimate mean(log q(x) + S(x)), x = f(z), through the sample and the
+  // weights; path: through the sample only, log q evaluated at fixed weights (its score term has zero mean
+  // but not zero variance; without it the gradient's variance vanishes as q -> p; Vaitl et al. 2022,
+  // arXiv:2207.08219). One more pass through the flow (the inverse) per step.
+  std::string gradient = "reparam";
   std::int64_t log_every = 50;
   std::int64_t checkpoint_every = 500;
   double max_minutes = 0.0;            // wall-clock budget; 0 = none (stops cleanly and checkpoints)

@@ -131,20 +131,24 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
         const int cout = static_cast<int>(w.size(0)), cin = static_cast<int>(w.size(1));
         auto wc = w.detach().contiguous();
         const bool need_gin = l > 0 || ctx->needs_input_grad(0);
+        // Weights held constant (path-gradient training evaluates log q at fixed weights): input gradients only.
+        const bool need_gw = ctx->needs_input_grad(1 + 2 * l) || ctx->needs_input_grad(2 + 2 * l);
         auto gin = need_gin ? torch::empty({B, V, cin}, g.options()) : torch::Tensor();
         const std::int64_t chunks = std::max<std::int64_t>(1, std::min<std::int64_t>(at::get_num_threads(), B));
-        auto gw = torch::zeros({chunks, cout, cin, taps}, g.options());
-        auto gb = torch::zeros({chunks, cout}, g.options());
+        auto gw = need_gw ? torch::zeros({chunks, cout, cin, taps}, g.options()) : torch::Tensor();
+        auto gb = need_gw ? torch::zeros({chunks, cout}, g.options()) : torch::Tensor();
         for_chunks(B, [&](std::int64_t c, std::int64_t b0, std::int64_t b1) {
           pconv::conv_backward<scalar_t>(
               acts[l].data_ptr<scalar_t>() + b0 * V * cin, g.data_ptr<scalar_t>() + b0 * V * cout, b1 - b0, V, taps,
               nbr.data_ptr<std::int32_t>(), cin, cout, wc.data_ptr<scalar_t>(),
               l > 0 ? pres[l - 1].data_ptr<scalar_t>() + b0 * V * cin : nullptr, &act,
-              need_gin ? gin.data_ptr<scalar_t>() + b0 * V * cin : nullptr, gw[c].data_ptr<scalar_t>(),
-              gb[c].data_ptr<scalar_t>());
+              need_gin ? gin.data_ptr<scalar_t>() + b0 * V * cin : nullptr,
+              need_gw ? gw[c].data_ptr<scalar_t>() : nullptr, need_gw ? gb[c].data_ptr<scalar_t>() : nullptr);
         });
-        grads[1 + 2 * l] = gw.sum(0).view(w.sizes());
-        grads[2 + 2 * l] = gb.sum(0);
+        if (need_gw) {
+          grads[1 + 2 * l] = gw.sum(0).view(w.sizes());
+          grads[2 + 2 * l] = gb.sum(0);
+        }
         g = gin;
       }
     });

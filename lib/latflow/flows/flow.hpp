@@ -149,6 +149,21 @@ class ScalarFlowImpl : public FlowModelImpl {
 };
 
 FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& params);
+
+class Theory;
+// One training batch's reverse-KL objective: per sample log q(x) + S(x) with x = f(z), whose batch mean
+// estimates KL(q || p) - ln Z and whose gradient is the training gradient; log_q and action are its parts,
+// detached (log q from the forward pass, float64).
+//   path = false (train.gradient = reparam): the gradient through x and through the weights' explicit
+//     appearance in log q. That second part, the score E_q[d log q / d theta] = 0, has zero mean but a variance
+//     that does not vanish as q -> p.
+//   path = true (train.gradient = path): log q(x) evaluated by the inverse with the weights held constant, so
+//     the weights enter only through x: the same value, the same expected gradient, without the score term;
+//     its variance vanishes as q -> p (Vaitl et al. 2022, arXiv:2207.08219). Costs one inverse pass.
+struct KLObjective {
+  torch::Tensor objective, log_q, action;
+};
+KLObjective reverse_kl_objective(FlowModelImpl& model, const Theory& theory, const torch::Tensor& z, bool path);
 // The flow for cfg.theory (phi4: ScalarFlow; u1: U1Flow), weights initialised from LibTorch's default generator.
 FlowModel make_flow(const Config& cfg);
 

@@ -132,7 +132,11 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::kernel(const torch::Tenso
       hi = torch::where(below, hi, mid);
     }
   }
-  auto theta = 0.5 * (lo + hi);
+  // One Newton step from the root: the value is unchanged to rounding, and theta becomes differentiable in the
+  // target and the parameters with the implicit-function derivative d theta = (d target - d h) / h' (the
+  // path-gradient training differentiates this inverse).
+  auto root = 0.5 * (lo + hi);
+  auto theta = root + (target - h(root)) / slope(root);
   return {theta, -torch::log(slope(theta))};
 }
 

@@ -433,6 +433,7 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
   if (gin)
     gather(gpre, n, V, taps, nbr, true, w, cin, cout, static_cast<const T*>(nullptr),
            Sink<T>{in_pre ? in_act : nullptr, nullptr, in_pre, gin});
+  if (!gw) return;  // the parameters are constants here (path-gradient training: log q at fixed weights)
   const bool dot = cout <= 4 && cin % 8 == 0;
   const int W = dot ? (cout <= 1 ? 1 : cout <= 2 ? 2 : 4) : lanes(cout);  // padded width of gP
   const std::int64_t coutP = round_up(cout, W), rows = n * V;

@@ -32,7 +32,7 @@ void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const s
 
 // Backward of conv_forward for b in [0, n) from gpre = dL/dpre: gw += dL/dW (W's layout), gb += dL/dbias, and
 // when gin is not null gin = dL/din (overwritten) or, when in_pre is not null (in = in_act(in_pre), the previous
-// layer's output), gin = dL/din_pre.
+// layer's output), gin = dL/din_pre. gw and gb null: no parameter gradients (only gin).
 template <class T>
 void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
                    int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb);

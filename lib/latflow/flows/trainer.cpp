@@ -152,6 +152,39 @@ double allreduce_gradients(const std::vector<torch::Tensor>& params, double loca
   return buf[at].item<double>();
 }
 
+// For its lifetime the weights do not require gradients: what is computed from them is differentiable in its
+// other inputs only (the path gradient's log q at fixed weights). Restored before any backward pass.
+class WeightsHeldConstant {
+ public:
+  explicit WeightsHeldConstant(const std::vector<torch::Tensor>& params) : params_(params) {
+    for (auto& p : params_) p.requires_grad_(false);
+  }
+  ~WeightsHeldConstant() {
+    for (auto& p : params_) p.requires_grad_(true);
+  }
+  WeightsHeldConstant(const WeightsHeldConstant&) = delete;
+  WeightsHeldConstant& operator=(const WeightsHeldConstant&) = delete;
+
+ private:
+  std::vector<torch::Tensor> params_;
+};
+
+}  // namespace
+
+KLObjective reverse_kl_objective(FlowModelImpl& model, const Theory& theory, const torch::Tensor& z, bool path) {
+  auto [x, log_q] = model.forward(z);
+  auto S = theory.action(x.to(torch::kFloat64));
+  auto objective = log_q + S;
+  if (path) {
+    std::vector<torch::Tensor> params = model.parameters();
+    WeightsHeldConstant constant(params);
+    objective = model.log_prob(x).first + S;
+  }
+  return {objective, log_q.detach(), S.detach()};
+}
+
+namespace {
+
 class Progress {
  public:
   Progress(std::int64_t total) : total_(total), tty_(log::stdout_is_tty()) {}
@@ -238,10 +271,11 @@ TrainSummary train_job(const Config& cfg) {
   }
 
   const auto params = model->parameters();
+  const bool path_gradient = tp.gradient == "path";
   std::int64_t n_params = 0;
   for (const auto& p : params) n_params += p.numel();
   log::info("training: " + std::to_string(n_params) + " parameters, " + std::to_string(tp.steps) +
-            " steps of batch " + std::to_string(tp.batch) + ", checkpoint " + ckpt);
+            " steps of batch " + std::to_string(tp.batch) + ", " + tp.gradient + " gradient, checkpoint " + ckpt);
 
   const auto t0 = std::chrono::steady_clock::now();
   const double base_seconds = meta.train_seconds;
@@ -347,10 +381,10 @@ TrainSummary train_job(const Config& cfg) {
     const double lr = learning_rate(tp, step) * lr_scale;
     for (auto& group : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
 
-    auto [x, log_q] = model->forward(draw_batch(model, cfg.run.seed, step, lo, hi));
-    auto S = theory.action(x.to(torch::kFloat64));
+    const auto [objective, log_q, S] =
+        reverse_kl_objective(*model, theory, draw_batch(model, cfg.run.seed, step, lo, hi), path_gradient);
     // This rank's part of the batch mean; the allreduce completes it.
-    auto loss_part = (log_q + S).sum() / static_cast<double>(tp.batch);
+    auto loss_part = objective.sum() / static_cast<double>(tp.batch);
     if (is_poisoned(step)) loss_part = loss_part * std::numeric_limits<double>::quiet_NaN();
     opt.zero_grad();
     const double local_loss = loss_part.item<double>();
@@ -384,7 +418,7 @@ TrainSummary train_job(const Config& cfg) {
     }
 
     // The batch statistics of the history, on the root from the whole batch's log-weights (in sample order).
-    auto lw_t = (-(S + log_q)).detach().to(torch::kCPU).contiguous();
+    auto lw_t = (-(S + log_q)).to(torch::kCPU).contiguous();
     const std::vector<double> lw =
         mpi::gather(std::vector<double>(lw_t.data_ptr<double>(), lw_t.data_ptr<double>() + lw_t.numel()));
     if (root) {
