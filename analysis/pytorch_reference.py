@@ -285,21 +285,30 @@ def rational_quadratic(v, xk, yk, dk):
 
 class SplineCoupling(nn.Module):
     """Active sites inside (-B, B) go through a K-bin rational-quadratic spline of [-B, B] (unit slopes at the ends,
-    identity outside); widths, heights and the K - 1 interior slopes come from the net of the frozen sites."""
+    identity outside); widths, heights and the K - 1 interior slopes come from the net of the frozen sites. With z2
+    the raw parameters are (net(c) + mirror(net(-c))) / 2, each group reversed by mirror: the spline of -c is the
+    point reflection of the spline of c, so the layer commutes with phi -> -phi."""
 
     def __init__(self, frozen, c):
         super().__init__()
         d = frozen.dim()
         self.register_buffer("mask", frozen.unsqueeze(0))
         self.register_buffer("active", 1 - frozen.unsqueeze(0))
-        self.K, self.bound = c["spline_bins"], c["spline_bound"]
+        self.K, self.bound, self.z2 = c["spline_bins"], c["spline_bound"], c["z2"]
         self.sites = tuple(range(1, d + 1))
         self.perm = (0,) + tuple(range(2, d + 2)) + (1,)
         self.net = ConvNet(d, 1, c["hidden"], 3 * self.K - 1, c["kernel"], c["activation"])
 
     def forward(self, x):
         K, B = self.K, self.bound
-        raw = self.net((x * self.mask).unsqueeze(1)).permute(self.perm)  # [B, L..., 3K-1]
+        xf = (x * self.mask).unsqueeze(1)
+        if self.z2:
+            a, b = self.net(torch.cat([xf, -xf], 0)).chunk(2, 0)
+            mirrored = torch.cat([b[:, :K].flip(1), b[:, K:2 * K].flip(1), b[:, 2 * K:].flip(1)], 1)
+            raw = 0.5 * (a + mirrored)
+        else:
+            raw = self.net(xf)
+        raw = raw.permute(self.perm)  # [B, L..., 3K-1]
         widths = MIN_BIN + (1 - K * MIN_BIN) * torch.softmax(raw[..., :K], -1)
         heights = MIN_BIN + (1 - K * MIN_BIN) * torch.softmax(raw[..., K:2 * K], -1)
         derivs = MIN_DERIV + F.softplus(raw[..., 2 * K:] + DERIV_SHIFT)
@@ -524,6 +533,7 @@ def check(config_path):
         ("phi4 affine z2", dict(theory="phi4", coupling="affine", z2=True)),
         ("phi4 affine", dict(theory="phi4", coupling="affine", activation="tanh")),
         ("phi4 spline", dict(theory="phi4", coupling="spline", activation="silu", spline_bound=1.5)),
+        ("phi4 spline z2", dict(theory="phi4", coupling="spline", z2=True, spline_bins=4)),
         ("u1 ncp", dict(theory="u1", coupling="ncp")),
         ("u1 ncp loops", dict(theory="u1", coupling="ncp", loops=True, ncp_components=4)),
         ("u1 spline loops", dict(theory="u1", coupling="spline", loops=True)),

@@ -74,7 +74,7 @@ const std::vector<Key>& keys() {
       LATFLOW_KEY("flow.hidden", flow.hidden, parse_list<int>("flow.hidden", v), "hidden channels of each conv net"),
       LATFLOW_KEY("flow.kernel", flow.kernel, parse_number<int>("flow.kernel", v), "odd conv kernel size"),
       LATFLOW_KEY("flow.activation", flow.activation, v, "leaky_relu | tanh | silu"),
-      LATFLOW_KEY("flow.z2", flow.z2, parse_bool("flow.z2", v), "Z2-equivariant affine couplings"),
+      LATFLOW_KEY("flow.z2", flow.z2, parse_bool("flow.z2", v), "Z2-equivariant couplings (phi4: affine or spline)"),
       LATFLOW_KEY("flow.spline_bins", flow.spline_bins, parse_number<int>("flow.spline_bins", v), "spline bins K"),
       LATFLOW_KEY("flow.spline_bound", flow.spline_bound, parse_number<double>("flow.spline_bound", v),
                   "spline domain [-B, B]; identity outside"),

@@ -191,6 +191,7 @@ TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero ex
   expect_error("train " + with("sched.ini", "lr = 0.003", "lr = 0.003\nlr_schedule = step"), 2,
                "train.lr_schedule");
   expect_error("train " + with("lr.ini", "lr = 0.003", "lr = 0"), 2, "train.lr");
+  expect_error("train " + with("grad.ini", "lr = 0.003", "lr = 0.003\ngradient = score"), 2, "train.gradient");
   expect_error("train " + with("d5.ini", "extents = 8 8", "extents = 4 4 4 4 4"), 2, "lattice.extents");
   expect_error("train " + with("d4.ini", "extents = 8 8", "extents = 4 4 4 4"), 2, "d <= 3");
   expect_error("sample " + with("prop.ini", "proposals = 20000", "proposals = 0"), 2, "sample.proposals");

@@ -51,7 +51,8 @@ TEST_CASE("resume identity: every model and recipe key is named when it differs"
       {"run.seed", {"--run.seed", "2"}},          {"train.batch", {"--train.batch", "32"}},
       {"train.lr", {"--train.lr", "0.01"}},       {"train.lr_schedule", {"--train.lr_schedule", "constant"}},
       {"train.lr_min", {"--train.lr_min", "0"}},  {"train.warmup", {"--train.warmup", "5"}},
-      {"train.clip", {"--train.clip", "1"}},      {"train.steps", {"--train.steps", "200"}}};
+      {"train.clip", {"--train.clip", "1"}},      {"train.steps", {"--train.steps", "200"}},
+      {"train.gradient", {"--train.gradient", "path"}}};
   for (const auto& [key, ov] : recipe_keys) {
     CAPTURE(key);
     const auto diff = first_difference(training_identity(ref), training_identity(parse(base, ov)));

@@ -53,7 +53,7 @@ TEST_CASE("every coupling layer's log-det equals the autograd Jacobian's (float6
   torch::manual_seed(11);
   for (const auto& ext : kLattices) {
     for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{{"affine", false}, {"affine", true},
-                                                                      {"spline", false}}) {
+                                                                      {"spline", false}, {"spline", true}}) {
       for (int parity = 0; parity < 2; ++parity) {
         CAPTURE(ext, kind, z2, parity);
         auto p = params(kind, z2);
@@ -141,7 +141,7 @@ TEST_CASE("flow model commutes with translations by the mask period and, with z2
   LatticeParams lat;
   lat.extents = {6, 4};
   for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{{"affine", false}, {"affine", true},
-                                                                    {"spline", false}}) {
+                                                                    {"spline", false}, {"spline", true}}) {
     CAPTURE(kind, z2);
     FlowModel model = make_scalar_flow(lat, params(kind, z2));
     randomise(*model, 0.4);
@@ -283,7 +283,7 @@ Config small_config(const std::string& theory, const std::string& coupling) {
   Config cfg;
   cfg.theory = theory;
   cfg.lattice.extents = {4, 4};
-  cfg.flow = params(coupling, theory == "phi4" && coupling == "affine");
+  cfg.flow = params(coupling, theory == "phi4");
   cfg.flow.spline_bound = 3.0;
   cfg.phi4.m2 = -4;
   cfg.phi4.lam = 8;

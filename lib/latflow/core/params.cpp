@@ -109,7 +109,6 @@ void Config::validate() {
     require(f.kernel / 2 <= l, "flow.kernel", str(f.kernel), "the kernel half-width exceeds a lattice extent");
   require(f.activation == "leaky_relu" || f.activation == "tanh" || f.activation == "silu", "flow.activation",
           f.activation, "must be leaky_relu, tanh or silu");
-  require(!(f.z2 && f.coupling == "spline"), "flow.z2", "true", "is only available for affine couplings");
   require(f.spline_bins >= 2 && f.spline_bins <= 256, "flow.spline_bins", str(f.spline_bins), "must be in 2..256");
   require(f.spline_bound > 0 && std::isfinite(f.spline_bound), "flow.spline_bound", str(f.spline_bound),
           "must be > 0");
@@ -218,8 +217,9 @@ std::string training_identity(const Config& c) {
      << "train.lr_schedule = " << c.train.lr_schedule << "\n"
      << "train.lr_min = " << c.train.lr_min << "\n"
      << "train.warmup = " << c.train.warmup << "\n"
-     << "train.clip = " << c.train.clip << "\n"
-     << "train.gradient = " << c.train.gradient << "\n";
+     << "train.clip = " << c.train.clip << "\n";
+  // Only when not the default, so that checkpoints made before the key existed stay continuable.
+  if (c.train.gradient != "reparam") os << "train.gradient = " << c.train.gradient << "\n";
   // A cosine schedule is a function of the total step count: continuing with another count would jump.
   if (c.train.lr_schedule == "cosine") os << "train.steps = " << c.train.steps << "\n";
   if (!c.train.init_from.empty()) os << "train.init_from = " << c.train.init_from << "\n";

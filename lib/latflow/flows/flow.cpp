@@ -316,7 +316,7 @@ std::pair<torch::Tensor, torch::Tensor> rational_quadratic(const torch::Tensor& 
 
 // ---------------------------------------------------------------------------------------------------------------
 SplineCoupling::SplineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim)
-    : bins_(p.spline_bins), bound_(p.spline_bound) {
+    : bins_(p.spline_bins), bound_(p.spline_bound), z2_(p.z2) {
   mask_ = register_buffer("mask", frozen_mask.unsqueeze(0));
   active_ = register_buffer("active", 1 - mask_);
   net_ = register_module("net", ConvNet(dim, 1, p.hidden, 3 * p.spline_bins - 1, p.kernel, p.activation));
@@ -334,7 +334,21 @@ std::pair<torch::Tensor, torch::Tensor> SplineCoupling::apply(const torch::Tenso
   std::vector<std::int64_t> perm{0};
   for (int mu = 0; mu < d; ++mu) perm.push_back(mu + 2);
   perm.push_back(1);
-  auto raw = net_->forward((in * mask_).unsqueeze(1)).permute(perm);  // [B, L..., 3K-1]
+  auto xf = (in * mask_).unsqueeze(1);
+  torch::Tensor raw;  // [B, 3K-1, L...]: K width logits, K height logits, K-1 interior slopes
+  if (z2_) {
+    // raw(c) = (net(c) + mirror(net(-c))) / 2, mirror reversing each group, so raw(-c) = mirror(raw(c)): the
+    // spline of -c is the point reflection of the spline of c.
+    const auto B = in.size(0);
+    auto out = net_->forward(torch::cat({xf, -xf}, 0));
+    auto b = out.narrow(0, B, B);
+    auto mirrored = torch::cat(
+        {b.narrow(1, 0, K).flip({1}), b.narrow(1, K, K).flip({1}), b.narrow(1, 2 * K, K - 1).flip({1})}, 1);
+    raw = 0.5 * (out.narrow(0, 0, B) + mirrored);
+  } else {
+    raw = net_->forward(xf);
+  }
+  raw = raw.permute(perm);  // [B, L..., 3K-1]
   auto widths = kMinBin + (1 - K * kMinBin) * torch::softmax(raw.narrow(-1, 0, K), -1);
   auto heights = kMinBin + (1 - K * kMinBin) * torch::softmax(raw.narrow(-1, K, K), -1);
   auto derivs = kMinDeriv + torch::softplus(raw.narrow(-1, 2 * K, K - 1) + kDerivShift);

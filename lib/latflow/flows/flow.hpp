@@ -70,7 +70,9 @@ class AffineCoupling : public CouplingLayer {
 };
 
 // Monotone rational-quadratic spline on [-B, B] (Durkan et al. 2019, arXiv:1906.04032), identity with unit slope
-// outside; K bins whose widths, heights and interior derivatives come from the net of the frozen sites.
+// outside; K bins whose widths, heights and interior derivatives come from the net of the frozen sites. With z2,
+// the spline's parameters are symmetrised so that the frozen field -c gives the mirrored spline,
+// g_{-c}(y) = -g_c(-y) (bins, heights and knot slopes in reverse order): the layer commutes with phi -> -phi.
 class SplineCoupling : public CouplingLayer {
  public:
   SplineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim);
@@ -82,6 +84,7 @@ class SplineCoupling : public CouplingLayer {
   torch::Tensor mask_, active_;
   int bins_;
   double bound_;
+  bool z2_;
   ConvNet net_{nullptr};
 };
 
