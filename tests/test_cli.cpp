@@ -729,21 +729,29 @@ TEST_CASE("data-parallel training on 2 and 3 ranks reproduces the 1-rank run up 
   TempDir dir;
   const std::string cfg = dir / "mpi.ini";
   write_file(cfg, kMpiConfig);
-  auto one = run("run " + cfg + " --output " + dir / "t1.h5");
+  // Evaluations every 10 steps, the last at the final step: all ranks must agree that it is done (before, the
+  // others ran it again alone; its gather of 1000-proposal chunks, 8 kB, then waited for the root forever).
+  const std::string evals = " --train.eval_every 10 --train.eval_samples 2000";
+  auto one = run("run " + cfg + evals + " --output " + dir / "t1.h5");
   INFO(one.out);
   REQUIRE(one.code == 0);
   const auto a = io::File::open_read(dir / "t1.h5");
   const auto loss1 = a.read_f64("/training/loss"), lw1 = a.read_f64("/proposals/log_w");
+  const auto ess1 = a.read_f64("/training/eval_ess");
+  REQUIRE(ess1.size() == 3);
   for (int R : {2, 3}) {
     // Batch 12 = 6 + 6 or 4 + 4 + 4; the gradients are summed in another order, so the weights differ in the
     // last bits (measured: loss history within 7e-9 relative, log-weights within 1.3e-6 relative after 30
     // steps). Tested: 1e-6 and 1e-4 relative.
     const std::string out = dir / ("t" + std::to_string(R) + ".h5");
-    auto r = run_mpi(R, "run " + cfg + " --output " + out);
+    auto r = run_mpi(R, "run " + cfg + evals + " --output " + out);
     INFO(r.out);
     REQUIRE(r.code == 0);
     const auto b = io::File::open_read(out);
     const auto loss = b.read_f64("/training/loss"), lw = b.read_f64("/proposals/log_w");
+    const auto ess = b.read_f64("/training/eval_ess");
+    REQUIRE(ess.size() == ess1.size());
+    for (std::size_t i = 0; i < ess.size(); ++i) CHECK(std::abs(ess[i] - ess1[i]) < 1e-4);
     REQUIRE(loss.size() == loss1.size());
     REQUIRE(lw.size() == lw1.size());
     for (std::size_t i = 0; i < loss.size(); ++i) CHECK(std::abs(loss[i] - loss1[i]) <= 1e-6 * std::abs(loss1[i]));

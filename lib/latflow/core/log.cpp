@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 namespace latflow::log {
@@ -22,7 +23,13 @@ void warn(const std::string& line) {
   if (g_rank == 0) std::cerr << "latflow: warning: " << line << std::endl;
 }
 
-bool stdout_is_tty() { return isatty(STDOUT_FILENO) == 1; }
+// Open MPI's launcher gives its ranks a pseudo-terminal whatever its own output is, so `mpirun ... > log` would
+// get a progress-bar redraw per training step; under a launcher (its environment variables) log lines are used.
+bool stdout_is_tty() {
+  static const bool tty = isatty(STDOUT_FILENO) == 1 && !std::getenv("OMPI_COMM_WORLD_SIZE") &&
+                          !std::getenv("PMI_SIZE") && !std::getenv("PMIX_RANK");
+  return tty;
+}
 
 std::string format_seconds(double s) {
   char buf[32];

@@ -283,7 +283,11 @@ TrainSummary train_job(const Config& cfg) {
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - eval_seconds;
   };
+  // The step of this session's last evaluation, on every rank (the history is kept by the root only, so it
+  // cannot decide for the others whether the final evaluation is due: a collective that all ranks must join).
+  std::int64_t last_eval_step = -1;
   auto evaluate = [&](std::int64_t step) {
+    last_eval_step = step;
     const double trained_seconds = base_seconds + elapsed();
     const auto te = std::chrono::steady_clock::now();
     std::vector<double> lw;
@@ -461,7 +465,10 @@ TrainSummary train_job(const Config& cfg) {
     if ((step + 1) % tp.checkpoint_every == 0) checkpoint(step + 1);
   }
   progress.finish();
-  if (tp.eval_every > 0 && (meta.history.eval_step.empty() || meta.history.eval_step.back() != step)) {
+  // (An evaluation loaded with the checkpoint's history is on every rank; this session's are in last_eval_step.)
+  const auto& loaded_evals = meta.history.eval_step;
+  const bool evaluated = last_eval_step == step || (!loaded_evals.empty() && loaded_evals.back() == step);
+  if (tp.eval_every > 0 && !evaluated) {
     evaluate(step);
     saved_now = false;
   }
