@@ -157,16 +157,20 @@ double allreduce_gradients(const std::vector<torch::Tensor>& params, double loca
 class WeightsHeldConstant {
  public:
   explicit WeightsHeldConstant(const std::vector<torch::Tensor>& params) : params_(params) {
-    for (auto& p : params_) p.requires_grad_(false);
+    for (auto& p : params_) {
+      required_.push_back(p.requires_grad());
+      p.requires_grad_(false);
+    }
   }
   ~WeightsHeldConstant() {
-    for (auto& p : params_) p.requires_grad_(true);
+    for (std::size_t i = 0; i < params_.size(); ++i) params_[i].requires_grad_(required_[i]);
   }
   WeightsHeldConstant(const WeightsHeldConstant&) = delete;
   WeightsHeldConstant& operator=(const WeightsHeldConstant&) = delete;
 
  private:
   std::vector<torch::Tensor> params_;
+  std::vector<bool> required_;
 };
 
 }  // namespace
@@ -465,9 +469,10 @@ TrainSummary train_job(const Config& cfg) {
     if ((step + 1) % tp.checkpoint_every == 0) checkpoint(step + 1);
   }
   progress.finish();
-  // (An evaluation loaded with the checkpoint's history is on every rank; this session's are in last_eval_step.)
-  const auto& loaded_evals = meta.history.eval_step;
-  const bool evaluated = last_eval_step == step || (!loaded_evals.empty() && loaded_evals.back() == step);
+  // The history's evaluations that came with the checkpoint are on every rank, this session's only on the root;
+  // last_eval_step covers those on every rank.
+  const auto& history_evals = meta.history.eval_step;
+  const bool evaluated = last_eval_step == step || (!history_evals.empty() && history_evals.back() == step);
   if (tp.eval_every > 0 && !evaluated) {
     evaluate(step);
     saved_now = false;
