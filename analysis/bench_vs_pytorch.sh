@@ -52,7 +52,8 @@ fi
 record() { echo "$4" >> "$tmp/$1_$2_$3"; }
 
 for i in $(seq "$repeats"); do
-  "$bin" bench "$cfg" --batches "$batches" --repeats 1 --threads 1 "$@" > "$tmp/lf.out" 2>&1 ||
+  # The reference implements the reparameterisation gradient; latflow times the same step.
+  "$bin" bench "$cfg" --batches "$batches" --repeats 1 --threads 1 --train.gradient reparam "$@" > "$tmp/lf.out" 2>&1 ||
     { cat "$tmp/lf.out" >&2; exit 1; }
   [ "$i" = 1 ] && grep '^bench:' "$tmp/lf.out" | sed 's/^/latflow: /'
   # Rows of `latflow bench`: batch, nets (fused | ops), train step [ms], train steps/s, train samples/s, proposals/s.

@@ -46,9 +46,11 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   const std::vector<bool> backends{true, false};
   std::map<std::pair<bool, std::int64_t>, std::vector<double>> train_t, prop_t;
   std::uint64_t counter = 0;
+  // The training step of `latflow train`: its estimator (train.gradient), Adam.
+  const bool path = cfg.train.gradient == "path";
   auto train_step = [&](std::int64_t B) {
-    auto [x, log_q] = model->sample(B, derive_seed(cfg.run.seed, "bench", counter++));
-    auto loss = (log_q + theory.action(x.to(torch::kFloat64))).mean();
+    auto z = model->draw_prior(B, derive_seed(cfg.run.seed, "bench", counter++));
+    auto loss = reverse_kl_objective(*model, theory, z, path).objective.mean();
     opt.zero_grad();
     loss.backward();
     opt.step();
@@ -92,8 +94,9 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
     ext += (i ? "x" : "") + std::to_string(cfg.lattice.extents[i]);
   std::printf("bench: %s flow, %d layers, hidden", cfg.flow.coupling.c_str(), cfg.flow.layers);
   for (int h : cfg.flow.hidden) std::printf(" %d", h);
-  std::printf(", %s, z2 %s, lattice %s, %lld parameters, %d thread(s), median of %d rounds\n", cfg.flow.dtype.c_str(),
-              cfg.flow.z2 ? "on" : "off", ext.c_str(), static_cast<long long>(n_params), cfg.run.threads, repeats);
+  std::printf(", %s, z2 %s, lattice %s, %lld parameters, %s gradient, %d thread(s), median of %d rounds\n",
+              cfg.flow.dtype.c_str(), cfg.flow.z2 ? "on" : "off", ext.c_str(), static_cast<long long>(n_params),
+              cfg.train.gradient.c_str(), cfg.run.threads, repeats);
   std::printf("%8s %6s %16s %14s %18s %16s\n", "batch", "nets", "train step [ms]", "train steps/s",
               "train samples/s", "proposals/s");
   for (auto B : batches) {
