@@ -24,10 +24,11 @@ void warn(const std::string& line) {
 }
 
 // Open MPI's launcher gives its ranks a pseudo-terminal whatever its own output is, so `mpirun ... > log` would
-// get a progress-bar redraw per training step; under a launcher (its environment variables) log lines are used.
+// get a progress-bar redraw per training step; under a launcher (Open MPI's or a PMI one, known by the variables
+// it sets; not PMIX_RANK, which a plain run's singleton MPI_Init sets too) log lines are used.
 bool stdout_is_tty() {
-  static const bool tty = isatty(STDOUT_FILENO) == 1 && !std::getenv("OMPI_COMM_WORLD_SIZE") &&
-                          !std::getenv("PMI_SIZE") && !std::getenv("PMIX_RANK");
+  static const bool tty =
+      isatty(STDOUT_FILENO) == 1 && !std::getenv("OMPI_COMM_WORLD_SIZE") && !std::getenv("PMI_SIZE");
   return tty;
 }
 

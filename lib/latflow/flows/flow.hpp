@@ -167,6 +167,7 @@ struct KLObjective {
   torch::Tensor objective, log_q, action;
 };
 KLObjective reverse_kl_objective(FlowModelImpl& model, const Theory& theory, const torch::Tensor& z, bool path);
+
 // The flow for cfg.theory (phi4: ScalarFlow; u1: U1Flow), weights initialised from LibTorch's default generator.
 FlowModel make_flow(const Config& cfg);
 
