@@ -8,15 +8,15 @@ again (the resume), and so on until a run finishes on its own; the final result 
 reference (train: the final weights hash; run/sample/hmc: every dataset of the ensemble, bitwise).
 
   /usr/bin/python3 tests/fault_injection.py --latflow build/bin/latflow --kills 20            # >= 20 per command
-  /usr/bin/python3 tests/fault_injection.py --latflow build/bin/latflow --kills 2 --time-limit 50   # ctest
-  ... --commands train,run,sample,hmc --resume-flag=--resume   # once sample/hmc/run can --resume (issue 5)
+  /usr/bin/python3 tests/fault_injection.py --latflow build/bin/latflow --kills 2 --time-limit 45   # ctest
 
 Readability after every kill: complete ensembles (*.h5) and JSON reports must open and read in full (h5py,
 json); checkpoints (CKPT, CKPT.1, CKPT.2) must be intact zip archives (every record's CRC; LibTorch writes them
 but does not check them) and are loaded by latflow itself on the next resume, whose output must not warn that one
-was unreadable. Temporary files (*.tmp) are not committed files and are not checked; *.partial ensembles are
-checked only when --resume-flag is given (issue 5's write protocol promises a readable committed prefix), and
-otherwise only counted: without it a killed run/sample/hmc redoes its ensemble from scratch. Exit status 0 if there was at least one kill and no unreadable file and no mismatch.
+was unreadable. Temporary files (*.tmp) are not committed files and are not checked; *.partial ensembles must
+read in full (the write protocol promises a readable committed prefix at every moment, creation included), and
+the restarts of run/sample/hmc pass --resume (a leftover OUTPUT.partial is refused without it). Exit status 0 if
+there was at least one kill and no unreadable file and no mismatch.
 """
 import argparse
 import json
@@ -181,7 +181,7 @@ class Command:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latflow", required=True)
-    ap.add_argument("--commands", default="train,run")
+    ap.add_argument("--commands", default="train,run,sample,hmc")
     ap.add_argument("--kills", type=int, default=20, help="kills per command (stops early at --time-limit)")
     ap.add_argument("--max-kills-per-cycle", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
@@ -189,7 +189,7 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--proposals", type=int, default=4000)
     ap.add_argument("--trajectories", type=int, default=400)
-    ap.add_argument("--resume-flag", default="", help="extra argument for resuming sample/hmc (e.g. --resume)")
+    ap.add_argument("--resume-flag", default="--resume", help="extra argument for restarting run/sample/hmc")
     ap.add_argument("--workdir", default="")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
@@ -209,7 +209,7 @@ def main():
 
     commands = {
         "train": Command("train", ["train", "fi.ini"], train_result),
-        # issue 5's protocol refuses a leftover OUTPUT.partial without --resume: restarts of run pass the flag too.
+        # A leftover OUTPUT.partial is refused without --resume: restarts of run/sample/hmc pass the flag.
         "run": Command("run", ["run", "fi.ini"], ensemble_result, resume),
         "sample": Command("sample", ["sample", "fi.ini"], ensemble_result, resume, needs_checkpoint=True),
         "hmc": Command("hmc", ["hmc", "fi.ini"], ensemble_result, resume),

@@ -155,32 +155,38 @@ void HmcStore::setup_root(const std::function<void(io::File&)>& write_header) {
   }
   if (resume) log::info("hmc: no interrupted run at " + partial_ + "; starting afresh");
 
+  // A fresh OUTPUT.partial is built under a temporary name and renamed into place once its header and empty
+  // datasets are on disk, so a kill during its creation never leaves an unreadable OUTPUT.partial.
   ensure_parent_dir(out_);
-  auto f = io::File::create(partial_, true);
-  write_header(f);
-  f.write_attr("/", "resume_identity", layout_.identity);
-  const auto L0 = static_cast<std::uint64_t>(layout_.L0);
-  const std::uint64_t chunk = std::max<std::uint64_t>(1, std::min<std::uint64_t>(256, 16384 / (C * L0)));
-  for (const auto& name : layout_.observable_names)
-    f.create_extendible(observable_dset(name), io::DType::F64, {C}, chunk, kDeflate);
-  f.create_extendible("/chains/observables/correlator", io::DType::F64, {C, L0}, chunk, kDeflate);
-  f.create_extendible("/chains/dH", io::DType::F64, {C}, chunk, kDeflate);
-  f.create_extendible("/chains/accepted", io::DType::U8, {C}, chunk, kDeflate);
-  std::string names;
-  for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
-  f.write_attr("/chains/observables", "names", names);
-  std::vector<std::uint64_t> row{C};
-  row.insert(row.end(), layout_.field_shape.begin(), layout_.field_shape.end());
-  if (se > 0) {
-    f.create_extendible("/configs/field", io::DType::F64, row, 4, kDeflate);
-    f.create_extendible("/configs/trajectory", io::DType::I64, {}, 64, kDeflate);
+  const std::string tmp = partial_ + ".tmp";
+  {
+    auto f = io::File::create(tmp, true);
+    write_header(f);
+    f.write_attr("/", "resume_identity", layout_.identity);
+    const auto L0 = static_cast<std::uint64_t>(layout_.L0);
+    const std::uint64_t chunk = std::max<std::uint64_t>(1, std::min<std::uint64_t>(256, 16384 / (C * L0)));
+    for (const auto& name : layout_.observable_names)
+      f.create_extendible(observable_dset(name), io::DType::F64, {C}, chunk, kDeflate);
+    f.create_extendible("/chains/observables/correlator", io::DType::F64, {C, L0}, chunk, kDeflate);
+    f.create_extendible("/chains/dH", io::DType::F64, {C}, chunk, kDeflate);
+    f.create_extendible("/chains/accepted", io::DType::U8, {C}, chunk, kDeflate);
+    std::string names;
+    for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
+    f.write_attr("/chains/observables", "names", names);
+    std::vector<std::uint64_t> row{C};
+    row.insert(row.end(), layout_.field_shape.begin(), layout_.field_shape.end());
+    if (se > 0) {
+      f.create_extendible("/configs/field", io::DType::F64, row, 4, kDeflate);
+      f.create_extendible("/configs/trajectory", io::DType::I64, {}, 64, kDeflate);
+    }
+    f.create_extendible("/resume/field", io::DType::F64, row, 1, kDeflate);
+    f.resize("/resume/field", 2);
+    f.write_attr("/chains", "thermalized", std::int64_t{0});
+    f.write_attr("/chains", "committed_trajectories", std::int64_t{0});
+    f.write_attr("/", "status", "running");
+    f.flush();
   }
-  f.create_extendible("/resume/field", io::DType::F64, row, 1, kDeflate);
-  f.resize("/resume/field", 2);
-  f.write_attr("/chains", "thermalized", std::int64_t{0});
-  f.write_attr("/chains", "committed_trajectories", std::int64_t{0});
-  f.write_attr("/", "status", "running");
-  f.flush();
+  commit_file(tmp, partial_);
 }
 
 std::vector<double> HmcStore::resume_field() {

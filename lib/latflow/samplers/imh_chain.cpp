@@ -150,30 +150,36 @@ void ImhChain::setup_root(const std::function<void(io::File&)>& write_header) {
   }
   if (resume) log::info("sampling: no interrupted run at " + partial_ + "; starting afresh");
 
+  // A fresh OUTPUT.partial is built under a temporary name and renamed into place once its header and empty
+  // datasets are on disk, so a kill during its creation never leaves an unreadable OUTPUT.partial.
   ensure_parent_dir(out_);
-  auto f = io::File::create(partial_, true);
-  write_header(f);
-  f.write_attr("/", "resume_identity", layout_.identity);
-  const auto chunk = static_cast<std::uint64_t>(block_);
-  for (const char* d : {"/proposals/log_q", "/proposals/action", "/proposals/log_w"})
-    f.create_extendible(d, io::DType::F64, {}, chunk, kDeflate);
-  for (const auto& name : layout_.observable_names)
-    f.create_extendible("/proposals/observables/" + name, io::DType::F64, {}, chunk, kDeflate);
-  f.create_extendible("/proposals/observables/correlator", io::DType::F64, {static_cast<std::uint64_t>(layout_.L0)},
-                      chunk, kDeflate);
-  std::string names;
-  for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
-  f.write_attr("/proposals/observables", "names", names);
-  f.create_extendible("/chain/proposal", io::DType::I64, {}, chunk, kDeflate);
-  f.create_extendible("/chain/config", io::DType::I64, {}, chunk, kDeflate);
-  f.create_extendible("/chain/accepted", io::DType::U8, {}, chunk, kDeflate);
-  f.create_extendible("/configs/field", layout_.float32_fields ? io::DType::F32 : io::DType::F64,
-                      layout_.field_shape, 64, kDeflate);
-  f.create_extendible("/configs/proposal", io::DType::I64, {}, 64, kDeflate);
-  f.write_attr("/chain", "committed_proposals", std::int64_t{0});
-  f.write_attr("/chain", "committed_configs", std::int64_t{0});
-  f.write_attr("/", "status", "running");
-  f.flush();
+  const std::string tmp = partial_ + ".tmp";
+  {
+    auto f = io::File::create(tmp, true);
+    write_header(f);
+    f.write_attr("/", "resume_identity", layout_.identity);
+    const auto chunk = static_cast<std::uint64_t>(block_);
+    for (const char* d : {"/proposals/log_q", "/proposals/action", "/proposals/log_w"})
+      f.create_extendible(d, io::DType::F64, {}, chunk, kDeflate);
+    for (const auto& name : layout_.observable_names)
+      f.create_extendible("/proposals/observables/" + name, io::DType::F64, {}, chunk, kDeflate);
+    f.create_extendible("/proposals/observables/correlator", io::DType::F64, {static_cast<std::uint64_t>(layout_.L0)},
+                        chunk, kDeflate);
+    std::string names;
+    for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
+    f.write_attr("/proposals/observables", "names", names);
+    f.create_extendible("/chain/proposal", io::DType::I64, {}, chunk, kDeflate);
+    f.create_extendible("/chain/config", io::DType::I64, {}, chunk, kDeflate);
+    f.create_extendible("/chain/accepted", io::DType::U8, {}, chunk, kDeflate);
+    f.create_extendible("/configs/field", layout_.float32_fields ? io::DType::F32 : io::DType::F64,
+                        layout_.field_shape, 64, kDeflate);
+    f.create_extendible("/configs/proposal", io::DType::I64, {}, 64, kDeflate);
+    f.write_attr("/chain", "committed_proposals", std::int64_t{0});
+    f.write_attr("/chain", "committed_configs", std::int64_t{0});
+    f.write_attr("/", "status", "running");
+    f.flush();
+  }
+  commit_file(tmp, partial_);
 }
 
 void ImhChain::add_round(const ImhBlock& mine) {
