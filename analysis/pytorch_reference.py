@@ -8,7 +8,8 @@ torch.optim.Adam. It reads latflow's INI files and builds the same architecture 
   lib/latflow/flows/flow.cpp    ConvNetImpl (convs of kernel k through the hidden channels, activation after every
                                 conv but the last, last conv zero-initialised), AffineCoupling (optionally
                                 Z2-symmetrised), SplineCoupling (rational-quadratic spline on [-B, B]), checkerboard
-                                masks alternating parity per layer, N(0,1) prior;
+                                masks alternating parity per layer, N(0,1) prior (flow.prior = fourier: then
+                                FourierScale, a learned circulant);
   lib/latflow/flows/gauge.cpp   U(1) GaugeCoupling (direction mu = i % 2, stripe offset (i / 2) % 4; NCP or
                                 circular-spline kernel of the active plaquettes conditioned on the frozen plaquettes
                                 [and 2x1 / 1x2 loops]), uniform prior on [0, 2 pi), angles reduced at the end;
@@ -78,6 +79,7 @@ def load_config(path, lattice=None):
     c["loops"] = get("flow", "loops", False, _bool)
     c["spline_bound"] = get("flow", "spline_bound", 4.0, float)
     c["dtype"] = get("flow", "dtype", "float32", str.strip)
+    c["prior"] = get("flow", "prior", "normal", str.strip)
     c["beta"] = get("u1", "beta", 2.0, float)
     # phi^4 couplings converted exactly to the no-1/2 convention used internally (Phi4Params::resolve).
     conv = get("phi4", "convention", "nohalf", str.strip)
@@ -392,6 +394,36 @@ class GaugeCoupling(nn.Module):
         return torch.remainder(x + dlink, TWO_PI), (log_slope * self.active).sum((1, 2))
 
 
+class FourierScale(nn.Module):
+    """flow.prior = fourier: x = C z, C the circulant with eigenvalue exp(a(|p^|)) at lattice momentum p,
+    |p^|^2 = sum_mu 4 sin^2(p_mu / 2), a piecewise linear between 32 learned values on [0, 2 sqrt(d)]."""
+
+    NODES = 32
+
+    def __init__(self, extents):
+        super().__init__()
+        self.nodes = nn.Parameter(torch.zeros(self.NODES))
+        self.extents = extents
+        d = len(extents)
+        phat2 = torch.zeros(extents, dtype=torch.float64)
+        for mu, L in enumerate(extents):
+            k = torch.arange(L, dtype=torch.float64) * (2 * math.pi / L)
+            shape = [1] * d
+            shape[mu] = L
+            phat2 = phat2 + (4 * torch.sin(0.5 * k) ** 2).reshape(shape)
+        u = (phat2.sqrt() / (2 * math.sqrt(d)) * (self.NODES - 1)).clamp(0, self.NODES - 1)
+        self.i0 = u.floor().clamp(max=self.NODES - 2).long()
+        self.f = u - self.i0.double()
+        self.dims = tuple(range(1, d + 1))
+
+    def forward(self, x):
+        f = self.f.to(self.nodes.dtype)
+        a = self.nodes[self.i0] * (1 - f) + self.nodes[self.i0 + 1] * f
+        half = a[..., :self.extents[-1] // 2 + 1]
+        y = torch.fft.irfftn(torch.fft.rfftn(x, dim=self.dims) * torch.exp(half), s=self.extents, dim=self.dims)
+        return y.to(x.dtype), a.double().sum().expand(x.shape[0])
+
+
 class Flow(nn.Module):
     """Prior pushed through the coupling layers: log q(x) = log r(z) - sum log|det J|, in float64."""
 
@@ -405,6 +437,8 @@ class Flow(nn.Module):
         else:
             cls = SplineCoupling if c["coupling"] == "spline" else AffineCoupling
             layers = [cls(checkerboard(self.extents, i % 2), c) for i in range(c["layers"])]
+            if c.get("prior", "normal") == "fourier":
+                layers = [FourierScale(self.extents)] + layers
         self.layers = nn.ModuleList(layers)
         self.dtype = torch.float64 if c["dtype"] == "float64" else torch.float32
         self.to(self.dtype)
@@ -534,6 +568,7 @@ def check(config_path):
         ("phi4 affine", dict(theory="phi4", coupling="affine", activation="tanh")),
         ("phi4 spline", dict(theory="phi4", coupling="spline", activation="silu", spline_bound=1.5)),
         ("phi4 spline z2", dict(theory="phi4", coupling="spline", z2=True, spline_bins=4)),
+        ("phi4 affine z2 fourier", dict(theory="phi4", coupling="affine", z2=True, prior="fourier")),
         ("u1 ncp", dict(theory="u1", coupling="ncp")),
         ("u1 ncp loops", dict(theory="u1", coupling="ncp", loops=True, ncp_components=4)),
         ("u1 spline loops", dict(theory="u1", coupling="spline", loops=True)),

@@ -27,6 +27,9 @@ TEST_CASE("config text: values, overrides, errors", "[config]") {
   CHECK_THROWS_AS(parse(""), ConfigError);              // empty: nothing was asked for
   CHECK_THROWS_AS(parse("# only a comment\n\n"), ConfigError);
   CHECK_THROWS_AS(parse(std::string("[run]\nseed = 1\0\xff", 16)), ConfigError);
+  CHECK_THROWS_WITH(parse("[flow]\nprior = gaussian\n"), Catch::Contains("flow.prior = gaussian"));
+  CHECK_THROWS_WITH(parse("theory = u1\n[lattice]\nextents = 8 8\n[flow]\nprior = fourier\n"),
+                    Catch::Contains("flow.prior = fourier: is a phi4 option"));
   // Tiny but finite numbers parse and print back (a subnormal once made the effective config throw).
   CHECK(parse("[phi4]\nm2 = 1e-310\nlam = 1\n").phi4.m2 == 1e-310);
 }
@@ -41,6 +44,7 @@ TEST_CASE("resume identity: every model and recipe key is named when it differs"
       {"flow.kernel", {"--flow.kernel", "5"}},           {"flow.activation", {"--flow.activation", "tanh"}},
       {"flow.z2", {"--flow.z2", "true"}},                {"flow.spline_bins", {"--flow.spline_bins", "4"}},
       {"flow.spline_bound", {"--flow.spline_bound", "3"}}, {"flow.dtype", {"--flow.dtype", "float64"}},
+      {"flow.prior", {"--flow.prior", "fourier"}},
       {"phi4.lam_nohalf", {"--phi4.convention", "hopping", "--phi4.kappa", "0.2"}}};
   for (const auto& [key, ov] : model_keys) {
     CAPTURE(key);

@@ -104,15 +104,20 @@ TEST_CASE("flow model: forward and inverse agree on x and log q; a fresh model i
   torch::manual_seed(5);
   LatticeParams lat;
   lat.extents = {4, 6};
-  for (std::string kind : {"affine", "spline"}) {
+  for (std::string kind : {"affine", "spline", "fourier"}) {
     CAPTURE(kind);
-    FlowModel fresh = make_scalar_flow(lat, params(kind));
+    auto kind_params = [&]() {
+      auto p = params(kind == "fourier" ? "affine" : kind);
+      if (kind == "fourier") p.prior = "fourier";
+      return p;
+    };
+    FlowModel fresh = make_scalar_flow(lat, kind_params());
     auto z0 = fresh->draw_prior(8, 42);
     auto [x0, lq0] = fresh->forward(z0);
     CHECK((x0 - z0).abs().max().item<double>() < 1e-12);
     CHECK((lq0 - fresh->prior_log_prob(z0)).abs().max().item<double>() < 1e-12);
 
-    FlowModel model = make_scalar_flow(lat, params(kind));
+    FlowModel model = make_scalar_flow(lat, kind_params());
     // Strongly random splines have bins with slopes far from 1 whose inverse amplifies rounding; 0.2 keeps the
     // composition well conditioned, like a trained flow.
     randomise(*model, kind == "spline" ? 0.2 : 0.4);
@@ -128,22 +133,76 @@ TEST_CASE("flow model log q equals the whole-model autograd Jacobian", "[flows]"
   torch::manual_seed(9);
   LatticeParams lat;
   lat.extents = {4, 4};
-  FlowModel model = make_scalar_flow(lat, params("affine", true));
-  randomise(*model, 0.4);
-  auto z = model->draw_prior(1, 7);
-  auto [x, lq] = model->forward(z);
-  double ld = autograd_logdet([&](const torch::Tensor& v) { return model->forward(v).first; }, z);
-  CHECK(lq.item<double>() == Approx(model->prior_log_prob(z).item<double>() - ld).margin(1e-9));
+  for (std::string prior : {"normal", "fourier"}) {
+    CAPTURE(prior);
+    auto p = params("affine", true);
+    p.prior = prior;
+    FlowModel model = make_scalar_flow(lat, p);
+    randomise(*model, 0.4);
+    auto z = model->draw_prior(1, 7);
+    auto [x, lq] = model->forward(z);
+    double ld = autograd_logdet([&](const torch::Tensor& v) { return model->forward(v).first; }, z);
+    CHECK(lq.item<double>() == Approx(model->prior_log_prob(z).item<double>() - ld).margin(1e-9));
+  }
+}
+
+TEST_CASE("Fourier prior layer: log-det, inverse, translations, Z2, the same a(p) on every volume", "[flows]") {
+  torch::manual_seed(13);
+  for (const auto& ext : std::vector<std::vector<int64_t>>{{6}, {5}, {4, 4}, {3, 4}, {4, 6}, {2, 4, 4}}) {
+    CAPTURE(ext);
+    const int d = static_cast<int>(ext.size());
+    FourierScale layer(d);
+    layer.to(torch::kFloat64);
+    randomise(layer, 0.5);
+    std::vector<int64_t> shape{3};
+    shape.insert(shape.end(), ext.begin(), ext.end());
+    auto x = torch::randn(shape, torch::kFloat64);
+    auto [y, ld] = layer.forward(x);
+    double ref = autograd_logdet([&](const torch::Tensor& v) { return layer.forward(v).first; }, x.narrow(0, 0, 1));
+    CHECK(ld[0].item<double>() == Approx(ref).margin(1e-10));
+    CHECK((ld - ld[0]).abs().max().item<double>() == 0.0);
+    auto [xi, ldi] = layer.inverse(y);
+    CHECK((xi - x).abs().max().item<double>() < 1e-12);
+    CHECK((ldi + ld).abs().max().item<double>() < 1e-12);
+    // Any translation (not only the checkerboard's), and phi -> -phi.
+    for (int mu = 0; mu < d; ++mu) {
+      auto ys = layer.forward(torch::roll(x, {1}, {mu + 1})).first;
+      CHECK((ys - torch::roll(y, {1}, {mu + 1})).abs().max().item<double>() < 1e-12);
+    }
+    CHECK((layer.forward(-x).first + y).abs().max().item<double>() < 1e-12);
+    // Against a naive reference: x -> sum_y C(x - y) z(y), with C the inverse DFT of exp(a(p)) (real, even).
+    if (d == 2) {
+      auto a = layer.log_scale(ext);
+      auto C = torch::real(torch::fft::ifftn(torch::exp(a).to(torch::kComplexDouble)));
+      auto naive = torch::zeros_like(x);
+      for (int64_t i = 0; i < ext[0]; ++i)
+        for (int64_t j = 0; j < ext[1]; ++j)
+          naive += x.narrow(1, i, 1).narrow(2, j, 1) * torch::roll(C, {i, j}, {0, 1});
+      CHECK((naive - y).abs().max().item<double>() < 1e-12);
+    }
+  }
+  // a depends on the momentum only through |p^|: L = 8's momenta are every other of L = 16's.
+  FourierScale layer(2);
+  layer.to(torch::kFloat64);
+  randomise(layer, 0.5);
+  auto a8 = layer.log_scale({8, 8}), a16 = layer.log_scale({16, 16});
+  CHECK((a8 - a16.slice(0, 0, 16, 2).slice(1, 0, 16, 2)).abs().max().item<double>() < 1e-14);
+  CHECK((a8 - a8.flip({0}).roll({1}, {0})).abs().max().item<double>() < 1e-14);  // a(p) = a(-p)
 }
 
 TEST_CASE("flow model commutes with translations by the mask period and, with z2, with phi -> -phi", "[flows]") {
   torch::manual_seed(21);
   LatticeParams lat;
   lat.extents = {6, 4};
-  for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{{"affine", false}, {"affine", true},
-                                                                    {"spline", false}, {"spline", true}}) {
+  for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{{"affine", false},
+                                                                    {"affine", true},
+                                                                    {"spline", false},
+                                                                    {"spline", true},
+                                                                    {"fourier", true}}) {
     CAPTURE(kind, z2);
-    FlowModel model = make_scalar_flow(lat, params(kind, z2));
+    auto p = params(kind == "fourier" ? "affine" : kind, z2);
+    if (kind == "fourier") p.prior = "fourier";
+    FlowModel model = make_scalar_flow(lat, p);
     randomise(*model, 0.4);
     auto z = model->draw_prior(4, 1);
     auto [x, lq] = model->forward(z);
@@ -279,11 +338,14 @@ void shift(FlowModelImpl& model, const torch::Tensor& v, double eps) {
   }
 }
 
+// coupling "affine+fourier": affine couplings after a FourierScale prior layer.
 Config small_config(const std::string& theory, const std::string& coupling) {
   Config cfg;
   cfg.theory = theory;
   cfg.lattice.extents = {4, 4};
-  cfg.flow = params(coupling, theory == "phi4");
+  const bool fourier = coupling == "affine+fourier";
+  cfg.flow = params(fourier ? "affine" : coupling, theory == "phi4");
+  if (fourier) cfg.flow.prior = "fourier";
   cfg.flow.spline_bound = 3.0;
   cfg.phi4.m2 = -4;
   cfg.phi4.lam = 8;
@@ -300,8 +362,12 @@ Config small_config(const std::string& theory, const std::string& coupling) {
 // reparam, d/d theta mean[log q_theta(f_theta(z)) + S(f_theta(z))]; path, the same with log q's weights held at
 // theta0 (only the sample moves). Their difference is the score term, whose mean over q vanishes.
 TEST_CASE("reparam and path gradients equal finite differences of their objectives", "[flows][train]") {
-  for (auto [theory, coupling] : std::vector<std::pair<std::string, std::string>>{
-           {"phi4", "affine"}, {"phi4", "spline"}, {"u1", "ncp"}, {"u1", "spline"}, {"sun", "spectral"}}) {
+  for (auto [theory, coupling] : std::vector<std::pair<std::string, std::string>>{{"phi4", "affine"},
+                                                                                   {"phi4", "affine+fourier"},
+                                                                                   {"phi4", "spline"},
+                                                                                   {"u1", "ncp"},
+                                                                                   {"u1", "spline"},
+                                                                                   {"sun", "spectral"}}) {
     CAPTURE(theory, coupling);
     const auto cfg = small_config(theory, coupling);
     torch::manual_seed(31);

@@ -51,6 +51,9 @@ struct FlowParams {
   bool loops = false;                 // u1: also feed the frozen 2x1 and 1x2 loops to the nets
   double spline_bound = 4.0;          // spline: the map is a spline on [-B, B], identity outside
   std::string dtype = "float32";      // float32 | float64: the nets; S and log-weights are always float64
+  // phi4: normal (N(0,1) per site) | fourier (N(0,1) then a learned translation-invariant Gaussian map, a
+  // covariance diagonal in momentum space; FourierScale in flow.hpp)
+  std::string prior = "normal";
 };
 
 struct TrainParams {

@@ -369,6 +369,42 @@ std::pair<torch::Tensor, torch::Tensor> SplineCoupling::forward(const torch::Ten
 std::pair<torch::Tensor, torch::Tensor> SplineCoupling::inverse(const torch::Tensor& y) { return apply(y, true); }
 
 // ---------------------------------------------------------------------------------------------------------------
+FourierScale::FourierScale(int dim) : dim_(dim) { nodes_ = register_parameter("nodes", torch::zeros({kNodes})); }
+
+torch::Tensor FourierScale::log_scale(const std::vector<std::int64_t>& extents) const {
+  // |p^| on the grid (float64, then interpolation weights; only the node values carry gradients).
+  auto opt = torch::TensorOptions().dtype(torch::kFloat64);
+  auto phat2 = torch::zeros(extents, opt);
+  const int d = static_cast<int>(extents.size());
+  for (int mu = 0; mu < d; ++mu) {
+    std::vector<std::int64_t> shape(d, 1);
+    shape[mu] = extents[mu];
+    auto k = torch::arange(extents[mu], opt) * (2 * M_PI / static_cast<double>(extents[mu]));
+    phat2 = phat2 + (4 * torch::sin(0.5 * k).square()).reshape(shape);
+  }
+  auto u = (torch::sqrt(phat2) / (2 * std::sqrt(static_cast<double>(d))) * (kNodes - 1)).clamp(0, kNodes - 1);
+  auto i0 = u.floor().clamp_max(kNodes - 2).to(torch::kLong);
+  auto f = (u - i0.to(torch::kFloat64)).to(nodes_.scalar_type());
+  auto flat = i0.flatten();
+  auto a0 = nodes_.index_select(0, flat).reshape(extents), a1 = nodes_.index_select(0, flat + 1).reshape(extents);
+  return a0 * (1 - f) + a1 * f;
+}
+
+std::pair<torch::Tensor, torch::Tensor> FourierScale::apply(const torch::Tensor& x, double sign) {
+  std::vector<std::int64_t> extents(x.sizes().begin() + 1, x.sizes().end()), dims;
+  for (int mu = 1; mu <= dim_; ++mu) dims.push_back(mu);
+  auto a = log_scale(extents).to(x.device());
+  // The real FFT keeps the last dimension's momenta 0..L/2; a(p) = a(-p), so the product is a real circulant.
+  auto half = a.narrow(-1, 0, extents.back() / 2 + 1);
+  auto y = torch::fft::irfftn(torch::fft::rfftn(x, c10::nullopt, dims) * torch::exp(sign * half), extents, dims);
+  auto ld = (sign * a.to(torch::kFloat64).sum()).expand({x.size(0)});
+  return {y.to(x.scalar_type()), ld};
+}
+
+std::pair<torch::Tensor, torch::Tensor> FourierScale::forward(const torch::Tensor& x) { return apply(x, 1.0); }
+std::pair<torch::Tensor, torch::Tensor> FourierScale::inverse(const torch::Tensor& y) { return apply(y, -1.0); }
+
+// ---------------------------------------------------------------------------------------------------------------
 FlowModelImpl::FlowModelImpl(const FlowParams& params) : dtype_(parse_dtype(params.dtype)) {}
 
 void FlowModelImpl::add_layer(std::shared_ptr<CouplingLayer> layer) {
@@ -383,6 +419,7 @@ void FlowModelImpl::to_device(torch::Device dev) {
 ScalarFlowImpl::ScalarFlowImpl(const LatticeParams& lattice, const FlowParams& params)
     : FlowModelImpl(params), extents_(lattice.extents) {
   const int d = lattice.dim();
+  if (params.prior == "fourier") add_layer(std::make_shared<FourierScale>(d));
   for (int i = 0; i < params.layers; ++i) {
     auto mask = checkerboard(extents_, i % 2, torch::TensorOptions().dtype(dtype_));
     if (params.coupling == "spline")

@@ -88,6 +88,29 @@ class SplineCoupling : public CouplingLayer {
   ConvNet net_{nullptr};
 };
 
+// A Gaussian prior with a learned covariance (flow.prior = fourier): the first layer maps the N(0,1) draws by
+// x = C z, C the symmetric circulant (a translation-invariant linear map) whose eigenvalue at lattice momentum p
+// is exp(a(|p^|)), |p^|^2 = sum_mu 4 sin^2(p_mu / 2). a is piecewise linear between kNodes learned values on
+// [0, 2 sqrt(d)] (|p^| ranges there on every lattice), so the parameters do not depend on the volume and
+// train.init_from works across volumes. Linear, it commutes with phi -> -phi; diagonal in momentum space, with
+// translations. log|det C| = sum_p a(|p^|), independent of x. Zero-initialised: a fresh layer is the identity.
+// It gives the couplings a start with the two-point function's long-range part, which near criticality
+// (E3..E5) is what local conv nets learn slowest.
+class FourierScale : public CouplingLayer {
+ public:
+  static constexpr int kNodes = 32;
+  explicit FourierScale(int dim);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override;
+  std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override;
+  // a(|p^|) on the full momentum grid of `extents` [L_0..L_{d-1}] (float64 when the nodes are).
+  torch::Tensor log_scale(const std::vector<std::int64_t>& extents) const;
+
+ private:
+  std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& x, double sign);
+  int dim_;
+  torch::Tensor nodes_;
+};
+
 // Checkerboard mask of the sites with (sum_mu x_mu) % 2 == parity, shape [L_0..L_{d-1}].
 torch::Tensor checkerboard(const std::vector<std::int64_t>& extents, int parity, torch::TensorOptions opt);
 

@@ -58,6 +58,7 @@ void write_model_info(io::File& f, const Config& cfg, const CheckpointMeta& meta
   f.write_attr("/model", "z2", static_cast<std::int64_t>(fp.z2));
   f.write_attr("/model", "spline_bins", static_cast<std::int64_t>(fp.spline_bins));
   f.write_attr("/model", "spline_bound", fp.spline_bound);
+  f.write_attr("/model", "prior", fp.prior);
   f.write_attr("/model", "ncp_components", static_cast<std::int64_t>(fp.ncp_components));
   f.write_attr("/model", "loops", static_cast<std::int64_t>(fp.loops));
   f.write_attr("/model", "dtype", fp.dtype);
