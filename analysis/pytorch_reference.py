@@ -521,8 +521,8 @@ def bench(c, batches, repeats, threads):
             prop_t[B].append((time.perf_counter() - t0) / n)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"# pytorch {torch.__version__}: {c['theory']} {c['coupling']} flow, {c['layers']} layers, hidden "
-          f"{' '.join(map(str, c['hidden']))}, {c['dtype']}, z2 {'on' if c['z2'] else 'off'}, loops "
-          f"{'on' if c['loops'] else 'off'}, lattice {'x'.join(map(str, c['extents']))}, {n_params} parameters, "
+          f"{' '.join(map(str, c['hidden']))}, {c['dtype']}, z2 {'on' if c['z2'] else 'off'}, "
+          f"{c.get('prior', 'normal')} prior, loops {'on' if c['loops'] else 'off'}, lattice {'x'.join(map(str, c['extents']))}, {n_params} parameters, "
           f"{ConvNet.PADDING} padding, {threads} thread(s), median of {repeats} rounds")
     for B in batches:
         ts, ps = statistics.median(train_t[B]), statistics.median(prop_t[B])

@@ -94,9 +94,9 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
     ext += (i ? "x" : "") + std::to_string(cfg.lattice.extents[i]);
   std::printf("bench: %s flow, %d layers, hidden", cfg.flow.coupling.c_str(), cfg.flow.layers);
   for (int h : cfg.flow.hidden) std::printf(" %d", h);
-  std::printf(", %s, z2 %s, lattice %s, %lld parameters, %s gradient, %d thread(s), median of %d rounds\n",
-              cfg.flow.dtype.c_str(), cfg.flow.z2 ? "on" : "off", ext.c_str(), static_cast<long long>(n_params),
-              cfg.train.gradient.c_str(), cfg.run.threads, repeats);
+  std::printf(", %s, z2 %s, %s prior, lattice %s, %lld parameters, %s gradient, %d thread(s), median of %d rounds\n",
+              cfg.flow.dtype.c_str(), cfg.flow.z2 ? "on" : "off", cfg.flow.prior.c_str(), ext.c_str(),
+              static_cast<long long>(n_params), cfg.train.gradient.c_str(), cfg.run.threads, repeats);
   std::printf("%8s %6s %16s %14s %18s %16s\n", "batch", "nets", "train step [ms]", "train steps/s",
               "train samples/s", "proposals/s");
   for (auto B : batches) {
