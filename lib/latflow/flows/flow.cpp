@@ -384,8 +384,9 @@ torch::Tensor FourierScale::log_scale(const std::vector<std::int64_t>& extents) 
   }
   auto u = (torch::sqrt(phat2) / (2 * std::sqrt(static_cast<double>(d))) * (kNodes - 1)).clamp(0, kNodes - 1);
   auto i0 = u.floor().clamp_max(kNodes - 2).to(torch::kLong);
-  auto f = (u - i0.to(torch::kFloat64)).to(nodes_.scalar_type());
-  auto flat = i0.flatten();
+  // The grid is built on the CPU; the weights and indices go to the nodes' device (CUDA runs too).
+  auto f = (u - i0.to(torch::kFloat64)).to(nodes_.device(), nodes_.scalar_type());
+  auto flat = i0.flatten().to(nodes_.device());
   auto a0 = nodes_.index_select(0, flat).reshape(extents), a1 = nodes_.index_select(0, flat + 1).reshape(extents);
   return a0 * (1 - f) + a1 * f;
 }
