@@ -300,6 +300,61 @@ TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradie
   at::set_num_threads(1);
 }
 
+TEST_CASE("an affine coupling's inference kernel equals the layer's autograd path", "[flows]") {
+  torch::manual_seed(37);
+  // Without autograd an AffineCoupling runs pconv::affine_coupling (the first conv shared between c and -c, the
+  // last evaluated at the active sites only, samples in chunks of 32); with autograd the LibTorch formulas.
+  struct Case {
+    std::vector<int64_t> ext;
+    int kernel;
+    std::string act;
+    std::vector<int> hidden;
+  };
+  const std::vector<Case> cases{{{8, 8}, 3, "leaky_relu", {8, 8}}, {{7}, 3, "tanh", {5, 4}},
+                                {{5, 4}, 5, "silu", {8, 16}},      {{2, 4, 3}, 3, "leaky_relu", {8}},
+                                {{6, 6}, 1, "tanh", {4, 8, 3}},    {{4, 6}, 3, "leaky_relu", {}}};
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    for (int threads : {1, 2}) {
+      at::set_num_threads(threads);
+      for (const auto& c : cases) {
+        for (bool z2 : {false, true}) {
+          for (int parity = 0; parity < 2; ++parity) {
+            CAPTURE(c.ext, c.kernel, c.act, c.hidden, z2, parity, threads, dtype == torch::kFloat64);
+            FlowParams p;
+            p.z2 = z2;
+            p.hidden = c.hidden;
+            p.kernel = c.kernel;
+            p.activation = c.act;
+            AffineCoupling layer(checkerboard(c.ext, parity, dtype), p, static_cast<int>(c.ext.size()));
+            layer.to(dtype);
+            randomise(layer, 0.5);
+            std::vector<int64_t> shape{37};  // more than one chunk of 32, uneven over 2 threads
+            shape.insert(shape.end(), c.ext.begin(), c.ext.end());
+            auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype));
+            auto [y_ref, ld_ref] = layer.forward(x);  // grad mode on: the LibTorch formulas
+            auto [x_ref, ldi_ref] = layer.inverse(y_ref.detach());
+            torch::NoGradGuard no_grad;
+            auto [y, ld] = layer.forward(x);
+            auto [xi, ldi] = layer.inverse(y);
+            const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
+            CHECK(ld.scalar_type() == torch::kFloat64);
+            CHECK((y - y_ref).abs().max().item<double>() < tol * (1 + y_ref.abs().max().item<double>()));
+            CHECK((ld - ld_ref.to(torch::kFloat64)).abs().max().item<double>() <
+                  tol * static_cast<double>(x[0].numel()));
+            CHECK((xi - x_ref).abs().max().item<double>() < tol * (1 + x.abs().max().item<double>()));
+            CHECK((xi - x).abs().max().item<double>() < tol * (1 + x.abs().max().item<double>()));
+            CHECK((ldi + ld).abs().max().item<double>() < tol * static_cast<double>(x[0].numel()));
+            // The frozen sites are untouched, exactly.
+            auto frozen = checkerboard(c.ext, parity, torch::kBool).unsqueeze(0).expand_as(x);
+            CHECK(torch::equal(torch::masked_select(y, frozen), torch::masked_select(x, frozen)));
+          }
+        }
+      }
+    }
+  }
+  at::set_num_threads(1);
+}
+
 TEST_CASE("a net first applied while sampling can be trained afterwards", "[flows]") {
   torch::manual_seed(5);
   ConvNet net(2, 1, std::vector<int>{8, 8}, 2, 3, "leaky_relu");

@@ -205,8 +205,7 @@ torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
   return x;
 }
 
-torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
-  std::vector<std::int64_t> extents(x.sizes().begin() + 2, x.sizes().end());
+const torch::Tensor& ConvNetImpl::neighbours(const std::vector<std::int64_t>& extents) {
   auto& nbr = neighbours_[extents];
   if (!nbr.defined()) {
     // A normal tensor even when first made while sampling, since later training passes keep it in their graphs.
@@ -214,6 +213,37 @@ torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
     const auto table = pconv::neighbour_table(extents, kernel_);
     nbr = torch::tensor(at::ArrayRef<std::int32_t>(table), torch::kInt32);
   }
+  return nbr;
+}
+
+void ConvNetImpl::affine_coupling(torch::Tensor& x, const std::vector<std::int32_t>& active, bool z2, bool inverse,
+                                  torch::Tensor& log_det) {
+  std::vector<std::int64_t> extents(x.sizes().begin() + 1, x.sizes().end());
+  const auto& nbr = neighbours(extents);
+  std::int64_t taps = 1;
+  for (int mu = 0; mu < dim_; ++mu) taps *= kernel_;
+  const auto V = x[0].numel(), B = x.size(0);
+  const auto act = parse_activation(activation_);
+  std::vector<torch::Tensor> params;  // contiguous views of weight, bias per conv
+  for (auto& c : convs_)
+    for (auto& p : c.ptr()->parameters()) params.push_back(p.detach().contiguous());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling", [&] {
+    std::vector<pconv::ConvWeights<scalar_t>> net;
+    for (std::size_t l = 0; l < params.size(); l += 2)
+      net.push_back({params[l].data_ptr<scalar_t>(), params[l + 1].data_ptr<scalar_t>(),
+                     static_cast<int>(params[l].size(1)), static_cast<int>(params[l].size(0))});
+    for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
+      pconv::affine_coupling<scalar_t>(x.data_ptr<scalar_t>() + b0 * V, b1 - b0, V, static_cast<int>(taps),
+                                       nbr.data_ptr<std::int32_t>(), net, act, z2, active.data(),
+                                       static_cast<std::int64_t>(active.size()), inverse,
+                                       log_det.data_ptr<double>() + b0);
+    });
+  });
+}
+
+torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
+  std::vector<std::int64_t> extents(x.sizes().begin() + 2, x.sizes().end());
+  const auto& nbr = neighbours(extents);
   std::int64_t V = 1, taps = 1;
   for (auto L : extents) V *= L;
   for (int mu = 0; mu < dim_; ++mu) taps *= kernel_;
@@ -263,12 +293,31 @@ std::pair<torch::Tensor, torch::Tensor> AffineCoupling::scale_shift(const torch:
   return {s * active_, t * active_};
 }
 
+bool AffineCoupling::use_kernel(const torch::Tensor& x) const {
+  return !torch::GradMode::is_enabled() && fused_conv() && x.device().is_cpu() &&
+         (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64) &&
+         x.sizes().slice(1) == active_.sizes().slice(1);
+}
+
+std::pair<torch::Tensor, torch::Tensor> AffineCoupling::apply_kernel(const torch::Tensor& x, bool inverse) {
+  if (active_sites_.empty()) {
+    auto idx = active_.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
+    active_sites_.assign(idx.data_ptr<std::int32_t>(), idx.data_ptr<std::int32_t>() + idx.numel());
+  }
+  auto y = x.contiguous().clone();
+  auto log_det = torch::zeros({x.size(0)}, x.options().dtype(torch::kFloat64));
+  net_->affine_coupling(y, active_sites_, z2_, inverse, log_det);
+  return {y, log_det};
+}
+
 std::pair<torch::Tensor, torch::Tensor> AffineCoupling::forward(const torch::Tensor& x) {
+  if (use_kernel(x)) return apply_kernel(x, false);
   auto [s, t] = scale_shift(x);
   return {x * torch::exp(s) + t, s.sum(site_dims(x.dim() - 1))};
 }
 
 std::pair<torch::Tensor, torch::Tensor> AffineCoupling::inverse(const torch::Tensor& y) {
+  if (use_kernel(y)) return apply_kernel(y, true);
   auto [s, t] = scale_shift(y);  // the frozen sites are unchanged, so the net sees the same input
   return {(y - t) * torch::exp(-s), -s.sum(site_dims(y.dim() - 1))};
 }

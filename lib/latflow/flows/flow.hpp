@@ -30,8 +30,14 @@ class ConvNetImpl : public torch::nn::Module {
   ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
               const std::string& activation);
   torch::Tensor forward(torch::Tensor x);
+  // An affine coupling layer's update in inference, in place on x [B, L...] (contiguous, CPU, float32/float64;
+  // this net's last conv has 2 outputs): pconv::affine_coupling with this net, adding sum s (forward) or -sum s
+  // (inverse) to log_det [B] (float64).
+  void affine_coupling(torch::Tensor& x, const std::vector<std::int32_t>& active, bool z2, bool inverse,
+                       torch::Tensor& log_det);
 
  private:
+  const torch::Tensor& neighbours(const std::vector<std::int64_t>& extents);
   torch::Tensor wrap_pad(const torch::Tensor& x) const;
   torch::Tensor forward_fused(const torch::Tensor& x);
   int dim_, pad_, kernel_;
@@ -56,6 +62,8 @@ class CouplingLayer : public torch::nn::Module {
 
 // x_active -> x_active * exp(s) + t with s, t from the net of the frozen sites. With z2, s is made even and t
 // odd in the frozen field by symmetrising the net over (x, -x), so the layer commutes with phi -> -phi.
+// Without autograd (sampling, log q of given fields) on the CPU with fused nets, the layer runs as one kernel
+// (ConvNetImpl::affine_coupling; its log-det is then float64); otherwise as LibTorch ops.
 class AffineCoupling : public CouplingLayer {
  public:
   AffineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim);
@@ -64,7 +72,10 @@ class AffineCoupling : public CouplingLayer {
 
  private:
   std::pair<torch::Tensor, torch::Tensor> scale_shift(const torch::Tensor& x);
+  bool use_kernel(const torch::Tensor& x) const;
+  std::pair<torch::Tensor, torch::Tensor> apply_kernel(const torch::Tensor& x, bool inverse);
   torch::Tensor mask_, active_;
+  std::vector<std::int32_t> active_sites_;  // flat indices of the updated sites (filled on first use)
   bool z2_;
   ConvNet net_{nullptr};
 };

@@ -102,30 +102,41 @@ __attribute__((always_inline)) inline T derivative(T pre, Act act) {
   return T(1);
 }
 
-// Row r = b V + s of [n, V, C] activations, advanced without divisions (steps of at most V).
+// The lattice seen by a gather: V sites per sample, taps neighbours per site (nbr, see neighbour_table), and the
+// sites whose outputs are computed: all V in order (sites null, Vr = V), or the Vr sites listed in `sites` (the
+// outputs of sample b then form rows b Vr ... b Vr + Vr - 1, in the order of the list).
+struct Geo {
+  std::int64_t V;
+  int taps;
+  const std::int32_t* nbr;
+  const std::int32_t* sites;
+  std::int64_t Vr;
+  std::int64_t site(std::int64_t i) const { return sites ? sites[i] : i; }
+};
+
+// Output row r = b Vr + i (sample b, i-th computed site), advanced without divisions (steps of at most Vr).
 struct Row {
-  std::int64_t r, b, s;
-  void advance(std::int64_t k, std::int64_t V) {
+  std::int64_t r, b, i;
+  void advance(std::int64_t k, std::int64_t Vr) {
     r += k;
-    s += k;
-    while (s >= V) {
-      s -= V;
+    i += k;
+    while (i >= Vr) {
+      i -= Vr;
       ++b;
     }
   }
 };
 
 // For SB consecutive rows from row: the start of each row's sample in `in` and its neighbour-table row. SB may
-// exceed V, so the rows may belong to several samples.
+// exceed Vr, so the rows may belong to several samples.
 template <int SB, class T>
-__attribute__((always_inline)) inline void row_starts(const T* in, Row row, std::int64_t V, int taps,
-                                                      const std::int32_t* nbr, int kin, const T* (&sample)[SB],
-                                                      const std::int32_t* (&ns)[SB]) {
-  for (std::int64_t q = 0, b = row.b, s = row.s; q < SB; ++q) {
-    sample[q] = in + b * V * kin;
-    ns[q] = nbr + s * taps;
-    if (++s == V) {
-      s = 0;
+__attribute__((always_inline)) inline void row_starts(const T* in, Row row, const Geo& g, int kin,
+                                                      const T* (&sample)[SB], const std::int32_t* (&ns)[SB]) {
+  for (std::int64_t q = 0, b = row.b, i = row.i; q < SB; ++q) {
+    sample[q] = in + b * g.V * kin;
+    ns[q] = g.nbr + g.site(i) * g.taps;
+    if (++i == g.Vr) {
+      i = 0;
       ++b;
     }
   }
@@ -133,43 +144,49 @@ __attribute__((always_inline)) inline void row_starts(const T* in, Row row, std:
 
 // Where a gather's results go: out = act(v) (act null: out = v), pre = v when pre is not null, or, for the
 // input-gradient of a backward pass, out = v * act'(dpre) when dpre is not null (the derivative of the activation
-// that produced the conv's input, so the result is the gradient with respect to the values before it).
+// that produced the conv's input, so the result is the gradient with respect to the values before it). With
+// mirror (the Z2 coupling's first conv, whose value on -c is 2 bias - v), also mirror = act(reflect - v) with
+// reflect[c] = 2 bias[c] (padded to whole vector blocks). v holds output channels c0 ... of row o / kout.
 template <class T>
 struct Sink {
   const Act* act;
   T* pre;
   const T* dpre;
   T* out;
+  T* mirror = nullptr;
+  const T* reflect = nullptr;
   // Scalar path: any number of valid lanes, any activation.
-  __attribute__((always_inline)) void put(std::int64_t o, const T* res, int valid) const {
+  __attribute__((always_inline)) void put(std::int64_t o, std::int64_t c0, const T* res, int valid) const {
     if (pre)
       for (int j = 0; j < valid; ++j) pre[o + j] = res[j];
+    if (mirror)
+      for (int j = 0; j < valid; ++j) mirror[o + j] = apply(reflect[c0 + j] - res[j]);
     if (dpre)
       for (int j = 0; j < valid; ++j) out[o + j] = res[j] * derivative(dpre[o + j], *act);
-    else if (act)
-      for (int j = 0; j < valid; ++j) out[o + j] = activation(res[j], *act);
     else
-      for (int j = 0; j < valid; ++j) out[o + j] = res[j];
+      for (int j = 0; j < valid; ++j) out[o + j] = apply(res[j]);
   }
+  __attribute__((always_inline)) T apply(T v) const { return act ? activation(v, *act) : v; }
   // A block of W lanes; whole blocks without activation or with leaky_relu stay in vector registers (the per-lane
   // path costs more than the 9 multiply-adds per row of a first conv layer).
   template <int W>
-  __attribute__((always_inline)) void put(std::int64_t o, const vec_t<T, W>& v, int valid) const {
+  __attribute__((always_inline)) void put(std::int64_t o, std::int64_t c0, const vec_t<T, W>& v, int valid) const {
     const bool simple = !act || *act == Act::leaky_relu;
     if (valid == W && simple) {
+      const auto apply_vec = [&](const vec_t<T, W>& u) {
+        return act ? (u > 0 ? u : u * static_cast<T>(kLeakySlope)) : u;
+      };
       if (pre) store<W>(pre + o, v);
-      const vec_t<T, W> slope = v * static_cast<T>(kLeakySlope);
+      if (mirror) store<W>(mirror + o, apply_vec(load<W>(reflect + c0) - v));
       if (dpre)
-        store<W>(out + o, load<W>(dpre + o) > 0 ? v : slope);
-      else if (act)
-        store<W>(out + o, v > 0 ? v : slope);
+        store<W>(out + o, load<W>(dpre + o) > 0 ? v : v * static_cast<T>(kLeakySlope));
       else
-        store<W>(out + o, v);
+        store<W>(out + o, apply_vec(v));
       return;
     }
     T res[W];
     store<W>(res, v);
-    put(o, res, valid);
+    put(o, c0, res, valid);
   }
 };
 
@@ -179,14 +196,14 @@ struct Sink {
 // value before the activation goes to pre when pre is not null. Rows (b, s) are done SB at a time: SB independent
 // accumulators hide the FMA latency and share each load of M (one accumulator alone is latency-bound, ~4x slower).
 template <class T, int W, int SB>
-__attribute__((always_inline)) inline void gather_rows(const T* in, Row row, std::int64_t V, int taps,
-                                                       const std::int32_t* nbr, bool mirrored, int kin, const T* M,
-                                                       int kout, const T* bias, const Sink<T>& sink) {
+__attribute__((always_inline)) inline void gather_rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+                                                       const T* M, int kout, const T* bias, const Sink<T>& sink) {
   using V_t = vec_t<T, W>;
+  const int taps = g.taps;
   const std::int64_t koutP = round_up(kout, W);
   const T* base[SB];
   const std::int32_t* ns[SB];
-  row_starts<SB>(in, row, V, taps, nbr, kin, base, ns);
+  row_starts<SB>(in, row, g, kin, base, ns);
   for (std::int64_t c0 = 0; c0 < koutP; c0 += W) {
     T init[W];
     for (int j = 0; j < W; ++j) init[j] = (bias && c0 + j < kout) ? bias[c0 + j] : T(0);
@@ -203,7 +220,7 @@ __attribute__((always_inline)) inline void gather_rows(const T* in, Row row, std
       }
     }
     const int valid = static_cast<int>(std::min<std::int64_t>(W, kout - c0));
-    for (int q = 0; q < SB; ++q) sink.template put<W>((row.r + q) * kout + c0, acc[q], valid);
+    for (int q = 0; q < SB; ++q) sink.template put<W>((row.r + q) * kout + c0, c0, acc[q], valid);
   }
 }
 
@@ -212,13 +229,13 @@ __attribute__((always_inline)) inline void gather_rows(const T* in, Row row, std
 // horizontal sum at the end; this does kout instead of 8 multiply-adds per (tap, 8 inputs) -- the last conv of a
 // net (2 outputs) and the input-gradient of the first (1 output) cost 4-8x less than in gather_conv.
 template <class T, int KO, int SB>
-__attribute__((always_inline)) inline void dot_rows(const T* in, Row row, std::int64_t V, int taps,
-                                                    const std::int32_t* nbr, bool mirrored, int kin, const T* Md,
-                                                    int kout, const T* bias, const Sink<T>& sink) {
+__attribute__((always_inline)) inline void dot_rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+                                                    const T* Md, int kout, const T* bias, const Sink<T>& sink) {
   using V_t = vec_t<T, 8>;
+  const int taps = g.taps;
   const T* src0[SB];
   const std::int32_t* ns[SB];
-  row_starts<SB>(in, row, V, taps, nbr, kin, src0, ns);
+  row_starts<SB>(in, row, g, kin, src0, ns);
   V_t acc[SB][KO];
   for (int q = 0; q < SB; ++q)
     for (int c = 0; c < KO; ++c) acc[q][c] = V_t{};
@@ -242,7 +259,7 @@ __attribute__((always_inline)) inline void dot_rows(const T* in, Row row, std::i
       for (int j = 0; j < 8; ++j) sum += acc[q][c][j];
       res[c] = sum;
     }
-    sink.put((row.r + q) * kout, res, kout);
+    sink.put((row.r + q) * kout, 0, res, kout);
   }
 }
 
@@ -251,32 +268,30 @@ template <class T, int W>
 struct ChannelLanes {
   static constexpr int SB = 8;  // 8 accumulators: 8 of the 16 AVX registers (16 for doubles at W = 8: some spill)
   template <int S>
-  __attribute__((always_inline)) static void rows(const T* in, Row row, std::int64_t V, int taps,
-                                                  const std::int32_t* nbr, bool mirrored, int kin, const T* M,
-                                                  int kout, const T* bias, const Sink<T>& sink) {
-    gather_rows<T, W, S>(in, row, V, taps, nbr, mirrored, kin, M, kout, bias, sink);
+  __attribute__((always_inline)) static void rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+                                                  const T* M, int kout, const T* bias, const Sink<T>& sink) {
+    gather_rows<T, W, S>(in, row, g, mirrored, kin, M, kout, bias, sink);
   }
 };
 template <class T, int KO>
 struct InputLanes {
   static constexpr int SB = 8 / KO;  // SB x KO = 8 accumulators
   template <int S>
-  __attribute__((always_inline)) static void rows(const T* in, Row row, std::int64_t V, int taps,
-                                                  const std::int32_t* nbr, bool mirrored, int kin, const T* M,
-                                                  int kout, const T* bias, const Sink<T>& sink) {
-    dot_rows<T, KO, S>(in, row, V, taps, nbr, mirrored, kin, M, kout, bias, sink);
+  __attribute__((always_inline)) static void rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+                                                  const T* M, int kout, const T* bias, const Sink<T>& sink) {
+    dot_rows<T, KO, S>(in, row, g, mirrored, kin, M, kout, bias, sink);
   }
 };
 
 template <class T, class Kernel>
-LATFLOW_CLONES void gather_conv(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
-                                bool mirrored, int kin, const T* M, int kout, const T* bias, Sink<T> sink) {
+LATFLOW_CLONES void gather_conv(const T* in, std::int64_t n, Geo g, bool mirrored, int kin, const T* M, int kout,
+                                const T* bias, Sink<T> sink) {
   constexpr int SB = Kernel::SB;
-  const std::int64_t rows = n * V;
+  const std::int64_t rows = n * g.Vr;
   Row row{0, 0, 0};
-  for (; row.r + SB <= rows; row.advance(SB, V))
-    Kernel::template rows<SB>(in, row, V, taps, nbr, mirrored, kin, M, kout, bias, sink);
-  for (; row.r < rows; row.advance(1, V)) Kernel::template rows<1>(in, row, V, taps, nbr, mirrored, kin, M, kout, bias, sink);
+  for (; row.r + SB <= rows; row.advance(SB, g.Vr))
+    Kernel::template rows<SB>(in, row, g, mirrored, kin, M, kout, bias, sink);
+  for (; row.r < rows; row.advance(1, g.Vr)) Kernel::template rows<1>(in, row, g, mirrored, kin, M, kout, bias, sink);
 }
 
 // gw[t, ci0 + c, c0 : c0 + W] += sum_{b, s} in[b, nbr(s, t), ci0 + c] gP[b, s, c0 : c0 + W] for c < CB, with gP the
@@ -398,25 +413,41 @@ std::vector<T> arrange_dot(const T* w, int taps, int cin, int cout, bool transpo
   return m;
 }
 
-// The convolution (or, mirrored, its transpose) of in with w, into sink; picks the kernel and lane layout.
+// A conv's weights (or, mirrored, those of its transpose) arranged for the kernel that will run it: lanes over the
+// output channels (W = 4 or 8, gather_rows), or for at most 4 outputs and inputs a multiple of 8 lanes over the
+// inputs (KO = 1, 2 or 4 outputs, dot_rows).
 template <class T>
-void gather(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, bool mirrored,
-            const T* w, int cin, int cout, const T* bias, const Sink<T>& sink) {
-  const int kin = mirrored ? cout : cin, kout = mirrored ? cin : cout;
-  if (kout <= 4 && kin % 8 == 0) {
-    const int KO = kout <= 1 ? 1 : kout <= 2 ? 2 : 4;
-    const auto md = arrange_dot(w, taps, cin, cout, mirrored, KO);
-    if (KO == 1) gather_conv<T, InputLanes<T, 1>>(in, n, V, taps, nbr, mirrored, kin, md.data(), kout, bias, sink);
-    if (KO == 2) gather_conv<T, InputLanes<T, 2>>(in, n, V, taps, nbr, mirrored, kin, md.data(), kout, bias, sink);
-    if (KO == 4) gather_conv<T, InputLanes<T, 4>>(in, n, V, taps, nbr, mirrored, kin, md.data(), kout, bias, sink);
-    return;
+struct Arranged {
+  bool mirrored;
+  int kin, kout, W, KO;  // KO = 0: channel lanes
+  std::vector<T> m;
+};
+
+template <class T>
+Arranged<T> arrange_conv(const T* w, int taps, int cin, int cout, bool mirrored) {
+  Arranged<T> a{mirrored, mirrored ? cout : cin, mirrored ? cin : cout, 0, 0, {}};
+  if (a.kout <= 4 && a.kin % 8 == 0) {
+    a.KO = a.kout <= 1 ? 1 : a.kout <= 2 ? 2 : 4;
+    a.m = arrange_dot(w, taps, cin, cout, mirrored, a.KO);
+  } else {
+    a.W = lanes(a.kout);
+    a.m = arrange(w, taps, cin, cout, mirrored, a.W);
   }
-  const int W = lanes(kout);
-  const auto m = arrange(w, taps, cin, cout, mirrored, W);
-  if (W == 4)
-    gather_conv<T, ChannelLanes<T, 4>>(in, n, V, taps, nbr, mirrored, kin, m.data(), kout, bias, sink);
+  return a;
+}
+
+// The convolution arranged in a, of n samples of in, into sink.
+template <class T>
+void gather(const T* in, std::int64_t n, const Geo& g, const Arranged<T>& a, const T* bias, const Sink<T>& sink) {
+  const T* m = a.m.data();
+  if (a.KO == 1) gather_conv<T, InputLanes<T, 1>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
+  if (a.KO == 2) gather_conv<T, InputLanes<T, 2>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
+  if (a.KO == 4) gather_conv<T, InputLanes<T, 4>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
+  if (a.KO) return;
+  if (a.W == 4)
+    gather_conv<T, ChannelLanes<T, 4>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
   else
-    gather_conv<T, ChannelLanes<T, 8>>(in, n, V, taps, nbr, mirrored, kin, m.data(), kout, bias, sink);
+    gather_conv<T, ChannelLanes<T, 8>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
 }
 
 }  // namespace
@@ -424,15 +455,16 @@ void gather(const T* in, std::int64_t n, std::int64_t V, int taps, const std::in
 template <class T>
 void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, int cin, int cout,
                   const T* w, const T* bias, const Act* act, T* pre, T* out) {
-  gather(in, n, V, taps, nbr, false, w, cin, cout, bias, Sink<T>{act, pre, nullptr, out});
+  gather(in, n, Geo{V, taps, nbr, nullptr, V}, arrange_conv(w, taps, cin, cout, false), bias,
+         Sink<T>{act, pre, nullptr, out});
 }
 
 template <class T>
 void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
                    int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb) {
   if (gin)
-    gather(gpre, n, V, taps, nbr, true, w, cin, cout, static_cast<const T*>(nullptr),
-           Sink<T>{in_pre ? in_act : nullptr, nullptr, in_pre, gin});
+    gather(gpre, n, Geo{V, taps, nbr, nullptr, V}, arrange_conv(w, taps, cin, cout, true),
+           static_cast<const T*>(nullptr), Sink<T>{in_pre ? in_act : nullptr, nullptr, in_pre, gin});
   if (!gw) return;  // the parameters are constants here (path-gradient training: log q at fixed weights)
   const bool dot = cout <= 4 && cin % 8 == 0;
   const int W = dot ? (cout <= 1 ? 1 : cout <= 2 ? 2 : 4) : lanes(cout);  // padded width of gP
@@ -466,11 +498,106 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
             gwp[static_cast<std::size_t>((static_cast<std::int64_t>(t) * cin + ci) * coutP + co)];
 }
 
+// a, b -> (a + b) / 2, (a - b) / 2 elementwise, in place.
+template <class T>
+LATFLOW_CLONES void half_sum_difference(T* a, T* b, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T u = a[i], w = b[i];
+    a[i] = T(0.5) * (u + w);
+    b[i] = T(0.5) * (u - w);
+  }
+}
+
+template <class T>
+void affine_coupling(T* x, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                     const std::vector<ConvWeights<T>>& net, Act act, bool z2, const std::int32_t* active,
+                     std::int64_t Va, bool inverse, double* logdet) {
+  const auto L = net.size();
+  const auto& last = net.back();  // 2 outputs: a_s, a_t
+  std::vector<Arranged<T>> arranged;
+  int width = 1;
+  for (const auto& c : net) {
+    arranged.push_back(arrange_conv(c.w, taps, c.cin, c.cout, false));
+    width = std::max(width, c.cout);
+  }
+  // With z2 the last conv is linear, so (a(h+) + a(h-)) / 2 = a_s((h+ + h-) / 2) with a_s's bias, and
+  // (a(h+) - a(h-)) / 2 = a_t((h+ - h-) / 2) without bias: two one-output convs instead of two two-output ones.
+  const std::int64_t last_taps = static_cast<std::int64_t>(last.cin) * taps;
+  const auto conv_s = arrange_conv(last.w, taps, last.cin, 1, false);
+  const auto conv_t = arrange_conv(last.w + last_taps, taps, last.cin, 1, false);
+  const Geo all{V, taps, nbr, nullptr, V}, updated{V, taps, nbr, active, Va};
+  const std::int64_t copies = z2 ? 2 : 1, C = net.back().cin;
+  // Samples are done kChunk at a time, so that a chunk's activations stay in the L2 cache.
+  constexpr std::int64_t kChunk = 32;
+  std::vector<T> frozen(static_cast<std::size_t>(kChunk * V)), out(static_cast<std::size_t>(kChunk * Va * 4));
+  std::vector<T> buf_a(static_cast<std::size_t>(copies * kChunk * V * width)), buf_b(buf_a.size());
+  std::vector<T> reflect(static_cast<std::size_t>(round_up(net.front().cout, 8)), T(0));
+  for (int c = 0; c < net.front().cout; ++c) reflect[static_cast<std::size_t>(c)] = 2 * net.front().bias[c];
+  for (std::int64_t b0 = 0; b0 < n; b0 += kChunk) {
+    const std::int64_t nb = std::min(kChunk, n - b0);
+    T* xb = x + b0 * V;
+    std::copy(xb, xb + nb * V, frozen.begin());
+    for (std::int64_t b = 0; b < nb; ++b)
+      for (std::int64_t i = 0; i < Va; ++i) frozen[static_cast<std::size_t>(b * V + active[i])] = T(0);
+    // The hidden layers, on c and with z2 on -c: h [copies, nb, V, C]. The first conv's value on -c is
+    // 2 bias - its value on c, so it is not recomputed.
+    const T* h = frozen.data();
+    if (L > 1) {
+      Sink<T> first{&act, nullptr, nullptr, buf_a.data()};
+      if (z2) {
+        first.mirror = buf_a.data() + nb * V * net.front().cout;
+        first.reflect = reflect.data();
+      }
+      gather(frozen.data(), nb, all, arranged.front(), net.front().bias, first);
+      T *cur = buf_a.data(), *next = buf_b.data();
+      for (std::size_t l = 1; l + 1 < L; ++l) {
+        gather(cur, copies * nb, all, arranged[l], net[l].bias, Sink<T>{&act, nullptr, nullptr, next});
+        std::swap(cur, next);
+      }
+      h = cur;
+    }
+    // The last conv at the active sites: s_raw = out[0, b, i], t = out[1, b, i].
+    T* s_raw = out.data();
+    T* t = out.data() + nb * Va;
+    if (!z2) {
+      T* pairs = out.data() + 2 * nb * Va;  // [nb, Va, 2]
+      gather(h, nb, updated, arranged.back(), last.bias, Sink<T>{nullptr, nullptr, nullptr, pairs});
+      for (std::int64_t r = 0; r < nb * Va; ++r) {
+        s_raw[r] = pairs[2 * r];
+        t[r] = pairs[2 * r + 1];
+      }
+    } else if (L > 1) {
+      T* hp = buf_a.data() == h ? buf_a.data() : buf_b.data();  // h, writable
+      half_sum_difference(hp, hp + nb * V * C, nb * V * C);
+      gather(hp, nb, updated, conv_s, last.bias, Sink<T>{nullptr, nullptr, nullptr, s_raw});
+      gather(hp + nb * V * C, nb, updated, conv_t, static_cast<const T*>(nullptr), Sink<T>{nullptr, nullptr, nullptr, t});
+    } else {  // the net is one conv of c: (h+ + h-) / 2 = 0, (h+ - h-) / 2 = c
+      std::fill(s_raw, s_raw + nb * Va, last.bias[0]);
+      gather(h, nb, updated, conv_t, static_cast<const T*>(nullptr), Sink<T>{nullptr, nullptr, nullptr, t});
+    }
+    // The affine update of the active sites.
+    for (std::int64_t b = 0; b < nb; ++b) {
+      double sum = 0;
+      for (std::int64_t i = 0; i < Va; ++i) {
+        const std::int64_t r = b * Va + i;
+        const T s = 1 - 2 / (1 + std::exp(2 * s_raw[r]));  // tanh, with one exp (finite for every argument)
+        T& v = xb[b * V + active[i]];
+        v = inverse ? (v - t[r]) * std::exp(-s) : v * std::exp(s) + t[r];
+        sum += s;
+      }
+      logdet[b0 + b] += inverse ? -sum : sum;
+    }
+  }
+}
+
 #define LATFLOW_INSTANTIATE(T)                                                                                    \
   template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,         \
                                 const T*, const T*, const Act*, T*, T*);                                          \
   template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, \
-                                 int, const T*, const T*, const Act*, T*, T*, T*);
+                                 int, const T*, const T*, const Act*, T*, T*, T*);                         \
+  template void affine_coupling<T>(T*, std::int64_t, std::int64_t, int, const std::int32_t*,                      \
+                                   const std::vector<ConvWeights<T>>&, Act, bool, const std::int32_t*,            \
+                                   std::int64_t, bool, double*);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)
 #undef LATFLOW_INSTANTIATE
