@@ -303,16 +303,20 @@ TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradie
 TEST_CASE("an affine coupling's inference kernel equals the layer's autograd path", "[flows]") {
   torch::manual_seed(37);
   // Without autograd an AffineCoupling runs pconv::affine_coupling (the first conv shared between c and -c, the
-  // last evaluated at the active sites only, samples in chunks of 32); with autograd the LibTorch formulas.
+  // last evaluated at the active sites only, samples in chunks of 16); with autograd the LibTorch formulas.
   struct Case {
     std::vector<int64_t> ext;
     int kernel;
     std::string act;
     std::vector<int> hidden;
   };
-  const std::vector<Case> cases{{{8, 8}, 3, "leaky_relu", {8, 8}}, {{7}, 3, "tanh", {5, 4}},
-                                {{5, 4}, 5, "silu", {8, 16}},      {{2, 4, 3}, 3, "leaky_relu", {8}},
-                                {{6, 6}, 1, "tanh", {4, 8, 3}},    {{4, 6}, 3, "leaky_relu", {}}};
+  // 2D 3x3 hidden-to-hidden convs use Winograd's F(4x4, 3x3) (extents multiples of 4) or F(2x2, 3x3) (even
+  // extents), with partial channel blocks (5, 12); the rest the direct kernels.
+  const std::vector<Case> cases{{{8, 8}, 3, "leaky_relu", {8, 8}},  {{4, 12}, 3, "leaky_relu", {16, 8}},
+                                {{6, 10}, 3, "tanh", {5, 12, 8}},    {{2, 4}, 3, "silu", {8, 8}},
+                                {{7}, 3, "tanh", {5, 4}},            {{5, 4}, 5, "silu", {8, 16}},
+                                {{2, 4, 3}, 3, "leaky_relu", {8}},   {{6, 6}, 1, "tanh", {4, 8, 3}},
+                                {{4, 6}, 3, "leaky_relu", {}}};
   for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
     for (int threads : {1, 2}) {
       at::set_num_threads(threads);

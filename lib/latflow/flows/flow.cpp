@@ -233,7 +233,7 @@ void ConvNetImpl::affine_coupling(torch::Tensor& x, const std::vector<std::int32
       net.push_back({params[l].data_ptr<scalar_t>(), params[l + 1].data_ptr<scalar_t>(),
                      static_cast<int>(params[l].size(1)), static_cast<int>(params[l].size(0))});
     for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
-      pconv::affine_coupling<scalar_t>(x.data_ptr<scalar_t>() + b0 * V, b1 - b0, V, static_cast<int>(taps),
+      pconv::affine_coupling<scalar_t>(x.data_ptr<scalar_t>() + b0 * V, b1 - b0, extents, static_cast<int>(taps),
                                        nbr.data_ptr<std::int32_t>(), net, act, z2, active.data(),
                                        static_cast<std::int64_t>(active.size()), inverse,
                                        log_det.data_ptr<double>() + b0);

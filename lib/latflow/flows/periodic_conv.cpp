@@ -498,6 +498,181 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
             gwp[static_cast<std::size_t>((static_cast<std::int64_t>(t) * cin + ci) * coutP + co)];
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Winograd's minimal filtering F(MxM, 3x3) (Lavin & Gray 2015, arXiv:1509.09308) for the hidden convs of 2D nets
+// with 3x3 kernels, in inference: each MxM block of output sites is A^T [(G g G^T) . (B^T d B)] A over the
+// (M+2)x(M+2) block d of input sites around it, (M+2)^2 multiply-adds per input and output channel instead of
+// 9 M^2: 2.25x fewer for M = 2 (lattice extents even), 4x fewer for M = 4 (extents multiples of 4). The
+// transforms' entries are small integers and fractions with short expansions; the results agree with the direct
+// convolution to rounding (tests/test_flows.cpp, float64).
+template <int M>
+struct Winograd;
+template <>
+struct Winograd<2> {  // interpolation points 0, 1, -1, infinity
+  static constexpr double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static constexpr double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+template <>
+struct Winograd<4> {  // interpolation points 0, 1, -1, 2, -2, infinity
+  static constexpr double BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                      {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr double G[6][3] = {{0.25, 0, 0},        {-1. / 6, -1. / 6, -1. / 6}, {-1. / 6, 1. / 6, -1. / 6},
+                                     {1. / 24, 1. / 12, 1. / 6}, {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
+  static constexpr double AT[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+
+// Sites of the MxM output tiles of an L0 x L1 lattice (row-major) and of the (M+2)x(M+2) input blocks around them.
+struct WinogradTiles {
+  int M = 0;
+  std::int64_t per_sample = 0;
+  std::vector<std::int32_t> in, out;  // [tile][(M+2)^2], [tile][M^2]
+};
+
+WinogradTiles winograd_tiles(std::int64_t L0, std::int64_t L1, int M) {
+  WinogradTiles w;
+  w.M = M;
+  w.per_sample = (L0 / M) * (L1 / M);
+  for (std::int64_t I = 0; I < L0 / M; ++I)
+    for (std::int64_t J = 0; J < L1 / M; ++J) {
+      for (std::int64_t u = 0; u < M + 2; ++u)
+        for (std::int64_t v = 0; v < M + 2; ++v)
+          w.in.push_back(static_cast<std::int32_t>(((M * I - 1 + u + L0) % L0) * L1 + (M * J - 1 + v + L1) % L1));
+      for (std::int64_t i = 0; i < M; ++i)
+        for (std::int64_t j = 0; j < M; ++j) w.out.push_back(static_cast<std::int32_t>((M * I + i) * L1 + M * J + j));
+    }
+  return w;
+}
+
+// Lanes k0 ... k0 + W - 1 of a row of `cols` values, zero beyond cols.
+template <int W, class T>
+__attribute__((always_inline)) inline vec_t<T, W> load_lanes(const T* row, std::int64_t k0, std::int64_t cols) {
+  if (k0 + W <= cols) return load<W>(row + k0);
+  T tmp[W] = {};
+  for (std::int64_t k = k0; k < cols; ++k) tmp[k - k0] = row[k];
+  return load<W>(tmp);
+}
+
+// sum_a c[a] x[a * stride] for a constant row c (inlined and unrolled, the zero and unit coefficients fold away).
+template <int N, class V, class T>
+__attribute__((always_inline)) inline V combine(const double (&c)[N], const V* x, int stride) {
+  V acc{};
+  bool first = true;
+#pragma GCC unroll 8
+  for (int a = 0; a < N; ++a) {
+    if (c[a] == 0) continue;
+    const V term = c[a] == 1 ? x[a * stride] : c[a] == -1 ? -x[a * stride] : static_cast<T>(c[a]) * x[a * stride];
+    acc = first ? term : acc + term;
+    first = false;
+  }
+  return acc;
+}
+
+// Weights [cout, cin, 3, 3] -> U [(M+2)^2, cinP, coutP] = G g G^T per (cin, cout), zero-padded to whole blocks of
+// 8; computed in double, rounded once.
+template <class T, int M>
+std::vector<T> winograd_weights(const T* w, int cin, int cout) {
+  constexpr int A = M + 2;
+  const auto& G = Winograd<M>::G;
+  const std::int64_t cinP = round_up(cin, 8), coutP = round_up(cout, 8);
+  std::vector<T> U(static_cast<std::size_t>(A * A * cinP * coutP), T(0));
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci) {
+      const T* g = w + (static_cast<std::int64_t>(co) * cin + ci) * 9;
+      double Gg[A][3] = {};
+      for (int u = 0; u < A; ++u)
+        for (int b = 0; b < 3; ++b)
+          for (int a = 0; a < 3; ++a) Gg[u][b] += G[u][a] * static_cast<double>(g[a * 3 + b]);
+      for (int u = 0; u < A; ++u)
+        for (int v = 0; v < A; ++v) {
+          double x = 0;
+          for (int b = 0; b < 3; ++b) x += Gg[u][b] * G[v][b];
+          U[static_cast<std::size_t>(((u * A + v) * cinP + ci) * coutP + co)] = static_cast<T>(x);
+        }
+    }
+  return U;
+}
+
+// out = sink(conv(in) + bias) at every site for n samples [n, V, cin], with U from winograd_weights<T, M>. Tiles
+// are done kTB at a time: their transformed inputs [(M+2)^2][kTB][cinP] and products stay in the L1 cache, and
+// each weight vector loaded serves kTB tiles (kTB accumulators hide the FMA latency).
+template <class T, int M>
+LATFLOW_CLONES void winograd_conv(const T* in, std::int64_t n, std::int64_t V, const WinogradTiles& tiles, int cin,
+                                  int cout, const T* U, const T* bias, Sink<T> sink, T* scratch) {
+  constexpr int W = 8, kTB = 8, A = M + 2;
+  using V_t = vec_t<T, W>;
+  using Wm = Winograd<M>;
+  const std::int64_t cinP = round_up(cin, W), coutP = round_up(cout, W);
+  const std::int64_t total = n * tiles.per_sample;
+  T* Vt = scratch;                       // [A * A][kTB][cinP]
+  T* Mt = scratch + A * A * kTB * cinP;  // [A * A][kTB][coutP]
+  for (std::int64_t t0 = 0; t0 < total; t0 += kTB) {
+    const int nt = static_cast<int>(std::min<std::int64_t>(kTB, total - t0));
+    // Input transform B^T d B of each tile, 8 channels at a time.
+    for (int q = 0; q < nt; ++q) {
+      const std::int64_t tile = t0 + q, b = tile / tiles.per_sample, tl = tile % tiles.per_sample;
+      const T* sample = in + b * V * cin;
+      const std::int32_t* sites = tiles.in.data() + tl * A * A;
+      for (std::int64_t k0 = 0; k0 < cinP; k0 += W) {
+        V_t d[A][A], e[A][A];
+#pragma GCC unroll 8
+        for (int u = 0; u < A; ++u)
+#pragma GCC unroll 8
+          for (int v = 0; v < A; ++v)
+            d[u][v] = load_lanes<W>(sample + static_cast<std::int64_t>(sites[u * A + v]) * cin, k0, cin);
+#pragma GCC unroll 8
+        for (int u = 0; u < A; ++u)
+#pragma GCC unroll 8
+          for (int v = 0; v < A; ++v) e[u][v] = combine<A, V_t, T>(Wm::BT[u], &d[0][v], A);
+        const std::int64_t step = kTB * cinP;
+        T* o = Vt + q * cinP + k0;
+#pragma GCC unroll 8
+        for (int u = 0; u < A; ++u)
+#pragma GCC unroll 8
+          for (int v = 0; v < A; ++v) store<W>(o + (u * A + v) * step, combine<A, V_t, T>(Wm::BT[v], &e[u][0], 1));
+      }
+    }
+    // Products: Mt[xi][q][co] = sum_ci Vt[xi][q][ci] U[xi][ci][co].
+    for (int xi = 0; xi < A * A; ++xi)
+      for (std::int64_t c0 = 0; c0 < coutP; c0 += W) {
+        V_t acc[kTB];
+        for (int q = 0; q < kTB; ++q) acc[q] = V_t{};
+        const T* Vx = Vt + static_cast<std::int64_t>(xi) * kTB * cinP;
+        const T* Ux = U + static_cast<std::int64_t>(xi) * cinP * coutP + c0;
+        for (std::int64_t k = 0; k < cin; ++k) {
+          const V_t u = load<W>(Ux + k * coutP);
+          for (int q = 0; q < kTB; ++q) acc[q] += Vx[q * cinP + k] * u;
+        }
+#pragma GCC unroll 8
+        for (int q = 0; q < kTB; ++q) store<W>(Mt + (static_cast<std::int64_t>(xi) * kTB + q) * coutP + c0, acc[q]);
+      }
+    // Output transform A^T M A + bias, into the sink.
+    for (int q = 0; q < nt; ++q) {
+      const std::int64_t tile = t0 + q, b = tile / tiles.per_sample, tl = tile % tiles.per_sample;
+      const std::int32_t* sites = tiles.out.data() + tl * M * M;
+      for (std::int64_t c0 = 0; c0 < coutP; c0 += W) {
+        V_t m[A][A], r[M][A];
+#pragma GCC unroll 8
+        for (int u = 0; u < A; ++u)
+#pragma GCC unroll 8
+          for (int v = 0; v < A; ++v) m[u][v] = load<W>(Mt + (static_cast<std::int64_t>(u * A + v) * kTB + q) * coutP + c0);
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+          for (int v = 0; v < A; ++v) r[i][v] = combine<A, V_t, T>(Wm::AT[i], &m[0][v], A);
+        const V_t bv = load_lanes<W>(bias, c0, cout);
+        const int valid = static_cast<int>(std::min<std::int64_t>(W, cout - c0));
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+          for (int j = 0; j < M; ++j)
+            sink.template put<W>((b * V + sites[i * M + j]) * cout + c0, c0,
+                                 combine<A, V_t, T>(Wm::AT[j], &r[i][0], 1) + bv, valid);
+      }
+    }
+  }
+}
+
 // a, b -> (a + b) / 2, (a - b) / 2 elementwise, in place.
 template <class T>
 LATFLOW_CLONES void half_sum_difference(T* a, T* b, std::int64_t n) {
@@ -508,11 +683,18 @@ LATFLOW_CLONES void half_sum_difference(T* a, T* b, std::int64_t n) {
   }
 }
 
+namespace {
+bool g_winograd = true;
+}
+void set_winograd(bool on) { g_winograd = on; }
+
 template <class T>
-void affine_coupling(T* x, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
-                     const std::vector<ConvWeights<T>>& net, Act act, bool z2, const std::int32_t* active,
-                     std::int64_t Va, bool inverse, double* logdet) {
+void affine_coupling(T* x, std::int64_t n, const std::vector<std::int64_t>& extents, int taps,
+                     const std::int32_t* nbr, const std::vector<ConvWeights<T>>& net, Act act, bool z2,
+                     const std::int32_t* active, std::int64_t Va, bool inverse, double* logdet) {
   const auto L = net.size();
+  std::int64_t V = 1;
+  for (auto e : extents) V *= e;
   const auto& last = net.back();  // 2 outputs: a_s, a_t
   std::vector<Arranged<T>> arranged;
   int width = 1;
@@ -527,47 +709,78 @@ void affine_coupling(T* x, std::int64_t n, std::int64_t V, int taps, const std::
   const auto conv_t = arrange_conv(last.w + last_taps, taps, last.cin, 1, false);
   const Geo all{V, taps, nbr, nullptr, V}, updated{V, taps, nbr, active, Va};
   const std::int64_t copies = z2 ? 2 : 1, C = net.back().cin;
-  // Samples are done kChunk at a time, so that a chunk's activations stay in the L2 cache.
-  constexpr std::int64_t kChunk = 32;
-  std::vector<T> frozen(static_cast<std::size_t>(kChunk * V)), out(static_cast<std::size_t>(kChunk * Va * 4));
-  std::vector<T> buf_a(static_cast<std::size_t>(copies * kChunk * V * width)), buf_b(buf_a.size());
+  // The hidden-to-hidden convs by Winograd's F(2x2, 3x3) where it applies (2D, 3x3, even extents).
+  const bool winograd = g_winograd && extents.size() == 2 && taps == 9 && extents[0] % 2 == 0 &&
+                        extents[1] % 2 == 0 && L > 2;
+  WinogradTiles tiles;
+  std::vector<std::vector<T>> wino_U(L);
+  std::size_t wino_size = 0;
+  if (winograd) {
+    const int M = extents[0] % 4 == 0 && extents[1] % 4 == 0 ? 4 : 2;
+    tiles = winograd_tiles(extents[0], extents[1], M);
+    for (std::size_t l = 1; l + 1 < L; ++l) {
+      const auto& c = net[l];
+      wino_U[l] = M == 4 ? winograd_weights<T, 4>(c.w, c.cin, c.cout) : winograd_weights<T, 2>(c.w, c.cin, c.cout);
+      wino_size = std::max(wino_size, static_cast<std::size_t>((M + 2) * (M + 2) * 8 *
+                                                               (round_up(c.cin, 8) + round_up(c.cout, 8))));
+    }
+  }
+  // Samples are done kChunk at a time, so that a chunk's activations stay in the L2 cache. The buffers live in
+  // a per-thread arena kept between calls (fresh ones of this size cost page faults on every call).
+  constexpr std::int64_t kChunk = 16;
+  const auto n_frozen = static_cast<std::size_t>(kChunk * V), n_out = static_cast<std::size_t>(kChunk * Va * 4),
+             n_buf = static_cast<std::size_t>(copies * kChunk * V * width);
+  std::vector<T> v_frozen(n_frozen), v_out(n_out), v_a(n_buf), v_b(n_buf), v_w(wino_size);
+  T* const frozen = v_frozen.data();
+  T* const out = v_out.data();
+  T* const buf_a = v_a.data();
+  T* const buf_b = v_b.data();
+  T* const wino_scratch = v_w.data();
   std::vector<T> reflect(static_cast<std::size_t>(round_up(net.front().cout, 8)), T(0));
   for (int c = 0; c < net.front().cout; ++c) reflect[static_cast<std::size_t>(c)] = 2 * net.front().bias[c];
   for (std::int64_t b0 = 0; b0 < n; b0 += kChunk) {
     const std::int64_t nb = std::min(kChunk, n - b0);
     T* xb = x + b0 * V;
-    std::copy(xb, xb + nb * V, frozen.begin());
+    std::copy(xb, xb + nb * V, frozen);
     for (std::int64_t b = 0; b < nb; ++b)
-      for (std::int64_t i = 0; i < Va; ++i) frozen[static_cast<std::size_t>(b * V + active[i])] = T(0);
+      for (std::int64_t i = 0; i < Va; ++i) frozen[b * V + active[i]] = T(0);
     // The hidden layers, on c and with z2 on -c: h [copies, nb, V, C]. The first conv's value on -c is
     // 2 bias - its value on c, so it is not recomputed.
-    const T* h = frozen.data();
+    const T* h = frozen;
     if (L > 1) {
-      Sink<T> first{&act, nullptr, nullptr, buf_a.data()};
+      Sink<T> first{&act, nullptr, nullptr, buf_a};
       if (z2) {
-        first.mirror = buf_a.data() + nb * V * net.front().cout;
+        first.mirror = buf_a + nb * V * net.front().cout;
         first.reflect = reflect.data();
       }
-      gather(frozen.data(), nb, all, arranged.front(), net.front().bias, first);
-      T *cur = buf_a.data(), *next = buf_b.data();
+      gather(frozen, nb, all, arranged.front(), net.front().bias, first);
+      T *cur = buf_a, *next = buf_b;
       for (std::size_t l = 1; l + 1 < L; ++l) {
-        gather(cur, copies * nb, all, arranged[l], net[l].bias, Sink<T>{&act, nullptr, nullptr, next});
+        const Sink<T> hidden{&act, nullptr, nullptr, next};
+        if (winograd && tiles.M == 4)
+          winograd_conv<T, 4>(cur, copies * nb, V, tiles, net[l].cin, net[l].cout, wino_U[l].data(), net[l].bias,
+                              hidden, wino_scratch);
+        else if (winograd)
+          winograd_conv<T, 2>(cur, copies * nb, V, tiles, net[l].cin, net[l].cout, wino_U[l].data(), net[l].bias,
+                              hidden, wino_scratch);
+        else
+          gather(cur, copies * nb, all, arranged[l], net[l].bias, hidden);
         std::swap(cur, next);
       }
       h = cur;
     }
     // The last conv at the active sites: s_raw = out[0, b, i], t = out[1, b, i].
-    T* s_raw = out.data();
-    T* t = out.data() + nb * Va;
+    T* s_raw = out;
+    T* t = out + nb * Va;
     if (!z2) {
-      T* pairs = out.data() + 2 * nb * Va;  // [nb, Va, 2]
+      T* pairs = out + 2 * nb * Va;  // [nb, Va, 2]
       gather(h, nb, updated, arranged.back(), last.bias, Sink<T>{nullptr, nullptr, nullptr, pairs});
       for (std::int64_t r = 0; r < nb * Va; ++r) {
         s_raw[r] = pairs[2 * r];
         t[r] = pairs[2 * r + 1];
       }
     } else if (L > 1) {
-      T* hp = buf_a.data() == h ? buf_a.data() : buf_b.data();  // h, writable
+      T* hp = buf_a == h ? buf_a : buf_b;  // h, writable
       half_sum_difference(hp, hp + nb * V * C, nb * V * C);
       gather(hp, nb, updated, conv_s, last.bias, Sink<T>{nullptr, nullptr, nullptr, s_raw});
       gather(hp + nb * V * C, nb, updated, conv_t, static_cast<const T*>(nullptr), Sink<T>{nullptr, nullptr, nullptr, t});
@@ -595,7 +808,7 @@ void affine_coupling(T* x, std::int64_t n, std::int64_t V, int taps, const std::
                                 const T*, const T*, const Act*, T*, T*);                                          \
   template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, \
                                  int, const T*, const T*, const Act*, T*, T*, T*);                         \
-  template void affine_coupling<T>(T*, std::int64_t, std::int64_t, int, const std::int32_t*,                      \
+  template void affine_coupling<T>(T*, std::int64_t, const std::vector<std::int64_t>&, int, const std::int32_t*,  \
                                    const std::vector<ConvWeights<T>>&, Act, bool, const std::int32_t*,            \
                                    std::int64_t, bool, double*);
 LATFLOW_INSTANTIATE(float)

@@ -45,16 +45,22 @@ struct ConvWeights {
   int cin, cout;
 };
 
-// One affine coupling layer in inference (no autograd), in place on n samples x [n, V]: the net (convs with the
+// One affine coupling layer in inference (no autograd), in place on n samples x [n, V] (V = the product of the
+// lattice extents): the net (convs with the
 // activation act between them, the last with 2 outputs) of the frozen field c (x, zeroed at the `active` sites)
 // gives (a_s, a_t) at each of the Va active sites; then s = tanh(a_s), t = a_t, or with z2, the net also applied to
 // -c, s = tanh((a_s(c) + a_s(-c)) / 2), t = (a_t(c) - a_t(-c)) / 2. Forward: x_a -> x_a exp(s) + t and
 // logdet[b] += sum_a s; inverse: x_a -> (x_a - t) exp(-s) and logdet[b] -= sum_a s (float64 sums). The same
 // function as AffineCoupling in flow.cpp, with less work: the first conv is linear, so its value on -c is
-// 2 bias - its value on c and is not recomputed, and the last conv is evaluated at the active sites only.
+// 2 bias - its value on c and is not recomputed; the last conv is evaluated at the active sites only and, with
+// z2, as two one-output convs of (h(c) + h(-c)) / 2 and (h(c) - h(-c)) / 2 (it is linear); in 2D with 3x3 kernels
+// and even extents the other convs use Winograd's F(2x2, 3x3), 2.25x fewer multiply-adds.
 template <class T>
-void affine_coupling(T* x, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
-                     const std::vector<ConvWeights<T>>& net, Act act, bool z2, const std::int32_t* active,
-                     std::int64_t Va, bool inverse, double* logdet);
+void affine_coupling(T* x, std::int64_t n, const std::vector<std::int64_t>& extents, int taps,
+                     const std::int32_t* nbr, const std::vector<ConvWeights<T>>& net, Act act, bool z2,
+                     const std::int32_t* active, std::int64_t Va, bool inverse, double* logdet);
+// Process-wide: use Winograd's F(2x2, 3x3) in affine_coupling where it applies (default true); for tests and
+// benchmarks.
+void set_winograd(bool on);
 
 }  // namespace latflow::pconv
