@@ -293,31 +293,38 @@ std::pair<torch::Tensor, torch::Tensor> AffineCoupling::scale_shift(const torch:
   return {s * active_, t * active_};
 }
 
-bool AffineCoupling::use_kernel(const torch::Tensor& x) const {
+bool AffineCoupling::runs_in_place(const torch::Tensor& x) const {
   return !torch::GradMode::is_enabled() && fused_conv() && x.device().is_cpu() &&
          (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64) &&
          x.sizes().slice(1) == active_.sizes().slice(1);
 }
 
-std::pair<torch::Tensor, torch::Tensor> AffineCoupling::apply_kernel(const torch::Tensor& x, bool inverse) {
+void AffineCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
   if (active_sites_.empty()) {
     auto idx = active_.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
     active_sites_.assign(idx.data_ptr<std::int32_t>(), idx.data_ptr<std::int32_t>() + idx.numel());
   }
-  auto y = x.contiguous().clone();
-  auto log_det = torch::zeros({x.size(0)}, x.options().dtype(torch::kFloat64));
-  net_->affine_coupling(y, active_sites_, z2_, inverse, log_det);
-  return {y, log_det};
+  net_->affine_coupling(x, active_sites_, z2_, inverse, log_det);
 }
 
 std::pair<torch::Tensor, torch::Tensor> AffineCoupling::forward(const torch::Tensor& x) {
-  if (use_kernel(x)) return apply_kernel(x, false);
+  if (runs_in_place(x)) {
+    auto y = x.clone(at::MemoryFormat::Contiguous);
+    auto log_det = torch::zeros({x.size(0)}, x.options().dtype(torch::kFloat64));
+    apply_in_place(y, log_det, false);
+    return {y, log_det};
+  }
   auto [s, t] = scale_shift(x);
   return {x * torch::exp(s) + t, s.sum(site_dims(x.dim() - 1))};
 }
 
 std::pair<torch::Tensor, torch::Tensor> AffineCoupling::inverse(const torch::Tensor& y) {
-  if (use_kernel(y)) return apply_kernel(y, true);
+  if (runs_in_place(y)) {
+    auto x = y.clone(at::MemoryFormat::Contiguous);
+    auto log_det = torch::zeros({y.size(0)}, y.options().dtype(torch::kFloat64));
+    apply_in_place(x, log_det, true);
+    return {x, log_det};
+  }
   auto [s, t] = scale_shift(y);  // the frozen sites are unchanged, so the net sees the same input
   return {(y - t) * torch::exp(-s), -s.sum(site_dims(y.dim() - 1))};
 }
@@ -506,15 +513,31 @@ FlowModel make_flow(const Config& cfg) {
   return make_scalar_flow(cfg.lattice, cfg.flow);
 }
 
+// Runs the layers (in reverse order for inverse) on x, adding their log|dets| to log_det. Layers with an inference
+// kernel work in place on one copy of x, so that a batch is not copied once per layer; x itself is not modified.
+void FlowModelImpl::run_layers(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
+  bool owned = false;  // x is a contiguous copy of our own (not the caller's tensor, not a layer's input)
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    auto& layer = *layers_[inverse ? layers_.size() - 1 - i : i];
+    if (layer.runs_in_place(x)) {
+      if (!owned) x = x.clone(at::MemoryFormat::Contiguous);
+      owned = true;
+      layer.apply_in_place(x, log_det, inverse);
+      continue;
+    }
+    auto [y, ld] = inverse ? layer.inverse(x) : layer.forward(x);
+    x = y;
+    owned = false;  // a layer's output may alias its input
+    log_det = log_det + ld.to(torch::kFloat64);
+  }
+}
+
 std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::forward(const torch::Tensor& z_in) {
   auto x = z_in.to(device_, dtype_);
   auto log_q = prior_log_prob(x);
-  for (auto& layer : layers_) {
-    auto [y, ld] = layer->forward(x);
-    x = y;
-    log_q = log_q - ld.to(torch::kFloat64);
-  }
-  return {finish(x), log_q};
+  auto log_det = torch::zeros_like(log_q);
+  run_layers(x, log_det, false);
+  return {finish(x), log_q - log_det};
 }
 
 std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::sample(std::int64_t batch, std::uint64_t stream_seed) {
@@ -524,11 +547,7 @@ std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::sample(std::int64_t batch
 std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::log_prob(const torch::Tensor& x_in) {
   auto z = x_in.to(device_, dtype_);
   auto log_det = torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));
-  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
-    auto [y, ld] = (*it)->inverse(z);
-    z = y;
-    log_det = log_det + ld.to(torch::kFloat64);
-  }
+  run_layers(z, log_det, true);
   return {prior_log_prob(z) + log_det, z};
 }
 

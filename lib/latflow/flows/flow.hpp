@@ -58,6 +58,10 @@ class CouplingLayer : public torch::nn::Module {
   // Returns (y, log|det dy/dx|) with the log-det of shape [B] in the layer's dtype.
   virtual std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) = 0;
   virtual std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) = 0;
+  // Whether the layer has an inference kernel for x (no autograd), which apply_in_place runs: the forward (or
+  // inverse) map applied to x (contiguous) in place, its log|det| added to log_det [B] (float64).
+  virtual bool runs_in_place(const torch::Tensor& /*x*/) const { return false; }
+  virtual void apply_in_place(torch::Tensor& /*x*/, torch::Tensor& /*log_det*/, bool /*inverse*/) {}
 };
 
 // x_active -> x_active * exp(s) + t with s, t from the net of the frozen sites. With z2, s is made even and t
@@ -69,11 +73,11 @@ class AffineCoupling : public CouplingLayer {
   AffineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override;
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override;
+  bool runs_in_place(const torch::Tensor& x) const override;
+  void apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) override;
 
  private:
   std::pair<torch::Tensor, torch::Tensor> scale_shift(const torch::Tensor& x);
-  bool use_kernel(const torch::Tensor& x) const;
-  std::pair<torch::Tensor, torch::Tensor> apply_kernel(const torch::Tensor& x, bool inverse);
   torch::Tensor mask_, active_;
   std::vector<std::int32_t> active_sites_;  // flat indices of the updated sites (filled on first use)
   bool z2_;
@@ -166,6 +170,7 @@ class FlowModelImpl : public torch::nn::Module {
   void add_layer(std::shared_ptr<CouplingLayer> layer);
   // Applied to the output of the last layer (e.g. angles reduced to [0, 2 pi)); identity by default.
   virtual torch::Tensor finish(const torch::Tensor& x) const { return x; }
+  void run_layers(torch::Tensor& x, torch::Tensor& log_det, bool inverse);
   torch::Dtype dtype_;
   torch::Device device_{torch::kCPU};
 

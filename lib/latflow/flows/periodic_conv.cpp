@@ -42,7 +42,7 @@ std::vector<std::int32_t> neighbour_table(const std::vector<std::int64_t>& exten
 
 // The kernels are compiled for AVX2+FMA and for the baseline; the loader picks the best the CPU has.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LATFLOW_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define LATFLOW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LATFLOW_CLONES
 #endif
@@ -548,6 +548,11 @@ WinogradTiles winograd_tiles(std::int64_t L0, std::int64_t L1, int M) {
 template <int W, class T>
 __attribute__((always_inline)) inline vec_t<T, W> load_lanes(const T* row, std::int64_t k0, std::int64_t cols) {
   if (k0 + W <= cols) return load<W>(row + k0);
+  if (k0 + 1 == cols) {  // one channel (a first conv's input)
+    vec_t<T, W> v{};
+    v[0] = row[k0];
+    return v;
+  }
   T tmp[W] = {};
   for (std::int64_t k = k0; k < cols; ++k) tmp[k - k0] = row[k];
   return load<W>(tmp);
@@ -566,6 +571,43 @@ __attribute__((always_inline)) inline V combine(const double (&c)[N], const V* x
     first = false;
   }
   return acc;
+}
+
+// The 1D transforms y = B^T x and y = A^T x (x[a] = x[a * stride], y[i] = y[i * ostride]). For M = 4 written
+// with the shared sums that the matrices' structure allows (14 instead of ~25 operations for B^T, 10 instead of
+// ~21 for A^T; the compiler may not find them, as it may not reassociate floating-point sums); otherwise generic.
+template <int M, class V, class T>
+__attribute__((always_inline)) inline void transform_BT(const V* x, int stride, V* y, int ostride) {
+  if constexpr (M == 4) {
+    const V x0 = x[0], x1 = x[stride], x2 = x[2 * stride], x3 = x[3 * stride], x4 = x[4 * stride],
+            x5 = x[5 * stride];
+    const V s12 = x1 + x2, s34 = x3 + x4, d12 = x1 - x2, d43 = x4 - x3, d42 = x4 - x2, d31 = x3 - x1;
+    y[0] = T(4) * x0 - T(5) * x2 + x4;
+    y[ostride] = s34 - T(4) * s12;
+    y[2 * ostride] = d43 + T(4) * d12;
+    y[3 * ostride] = d42 + T(2) * d31;
+    y[4 * ostride] = d42 - T(2) * d31;
+    y[5 * ostride] = T(4) * x1 - T(5) * x3 + x5;
+  } else {
+#pragma GCC unroll 8
+    for (int u = 0; u < M + 2; ++u) y[u * ostride] = combine<M + 2, V, T>(Winograd<M>::BT[u], x, stride);
+  }
+}
+
+template <int M, class V, class T>
+__attribute__((always_inline)) inline void transform_AT(const V* x, int stride, V* y, int ostride) {
+  if constexpr (M == 4) {
+    const V x0 = x[0], x1 = x[stride], x2 = x[2 * stride], x3 = x[3 * stride], x4 = x[4 * stride],
+            x5 = x[5 * stride];
+    const V s12 = x1 + x2, s34 = x3 + x4, d12 = x1 - x2, d34 = x3 - x4;
+    y[0] = x0 + s12 + s34;
+    y[ostride] = d12 + T(2) * d34;
+    y[2 * ostride] = s12 + T(4) * s34;
+    y[3 * ostride] = d12 + T(8) * d34 + x5;
+  } else {
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) y[i * ostride] = combine<M + 2, V, T>(Winograd<M>::AT[i], x, stride);
+  }
 }
 
 // Weights [cout, cin, 3, 3] -> U [(M+2)^2, cinP, coutP] = G g G^T per (cin, cout), zero-padded to whole blocks of
@@ -601,7 +643,6 @@ LATFLOW_CLONES void winograd_conv(const T* in, std::int64_t n, std::int64_t V, c
                                   int cout, const T* U, const T* bias, Sink<T> sink, T* scratch) {
   constexpr int W = 8, kTB = 8, A = M + 2;
   using V_t = vec_t<T, W>;
-  using Wm = Winograd<M>;
   const std::int64_t cinP = round_up(cin, W), coutP = round_up(cout, W);
   const std::int64_t total = n * tiles.per_sample;
   T* Vt = scratch;                       // [A * A][kTB][cinP]
@@ -614,22 +655,22 @@ LATFLOW_CLONES void winograd_conv(const T* in, std::int64_t n, std::int64_t V, c
       const T* sample = in + b * V * cin;
       const std::int32_t* sites = tiles.in.data() + tl * A * A;
       for (std::int64_t k0 = 0; k0 < cinP; k0 += W) {
-        V_t d[A][A], e[A][A];
+        V_t d[A][A], e[A][A], f[A][A];
 #pragma GCC unroll 8
         for (int u = 0; u < A; ++u)
 #pragma GCC unroll 8
           for (int v = 0; v < A; ++v)
             d[u][v] = load_lanes<W>(sample + static_cast<std::int64_t>(sites[u * A + v]) * cin, k0, cin);
 #pragma GCC unroll 8
-        for (int u = 0; u < A; ++u)
+        for (int v = 0; v < A; ++v) transform_BT<M, V_t, T>(&d[0][v], A, &e[0][v], A);  // B^T d
 #pragma GCC unroll 8
-          for (int v = 0; v < A; ++v) e[u][v] = combine<A, V_t, T>(Wm::BT[u], &d[0][v], A);
+        for (int u = 0; u < A; ++u) transform_BT<M, V_t, T>(&e[u][0], 1, &f[u][0], 1);  // (B^T d) B
         const std::int64_t step = kTB * cinP;
         T* o = Vt + q * cinP + k0;
 #pragma GCC unroll 8
         for (int u = 0; u < A; ++u)
 #pragma GCC unroll 8
-          for (int v = 0; v < A; ++v) store<W>(o + (u * A + v) * step, combine<A, V_t, T>(Wm::BT[v], &e[u][0], 1));
+          for (int v = 0; v < A; ++v) store<W>(o + (u * A + v) * step, f[u][v]);
       }
     }
     // Products: Mt[xi][q][co] = sum_ci Vt[xi][q][ci] U[xi][ci][co].
@@ -651,26 +692,79 @@ LATFLOW_CLONES void winograd_conv(const T* in, std::int64_t n, std::int64_t V, c
       const std::int64_t tile = t0 + q, b = tile / tiles.per_sample, tl = tile % tiles.per_sample;
       const std::int32_t* sites = tiles.out.data() + tl * M * M;
       for (std::int64_t c0 = 0; c0 < coutP; c0 += W) {
-        V_t m[A][A], r[M][A];
+        V_t m[A][A], r[M][A], y[M][M];
 #pragma GCC unroll 8
         for (int u = 0; u < A; ++u)
 #pragma GCC unroll 8
           for (int v = 0; v < A; ++v) m[u][v] = load<W>(Mt + (static_cast<std::int64_t>(u * A + v) * kTB + q) * coutP + c0);
 #pragma GCC unroll 8
-        for (int i = 0; i < M; ++i)
+        for (int v = 0; v < A; ++v) transform_AT<M, V_t, T>(&m[0][v], A, &r[0][v], A);  // A^T m
 #pragma GCC unroll 8
-          for (int v = 0; v < A; ++v) r[i][v] = combine<A, V_t, T>(Wm::AT[i], &m[0][v], A);
+        for (int i = 0; i < M; ++i) transform_AT<M, V_t, T>(&r[i][0], 1, &y[i][0], 1);  // (A^T m) A
         const V_t bv = load_lanes<W>(bias, c0, cout);
         const int valid = static_cast<int>(std::min<std::int64_t>(W, cout - c0));
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i)
 #pragma GCC unroll 8
-          for (int j = 0; j < M; ++j)
-            sink.template put<W>((b * V + sites[i * M + j]) * cout + c0, c0,
-                                 combine<A, V_t, T>(Wm::AT[j], &r[i][0], 1) + bv, valid);
+          for (int j = 0; j < M; ++j) sink.template put<W>((b * V + sites[i * M + j]) * cout + c0, c0, y[i][j] + bv, valid);
       }
     }
   }
+}
+
+// The last conv of a Z2 affine coupling at the rows of g: s[r] = bias_s + sum_{t,k} Ws[t][k] u(nbr, k) and
+// t[r] = sum_{t,k} Wt[t][k] w(nbr, k), from in [n, V, 2C] holding (u, w) per site, C a multiple of 8, Ws and Wt
+// [taps][C]. One pass over the neighbours serves both outputs (u and w of a site share a cache line for C = 8);
+// SB rows at a time in separate accumulators.
+template <class T, int SB>
+__attribute__((always_inline)) inline void dual_dot_rows(const T* in, Row row, const Geo& g, int C, const T* Ws,
+                                                         const T* Wt, T bias_s, T* s_out, T* t_out) {
+  using V_t = vec_t<T, 8>;
+  const T* base[SB];
+  const std::int32_t* ns[SB];
+  row_starts<SB>(in, row, g, 2 * C, base, ns);
+  V_t as[SB], at[SB];
+  for (int q = 0; q < SB; ++q) as[q] = at[q] = V_t{};
+  for (int t = 0; t < g.taps; ++t)
+    for (int k0 = 0; k0 < C; k0 += 8) {
+      const V_t ms = load<8>(Ws + static_cast<std::int64_t>(t) * C + k0);
+      const V_t mt = load<8>(Wt + static_cast<std::int64_t>(t) * C + k0);
+      for (int q = 0; q < SB; ++q) {
+        const T* p = base[q] + static_cast<std::int64_t>(ns[q][t]) * 2 * C + k0;
+        as[q] += load<8>(p) * ms;
+        at[q] += load<8>(p + C) * mt;
+      }
+    }
+  for (int q = 0; q < SB; ++q) {
+    T ss = bias_s, tt = 0;
+    for (int j = 0; j < 8; ++j) {
+      ss += as[q][j];
+      tt += at[q][j];
+    }
+    s_out[row.r + q] = ss;
+    t_out[row.r + q] = tt;
+  }
+}
+
+template <class T>
+LATFLOW_CLONES void dual_dot(const T* in, std::int64_t n, Geo g, int C, const T* Ws, const T* Wt, T bias_s,
+                             T* s_out, T* t_out) {
+  constexpr int SB = 4;
+  const std::int64_t rows = n * g.Vr;
+  Row row{0, 0, 0};
+  for (; row.r + SB <= rows; row.advance(SB, g.Vr)) dual_dot_rows<T, SB>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
+  for (; row.r < rows; row.advance(1, g.Vr)) dual_dot_rows<T, 1>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
+}
+
+// out[r] = ((a[r] + b[r]) / 2, (a[r] - b[r]) / 2) for rows of C values, C a multiple of 8: [rows, 2C].
+template <class T>
+LATFLOW_CLONES void half_sum_difference_pairs(const T* a, const T* b, std::int64_t rows, int C, T* out) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (int c = 0; c < C; c += 8) {
+      const auto u = load<8>(a + r * C + c), w = load<8>(b + r * C + c);
+      store<8>(out + r * 2 * C + c, T(0.5) * (u + w));
+      store<8>(out + r * 2 * C + C + c, T(0.5) * (u - w));
+    }
 }
 
 // a, b -> (a + b) / 2, (a - b) / 2 elementwise, in place.
@@ -707,18 +801,24 @@ void affine_coupling(T* x, std::int64_t n, const std::vector<std::int64_t>& exte
   const std::int64_t last_taps = static_cast<std::int64_t>(last.cin) * taps;
   const auto conv_s = arrange_conv(last.w, taps, last.cin, 1, false);
   const auto conv_t = arrange_conv(last.w + last_taps, taps, last.cin, 1, false);
+  std::vector<T> w_s(static_cast<std::size_t>(last_taps)), w_t(w_s.size());  // [taps][cin] for dual_dot
+  for (int k = 0; k < last.cin; ++k)
+    for (int t = 0; t < taps; ++t) {
+      w_s[static_cast<std::size_t>(t * last.cin + k)] = last.w[k * taps + t];
+      w_t[static_cast<std::size_t>(t * last.cin + k)] = last.w[last_taps + k * taps + t];
+    }
   const Geo all{V, taps, nbr, nullptr, V}, updated{V, taps, nbr, active, Va};
   const std::int64_t copies = z2 ? 2 : 1, C = net.back().cin;
-  // The hidden-to-hidden convs by Winograd's F(2x2, 3x3) where it applies (2D, 3x3, even extents).
+  // The convs before the last by Winograd's F(MxM, 3x3) where it applies (2D, 3x3, even extents).
   const bool winograd = g_winograd && extents.size() == 2 && taps == 9 && extents[0] % 2 == 0 &&
-                        extents[1] % 2 == 0 && L > 2;
+                        extents[1] % 2 == 0 && L > 1;
   WinogradTiles tiles;
   std::vector<std::vector<T>> wino_U(L);
   std::size_t wino_size = 0;
   if (winograd) {
     const int M = extents[0] % 4 == 0 && extents[1] % 4 == 0 ? 4 : 2;
     tiles = winograd_tiles(extents[0], extents[1], M);
-    for (std::size_t l = 1; l + 1 < L; ++l) {
+    for (std::size_t l = 0; l + 1 < L; ++l) {
       const auto& c = net[l];
       wino_U[l] = M == 4 ? winograd_weights<T, 4>(c.w, c.cin, c.cout) : winograd_weights<T, 2>(c.w, c.cin, c.cout);
       wino_size = std::max(wino_size, static_cast<std::size_t>((M + 2) * (M + 2) * 8 *
@@ -753,18 +853,20 @@ void affine_coupling(T* x, std::int64_t n, const std::vector<std::int64_t>& exte
         first.mirror = buf_a + nb * V * net.front().cout;
         first.reflect = reflect.data();
       }
-      gather(frozen, nb, all, arranged.front(), net.front().bias, first);
+      // conv l of n samples of `in` into sink.
+      auto conv = [&](std::size_t l, const T* in, std::int64_t n_in, const Sink<T>& sink) {
+        const auto& c = net[l];
+        if (winograd && tiles.M == 4)
+          winograd_conv<T, 4>(in, n_in, V, tiles, c.cin, c.cout, wino_U[l].data(), c.bias, sink, wino_scratch);
+        else if (winograd)
+          winograd_conv<T, 2>(in, n_in, V, tiles, c.cin, c.cout, wino_U[l].data(), c.bias, sink, wino_scratch);
+        else
+          gather(in, n_in, all, arranged[l], c.bias, sink);
+      };
+      conv(0, frozen, nb, first);
       T *cur = buf_a, *next = buf_b;
       for (std::size_t l = 1; l + 1 < L; ++l) {
-        const Sink<T> hidden{&act, nullptr, nullptr, next};
-        if (winograd && tiles.M == 4)
-          winograd_conv<T, 4>(cur, copies * nb, V, tiles, net[l].cin, net[l].cout, wino_U[l].data(), net[l].bias,
-                              hidden, wino_scratch);
-        else if (winograd)
-          winograd_conv<T, 2>(cur, copies * nb, V, tiles, net[l].cin, net[l].cout, wino_U[l].data(), net[l].bias,
-                              hidden, wino_scratch);
-        else
-          gather(cur, copies * nb, all, arranged[l], net[l].bias, hidden);
+        conv(l, cur, copies * nb, Sink<T>{&act, nullptr, nullptr, next});
         std::swap(cur, next);
       }
       h = cur;
@@ -779,6 +881,10 @@ void affine_coupling(T* x, std::int64_t n, const std::vector<std::int64_t>& exte
         s_raw[r] = pairs[2 * r];
         t[r] = pairs[2 * r + 1];
       }
+    } else if (L > 1 && C % 8 == 0) {
+      T* pairs = buf_a == h ? buf_b : buf_a;  // the buffer h is not in
+      half_sum_difference_pairs(h, h + nb * V * C, nb * V, static_cast<int>(C), pairs);
+      dual_dot(pairs, nb, updated, static_cast<int>(C), w_s.data(), w_t.data(), last.bias[0], s_raw, t);
     } else if (L > 1) {
       T* hp = buf_a == h ? buf_a : buf_b;  // h, writable
       half_sum_difference(hp, hp + nb * V * C, nb * V * C);

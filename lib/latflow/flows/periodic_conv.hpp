@@ -13,6 +13,11 @@
 // t is nbr[s * taps + t], so any dimension and odd kernel size is handled by the same loops. The inner loops run over
 // blocks of 8 output channels held in registers (vectorised by the compiler without reassociating sums, so results
 // do not depend on the vector width); the input-gradient is the same gather with the mirrored taps.
+//
+// Sampling needs no autograd, so a whole affine coupling layer runs as one call (affine_coupling below) that does
+// less arithmetic than the net as written: the Z2 symmetrisation's first conv is shared between c and -c, the last
+// conv is evaluated only where the layer updates and, with Z2, at half the width, and the hidden 3x3 convs of 2D
+// nets use Winograd's minimal filtering. A sample's result does not depend on the other samples in the batch.
 #pragma once
 #include <cstdint>
 #include <vector>
