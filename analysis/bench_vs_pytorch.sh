@@ -3,7 +3,7 @@
 # Side-by-side benchmark of latflow against a plain PyTorch implementation of the same flow
 # (analysis/pytorch_reference.py, run with Debian's python3-torch): training step time and proposals per second,
 # one thread each, runs alternating between the programs so that a shared machine's load hits all alike; prints
-# every run, then the medians over runs and the speed-ups.
+# every run, then the medians over runs and the speed-ups, and the speed-ups of runs paired with their neighbours.
 #
 #   sh analysis/bench_vs_pytorch.sh [CONFIG.ini] [REPEATS] [BATCHES] [EXTENTS]
 #
@@ -111,4 +111,24 @@ for b in $(echo "$batches" | tr ',' ' '); do
         "$(echo "$pt $lt" | awk '{print $1 / $2}')" "$(echo "$lp $pp" | awk '{print $1 / $2}')"
     done
   done
+done
+# The machine's speed can change between the programs' turns (other jobs come and go), which moves the ratios of
+# the medians above; pairing each latflow run with the PyTorch runs next to it cancels most of that.
+echo
+echo "paired: median over the runs of (best PyTorch variant of the run) / (latflow-fused of the same run)"
+printf "%8s %12s %12s\n" batch "train step" proposals/s
+for b in $(echo "$batches" | tr ',' ' '); do
+  py_ms="" py_props=""
+  for pad in $pads; do
+    py_ms="$py_ms $tmp/pytorch-${pad}_${b}_ms"
+    py_props="$py_props $tmp/pytorch-${pad}_${b}_props"
+  done
+  # shellcheck disable=SC2086
+  paste "$tmp/latflow-fused_${b}_ms" $py_ms |
+    awk '{best = $2; for (k = 3; k <= NF; k++) if ($k < best) best = $k; print best / $1}' > "$tmp/paired_ms"
+  # shellcheck disable=SC2086
+  paste "$tmp/latflow-fused_${b}_props" $py_props |
+    awk '{best = $2; for (k = 3; k <= NF; k++) if ($k > best) best = $k; print $1 / best}' > "$tmp/paired_props"
+  printf "%8s %11.2fx %11.2fx   (runs: %s)\n" "$b" "$(median "$tmp/paired_ms")" "$(median "$tmp/paired_props")" \
+    "$(tr '\n' ' ' < "$tmp/paired_props" | awk '{for (k = 1; k <= NF; k++) printf "%s%.2f", (k > 1 ? " " : ""), $k}')"
 done
