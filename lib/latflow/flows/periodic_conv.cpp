@@ -876,8 +876,8 @@ void affine_coupling(T* x, std::int64_t n, const std::vector<std::int64_t>& exte
                                                                (round_up(c.cin, 8) + round_up(c.cout, 8))));
     }
   }
-  // Samples are done kChunk at a time, so that a chunk's activations stay in the L2 cache. The buffers live in
-  // a per-thread arena kept between calls (fresh ones of this size cost page faults on every call).
+  // Samples are done kChunk at a time, so that a chunk's activations stay in the L2 cache (and each buffer stays
+  // under glibc's mmap threshold: larger ones were mapped afresh, with page faults, on every call).
   constexpr std::int64_t kChunk = 16;
   const auto n_frozen = static_cast<std::size_t>(kChunk * V), n_out = static_cast<std::size_t>(kChunk * Va * 4),
              n_buf = static_cast<std::size_t>(copies * kChunk * V * width);
