@@ -332,7 +332,7 @@ TEST_CASE("an affine coupling's inference kernel equals the layer's autograd pat
             AffineCoupling layer(checkerboard(c.ext, parity, dtype), p, static_cast<int>(c.ext.size()));
             layer.to(dtype);
             randomise(layer, 0.5);
-            std::vector<int64_t> shape{37};  // more than one chunk of 32, uneven over 2 threads
+            std::vector<int64_t> shape{37};  // more than two chunks of 16, uneven over 2 threads
             shape.insert(shape.end(), c.ext.begin(), c.ext.end());
             auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype));
             auto [y_ref, ld_ref] = layer.forward(x);  // grad mode on: the LibTorch formulas
