@@ -40,10 +40,16 @@ pconv::Act parse_activation(const std::string& a) {
   return pconv::Act::silu;
 }
 
-// Splits [0, n) into one chunk per thread (at most n), runs f(chunk, begin, end) on them in parallel.
+// The number of chunks for_chunks makes of n.
+std::int64_t chunk_count(std::int64_t n) {
+  return std::max<std::int64_t>(1, std::min<std::int64_t>(at::get_num_threads(), n));
+}
+
+// Splits [0, n) into `chunks` chunks (default one per thread, at most n), runs f(chunk, begin, end) on them in
+// parallel.
 template <class F>
-void for_chunks(std::int64_t n, F&& f) {
-  const std::int64_t chunks = std::max<std::int64_t>(1, std::min<std::int64_t>(at::get_num_threads(), n));
+void for_chunks(std::int64_t n, F&& f, std::int64_t chunks = 0) {
+  if (chunks <= 0) chunks = chunk_count(n);
   at::parallel_for(0, chunks, 1, [&](std::int64_t c0, std::int64_t c1) {
     for (std::int64_t c = c0; c < c1; ++c) f(c, n * c / chunks, n * (c + 1) / chunks);
   });
@@ -134,7 +140,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
         // Weights held constant (path-gradient training evaluates log q at fixed weights): input gradients only.
         const bool need_gw = ctx->needs_input_grad(1 + 2 * l) || ctx->needs_input_grad(2 + 2 * l);
         auto gin = need_gin ? torch::empty({B, V, cin}, g.options()) : torch::Tensor();
-        const std::int64_t chunks = std::max<std::int64_t>(1, std::min<std::int64_t>(at::get_num_threads(), B));
+        const std::int64_t chunks = chunk_count(B);
         auto gw = need_gw ? torch::zeros({chunks, cout, cin, taps}, g.options()) : torch::Tensor();
         auto gb = need_gw ? torch::zeros({chunks, cout}, g.options()) : torch::Tensor();
         for_chunks(B, [&](std::int64_t c, std::int64_t b0, std::int64_t b1) {
@@ -153,6 +159,137 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
       }
     });
     if (g.defined()) grads[0] = channels_first(g, x_sizes);
+    return grads;
+  }
+};
+
+// An affine coupling layer as the kernels see it, with params = (weight, bias) per conv, contiguous, of type T.
+template <class T>
+pconv::AffineLayer<T> affine_layer(const std::vector<std::int64_t>& extents, std::int64_t taps,
+                                   const torch::Tensor& nbr, const std::vector<torch::Tensor>& params,
+                                   pconv::Act act, bool z2, const torch::Tensor& active) {
+  pconv::AffineLayer<T> ly{extents, static_cast<int>(taps), nbr.data_ptr<std::int32_t>(), {}, act, z2,
+                           active.data_ptr<std::int32_t>(), active.numel()};
+  for (std::size_t l = 0; l < params.size(); l += 2)
+    ly.net.push_back({params[l].data_ptr<T>(), params[l + 1].data_ptr<T>(), static_cast<int>(params[l].size(1)),
+                      static_cast<int>(params[l].size(0))});
+  return ly;
+}
+
+std::vector<torch::Tensor> detached_contiguous(at::TensorList ts) {
+  std::vector<torch::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.detach().contiguous());
+  return out;
+}
+
+struct AffineNodeSetup {
+  std::vector<std::int64_t> extents;
+  std::int64_t taps;
+  torch::Tensor nbr, active;  // int32: pconv::neighbour_table, the updated sites
+  pconv::Act act;
+  bool z2, inverse;
+  std::vector<torch::Tensor>* tapes;  // the net's tapes, reused once no graph holds them
+};
+
+// A tape of at least n values of the given options: one of `pool` that only the pool holds (its graph is gone),
+// else a new one, kept in the pool. Reusing them spares a training step the page faults of fresh memory (the tapes
+// are large enough for the allocator to map them afresh each time: 1 MB per layer at batch 64 for the tutorial).
+torch::Tensor pooled_tape(std::vector<torch::Tensor>& pool, std::int64_t n, const torch::TensorOptions& opt) {
+  for (auto& t : pool)
+    if (t.use_count() == 1 && t.storage().use_count() == 1 && t.numel() >= n && t.dtype() == opt.dtype())
+      return t.narrow(0, 0, n);  // (a view: a graph holding it counts as a user of the storage)
+  auto t = torch::empty({n}, opt);
+  constexpr std::size_t kMaxPooled = 4;  // (a forward and an inverse per step, with room to spare)
+  if (pool.size() < kMaxPooled) pool.push_back(t);
+  return t;
+}
+
+// A whole affine coupling layer as one autograd node: inputs x [B, L...] and the net's parameters, outputs
+// (y, log|det|) with log|det| float64. The forward keeps a tape (pconv::affine_coupling_forward) that the
+// backward reads, on the same split of the batch into chunks.
+class FusedAffineCoupling : public torch::autograd::Function<FusedAffineCoupling> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                                                at::TensorList params, AffineNodeSetup setup) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const auto B = x.size(0), V = x[0].numel(), chunks = chunk_count(B);
+    auto y = x.detach().clone(at::MemoryFormat::Contiguous);
+    auto log_det = torch::zeros({B}, x.options().dtype(torch::kFloat64));
+    const auto p = detached_contiguous(params);
+    torch::Tensor tape;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling_forward", [&] {
+      const auto ly = affine_layer<scalar_t>(setup.extents, setup.taps, setup.nbr, p, setup.act, setup.z2,
+                                             setup.active);
+      const auto per = pconv::affine_tape_size(ly, 1);
+      tape = pooled_tape(*setup.tapes, B * per, x.options());
+      for_chunks(
+          B,
+          [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
+            pconv::affine_coupling_forward(y.data_ptr<scalar_t>() + b0 * V, b1 - b0, ly, setup.inverse,
+                                           log_det.data_ptr<double>() + b0, tape.data_ptr<scalar_t>() + b0 * per);
+          },
+          chunks);
+    });
+    ctx->saved_data["tape"] = tape;
+    ctx->saved_data["params"] = params.vec();
+    ctx->saved_data["nbr"] = setup.nbr;
+    ctx->saved_data["active"] = setup.active;
+    ctx->saved_data["extents"] = setup.extents;
+    ctx->saved_data["taps"] = setup.taps;
+    ctx->saved_data["act"] = static_cast<std::int64_t>(setup.act);
+    ctx->saved_data["z2"] = setup.z2;
+    ctx->saved_data["inverse"] = setup.inverse;
+    ctx->saved_data["chunks"] = chunks;
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
+    return {y, log_det};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto tape = ctx->saved_data["tape"].toTensor();
+    const auto params = ctx->saved_data["params"].toTensorVector();
+    const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
+    const auto extents = ctx->saved_data["extents"].toIntVector();
+    const auto chunks = ctx->saved_data["chunks"].toInt();
+    const bool inverse = ctx->saved_data["inverse"].toBool();
+    const auto B = x_sizes[0];
+    auto gy = grad_out[0].defined() ? grad_out[0].contiguous() : torch::zeros(x_sizes, tape.options());
+    auto gld = grad_out[1].defined() ? grad_out[1].to(torch::kFloat64).contiguous() : torch::Tensor();
+    bool need_gp = false;
+    for (std::size_t i = 0; i < params.size(); ++i) need_gp = need_gp || ctx->needs_input_grad(1 + i);
+    const auto p = detached_contiguous(params);
+    auto gx = torch::empty(x_sizes, tape.options());
+    const auto V = gx[0].numel();
+    torch::Tensor gp;
+    AT_DISPATCH_FLOATING_TYPES(tape.scalar_type(), "affine_coupling_backward", [&] {
+      const auto ly = affine_layer<scalar_t>(extents, ctx->saved_data["taps"].toInt(),
+                                             ctx->saved_data["nbr"].toTensor(), p,
+                                             static_cast<pconv::Act>(ctx->saved_data["act"].toInt()),
+                                             ctx->saved_data["z2"].toBool(), ctx->saved_data["active"].toTensor());
+      const auto per = pconv::affine_tape_size(ly, 1);
+      // Weights held constant (path-gradient training evaluates log q at fixed weights): no parameter gradients.
+      if (need_gp) gp = torch::zeros({chunks, pconv::affine_param_count(ly)}, tape.options());
+      for_chunks(
+          B,
+          [&](std::int64_t c, std::int64_t b0, std::int64_t b1) {
+            pconv::affine_coupling_backward(gy.data_ptr<scalar_t>() + b0 * V,
+                                            gld.defined() ? gld.data_ptr<double>() + b0 : nullptr, b1 - b0, ly,
+                                            inverse, tape.data_ptr<scalar_t>() + b0 * per,
+                                            gx.data_ptr<scalar_t>() + b0 * V,
+                                            need_gp ? gp[c].data_ptr<scalar_t>() : nullptr);
+          },
+          chunks);
+    });
+    torch::autograd::variable_list grads(params.size() + 2);
+    grads[0] = gx;
+    if (need_gp) {
+      auto total = gp.sum(0);
+      std::int64_t off = 0;
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        grads[1 + i] = total.narrow(0, off, params[i].numel()).view(params[i].sizes());
+        off += params[i].numel();
+      }
+    }
     return grads;
   }
 };
@@ -216,45 +353,56 @@ const torch::Tensor& ConvNetImpl::neighbours(const std::vector<std::int64_t>& ex
   return nbr;
 }
 
-void ConvNetImpl::affine_coupling(torch::Tensor& x, const std::vector<std::int32_t>& active, bool z2, bool inverse,
+std::vector<torch::Tensor> ConvNetImpl::params() {
+  std::vector<torch::Tensor> out;
+  for (auto& c : convs_)
+    for (auto& p : c.ptr()->parameters()) out.push_back(p);  // weight, bias
+  return out;
+}
+
+std::int64_t ConvNetImpl::taps() const {
+  std::int64_t taps = 1;
+  for (int mu = 0; mu < dim_; ++mu) taps *= kernel_;
+  return taps;
+}
+
+void ConvNetImpl::affine_coupling(torch::Tensor& x, const torch::Tensor& active, bool z2, bool inverse,
                                   torch::Tensor& log_det) {
   std::vector<std::int64_t> extents(x.sizes().begin() + 1, x.sizes().end());
   const auto& nbr = neighbours(extents);
-  std::int64_t taps = 1;
-  for (int mu = 0; mu < dim_; ++mu) taps *= kernel_;
   const auto V = x[0].numel(), B = x.size(0);
-  const auto act = parse_activation(activation_);
-  std::vector<torch::Tensor> params;  // contiguous views of weight, bias per conv
-  for (auto& c : convs_)
-    for (auto& p : c.ptr()->parameters()) params.push_back(p.detach().contiguous());
+  const auto p = detached_contiguous(params());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling", [&] {
-    std::vector<pconv::ConvWeights<scalar_t>> net;
-    for (std::size_t l = 0; l < params.size(); l += 2)
-      net.push_back({params[l].data_ptr<scalar_t>(), params[l + 1].data_ptr<scalar_t>(),
-                     static_cast<int>(params[l].size(1)), static_cast<int>(params[l].size(0))});
+    const auto ly = affine_layer<scalar_t>(extents, taps(), nbr, p, parse_activation(activation_), z2, active);
     for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
-      pconv::affine_coupling<scalar_t>(x.data_ptr<scalar_t>() + b0 * V, b1 - b0, extents, static_cast<int>(taps),
-                                       nbr.data_ptr<std::int32_t>(), net, act, z2, active.data(),
-                                       static_cast<std::int64_t>(active.size()), inverse,
+      pconv::affine_coupling<scalar_t>(x.data_ptr<scalar_t>() + b0 * V, b1 - b0, ly, inverse,
                                        log_det.data_ptr<double>() + b0);
     });
   });
 }
 
+std::pair<torch::Tensor, torch::Tensor> ConvNetImpl::affine_coupling_node(const torch::Tensor& x,
+                                                                          const torch::Tensor& active, bool z2,
+                                                                          bool inverse) {
+  std::vector<std::int64_t> extents(x.sizes().begin() + 1, x.sizes().end());
+  auto out = FusedAffineCoupling::apply(
+      x, at::TensorList(params()),
+      AffineNodeSetup{extents, taps(), neighbours(extents), active, parse_activation(activation_), z2, inverse,
+                      &tapes_});
+  return {out[0], out[1]};
+}
+
 torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
   std::vector<std::int64_t> extents(x.sizes().begin() + 2, x.sizes().end());
   const auto& nbr = neighbours(extents);
-  std::int64_t V = 1, taps = 1;
+  std::int64_t V = 1;
   for (auto L : extents) V *= L;
-  for (int mu = 0; mu < dim_; ++mu) taps *= kernel_;
-  std::vector<torch::Tensor> params;
-  for (auto& c : convs_)
-    for (auto& p : c.ptr()->parameters()) params.push_back(p);  // weight, bias
+  const auto ps = params();
   // (Function::apply runs forward() with grad mode off, so whether a backward can follow is decided here.)
   bool differentiable = torch::GradMode::is_enabled() && x.requires_grad();
-  for (const auto& p : params) differentiable = differentiable || (torch::GradMode::is_enabled() && p.requires_grad());
-  return FusedConvNet::apply(x, at::TensorList(params),
-                             FusedGeometry{nbr, V, static_cast<int>(taps), parse_activation(activation_),
+  for (const auto& p : ps) differentiable = differentiable || (torch::GradMode::is_enabled() && p.requires_grad());
+  return FusedConvNet::apply(x, at::TensorList(ps),
+                             FusedGeometry{nbr, V, static_cast<int>(taps()), parse_activation(activation_),
                                            differentiable});
 }
 
@@ -293,21 +441,32 @@ std::pair<torch::Tensor, torch::Tensor> AffineCoupling::scale_shift(const torch:
   return {s * active_, t * active_};
 }
 
-bool AffineCoupling::runs_in_place(const torch::Tensor& x) const {
-  return !torch::GradMode::is_enabled() && fused_conv() && x.device().is_cpu() &&
+// Whether the kernels can run this layer on x (with or without autograd).
+bool AffineCoupling::runs_as_node(const torch::Tensor& x) const {
+  return fused_conv() && x.device().is_cpu() &&
          (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64) &&
          x.sizes().slice(1) == active_.sizes().slice(1);
 }
 
-void AffineCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
-  if (active_sites_.empty()) {
-    auto idx = active_.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
-    active_sites_.assign(idx.data_ptr<std::int32_t>(), idx.data_ptr<std::int32_t>() + idx.numel());
+bool AffineCoupling::runs_in_place(const torch::Tensor& x) const {
+  return !torch::GradMode::is_enabled() && runs_as_node(x);
+}
+
+const torch::Tensor& AffineCoupling::active_sites() {
+  if (!active_sites_.defined()) {
+    // A normal tensor even when first made while sampling, since later training passes keep it in their graphs.
+    c10::InferenceMode normal_tensors(false);
+    active_sites_ = active_.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
   }
-  net_->affine_coupling(x, active_sites_, z2_, inverse, log_det);
+  return active_sites_;
+}
+
+void AffineCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
+  net_->affine_coupling(x, active_sites(), z2_, inverse, log_det);
 }
 
 std::pair<torch::Tensor, torch::Tensor> AffineCoupling::forward(const torch::Tensor& x) {
+  if (runs_as_node(x) && !runs_in_place(x)) return net_->affine_coupling_node(x, active_sites(), z2_, false);
   if (runs_in_place(x)) {
     auto y = x.clone(at::MemoryFormat::Contiguous);
     auto log_det = torch::zeros({x.size(0)}, x.options().dtype(torch::kFloat64));
@@ -319,6 +478,7 @@ std::pair<torch::Tensor, torch::Tensor> AffineCoupling::forward(const torch::Ten
 }
 
 std::pair<torch::Tensor, torch::Tensor> AffineCoupling::inverse(const torch::Tensor& y) {
+  if (runs_as_node(y) && !runs_in_place(y)) return net_->affine_coupling_node(y, active_sites(), z2_, true);
   if (runs_in_place(y)) {
     auto x = y.clone(at::MemoryFormat::Contiguous);
     auto log_det = torch::zeros({y.size(0)}, y.options().dtype(torch::kFloat64));

@@ -33,11 +33,17 @@ class ConvNetImpl : public torch::nn::Module {
   // An affine coupling layer's update in inference, in place on x [B, L...] (contiguous, CPU, float32/float64;
   // this net's last conv has 2 outputs): pconv::affine_coupling with this net, adding sum s (forward) or -sum s
   // (inverse) to log_det [B] (float64).
-  void affine_coupling(torch::Tensor& x, const std::vector<std::int32_t>& active, bool z2, bool inverse,
-                       torch::Tensor& log_det);
+  // active: the flat indices of the updated sites (int32, CPU).
+  void affine_coupling(torch::Tensor& x, const torch::Tensor& active, bool z2, bool inverse, torch::Tensor& log_det);
+  // The same layer with autograd, as one node (pconv::affine_coupling_forward / _backward): (y, log|det|) for x
+  // [B, L...] (CPU, float32/float64), log|det| [B] in float64.
+  std::pair<torch::Tensor, torch::Tensor> affine_coupling_node(const torch::Tensor& x, const torch::Tensor& active,
+                                                               bool z2, bool inverse);
 
  private:
   const torch::Tensor& neighbours(const std::vector<std::int64_t>& extents);
+  std::vector<torch::Tensor> params();  // (weight, bias) of each conv
+  std::int64_t taps() const;            // kernel^dim
   torch::Tensor wrap_pad(const torch::Tensor& x) const;
   torch::Tensor forward_fused(const torch::Tensor& x);
   int dim_, pad_, kernel_;
@@ -46,6 +52,7 @@ class ConvNetImpl : public torch::nn::Module {
   // Periodic neighbour tables per lattice shape seen (a model can be applied to other volumes).
   // (int32 tensors, so that an autograd graph holds a reference to the one its backward needs).
   std::map<std::vector<std::int64_t>, torch::Tensor> neighbours_;
+  std::vector<torch::Tensor> tapes_;  // affine_coupling_node's, reused across training steps
 };
 // Process-wide choice of ConvNet implementation (true: fused kernels where possible); for benchmarks and tests.
 void set_fused_conv(bool on);
@@ -55,7 +62,7 @@ TORCH_MODULE(ConvNet);
 // One coupling layer: sites of one checkerboard parity are frozen and condition the update of the others.
 class CouplingLayer : public torch::nn::Module {
  public:
-  // Returns (y, log|det dy/dx|) with the log-det of shape [B] in the layer's dtype.
+  // Returns (y, log|det dy/dx|) with the log-det of shape [B] (in the layer's dtype or float64).
   virtual std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) = 0;
   virtual std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) = 0;
   // Whether the layer has an inference kernel for x (no autograd), which apply_in_place runs: the forward (or
@@ -66,8 +73,9 @@ class CouplingLayer : public torch::nn::Module {
 
 // x_active -> x_active * exp(s) + t with s, t from the net of the frozen sites. With z2, s is made even and t
 // odd in the frozen field by symmetrising the net over (x, -x), so the layer commutes with phi -> -phi.
-// Without autograd (sampling, log q of given fields) on the CPU with fused nets, the layer runs as one kernel
-// (ConvNetImpl::affine_coupling; its log-det is then float64); otherwise as LibTorch ops.
+// On the CPU with fused nets the layer runs as one kernel: without autograd (sampling, log q of given fields) in
+// place (ConvNetImpl::affine_coupling), with autograd as one node with a hand-written backward
+// (ConvNetImpl::affine_coupling_node); its log-det is then float64. Otherwise as LibTorch ops.
 class AffineCoupling : public CouplingLayer {
  public:
   AffineCoupling(const torch::Tensor& frozen_mask, const FlowParams& p, int dim);
@@ -79,7 +87,9 @@ class AffineCoupling : public CouplingLayer {
  private:
   std::pair<torch::Tensor, torch::Tensor> scale_shift(const torch::Tensor& x);
   torch::Tensor mask_, active_;
-  std::vector<std::int32_t> active_sites_;  // flat indices of the updated sites (filled on first use)
+  bool runs_as_node(const torch::Tensor& x) const;
+  const torch::Tensor& active_sites();
+  torch::Tensor active_sites_;  // flat indices of the updated sites, int32 on the CPU (made on first use)
   bool z2_;
   ConvNet net_{nullptr};
 };

@@ -14,10 +14,10 @@
 // blocks of 8 output channels held in registers (vectorised by the compiler without reassociating sums, so results
 // do not depend on the vector width); the input-gradient is the same gather with the mirrored taps.
 //
-// Sampling needs no autograd, so a whole affine coupling layer runs as one call (affine_coupling below) that does
-// less arithmetic than the net as written: the Z2 symmetrisation's first conv is shared between c and -c, the last
-// conv is evaluated only where the layer updates and, with Z2, at half the width, and the hidden 3x3 convs of 2D
-// nets use Winograd's minimal filtering. A sample's result does not depend on the other samples in the batch.
+// A whole affine coupling layer also runs as one call (affine_coupling below; in training a forward that keeps a
+// tape and a hand-written backward) that does less arithmetic than the net as written: the Z2 symmetrisation's
+// first conv is shared between c and -c, the last conv is evaluated only where the layer updates and, with Z2, at
+// half the width, and the hidden 3x3 convs of 2D nets use Winograd's minimal filtering.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -50,22 +50,49 @@ struct ConvWeights {
   int cin, cout;
 };
 
-// One affine coupling layer in inference (no autograd), in place on n samples x [n, V] (V = the product of the
-// lattice extents): the net (convs with the
-// activation act between them, the last with 2 outputs) of the frozen field c (x, zeroed at the `active` sites)
-// gives (a_s, a_t) at each of the Va active sites; then s = tanh(a_s), t = a_t, or with z2, the net also applied to
-// -c, s = tanh((a_s(c) + a_s(-c)) / 2), t = (a_t(c) - a_t(-c)) / 2. Forward: x_a -> x_a exp(s) + t and
-// logdet[b] += sum_a s; inverse: x_a -> (x_a - t) exp(-s) and logdet[b] -= sum_a s (float64 sums). The same
-// function as AffineCoupling in flow.cpp, with less work: the first conv is linear, so its value on -c is
-// 2 bias - its value on c and is not recomputed; the last conv is evaluated at the active sites only and, with
-// z2, as two one-output convs of (h(c) + h(-c)) / 2 and (h(c) - h(-c)) / 2 (it is linear); in 2D with 3x3 kernels
-// and even extents the other convs use Winograd's F(2x2, 3x3), 2.25x fewer multiply-adds.
+// One affine coupling layer: the net (convs with the activation act between them, the last with 2 outputs) of
+// the frozen field c (x zeroed at the Va `active` sites) gives (a_s, a_t) at each active site; s = tanh(a_s),
+// t = a_t, or with z2 the net is also applied to -c and s = tanh((a_s(c) + a_s(-c)) / 2), t = (a_t(c) - a_t(-c)) / 2.
+// Forward: x_a -> x_a exp(s) + t, log|det| = sum_a s; inverse: x_a -> (x_a - t) exp(-s), log|det| = -sum_a s.
+// The same function as AffineCoupling's LibTorch formulas in flow.cpp, with less work: the first conv is linear,
+// so its value on -c is 2 bias - its value on c and is not recomputed; the last conv is evaluated at the active
+// sites only and, with z2, as two one-output convs of (h(c) + h(-c)) / 2 and (h(c) - h(-c)) / 2 (it is linear); in
+// 2D with 3x3 kernels and even extents the other convs use Winograd's F(4x4, 3x3) (extents multiples of 4) or
+// F(2x2, 3x3), 4x or 2.25x fewer multiply-adds.
 template <class T>
-void affine_coupling(T* x, std::int64_t n, const std::vector<std::int64_t>& extents, int taps,
-                     const std::int32_t* nbr, const std::vector<ConvWeights<T>>& net, Act act, bool z2,
-                     const std::int32_t* active, std::int64_t Va, bool inverse, double* logdet);
-// Process-wide: use Winograd's F(2x2, 3x3) in affine_coupling where it applies (default true); for tests and
-// benchmarks.
+struct AffineLayer {
+  std::vector<std::int64_t> extents;  // V = their product
+  int taps;
+  const std::int32_t* nbr;
+  std::vector<ConvWeights<T>> net;
+  Act act;
+  bool z2;
+  const std::int32_t* active;
+  std::int64_t Va;
+};
+
+// Inference (no autograd): the layer in place on n samples x [n, V], logdet[b] += its log|det| (float64 sums).
+// A sample's result does not depend on the other samples.
+template <class T>
+void affine_coupling(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inverse, double* logdet);
+
+// Training: the same map, keeping in `tape` (affine_tape_size(layer, n) values) what the backward needs.
+template <class T>
+std::int64_t affine_tape_size(const AffineLayer<T>& layer, std::int64_t n);
+template <class T>
+void affine_coupling_forward(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inverse, double* logdet,
+                             T* tape);
+// Its backward, from gy = dL/dy [n, V] and gld = dL/dlogdet [n] (null: zero), with the tape of the forward call
+// on the same n samples: gx = dL/dx [n, V] (overwritten) and, when gparams is not null, gparams += dL/dparameters,
+// laid out as the convs' (weight [cout, cin, taps], bias [cout]) one after the other (affine_param_count values).
+template <class T>
+void affine_coupling_backward(const T* gy, const double* gld, std::int64_t n, const AffineLayer<T>& layer,
+                              bool inverse, const T* tape, T* gx, T* gparams);
+template <class T>
+std::int64_t affine_param_count(const AffineLayer<T>& layer);
+
+// Process-wide: use Winograd's filtering in the affine coupling kernels where it applies (default true); for
+// tests and benchmarks.
 void set_winograd(bool on);
 
 }  // namespace latflow::pconv
