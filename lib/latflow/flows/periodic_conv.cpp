@@ -835,6 +835,38 @@ LATFLOW_CLONES void half_sum_difference(const T* a, const T* b, std::int64_t n, 
   }
 }
 
+// The backward of half_sum_difference followed by the activations that made a and b: from the gradients gs, gd of
+// sum and diff, ga = (gs + gd) / 2 act'(pre_a) and gb = (gs - gd) / 2 act'(pre_b); no activation when act is null.
+// Whole blocks of 8 in vector lanes for leaky_relu (the value's sign picks the slope, without a branch).
+template <class T>
+LATFLOW_CLONES void half_sum_difference_backward(const T* gs, const T* gd, std::int64_t n, const Act* act,
+                                                 const T* pre_a, const T* pre_b, T* ga, T* gb) {
+  std::int64_t k = 0;
+  if (!act || *act == Act::leaky_relu) {
+    using V_t = vec_t<T, 8>;
+    const T slope = static_cast<T>(kLeakySlope);
+    for (; k + 8 <= n; k += 8) {
+      const V_t u = load<8>(gs + k), w = load<8>(gd + k);
+      V_t a = T(0.5) * (u + w), b = T(0.5) * (u - w);
+      if (act) {
+        a = load<8>(pre_a + k) > 0 ? a : a * slope;
+        b = load<8>(pre_b + k) > 0 ? b : b * slope;
+      }
+      store<8>(ga + k, a);
+      store<8>(gb + k, b);
+    }
+  }
+  for (; k < n; ++k) {
+    T a = T(0.5) * (gs[k] + gd[k]), b = T(0.5) * (gs[k] - gd[k]);
+    if (act) {
+      a *= derivative(pre_a[k], *act);
+      b *= derivative(pre_b[k], *act);
+    }
+    ga[k] = a;
+    gb[k] = b;
+  }
+}
+
 namespace {
 bool g_winograd = true;
 
@@ -1095,15 +1127,8 @@ void backward_block(const Plan<T>& P, const T* gy, const double* gld, std::int64
                      gbias(L - 1));
     conv_backward<T>(hd, gs + nv, nb, V, taps, ly.nbr, static_cast<int>(C), 1,
                      last.w + C * taps, nullptr, nullptr, g_hd, gparams ? gw(L - 1) + C * taps : nullptr, &t_bias);
-    for (std::int64_t k = 0; k < nv * C; ++k) {
-      T p = T(0.5) * (g_hs[k] + g_hd[k]), m = T(0.5) * (g_hs[k] - g_hd[k]);
-      if (h_pre) {
-        p *= derivative(h_pre[k], *act);
-        m *= derivative(h_pre[nv * C + k], *act);
-      }
-      g_h[k] = p;
-      g_h[nv * C + k] = m;
-    }
+    half_sum_difference_backward(g_hs, g_hd, nv * C, h_pre ? act : nullptr, h_pre, h_pre ? h_pre + nv * C : nullptr,
+                                 g_h, g_h + nv * C);
   } else {
     conv_backward<T>(h, gs, nb, V, taps, ly.nbr, static_cast<int>(C), 2, last.w, h_pre, act, g_h, gw(L - 1),
                      gbias(L - 1));
