@@ -230,8 +230,11 @@ class FusedAffineCoupling : public torch::autograd::Function<FusedAffineCoupling
           },
           chunks);
     });
+    std::vector<std::int64_t> versions;
+    for (const auto& t : params) versions.push_back(t._version());
     ctx->saved_data["tape"] = tape;
     ctx->saved_data["params"] = params.vec();
+    ctx->saved_data["versions"] = versions;
     ctx->saved_data["nbr"] = setup.nbr;
     ctx->saved_data["active"] = setup.active;
     ctx->saved_data["extents"] = setup.extents;
@@ -248,6 +251,10 @@ class FusedAffineCoupling : public torch::autograd::Function<FusedAffineCoupling
                                                  torch::autograd::variable_list grad_out) {
     const auto tape = ctx->saved_data["tape"].toTensor();
     const auto params = ctx->saved_data["params"].toTensorVector();
+    const auto versions = ctx->saved_data["versions"].toIntVector();
+    for (std::size_t i = 0; i < params.size(); ++i)
+      TORCH_CHECK(params[i]._version() == versions[i],
+                  "affine coupling backward: a weight was modified in place after the forward pass");
     const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
     const auto extents = ctx->saved_data["extents"].toIntVector();
     const auto chunks = ctx->saved_data["chunks"].toInt();
