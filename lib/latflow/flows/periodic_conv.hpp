@@ -76,7 +76,8 @@ struct AffineLayer {
 template <class T>
 void affine_coupling(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inverse, double* logdet);
 
-// Training: the same map, keeping in `tape` (affine_tape_size(layer, n) values) what the backward needs.
+// Training: the same map in place on x, logdet[b] += its log|det|, keeping in `tape` (affine_tape_size(layer, n)
+// values) what the backward needs.
 template <class T>
 std::int64_t affine_tape_size(const AffineLayer<T>& layer, std::int64_t n);
 template <class T>
