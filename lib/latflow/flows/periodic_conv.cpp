@@ -874,6 +874,29 @@ bool g_winograd = true;
 // stays under glibc's mmap threshold: larger ones were mapped afresh, with page faults, on every call).
 constexpr std::int64_t kChunk = 16;
 
+}  // namespace
+
+// Sizes, without arranging any weights. The tape per sample: c (and -c), each conv's values before and after its
+// activation (but the last's), s, exp(+-s), t and u (Pass below).
+template <class T>
+std::int64_t affine_tape_size(const AffineLayer<T>& layer, std::int64_t n) {
+  std::int64_t V = 1;
+  for (auto e : layer.extents) V *= e;
+  const std::int64_t copies = layer.z2 ? 2 : 1;
+  std::int64_t per = copies * V + 4 * layer.Va;
+  for (std::size_t l = 0; l + 1 < layer.net.size(); ++l) per += 2 * copies * V * layer.net[l].cout;
+  return n * per;
+}
+
+template <class T>
+std::int64_t affine_param_count(const AffineLayer<T>& layer) {
+  std::int64_t n = 0;
+  for (const auto& c : layer.net) n += static_cast<std::int64_t>(c.cout) * c.cin * layer.taps + c.cout;
+  return n;
+}
+
+namespace {
+
 // A layer's weights arranged for the kernels once per call, and its sizes.
 template <class T>
 struct Plan {
@@ -947,13 +970,7 @@ struct Plan {
   }
   Geo all() const { return Geo{V, ly.taps, ly.nbr, nullptr, V}; }
   Geo updated() const { return Geo{V, ly.taps, ly.nbr, ly.active, ly.Va}; }
-  // Tape values per sample: c (and -c), each conv's values before and after its activation (but the last's),
-  // s, exp(+-s), t and u (below).
-  std::int64_t tape_per_sample() const {
-    std::int64_t n = copies * V + 4 * ly.Va;
-    for (int l = 0; l + 1 < L; ++l) n += 2 * copies * V * ly.net[static_cast<std::size_t>(l)].cout;
-    return n;
-  }
+  std::int64_t tape_per_sample() const { return affine_tape_size(ly, 1); }
   // conv l of n_in samples of `in` [n_in, V, cin] into sink, by Winograd or the direct kernels.
   void conv(int l, const T* in, std::int64_t n_in, const Sink<T>& sink, T* wino_scratch) const {
     const auto& c = ly.net[static_cast<std::size_t>(l)];
@@ -1197,15 +1214,6 @@ void affine_coupling(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inv
     forward_block(P, x + b0 * P.V, std::min(kChunk, n - b0), inverse, logdet + b0, B);
 }
 
-template <class T>
-std::int64_t affine_tape_size(const AffineLayer<T>& layer, std::int64_t n) {
-  return n * Plan<T>(layer, false).tape_per_sample();
-}
-
-template <class T>
-std::int64_t affine_param_count(const AffineLayer<T>& layer) {
-  return Plan<T>(layer, false).w_off.back();
-}
 
 // Training passes: blocks of kChunk samples, block k's tape at k kChunk tape_per_sample.
 template <class T>
