@@ -29,7 +29,7 @@ TEST_CASE("config text: values, overrides, errors", "[config]") {
   CHECK_THROWS_AS(parse(std::string("[run]\nseed = 1\0\xff", 16)), ConfigError);
   CHECK_THROWS_WITH(parse("[flow]\nprior = gaussian\n"), Catch::Contains("flow.prior = gaussian"));
   CHECK_THROWS_WITH(parse("theory = u1\n[lattice]\nextents = 8 8\n[flow]\nprior = fourier\n"),
-                    Catch::Contains("flow.prior = fourier: is a phi4 option"));
+                    Catch::Contains("flow.prior = fourier: U(1) flows take haar, plaquette or exact"));
   // Tiny but finite numbers parse and print back (a subnormal once made the effective config throw).
   CHECK(parse("[phi4]\nm2 = 1e-310\nlam = 1\n").phi4.m2 == 1e-310);
 }

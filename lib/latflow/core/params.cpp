@@ -102,9 +102,16 @@ void Config::validate() {
             "phi4 flows take affine or spline");
     require(!f.loops, "flow.loops", "true", "is a U(1) option");
   }
-  require(f.prior == "normal" || f.prior == "fourier", "flow.prior", f.prior, "must be normal or fourier");
-  require(f.prior == "normal" || theory == "phi4", "flow.prior", f.prior,
-          "is a phi4 option (gauge flows start from the Haar measure)");
+  if (f.prior.empty()) f.prior = theory == "phi4" ? "normal" : "haar";
+  if (theory == "phi4")
+    require(f.prior == "normal" || f.prior == "fourier", "flow.prior", f.prior, "phi4 flows take normal or fourier");
+  else if (theory == "u1")
+    require(f.prior == "haar" || f.prior == "plaquette" || f.prior == "exact", "flow.prior", f.prior,
+            "U(1) flows take haar, plaquette or exact");
+  else
+    require(f.prior == "haar", "flow.prior", f.prior, "SU(N) flows start from the Haar measure (haar)");
+  if (theory == "u1" && f.prior != "haar")
+    require(u1.beta <= 500, "u1.beta", str(u1.beta), "the plaquette and exact priors need beta <= 500");
   require(f.layers >= 0 && f.layers <= 1000, "flow.layers", str(f.layers), "must be in 0..1000");
   for (int h : f.hidden) require(h >= 1 && h <= 4096, "flow.hidden", str(h), "channels must be in 1..4096");
   require(f.kernel >= 1 && f.kernel % 2 == 1, "flow.kernel", str(f.kernel), "must be odd and >= 1");
@@ -209,7 +216,8 @@ std::string model_identity(const Config& c) {
      << "flow.spline_bound = " << c.flow.spline_bound << "\n"
      << "flow.dtype = " << c.flow.dtype << "\n";
   // Only when not the default, so that checkpoints and ensembles made before the key existed still match.
-  if (c.flow.prior != "normal") os << "flow.prior = " << c.flow.prior << "\n";
+  if (!c.flow.prior.empty() && c.flow.prior != (c.theory == "phi4" ? "normal" : "haar"))
+    os << "flow.prior = " << c.flow.prior << "\n";
   return os.str();
 }
 

@@ -51,9 +51,12 @@ struct FlowParams {
   bool loops = false;                 // u1: also feed the frozen 2x1 and 1x2 loops to the nets
   double spline_bound = 4.0;          // spline: the map is a spline on [-B, B], identity outside
   std::string dtype = "float32";      // float32 | float64: the nets; S and log-weights are always float64
-  // phi4: normal (N(0,1) per site) | fourier (N(0,1) then a learned translation-invariant Gaussian map, a
-  // covariance diagonal in momentum space; FourierScale in flow.hpp)
-  std::string prior = "normal";
+  // phi4: normal (N(0,1) per site; the default) | fourier (N(0,1) then a learned translation-invariant Gaussian
+  // map, a covariance diagonal in momentum space; FourierScale in flow.hpp).
+  // u1: haar (uniform links; the default) | plaquette (independent one-plaquette Boltzmann factors in a maximal-tree
+  // gauge, one defect plaquette) | exact (the plaquettes from their exact conditionals: an exact sampler);
+  // theories/u1_prior.hpp. sun: haar. Empty = the theory's default (set by validate()).
+  std::string prior;
 };
 
 struct TrainParams {

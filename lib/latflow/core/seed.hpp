@@ -31,4 +31,20 @@ constexpr std::uint64_t derive_seed(std::uint64_t seed, std::string_view purpose
 // uniform01(derive_seed(seed, "accept", i)), so the chain needs no generator state to resume.
 constexpr double uniform01(std::uint64_t bits) { return static_cast<double>(bits >> 11) * 0x1.0p-53; }
 
+// A sequential stream for samplers that consume a variable number of uniforms (rejection sampling): SplitMix64
+// (Steele, Lea, Flood 2014), state advanced by the golden-ratio increment and finalised by mix64.
+class SplitMix64 {
+ public:
+  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
+  std::uint64_t next() {
+    const std::uint64_t z = mix64(state_);
+    state_ += 0x9e3779b97f4a7c15ULL;
+    return z;
+  }
+  double uniform() { return uniform01(next()); }  // [0, 1)
+
+ private:
+  std::uint64_t state_;
+};
+
 }  // namespace latflow

@@ -158,8 +158,13 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::forward(const torch::Tens
 std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::inverse(const torch::Tensor& y) { return apply(y, true); }
 
 // ---------------------------------------------------------------------------------------------------------------
-U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params)
-    : FlowModelImpl(params), extents_(lattice.extents) {
+U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params, double beta)
+    : FlowModelImpl(params), extents_(lattice.extents), beta_(beta) {
+  if (params.prior == "plaquette" || params.prior == "exact")
+    plaquette_prior_ = std::make_shared<const U1PlaquettePrior>(
+        extents_, beta, params.prior == "exact" ? U1PlaquettePrior::Kind::exact : U1PlaquettePrior::Kind::independent);
+  else if (!params.prior.empty() && params.prior != "haar" && params.prior != "normal")
+    throw ConfigError("flow.prior = " + params.prior + ": U(1) flows take haar, plaquette or exact");
   // Layer i updates direction i % 2 on the stripe offset (i / 2) % 4: eight layers visit every link once.
   for (int i = 0; i < params.layers; ++i)
     add_layer(std::make_shared<GaugeCoupling>(i % 2, (i / 2) % 4, extents_, params));
@@ -167,14 +172,30 @@ U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params)
 }
 
 torch::Tensor U1FlowImpl::prior_log_prob(const torch::Tensor& z) const {
-  const double links = static_cast<double>(z[0].numel());
-  return torch::full({z.size(0)}, -links * std::log(kTwoPi), z.options().dtype(torch::kFloat64));
+  const auto f64 = z.options().dtype(torch::kFloat64);
+  if (!plaquette_prior_) {
+    const double links = static_cast<double>(z[0].numel());
+    return torch::full({z.size(0)}, -links * std::log(kTwoPi), f64);
+  }
+  auto c = torch::cos(U1::plaquettes(z.to(torch::kFloat64)));  // [B, L0, L1]
+  auto sum = c.sum({1, 2});
+  if (plaquette_prior_->kind() == U1PlaquettePrior::Kind::independent)
+    sum = sum - c.select(1, extents_[0] - 1).select(1, extents_[1] - 1);
+  return beta_ * sum + plaquette_prior_->log_normalisation();
 }
 
 torch::Tensor U1FlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
-  auto z = torch::rand({batch, 2, extents_[0], extents_[1]}, gen, torch::TensorOptions().dtype(torch::kFloat64));
-  return (z * kTwoPi).to(device_, dtype_);
+  if (!plaquette_prior_) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
+    auto z = torch::rand({batch, 2, extents_[0], extents_[1]}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+    return (z * kTwoPi).to(device_, dtype_);
+  }
+  auto z = torch::empty({batch, 2, extents_[0], extents_[1]}, torch::TensorOptions().dtype(torch::kFloat64));
+  const std::int64_t per = z[0].numel();
+  double* data = z.data_ptr<double>();
+  SplitMix64 rng(stream_seed);
+  for (std::int64_t b = 0; b < batch; ++b) plaquette_prior_->draw(rng, data + b * per);
+  return z.to(device_, dtype_);
 }
 
 torch::Tensor U1FlowImpl::finish(const torch::Tensor& x) const { return torch::remainder(x, kTwoPi); }

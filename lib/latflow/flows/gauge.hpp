@@ -22,6 +22,7 @@
 #include <torch/torch.h>
 
 #include "latflow/flows/flow.hpp"
+#include "latflow/theories/u1_prior.hpp"
 
 namespace latflow {
 
@@ -47,10 +48,14 @@ class GaugeCoupling : public CouplingLayer {
   ConvNet net_{nullptr};
 };
 
+// The prior (flow.prior): haar, uniform angles, log density -2 V ln(2 pi); plaquette or exact, the gauge-fixed
+// plaquette priors of theories/u1_prior.hpp at the coupling `beta` (independent one-plaquette Boltzmann factors
+// and a defect; or the exact joint distribution), whose log density beta sum cos theta_P + const is evaluated from
+// the plaquettes of z with torch ops, so that it is differentiable in z (the path gradient needs that).
 class U1FlowImpl : public FlowModelImpl {
  public:
-  U1FlowImpl(const LatticeParams& lattice, const FlowParams& params);
-  torch::Tensor prior_log_prob(const torch::Tensor& z) const override;  // -2 V ln(2 pi)
+  U1FlowImpl(const LatticeParams& lattice, const FlowParams& params, double beta = 0);
+  torch::Tensor prior_log_prob(const torch::Tensor& z) const override;
   torch::Tensor draw_prior(std::int64_t batch, std::uint64_t stream_seed) const override;
 
  protected:
@@ -58,6 +63,8 @@ class U1FlowImpl : public FlowModelImpl {
 
  private:
   std::vector<std::int64_t> extents_;
+  double beta_;
+  std::shared_ptr<const U1PlaquettePrior> plaquette_prior_;  // null for haar
 };
 
 // ---------------------------------------------------------------------------------------------------------------

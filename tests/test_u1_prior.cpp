@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: MIT
+// The U(1) plaquette priors (theories/u1_prior.hpp), torch-free: the von Mises sampler's moments; the gauge-fixing
+// map reproduces the plaquettes and is a unimodular integer map (unit Jacobian, so the density formula holds); the
+// exact prior's draws against the exact finite-volume results (every plaquette alike, <Q^2>, a 2x2 loop); the
+// independent prior's normalisation (free energy from its importance weights) and its Kish ESS/N against
+// I_0(beta)^2 / I_0(2 beta). Statistical checks: fixed seeds, within 3 standard deviations.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <vector>
+
+#include "latflow/core/error.hpp"
+#include "latflow/theories/u1_exact.hpp"
+#include "latflow/theories/u1_prior.hpp"
+
+using namespace latflow;
+
+namespace {
+
+constexpr double kTwoPi = 2 * M_PI;
+
+double centred(double a) { return std::remainder(a, kTwoPi); }  // [-pi, pi]
+
+// Plaquette angles [L0, L1] of links [2, L0, L1] by explicit periodic indices.
+std::vector<double> plaquettes(const std::vector<double>& l, std::int64_t L0, std::int64_t L1) {
+  auto t = [&](int mu, std::int64_t a, std::int64_t b) { return l[(mu * L0 + (a % L0)) * L1 + (b % L1)]; };
+  std::vector<double> p(L0 * L1);
+  for (std::int64_t a = 0; a < L0; ++a)
+    for (std::int64_t b = 0; b < L1; ++b) p[a * L1 + b] = t(0, a, b) + t(1, a + 1, b) - t(0, a, b + 1) - t(1, a, b);
+  return p;
+}
+
+// Mean and standard error of independent values.
+struct Stat {
+  double n = 0, s = 0, s2 = 0;
+  void add(double v) { n += 1, s += v, s2 += v * v; }
+  double mean() const { return s / n; }
+  double error() const { return std::sqrt((s2 / n - mean() * mean()) / (n - 1)); }
+};
+
+// |det| of a square matrix by Gaussian elimination with partial pivoting.
+double abs_det(std::vector<std::vector<double>> a) {
+  const std::size_t n = a.size();
+  double det = 1;
+  for (std::size_t c = 0; c < n; ++c) {
+    std::size_t p = c;
+    for (std::size_t r = c + 1; r < n; ++r)
+      if (std::abs(a[r][c]) > std::abs(a[p][c])) p = r;
+    if (a[p][c] == 0) return 0;
+    std::swap(a[p], a[c]);
+    det *= a[c][c];
+    for (std::size_t r = c + 1; r < n; ++r) {
+      const double f = a[r][c] / a[c][c];
+      for (std::size_t k = c; k < n; ++k) a[r][k] -= f * a[c][k];
+    }
+  }
+  return std::abs(det);
+}
+
+}  // namespace
+
+TEST_CASE("von Mises draws have the moments <cos n t> = I_n(kappa) / I_0(kappa), <sin t> = 0", "[u1][prior]") {
+  for (double kappa : {0.0, 0.3, 2.0, 6.0, 60.0}) {
+    SplitMix64 rng(17 + static_cast<std::uint64_t>(kappa * 10));
+    Stat c1, c2, s1;
+    for (int i = 0; i < 200000; ++i) {
+      const double t = von_mises(kappa, rng);
+      REQUIRE(std::abs(t) <= M_PI);
+      c1.add(std::cos(t)), c2.add(std::cos(2 * t)), s1.add(std::sin(t));
+    }
+    const double i0 = std::cyl_bessel_i(0.0, kappa);
+    INFO("kappa = " << kappa);
+    CHECK(std::abs(c1.mean() - std::cyl_bessel_i(1.0, kappa) / i0) < 3 * c1.error());
+    CHECK(std::abs(c2.mean() - std::cyl_bessel_i(2.0, kappa) / i0) < 3 * c2.error());
+    CHECK(std::abs(s1.mean()) < 3 * s1.error());
+  }
+}
+
+TEST_CASE("gauge-fixing map: plaquettes reproduced, integer map of unit determinant", "[u1][prior]") {
+  for (auto [L0, L1] : std::vector<std::pair<std::int64_t, std::int64_t>>{{1, 3}, {2, 2}, {3, 2}, {4, 4}, {3, 5}}) {
+    INFO(L0 << "x" << L1);
+    const std::int64_t V = L0 * L1;
+    U1PlaquettePrior prior({L0, L1}, 1.0, U1PlaquettePrior::Kind::independent);
+    SplitMix64 rng(5);
+    // Random plaquettes closing the constraint, holonomies and gauge function.
+    std::vector<double> plaq(V), gauge(V), links(2 * V);
+    double sum = 0;
+    for (std::int64_t k = 0; k + 1 < V; ++k) sum += plaq[k] = kTwoPi * rng.uniform() - M_PI;
+    plaq[V - 1] = -sum;
+    for (auto& g : gauge) g = kTwoPi * rng.uniform();
+    prior.build_links(plaq.data(), 1.3, -0.4, gauge.data(), links.data());
+    const auto p = plaquettes(links, L0, L1);
+    for (std::int64_t k = 0; k < V; ++k) CHECK(std::abs(centred(p[k] - plaq[k])) < 1e-12);
+    // The map (V - 1 plaquettes, h0, h1, gauge at the V - 1 sites other than 0) -> 2 V links is linear: its
+    // columns are the images of unit vectors. Integer entries and |det| = 1 make it a bijection of the torus
+    // with unit Jacobian.
+    auto image = [&](std::int64_t j) {
+      std::vector<double> pl(V, 0.0), g(V, 0.0), out(2 * V);
+      double h0 = 0, h1 = 0;
+      if (j < V - 1) {
+        pl[j] = 1, pl[V - 1] = -1;  // the defect follows the constraint
+      } else if (j == V - 1) {
+        h0 = 1;
+      } else if (j == V) {
+        h1 = 1;
+      } else {
+        g[j - V] = 1;  // gauge sites 1 .. V - 1
+      }
+      prior.build_links(pl.data(), h0, h1, g.data(), out.data());
+      return out;
+    };
+    std::vector<std::vector<double>> m(2 * V, std::vector<double>(2 * V));
+    for (std::int64_t j = 0; j < 2 * V; ++j) {
+      const auto col = image(j);
+      for (std::int64_t i = 0; i < 2 * V; ++i) {
+        CHECK(col[i] == std::round(col[i]));
+        m[i][j] = col[i];
+      }
+    }
+    CHECK(abs_det(m) == Approx(1.0).margin(1e-9));
+  }
+}
+
+TEST_CASE("exact prior: draws follow the exact finite-volume distribution", "[u1][prior]") {
+  // Small lattices, weak and strong coupling (2x5 at beta = 12: sharply peaked conditionals): every plaquette (the
+  // first, a middle one and the defect) has the exact <cos theta_P>, and <Q^2> and the 2x2 loop (4x4 only) agree
+  // with the character expansion.
+  struct Point {
+    std::int64_t L0, L1;
+    double beta;
+  };
+  for (auto pt : {Point{3, 3, 1.5}, Point{4, 4, 6.0}, Point{4, 6, 4.0}, Point{2, 5, 12.0}}) {
+    INFO(pt.L0 << "x" << pt.L1 << " beta " << pt.beta);
+    const std::int64_t V = pt.L0 * pt.L1;
+    U1PlaquettePrior prior({pt.L0, pt.L1}, pt.beta, U1PlaquettePrior::Kind::exact);
+    SplitMix64 rng(2024);
+    std::vector<double> links(2 * V);
+    Stat first, middle, defect, all, q2, loop;
+    for (int i = 0; i < 40000; ++i) {
+      prior.draw(rng, links.data());
+      const auto p = plaquettes(links, pt.L0, pt.L1);
+      double q = 0, mean_cos = 0;
+      for (double a : p) q += centred(a), mean_cos += std::cos(a) / V;
+      q /= kTwoPi;
+      REQUIRE(std::abs(q - std::round(q)) < 1e-9);
+      first.add(std::cos(p[0])), middle.add(std::cos(p[V / 2])), defect.add(std::cos(p[V - 1]));
+      all.add(mean_cos), q2.add(std::round(q) * std::round(q));
+      if (pt.L0 == 4 && pt.L1 == 4) loop.add(std::cos(p[0] + p[1] + p[4] + p[5]));
+    }
+    const double plaq = u1_plaquette(V, pt.beta);
+    for (const Stat* s : {&first, &middle, &defect, &all}) CHECK(std::abs(s->mean() - plaq) < 3 * s->error());
+    // (2x5 at beta = 12: <Q^2> = 6e-10, no charged configuration expected in 40000 draws.)
+    const double q2_exact = u1_topological_susceptibility_q2(V, pt.beta);
+    if (q2_exact > 1e-3) CHECK(std::abs(q2.mean() - q2_exact) < 3 * q2.error());
+    else CHECK(q2.mean() == 0);
+    if (loop.n > 0) CHECK(std::abs(loop.mean() - u1_wilson_loop(V, pt.beta, 4)) < 3 * loop.error());
+  }
+}
+
+TEST_CASE("exact prior: log q = -S + F for every draw; beta = 0 is the Haar measure", "[u1][prior]") {
+  const std::int64_t L0 = 4, L1 = 6, V = L0 * L1;
+  for (double beta : {0.0, 3.0}) {
+    U1PlaquettePrior prior({L0, L1}, beta, U1PlaquettePrior::Kind::exact);
+    CHECK(prior.log_normalisation() == Approx(u1_free_energy(V, beta)).epsilon(1e-14));
+    if (beta == 0) CHECK(prior.log_normalisation() == Approx(-2.0 * V * std::log(kTwoPi)).epsilon(1e-14));
+  }
+  // beta = 0: the links are uniform, so each link's mean cos and sin vanish and <cos^2> = 1/2.
+  U1PlaquettePrior haar({L0, L1}, 0.0, U1PlaquettePrior::Kind::exact);
+  SplitMix64 rng(3);
+  std::vector<double> links(2 * V);
+  Stat c, s, c2;
+  for (int i = 0; i < 20000; ++i) {
+    haar.draw(rng, links.data());
+    c.add(std::cos(links[7])), s.add(std::sin(links[V + 3])), c2.add(std::cos(links[2 * V - 1]) * std::cos(links[2 * V - 1]));
+  }
+  CHECK(std::abs(c.mean()) < 3 * c.error());
+  CHECK(std::abs(s.mean()) < 3 * s.error());
+  CHECK(std::abs(c2.mean() - 0.5) < 3 * c2.error());
+}
+
+TEST_CASE("plaquette prior: normalised (free energy from its weights) and Kish ESS/N = I_0(beta)^2 / I_0(2 beta)",
+          "[u1][prior]") {
+  // log w = -S - log q = beta cos theta_defect - log_normalisation(): the mean of w estimates Z (the free energy
+  // checks the normalisation), and for a large volume the defect is uniform, so ESS/N -> I_0^2 / I_0(2 beta).
+  const std::int64_t L0 = 8, L1 = 8, V = L0 * L1;
+  const double beta = 2.0;
+  U1PlaquettePrior prior({L0, L1}, beta, U1PlaquettePrior::Kind::independent);
+  SplitMix64 rng(99);
+  std::vector<double> links(2 * V);
+  const int batches = 20, per = 5000;
+  Stat w_mean, ess;
+  const double log_w0 = -prior.log_normalisation();
+  const double F = u1_free_energy(V, beta);
+  for (int b = 0; b < batches; ++b) {
+    double sw = 0, sw2 = 0;
+    for (int i = 0; i < per; ++i) {
+      prior.draw(rng, links.data());
+      const auto p = plaquettes(links, L0, L1);
+      double cos_sum = 0;
+      for (double a : p) cos_sum += std::cos(a);
+      const double log_q = beta * (cos_sum - std::cos(p[V - 1])) + prior.log_normalisation();
+      const double w = std::exp(beta * cos_sum - log_q + F);  // w / Z: mean 1 if q is normalised
+      REQUIRE(std::abs(std::log(w) - (beta * std::cos(p[V - 1]) + log_w0 + F)) < 1e-9);
+      sw += w, sw2 += w * w;
+      w_mean.add(w);
+    }
+    ess.add(sw * sw / (per * sw2));
+  }
+  CHECK(std::abs(w_mean.mean() - 1.0) < 3 * w_mean.error());
+  const double expected = std::pow(std::cyl_bessel_i(0.0, beta), 2) / std::cyl_bessel_i(0.0, 2 * beta);
+  CHECK(std::abs(ess.mean() - expected) < 3 * ess.error() + 1e-3);  // + the O(1/N) bias of the ratio
+}
+
+TEST_CASE("plaquette priors refuse what they cannot do", "[u1][prior]") {
+  CHECK_THROWS_AS(U1PlaquettePrior({8, 8, 8}, 1.0, U1PlaquettePrior::Kind::exact), ConfigError);
+  CHECK_THROWS_AS(U1PlaquettePrior({8, 8}, 600.0, U1PlaquettePrior::Kind::exact), ConfigError);
+  CHECK_THROWS_AS(U1PlaquettePrior({8, 8}, -1.0, U1PlaquettePrior::Kind::independent), ConfigError);
+}
