@@ -79,7 +79,7 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
-// A small free-field point: 8x8, m2 = 1, lam = 0 (exact results in PHYSICS.md).
+// A small free-field point: 8x8, m2 = 1, lam = 0 (exact results in docs/physics.md "Free field, exact").
 std::string free_field_config(const std::string& output) {
   return "theory = phi4\n[lattice]\nextents = 8 8\n[phi4]\nm2 = 1.0\nlam = 0.0\n"
          "[flow]\nlayers = 8\nhidden = 16 16\nactivation = tanh\nz2 = true\n"
@@ -324,7 +324,8 @@ TEST_CASE("hostile input matrix: configs, ensembles, checkpoints, outputs, unwri
     CHECK(read_file(dir / "ens.json") == read_file(dir / "ens.json.keep"));
   }
   g_watched = nullptr;
-  // The matrix in numbers (README "Reliability"): with the first test case's cases, >= 40 in all.
+  // The matrix in numbers (docs/clusters.md "Errors and exit codes"): with the first test case's cases, >= 40
+  // in all.
   std::printf("hostile-input cases in this section: %d\n", g_cases - cases_before);
 }
 
@@ -339,7 +340,7 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
 
   auto rep = analysis::analyze_ensemble(out);
   CHECK(rep.proposals == 20000);
-  // Within 3 standard deviations (fixed seed). chi2 = 1/(2 m2), <S>/V = 1/2, F = 11.622885 (PHYSICS.md).
+  // Within 3 standard deviations (fixed seed). chi2 = 1/(2 m2), <S>/V = 1/2, F = 11.622885 (docs/physics.md).
   for (const char* name : {"chi2", "action_density", "phi2", "abs_mag"}) {
     const auto* row = rep.row(name);
     REQUIRE(row);

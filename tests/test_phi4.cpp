@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // phi^4 theory: action and force against naive site loops and finite differences, convention conversions,
-// observables against direct definitions, exact free-field values of PHYSICS.md.
+// observables against direct definitions, exact free-field values of docs/physics.md.
 #include <torch/torch.h>
 
 #include <catch2/catch.hpp>
@@ -42,7 +42,7 @@ struct Sites {
   }
 };
 
-// The no-1/2 action written as in PHYSICS.md, with the kinetic term as squared differences.
+// The no-1/2 action written as in docs/physics.md, with the kinetic term as squared differences.
 double naive_action(const std::vector<double>& phi, const Sites& L, double m2, double lam) {
   double S = 0;
   for (int64_t s = 0; s < L.volume(); ++s) {

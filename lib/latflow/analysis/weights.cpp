@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Importance-weight statistics (PHYSICS.md section 5). Weights are handled as log w and exponentiated only
-// after shifting by max log w: log w of a lattice model is O(volume) and exp would overflow or underflow.
+// Importance-weight statistics (docs/physics.md "Importance weights"). Weights are handled as log w and
+// exponentiated only after shifting by max log w: log w of a lattice model is O(volume) and exp would
+// overflow or underflow.
 #include "latflow/analysis/weights.hpp"
 
 #include <algorithm>

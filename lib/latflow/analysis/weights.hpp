@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Statistics of importance weights log w = -S - log q (PHYSICS.md section 5), all computed in log space.
+// Statistics of importance weights log w = -S - log q (docs/physics.md "Importance weights"), all computed in
+// log space.
 #pragma once
 #include <cstdint>
 #include <vector>

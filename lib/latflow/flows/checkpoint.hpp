@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Checkpoints: model, optimizer state, step, learning-rate scale, training history and the identity of the run,
-// in one LibTorch archive. Write protocol (crash-safe, README "Reliability"):
+// in one LibTorch archive. Write protocol (crash-safe, docs/design.md "Checkpoints"):
 //   1. the archive is written to CKPT.tmp and fsynced; a checkpoint with a non-finite weight is never written;
 //   2. backups rotate: CKPT.1 -> CKPT.2, and CKPT is hard-linked as CKPT.1 (so CKPT never disappears);
 //   3. CKPT.tmp is renamed over CKPT and the directory fsynced.

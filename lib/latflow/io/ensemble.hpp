@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The HDF5 ensemble layout (format "latflow-ensemble", version 1; README "Output files" documents it).
+// The HDF5 ensemble layout (format "latflow-ensemble", version 1; documented in docs/file-format.md).
 #pragma once
 #include <string>
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Hybrid Monte Carlo (Duane, Kennedy, Pendleton, Roweth, PLB 195 (1987) 216) over the Theory interface, with
 // B independent chains in the batch dimension: the exact baseline the flow sampler is compared against
-// (PHYSICS.md section 5).
+// (docs/physics.md "HMC baseline").
 //
 // Every random number of chain c in trajectory t comes from a stream keyed by (seed, purpose, c, t): the
 // momenta, the step-size jitter and the Metropolis uniform. A chain's history therefore does not depend on

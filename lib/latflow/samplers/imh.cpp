@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Independence Metropolis (IMH) over flow proposals, treated as data (DESIGN.md decision 4).
+// Independence Metropolis (IMH) over flow proposals, treated as data (docs/design.md "The IMH chain as
+// data").
 //
 // Proposals are made in blocks; block b draws its prior noise from the stream (seed, "propose", b), and IMH step i
 // decides with the counter-based uniform of (seed, "accept", i). Blocks are dealt round-robin to the MPI ranks;

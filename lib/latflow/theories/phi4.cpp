@@ -35,7 +35,7 @@ at::Tensor Phi4::force(const at::Tensor& phi) const {
 }
 
 const std::vector<std::string>& Phi4::scalar_names() {
-  // mag = M/V, abs_mag = |M|/V, chi2 = M^2/V (its mean is chi2 of PHYSICS.md), m4 = (M/V)^4 (for Binder),
+  // mag = M/V, abs_mag = |M|/V, chi2 = M^2/V (its mean is chi2 of docs/physics.md), m4 = (M/V)^4 (Binder),
   // phi2 = sum phi^2 / V, action_density = S/V, g_pmin = |phi~(p_min)|^2 / V averaged over the directions whose
   // extent equals L_0 (with chi2 it gives xi_2nd).
   static const std::vector<std::string> names{"mag", "abs_mag", "chi2", "m4", "phi2", "action_density", "g_pmin"};

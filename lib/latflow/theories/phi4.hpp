@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Lattice phi^4 theory on a periodic L_0 x ... x L_{d-1} lattice, no-1/2 convention (PHYSICS.md section 1):
+// Lattice phi^4 theory on a periodic L_0 x ... x L_{d-1} lattice, no-1/2 convention
+// (docs/physics.md "Scalar phi^4 theory"):
 //   S[phi] = sum_x [ (2d + m2) phi^2 + lam phi^4 - 2 sum_mu phi(x) phi(x+mu) ].
 // Fields are batch-first tensors [B, L_0, ..., L_{d-1}]; every function works for any dtype and device.
 #pragma once

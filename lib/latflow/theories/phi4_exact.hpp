@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Exact results of the free field (lam = 0, m2 > 0) in the no-1/2 convention, weight exp(-phi^T A phi) with
-// A_k = khat^2 + m2 in momentum space, khat^2 = sum_mu 4 sin^2(k_mu / 2), k_mu = 2 pi n_mu / L_mu (PHYSICS.md 1).
+// A_k = khat^2 + m2 in momentum space, khat^2 = sum_mu 4 sin^2(k_mu / 2), k_mu = 2 pi n_mu / L_mu
+// (docs/physics.md "Free field, exact").
 #pragma once
 #include <cstdint>
 #include <vector>

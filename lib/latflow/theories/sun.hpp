@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
-// 2D SU(N) lattice gauge theory on a periodic L0 x L1 torus (PHYSICS.md section 3), N >= 2 chosen at run time.
+// 2D SU(N) lattice gauge theory on a periodic L0 x L1 torus (docs/physics.md "SU(N) gauge theory"), N >= 2
+// chosen at run time.
 //
 // Storage: the samplers, the HDF5 writer and the flows move real tensors, so a configuration is stored as
 // [B, 2, L0, L1, N, N, 2]: link U_mu(x) with its complex entries split into a trailing (real, imag) axis
-// (torch::view_as_complex gives the complex matrices [B, 2, L0, L1, N, N], DESIGN.md's layout).
+// (torch::view_as_complex gives the complex matrices [B, 2, L0, L1, N, N]; docs/design.md "Interfaces and
+// parameters").
 // Plaquette U_P(x) = U_0(x) U_1(x + e0) U_0(x + e1)^+ U_1(x)^+, Wilson action S = -(beta/N) sum_x Re tr U_P(x).
 // Gauge transformations U_mu(x) -> g(x) U_mu(x) g(x + e_mu)^+ conjugate every plaquette.
 //

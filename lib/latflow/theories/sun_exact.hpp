@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Exact finite-volume results of 2D SU(N) lattice gauge theory with the Wilson action
-// S = -(beta/N) sum_P Re tr U_P on a periodic torus of V plaquettes (PHYSICS.md section 3). Torch-free.
+// S = -(beta/N) sum_P Re tr U_P on a periodic torus of V plaquettes (docs/physics.md "SU(N) gauge theory").
+// Torch-free.
 //
 // Derivation (character expansion; normalised Haar measure throughout).
 //  * One plaquette: f(U) = exp((beta/N) Re tr U) = sum_r d_r c_r chi_r(U) over the irreducible representations r,

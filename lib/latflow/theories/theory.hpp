@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The run-time interface a sampler needs from a lattice theory (DESIGN.md decision 2). Fields are batch-first
-// tensors [B, ...]; the batch dimension holds independent configurations (HMC chains, flow proposals).
+// The run-time interface a sampler needs from a lattice theory (docs/design.md "Interfaces and parameters").
+// Fields are batch-first tensors [B, ...]; the batch dimension holds independent configurations (HMC chains,
+// flow proposals).
 //
 // HMC (Duane, Kennedy, Pendleton, Roweth 1987) needs, besides the action and its force, the
 // molecular-dynamics field update and the momentum draw, because these depend on the field manifold: a scalar
