@@ -187,6 +187,21 @@ Config parse_config(const std::string& text, const std::string& path, const std:
     cfg.reference[name] = {vals[0], vals[1]};
   }
   cfg.validate();
+  // [reference] values belong to the file's own physics: if the overrides change it, they are dropped.
+  if (!cfg.reference.empty() && !overrides.empty()) {
+    std::string diff;
+    try {
+      diff = first_difference(physics_identity(parse_config(text, path, {}, cmd)), physics_identity(cfg));
+      for (auto [from, to] : {std::pair<std::string, std::string>{": stored ", ": file "}, {", requested ", ", run "}})
+        if (auto at = diff.find(from); at != std::string::npos) diff.replace(at, from.size(), to);
+    } catch (const ConfigError& e) {
+      diff = std::string("the file alone does not validate: ") + e.what();
+    }
+    if (!diff.empty()) {
+      cfg.reference.clear();
+      cfg.reference_note = "[reference] of " + path + " not used: the command line changes its physics (" + diff + ")";
+    }
+  }
   std::ostringstream eff;
   eff << "# effective configuration (" << cmd << ")\n";
   std::string section;

@@ -166,6 +166,7 @@ int dispatch(int argc, char** argv) {
   Config cfg = cli::load_config(a.positional[0], a.overrides, command_line(argc, argv));
   log::info("latflow " + std::string(LATFLOW_VERSION_STRING) + " " + cmd + " " + a.positional[0] + " (" +
             std::to_string(mpi::size()) + " rank(s) x " + std::to_string(cfg.run.threads) + " thread(s))");
+  if (!cfg.reference_note.empty()) log::info("note: " + cfg.reference_note);
   if (cmd == "bench-hmc") {
     std::vector<std::int64_t> sizes{8, 16, 32, 64};
     if (a.local.count("sizes")) sizes = parse_list<std::int64_t>("--sizes", a.local["sizes"]);

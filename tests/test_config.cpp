@@ -82,3 +82,35 @@ TEST_CASE("resume identity: every model and recipe key is named when it differs"
                          training_identity(parse(base, {"--train.lr_schedule", "constant", "--train.steps", "9"})))
             .empty());
 }
+
+TEST_CASE("[reference] values are kept only for the file's own physics", "[config]") {
+  // A config with golden values at lam = 6.008 (no-1/2) on 8x8.
+  const std::string file = "[lattice]\nextents = 8 8\n[phi4]\nm2 = -4\nlam = 6.008\n[reference]\nchi2 = 1.5 0.01\n";
+  const auto plain = parse(file);
+  CHECK(plain.reference.size() == 1);
+  CHECK(plain.reference_note.empty());
+  // Overrides that change the physics drop them and say which key.
+  for (const std::vector<std::string>& o : std::vector<std::vector<std::string>>{
+           {"--phi4.lam", "7.0"}, {"--lattice.extents", "16 16"}, {"--phi4.convention", "half"}}) {
+    CAPTURE(o[0]);
+    const auto c = parse(file, o);
+    CHECK(c.reference.empty());
+    CHECK_THAT(c.reference_note, Catch::Contains("not used") && Catch::Contains("command line changes its physics"));
+    CHECK(c.effective_text.find("[reference]") == std::string::npos);
+  }
+  CHECK_THAT(parse(file, {"--phi4.lam", "7.0"}).reference_note, Catch::Contains("phi4.lam_nohalf: file 6.008"));
+  CHECK_THAT(parse(file, {"--lattice.extents", "16 16"}).reference_note, Catch::Contains("lattice.extents"));
+  // Overrides that leave the physics equal keep them: the same value, other keys, and another convention that
+  // converts to the same no-1/2 couplings (half: phi_half = sqrt(2) phi, so lam_half = lam / 4, m2 equal).
+  for (const std::vector<std::string>& o : std::vector<std::vector<std::string>>{
+           {"--phi4.lam", "6.008"}, {"--train.steps", "5"}, {"--phi4.convention", "half", "--phi4.lam", "1.502"}}) {
+    CAPTURE(o[0], o.size());
+    const auto c = parse(file, o);
+    CHECK(c.reference.size() == 1);
+    CHECK(c.reference_note.empty());
+  }
+  // Gauge theories: beta and extents are the physics.
+  const std::string u1 = "theory = u1\n[lattice]\nextents = 8 8\n[u1]\nbeta = 2\n[reference]\nplaq = 0.7 0.01\n";
+  CHECK(parse(u1, {"--u1.beta", "3"}).reference.empty());
+  CHECK(parse(u1, {"--u1.beta", "2.0"}).reference.size() == 1);
+}

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // HMC: reversibility of both integrators to float64 rounding, their O(dt^2) energy violation, <exp(-dH)> = 1,
 // independence of a chain from how the chains are split, and physics (free field exact, tutorial reference of
-// PHYSICS.md) with the Gamma method over the chains as replicas. Fixed seeds.
+// docs/physics.md) with the Gamma method over the chains as replicas. Fixed seeds.
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 

@@ -238,7 +238,7 @@ TEST_CASE("observables match their definitions", "[phi4]") {
   }
 }
 
-TEST_CASE("free-field exact values agree with PHYSICS.md and with a direct Gaussian computation", "[phi4]") {
+TEST_CASE("free-field exact values agree with docs/physics.md and with a direct Gaussian computation", "[phi4]") {
   auto e = free_field_exact({8, 8}, 1.0);
   CHECK(e.phi2 == Approx(0.127087).margin(1e-6));
   CHECK(e.chi2 == Approx(0.5));

@@ -159,7 +159,7 @@ TEST_CASE("U(1) action and observables are gauge invariant", "[u1]") {
   CHECK((a.correlator - b.correlator).abs().max().item<double>() < 1e-11);
 }
 
-TEST_CASE("U(1) exact references: PHYSICS.md table, infinite-volume limit, sum rules", "[u1][exact]") {
+TEST_CASE("U(1) exact references: docs/physics.md table, infinite-volume limit, sum rules", "[u1][exact]") {
   CHECK(u1_plaquette(64, 2.0) == Approx(0.697775).margin(5e-7));
   CHECK(u1_topological_susceptibility_q2(64, 2.0) == Approx(1.23930).margin(5e-6));
   CHECK(u1_plaquette(64, 1.0) == Approx(0.446390).margin(5e-7));

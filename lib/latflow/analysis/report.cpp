@@ -394,8 +394,13 @@ std::string format_report(const Report& r) {
     os << b;
     os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
     if (r.has_free_energy_exact) {
-      std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
-                    (r.free_energy - r.free_energy_exact) / r.free_energy_error);
+      // An exact sampler (flow.prior = exact) gives equal weights and a zero error: show the difference then.
+      if (r.free_energy_error > 0)
+        std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
+                      (r.free_energy - r.free_energy_exact) / r.free_energy_error);
+      else
+        std::snprintf(b, sizeof b, "   exact %.6f   (difference %.1e; all weights equal)", r.free_energy_exact,
+                      r.free_energy - r.free_energy_exact);
       os << b;
     }
   }

@@ -221,6 +221,22 @@ std::string model_identity(const Config& c) {
   return os.str();
 }
 
+std::string physics_identity(const Config& c) {
+  std::ostringstream os;
+  os.precision(17);
+  os << "theory = " << c.theory << "\n"
+     << "lattice.extents = " << join(c.lattice.extents) << "\n";
+  if (c.theory == "sun")
+    os << "sun.n = " << c.sun.n << "\n"
+       << "sun.beta = " << c.sun.beta << "\n";
+  else if (c.theory == "u1")
+    os << "u1.beta = " << c.u1.beta << "\n";
+  else
+    os << "phi4.m2_nohalf = " << c.phi4.m2_nohalf << "\n"
+       << "phi4.lam_nohalf = " << c.phi4.lam_nohalf << "\n";
+  return os.str();
+}
+
 std::string training_identity(const Config& c) {
   std::ostringstream os;
   os.precision(17);

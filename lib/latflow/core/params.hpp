@@ -16,7 +16,7 @@ struct LatticeParams {
   int dim() const { return static_cast<int>(extents.size()); }
 };
 
-// phi^4 couplings as the user wrote them, plus the internal no-1/2 values (PHYSICS.md section 1).
+// phi^4 couplings as the user wrote them, plus the internal no-1/2 values (docs/physics.md "Scalar phi^4 theory").
 struct Phi4Params {
   std::string convention = "nohalf";  // nohalf | half | hopping
   double m2 = -4.0;    // nohalf/half: the mass term
@@ -27,12 +27,12 @@ struct Phi4Params {
   void resolve(int dim);  // converts exactly; throws ConfigError on bad values
 };
 
-// 2D U(1) lattice gauge theory (PHYSICS.md section 2): S = -beta sum_P cos theta_P.
+// 2D U(1) lattice gauge theory (docs/physics.md "U(1) gauge theory"): S = -beta sum_P cos theta_P.
 struct U1Params {
   double beta = 2.0;
 };
 
-// 2D SU(N) lattice gauge theory (PHYSICS.md section 3): S = -(beta/N) sum_P Re tr U_P.
+// 2D SU(N) lattice gauge theory (docs/physics.md "SU(N) gauge theory"): S = -(beta/N) sum_P Re tr U_P.
 struct SUNParams {
   int n = 2;  // N, 2..6
   double beta = 2.0;
@@ -91,7 +91,7 @@ struct SampleParams {
   bool store_configs = true;  // store accepted configurations (each once) in the ensemble
 };
 
-// Hybrid Monte Carlo baseline (PHYSICS.md section 5): B independent chains in the batch dimension.
+// Hybrid Monte Carlo baseline (docs/physics.md "HMC baseline"): B independent chains in the batch dimension.
 struct HmcParams {
   std::string integrator = "omelyan";  // leapfrog | omelyan (2MN, lambda = 0.1932)
   double trajectory_length = 1.0;      // MD time tau of one trajectory (before the jitter)
@@ -133,7 +133,10 @@ struct Config {
   SampleParams sample;
   HmcParams hmc;
   RunParams run;
+  // The config file's [reference] values. They describe the physics of the file itself: when the command line
+  // changes that physics (physics_identity differs), parse_config drops them and says why in reference_note.
   std::map<std::string, Reference> reference;
+  std::string reference_note;
   std::string source_text;     // the input file verbatim
   std::string source_path;
   std::string effective_text;  // every key with its effective value, INI syntax
@@ -149,6 +152,9 @@ namespace latflow {
 // the first differing key.
 std::string model_identity(const Config& cfg);
 std::string training_identity(const Config& cfg);
+// "key = value" lines of the physics alone: theory, extents and the couplings (phi4 in the no-1/2 convention, so
+// that equivalent conventions agree). [reference] values belong to exactly this.
+std::string physics_identity(const Config& cfg);
 // The first key whose line differs between two identity texts, as "key: stored X, requested Y"; "" if equal.
 std::string first_difference(const std::string& stored, const std::string& requested);
 }  // namespace latflow

@@ -21,9 +21,10 @@ namespace latflow {
 // the identity map (training starts from the prior). Two implementations of the same function and parameters:
 //   fused (default on the CPU, float32/float64): the whole net is one autograd node running the hand-written
 //     kernels of periodic_conv.hpp, forward and backward (2-3x faster per training step on the tutorial nets,
-//     README "Performance");
+//     docs/benchmarks.md "latflow against PyTorch, L = 8");
 //   LibTorch ops (other devices and dtypes, or set_fused_conv(false)): explicit wrap padding followed by
-//     unpadded convolutions (identical to circular padding and measurably faster, DESIGN.md).
+//     unpadded convolutions (identical to circular padding and measurably faster;
+//     docs/design.md "Fused kernels").
 // The fused path supports first derivatives only (all that reverse-KL training and the Jacobian tests need).
 class ConvNetImpl : public torch::nn::Module {
  public:

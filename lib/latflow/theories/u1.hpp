@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// 2D U(1) lattice gauge theory on a periodic L0 x L1 torus (PHYSICS.md section 2). Links U_mu(x) = exp(i theta_mu(x))
-// are stored as angles, batch-first [B, 2, L0, L1] (DESIGN.md decision 1); any real representative of an angle is
-// valid (flows and observables reduce mod 2 pi where it matters). Plaquette angle
+// 2D U(1) lattice gauge theory on a periodic L0 x L1 torus (docs/physics.md "U(1) gauge theory"). Links
+// U_mu(x) = exp(i theta_mu(x)) are stored as angles, batch-first [B, 2, L0, L1] (docs/design.md "Interfaces and
+// parameters"); any real representative of an angle is valid (flows and observables reduce mod 2 pi where it
+// matters). Plaquette angle
 //   theta_P(x) = theta_0(x) + theta_1(x + e0) - theta_0(x + e1) - theta_1(x),
 // Wilson action S = -beta sum_x cos theta_P(x). Gauge transformations theta_mu(x) -> theta_mu(x) + a(x) - a(x + e_mu)
 // leave every plaquette angle unchanged.
