@@ -949,6 +949,59 @@ TEST_CASE("U(1) at L = 8, beta = 2: the flow ensemble reproduces the exact <cos 
   expect_error("train " + cfg + " --output " + dir / "x.h5" + " --lattice.extents 6,6", 2, "multiples of 4");
 }
 
+TEST_CASE("U(1) exact plaquette prior through the binary: every proposal accepted, exact estimates, any extents",
+          "[cli][u1]") {
+  TempDir dir;
+  const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/u1_exact.ini";
+  // Odd, unequal extents (no mask period without layers) and a strong coupling: every weight equals exp(-F).
+  auto r = run("run " + cfg + " --output " + dir / "ex.h5" +
+               " --lattice.extents \"6 5\" --u1.beta 4 --sample.proposals 10000 --run.seed 5");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  auto rep = analysis::analyze_ensemble(dir / "ex.h5");
+  CHECK(rep.acceptance == 1.0);
+  CHECK(rep.ess_fraction == Approx(1.0).margin(1e-9));
+  CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 1e-8);
+  for (const char* name : {"plaq", "Q2", "wilson_2x2", "poly_corr(1)"}) {
+    const auto* row = rep.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->value, row->error, row->ref);
+    CHECK(row->ref_kind == "exact");
+    CHECK(std::abs(row->value - row->ref) < 3 * row->error);
+    CHECK(row->tau_int == Approx(0.5).margin(0.05));  // independent draws
+  }
+  // The independent-plaquette prior: Kish ESS/N = I_0(beta)^2 / I_0(2 beta) for large V (beta = 2, 16x16: 0.460).
+  auto p = run("run " + cfg + " --output " + dir / "pl.h5" +
+               " --flow.prior plaquette --u1.beta 2 --sample.proposals 20000 --run.seed 6");
+  INFO(p.out);
+  REQUIRE(p.code == 0);
+  auto prep = analysis::analyze_ensemble(dir / "pl.h5");
+  const double expected = std::pow(std::cyl_bessel_i(0.0, 2.0), 2) / std::cyl_bessel_i(0.0, 4.0);
+  CHECK(std::abs(prep.ess_fraction - expected) < 0.02);
+  CHECK(std::abs(prep.row("plaq")->value - prep.row("plaq")->ref) < 3 * prep.row("plaq")->error);
+  CHECK(std::abs(prep.free_energy - prep.free_energy_exact) < 3 * prep.free_energy_error);
+  // Priors that do not exist for a theory are refused naming the key.
+  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --flow.prior fourier", 2, "flow.prior = fourier");
+}
+
+TEST_CASE("config reference values are shown only for the config's own physics", "[cli]") {
+  TempDir dir;
+  const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/e2.ini";
+  const std::string short_hmc = " --hmc.trajectories 20 --hmc.thermalization 10 --hmc.chains 4";
+  auto changed = run("hmc " + cfg + " --output " + dir / "l7.h5" + " --phi4.lam 7.0" + short_hmc);
+  INFO(changed.out);
+  REQUIRE(changed.code == 0);
+  CHECK(changed.out.find("[reference] of " + cfg + " not used") != std::string::npos);
+  CHECK(changed.out.find(" reference ") == std::string::npos);
+  auto rep = analysis::analyze_ensemble(dir / "l7.h5");
+  for (const auto& row : rep.rows) CHECK_FALSE(row.has_ref);
+  auto same = run("hmc " + cfg + " --output " + dir / "same.h5" + short_hmc);
+  INFO(same.out);
+  REQUIRE(same.code == 0);
+  CHECK(same.out.find("not used") == std::string::npos);
+  CHECK(analysis::analyze_ensemble(dir / "same.h5").row("chi2")->has_ref);
+}
+
 TEST_CASE("SU(2) at L = 8, beta = 2 and SU(3) at beta = 4: the flow ensembles reproduce the exact plaquette and "
           "2x2 loop; HMC and compare; SU(3) HMC against exact; bad sun keys",
           "[cli][sun]") {
