@@ -982,6 +982,16 @@ TEST_CASE("U(1) exact plaquette prior through the binary: every proposal accepte
   CHECK(std::abs(prep.free_energy - prep.free_energy_exact) < 3 * prep.free_energy_error);
   // Priors that do not exist for a theory are refused naming the key.
   expect_error("train " + cfg + " --output " + dir / "x.h5" + " --flow.prior fourier", 2, "flow.prior = fourier");
+  // Sector changes: the exact prior's draws are independent and change Q all the time; short HMC chains at weak
+  // coupling stay in their sector, and Q, Q2 are flagged (the Gamma-method errors there are meaningless).
+  CHECK(rep.sectors_reliable());
+  CHECK(rep.sector_changes > 1000);
+  auto h = run("hmc " + cfg + " --output " + dir / "frozen.h5" +
+               " --lattice.extents \"8 8\" --u1.beta 8 --hmc.chains 2 --hmc.trajectories 100 --hmc.thermalization 20");
+  INFO(h.out);
+  REQUIRE(h.code == 0);
+  CHECK_FALSE(analysis::analyze_ensemble(dir / "frozen.h5").sectors_reliable());
+  CHECK(h.out.find("fewer than 100 sector changes") != std::string::npos);
 }
 
 TEST_CASE("config reference values are shown only for the config's own physics", "[cli]") {

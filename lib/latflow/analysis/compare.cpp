@@ -105,6 +105,11 @@ std::string format_comparison(const Comparison& c) {
   if (!c.flow.chain_reliable())
     os << "! the flow's IMH chain has only " << static_cast<long long>(c.flow.proposals / (2 * c.flow.tau_acc))
        << " independent steps by N / (2 tau_acc): its errors, tau_int and costs are not reliable.\n";
+  for (const auto* side : {&c.flow, &c.hmc})
+    if (!side->sectors_reliable())
+      os << "! the " << (side == &c.flow ? "flow's chain" : "HMC chains") << " changed sector (" << side->sector_observable
+         << ") only " << side->sector_changes << " times (fewer than " << Report::kMinSectorChanges
+         << "): the errors, tau_int and costs of the sector observables are not reliable.\n";
   return os.str();
 }
 

@@ -321,6 +321,34 @@ Samples read_hmc(const io::File& f, Report& r) {
   return s;
 }
 
+// Sector of a sample: round(Q) for U(1), the sign of M for phi4.
+void count_sector_changes(Report& r, const Samples& s) {
+  if (r.theory == "u1") {
+    r.sector_observable = "Q";
+    r.sector_rows = {"Q", "Q2"};
+  } else if (r.theory == "phi4") {
+    r.sector_observable = "mag";
+    r.sector_rows = {"mag"};
+  } else {
+    return;
+  }
+  const auto it = s.chain.find(r.sector_observable);
+  if (it == s.chain.end()) {
+    r.sector_observable.clear();
+    return;
+  }
+  const bool charge = r.theory == "u1";
+  auto sector = [charge](double v) { return charge ? std::round(v) : (v > 0 ? 1.0 : v < 0 ? -1.0 : 0.0); };
+  r.sector_changes = 0;
+  r.sector_changes_min_chain = -1;
+  for (const auto& replica : it->second) {
+    std::int64_t n = 0;
+    for (std::size_t t = 1; t < replica.size(); ++t) n += sector(replica[t]) != sector(replica[t - 1]);
+    r.sector_changes += n;
+    r.sector_changes_min_chain = r.sector_changes_min_chain < 0 ? n : std::min(r.sector_changes_min_chain, n);
+  }
+}
+
 }  // namespace
 
 Report analyze_ensemble(const std::string& path, double gamma_S) {
@@ -356,6 +384,7 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
   const References refs = read_references(f, r);
   if (r.kind == "hmc") r.has_free_energy_exact = false;  // HMC does not measure Z
   add_observable_rows(r, s, refs, opt);
+  count_sector_changes(r, s);
   return r;
 }
 
@@ -419,8 +448,10 @@ std::string format_report(const Report& r) {
       }
     }
     std::string tau = fmt(row.tau_int, row.tau_error) + (row.window_found ? "" : "*");
+    const bool frozen = !r.sectors_reliable() &&
+                        std::find(r.sector_rows.begin(), r.sector_rows.end(), row.name) != r.sector_rows.end();
     std::snprintf(b, sizeof b, "%-15s %-20s %-14s %-20s %-24s %s\n", row.name.c_str(),
-                  fmt(row.value, row.error).c_str(), tau.c_str(),
+                  (fmt(row.value, row.error) + (frozen ? "!" : "")).c_str(), tau.c_str(),
                   hmc ? "" : (fmt(row.nis, row.nis_error) + flag).c_str(), ref.c_str(), dev.c_str());
     os << b;
   }
@@ -441,6 +472,22 @@ std::string format_report(const Report& r) {
                   "reliable; sample more proposals or train the flow further.\n",
                   static_cast<double>(r.proposals) / (2 * r.tau_acc));
     os << b;
+  }
+  if (!r.sector_observable.empty()) {
+    const std::string what = r.theory == "u1" ? "topological sector (Q)" : "sign of M";
+    std::snprintf(b, sizeof b, "%s%s changes: %lld along the chain%s (fewest in one chain: %lld)\n",
+                  r.sectors_reliable() ? "" : "! ", what.c_str(), static_cast<long long>(r.sector_changes),
+                  hmc ? "s" : "", static_cast<long long>(r.sector_changes_min_chain));
+    os << b;
+    if (!r.sectors_reliable()) {
+      std::string rows;
+      for (const auto& n : r.sector_rows) rows += (rows.empty() ? "" : ", ") + n;
+      std::snprintf(b, sizeof b,
+                    "! fewer than %lld sector changes: the chain%s barely move%s between sectors, so the errors of "
+                    "%s (and of anything coupled to the sector) are not reliable.\n",
+                    static_cast<long long>(Report::kMinSectorChanges), hmc ? "s" : "", hmc ? "" : "s", rows.c_str());
+      os << b;
+    }
   }
   if (!hmc && !r.nis_reliable()) {
     std::snprintf(b, sizeof b,
@@ -489,6 +536,10 @@ std::string report_json(const Report& r) {
        << ",\n  \"sampling_seconds\": " << json::number(r.sampling_seconds)
        << ",\n  \"weights_hash\": " << json::string(r.weights_hash);
   }
+  if (!r.sector_observable.empty())
+    os << ",\n  \"sectors\": {\"observable\": " << json::string(r.sector_observable)
+       << ", \"changes\": " << r.sector_changes << ", \"fewest_in_one_chain\": " << r.sector_changes_min_chain
+       << ", \"reliable\": " << (r.sectors_reliable() ? "true" : "false") << "}";
   os << ",\n  \"gamma_S\": " << json::number(r.gamma_S) << ",\n  \"observables\": {";
   for (std::size_t i = 0; i < r.rows.size(); ++i) {
     const auto& row = r.rows[i];

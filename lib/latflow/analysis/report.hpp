@@ -5,6 +5,7 @@
 // observables and derived quantities by the Gamma method over their chains as replicas, with the HMC figures
 // (acceptance, <exp(-dH)>, n_md, cost) in place of NIS and the free energy. Torch-free.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,16 @@ struct Report {
   // Likewise a chain with fewer than kMinEffectiveSamples independent steps by its acceptance autocorrelation,
   // N / (2 tau_acc), has Gamma-method errors that cannot be trusted (the window sees only a few moves).
   bool chain_reliable() const { return static_cast<double>(proposals) / (2 * tau_acc) >= kMinEffectiveSamples; }
+  // Sector changes: U(1) topological charge Q (rounded) or, for phi4, the sign of M, compared between consecutive
+  // steps of each chain (IMH: along the chain; HMC: along each chain's trajectories), summed over the chains. A
+  // chain that moves between sectors fewer than kMinSectorChanges times samples their relative weights from a
+  // handful of visits, and the Gamma-method errors of sector-odd or sector-sensitive observables (Q, Q^2; M) are
+  // then not to be trusted however many steps it has: they are flagged.
+  std::string sector_observable;      // "Q" (u1) | "mag" (phi4) | "" (no sectors: SU(N) in 2D)
+  std::vector<std::string> sector_rows;  // the rows flagged when the sectors are not sampled
+  std::int64_t sector_changes = 0, sector_changes_min_chain = 0;
+  static constexpr std::int64_t kMinSectorChanges = 100;
+  bool sectors_reliable() const { return sector_observable.empty() || sector_changes >= kMinSectorChanges; }
   double free_energy = 0, free_energy_error = 0;
   bool has_free_energy_exact = false;
   double free_energy_exact = 0;
