@@ -994,6 +994,27 @@ TEST_CASE("U(1) exact plaquette prior through the binary: every proposal accepte
   CHECK(h.out.find("fewer than 100 sector changes") != std::string::npos);
 }
 
+TEST_CASE("SU(2) exact plaquette prior through the binary: every proposal accepted, exact estimates", "[cli][sun]") {
+  TempDir dir;
+  const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/su2_exact.ini";
+  auto r = run("run " + cfg + " --output " + dir / "ex.h5" +
+               " --lattice.extents \"5 6\" --sun.beta 3 --sample.proposals 5000 --run.seed 7");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  auto rep = analysis::analyze_ensemble(dir / "ex.h5");
+  CHECK(rep.acceptance == 1.0);
+  CHECK(rep.ess_fraction == Approx(1.0).margin(1e-9));
+  CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 1e-8);
+  for (const char* name : {"plaq", "wilson_2x2", "poly_corr(1)"}) {
+    const auto* row = rep.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->value, row->error, row->ref);
+    CHECK(row->ref_kind == "exact");
+    CHECK(std::abs(row->value - row->ref) < 3 * row->error);
+  }
+  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --sun.n 3", 2, "flow.prior = exact");
+}
+
 TEST_CASE("config reference values are shown only for the config's own physics", "[cli]") {
   TempDir dir;
   const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/e2.ini";

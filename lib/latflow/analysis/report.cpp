@@ -423,12 +423,14 @@ std::string format_report(const Report& r) {
     os << b;
     os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
     if (r.has_free_energy_exact) {
-      // An exact sampler (flow.prior = exact) gives equal weights and a zero error: show the difference then.
-      if (r.free_energy_error > 0)
+      // An exact sampler (flow.prior = exact) gives weights equal up to float64 rounding (a zero or ~1e-13
+      // error): below a relative 1e-10 the difference is rounding, shown as such rather than in sigmas.
+      const double rounding = 1e-10 * std::max(1.0, std::abs(r.free_energy_exact));
+      if (r.free_energy_error > rounding)
         std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
                       (r.free_energy - r.free_energy_exact) / r.free_energy_error);
       else
-        std::snprintf(b, sizeof b, "   exact %.6f   (difference %.1e; all weights equal)", r.free_energy_exact,
+        std::snprintf(b, sizeof b, "   exact %.6f   (difference %.1e; the weights are equal to rounding)", r.free_energy_exact,
                       r.free_energy - r.free_energy_exact);
       os << b;
     }

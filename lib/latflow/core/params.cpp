@@ -108,8 +108,9 @@ void Config::validate() {
   else if (theory == "u1")
     require(f.prior == "haar" || f.prior == "plaquette" || f.prior == "exact", "flow.prior", f.prior,
             "U(1) flows take haar, plaquette or exact");
-  else
-    require(f.prior == "haar", "flow.prior", f.prior, "SU(N) flows start from the Haar measure (haar)");
+  else if (f.prior != "haar")
+    require((f.prior == "plaquette" || f.prior == "exact") && sun.n == 2, "flow.prior", f.prior,
+            "SU(N) flows take haar, or plaquette or exact for N = 2");
   if (theory == "u1" && f.prior != "haar")
     require(u1.beta <= 500, "u1.beta", str(u1.beta), "the plaquette and exact priors need beta <= 500");
   require(f.layers >= 0 && f.layers <= 1000, "flow.layers", str(f.layers), "must be in 0..1000");

@@ -674,7 +674,7 @@ FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& param
 
 FlowModel make_flow(const Config& cfg) {
   if (cfg.theory == "sun")
-    return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow)));
+    return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow, cfg.sun.beta)));
   if (cfg.theory == "u1")
     return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(cfg.lattice, cfg.flow, cfg.u1.beta)));
   return make_scalar_flow(cfg.lattice, cfg.flow);

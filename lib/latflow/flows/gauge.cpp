@@ -307,11 +307,19 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su3_kernel(const torch
   return {torch::matmul(R, P), ld};
 }
 
-SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params)
-    : FlowModelImpl(params), extents_(lattice.extents), n_(n) {
+SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params, double beta)
+    : FlowModelImpl(params), extents_(lattice.extents), n_(n), beta_(beta) {
   if (n != 2 && n != 3)
     throw ConfigError("sun.n = " + std::to_string(n) +
                       ": SU(N) flows are implemented for N = 2 and 3 only (latflow hmc works for any N)");
+  if (params.prior == "plaquette" || params.prior == "exact") {
+    if (n != 2)
+      throw ConfigError("flow.prior = " + params.prior + ": the SU(N) plaquette priors are implemented for N = 2 only");
+    plaquette_prior_ = std::make_shared<const SU2PlaquettePrior>(
+        extents_, beta, params.prior == "exact" ? SU2PlaquettePrior::Kind::exact : SU2PlaquettePrior::Kind::independent);
+  } else if (!params.prior.empty() && params.prior != "haar") {
+    throw ConfigError("flow.prior = " + params.prior + ": SU(N) flows take haar, plaquette or exact");
+  }
   for (int i = 0; i < params.layers; ++i) {
     add_layer(std::make_shared<SpectralCoupling>(n, i % 2, (i / 2) % 4, extents_, params));
   }
@@ -319,12 +327,27 @@ SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& 
 }
 
 torch::Tensor SUNFlowImpl::prior_log_prob(const torch::Tensor& z) const {
-  return torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));
+  if (!plaquette_prior_) return torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));
+  // (beta / N) Re tr P per plaquette, from the links in float64.
+  auto plaq = SUN::plaquettes(SUN::matrices(z.to(torch::kFloat64)));
+  auto re_tr = torch::real(plaq.diagonal(0, -2, -1).sum(-1)) * (beta_ / n_);  // [B, L0, L1]
+  auto sum = re_tr.sum({1, 2});
+  if (plaquette_prior_->kind() == SU2PlaquettePrior::Kind::independent)
+    sum = sum - re_tr.select(1, extents_[0] - 1).select(1, extents_[1] - 1);
+  return sum + plaquette_prior_->log_normalisation();
 }
 
 torch::Tensor SUNFlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
-  return SUN::storage(SUN::haar(n_, {batch, 2, extents_[0], extents_[1]}, gen)).to(device_, dtype_);
+  if (!plaquette_prior_) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
+    return SUN::storage(SUN::haar(n_, {batch, 2, extents_[0], extents_[1]}, gen)).to(device_, dtype_);
+  }
+  auto z = torch::empty({batch, 2, extents_[0], extents_[1], n_, n_, 2}, torch::TensorOptions().dtype(torch::kFloat64));
+  const std::int64_t per = z[0].numel();
+  double* data = z.data_ptr<double>();
+  SplitMix64 rng(stream_seed);
+  for (std::int64_t b = 0; b < batch; ++b) plaquette_prior_->draw(rng, data + b * per);
+  return z.to(device_, dtype_);
 }
 
 }  // namespace latflow

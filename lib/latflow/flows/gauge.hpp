@@ -22,6 +22,7 @@
 #include <torch/torch.h>
 
 #include "latflow/flows/flow.hpp"
+#include "latflow/theories/su2_prior.hpp"
 #include "latflow/theories/u1_prior.hpp"
 
 namespace latflow {
@@ -110,15 +111,20 @@ class SpectralCoupling : public CouplingLayer {
   ConvNet net_{nullptr};
 };
 
+// The prior (flow.prior): haar (log density 0); for SU(2) also plaquette or exact, the gauge-fixed plaquette priors
+// of theories/su2_prior.hpp at the coupling `beta`, whose log density (beta/N) sum Re tr P + const is evaluated
+// from the plaquettes of z with torch ops (differentiable in z).
 class SUNFlowImpl : public FlowModelImpl {
  public:
-  SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params);
-  torch::Tensor prior_log_prob(const torch::Tensor& z) const override;  // 0: normalised Haar measure
+  SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params, double beta = 0);
+  torch::Tensor prior_log_prob(const torch::Tensor& z) const override;
   torch::Tensor draw_prior(std::int64_t batch, std::uint64_t stream_seed) const override;
 
  private:
   std::vector<std::int64_t> extents_;
   int n_;
+  double beta_;
+  std::shared_ptr<const SU2PlaquettePrior> plaquette_prior_;  // null for haar
 };
 
 }  // namespace latflow

@@ -1,14 +1,20 @@
 // SPDX-License-Identifier: MIT
-// The U(1) plaquette priors (theories/u1_prior.hpp), torch-free: the von Mises sampler's moments; the gauge-fixing
+// The U(1) and SU(2) plaquette priors (theories/u1_prior.hpp, su2_prior.hpp), torch-free. U(1): the von Mises
+// sampler's moments; the gauge-fixing
 // map reproduces the plaquettes and is a unimodular integer map (unit Jacobian, so the density formula holds); the
 // exact prior's draws against the exact finite-volume results (every plaquette alike, <Q^2>, a 2x2 loop); the
 // independent prior's normalisation (free energy from its importance weights) and its Kish ESS/N against
-// I_0(beta)^2 / I_0(2 beta). Statistical checks: fixed seeds, within 3 standard deviations.
+// I_0(beta)^2 / I_0(2 beta). SU(2): the one-plaquette sampler's <tr U / 2> = I_2 / I_1; the tree walk reproduces the
+// plaquettes and closes the defect with the holonomies' commutator; the exact prior's draws against the character
+// expansion (every plaquette alike, a 2x2 loop); the independent prior's normalisation and Kish ESS/N =
+// 4 I_1(beta)^2 / (beta I_1(2 beta)). Statistical checks: fixed seeds, within 3 standard deviations.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <vector>
 
 #include "latflow/core/error.hpp"
+#include "latflow/theories/su2_prior.hpp"
+#include "latflow/theories/sun_exact.hpp"
 #include "latflow/theories/u1_exact.hpp"
 #include "latflow/theories/u1_prior.hpp"
 
@@ -214,4 +220,143 @@ TEST_CASE("plaquette priors refuse what they cannot do", "[u1][prior]") {
   CHECK_THROWS_AS(U1PlaquettePrior({8, 8, 8}, 1.0, U1PlaquettePrior::Kind::exact), ConfigError);
   CHECK_THROWS_AS(U1PlaquettePrior({8, 8}, 600.0, U1PlaquettePrior::Kind::exact), ConfigError);
   CHECK_THROWS_AS(U1PlaquettePrior({8, 8}, -1.0, U1PlaquettePrior::Kind::independent), ConfigError);
+}
+
+namespace {
+
+// Plaquettes [L0, L1] of SU(2) links [2, L0, L1] as quaternions.
+std::vector<Quaternion> su2_plaquettes(const std::vector<Quaternion>& u, std::int64_t L0, std::int64_t L1) {
+  auto U = [&](int mu, std::int64_t a, std::int64_t b) { return u[(mu * L0 + (a % L0)) * L1 + (b % L1)]; };
+  std::vector<Quaternion> p(L0 * L1);
+  for (std::int64_t a = 0; a < L0; ++a)
+    for (std::int64_t b = 0; b < L1; ++b)
+      p[a * L1 + b] = quaternion_mul(quaternion_mul(U(0, a, b), U(1, a + 1, b)),
+                                     quaternion_mul(quaternion_dag(U(0, a, b + 1)), quaternion_dag(U(1, a, b))));
+  return p;
+}
+
+// Links [2, L0, L1, 2, 2, 2] (complex entries) back to quaternions: a0 = Re U00, a3 = Im U00, a2 = Re U01,
+// a1 = Im U01; also checks that the matrix has the SU(2) form.
+std::vector<Quaternion> from_storage(const std::vector<double>& s) {
+  std::vector<Quaternion> u(s.size() / 8);
+  for (std::size_t i = 0; i < u.size(); ++i) {
+    const double* e = &s[8 * i];
+    u[i] = {e[0], e[3], e[2], e[1]};
+    REQUIRE(std::abs(e[4] + e[2]) < 1e-15);
+    REQUIRE(std::abs(e[5] - e[3]) < 1e-15);
+    REQUIRE(std::abs(e[6] - e[0]) < 1e-15);
+    REQUIRE(std::abs(e[7] + e[1]) < 1e-15);
+  }
+  return u;
+}
+
+}  // namespace
+
+TEST_CASE("SU(2) one-plaquette draws: unit quaternions with <tr U / 2> = I_2(beta) / I_1(beta)", "[sun][prior]") {
+  for (double beta : {0.0, 0.5, 3.0, 20.0}) {
+    INFO("beta = " << beta);
+    SplitMix64 rng(41 + static_cast<std::uint64_t>(beta));
+    Stat a0, a1;
+    for (int i = 0; i < 100000; ++i) {
+      const auto q = boltzmann_su2(beta, rng);
+      REQUIRE(std::abs(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3] - 1) < 1e-12);
+      a0.add(q[0]), a1.add(q[1]);
+    }
+    const double expected = beta == 0 ? 0.0 : std::cyl_bessel_i(2.0, beta) / std::cyl_bessel_i(1.0, beta);
+    CHECK(std::abs(a0.mean() - expected) < 3 * a0.error());
+    CHECK(std::abs(a1.mean()) < 3 * a1.error());
+  }
+}
+
+TEST_CASE("SU(2) tree walk: plaquettes reproduced, the defect closed by the holonomies' commutator", "[sun][prior]") {
+  for (auto [L0, L1] : std::vector<std::pair<std::int64_t, std::int64_t>>{{1, 3}, {2, 2}, {3, 2}, {4, 4}, {3, 5}}) {
+    INFO(L0 << "x" << L1);
+    const std::int64_t V = L0 * L1;
+    SU2PlaquettePrior prior({L0, L1}, 1.0, SU2PlaquettePrior::Kind::independent);
+    SplitMix64 rng(8);
+    std::vector<Quaternion> plaq(V), gauge(V);
+    for (auto& p : plaq) p = haar_su2(rng);
+    for (auto& g : gauge) g = haar_su2(rng);
+    const auto A = haar_su2(rng), B = haar_su2(rng);
+    const auto u = prior.build_links(plaq, A, B, gauge);
+    const auto p = su2_plaquettes(u, L0, L1);
+    // Gauge transformations conjugate the plaquettes: compare the gauge-invariant tr / 2 and, at x = 0 where
+    // g(0) conjugates, the whole matrix after undoing it.
+    for (std::int64_t k = 0; k + 1 < V; ++k) CHECK(std::abs(p[k][0] - plaq[k][0]) < 1e-12);
+    // The ordered product of all V plaquettes (the defect in its place, gauge undone at the base point) is the
+    // commutator of the holonomies: T P_defect' = [A, B] with P_defect' conjugated back to the base point.
+    Quaternion T{1, 0, 0, 0};
+    for (auto k : prior.order()) T = quaternion_mul(T, plaq[k]);
+    Quaternion R{1, 0, 0, 0};
+    for (std::int64_t x0 = L0 - 2; x0 >= 0; --x0) R = quaternion_mul(R, plaq[x0 * L1 + (L1 - 1)]);
+    const Quaternion comm = quaternion_mul(quaternion_mul(A, B), quaternion_mul(quaternion_dag(A), quaternion_dag(B)));
+    const Quaternion defect = quaternion_mul(quaternion_mul(quaternion_mul(R, quaternion_dag(T)), comm),
+                                             quaternion_dag(R));
+    const auto& g = gauge[V - 1];  // the defect's site: its plaquette is conjugated by g(x)
+    const auto expected = quaternion_mul(quaternion_mul(g, defect), quaternion_dag(g));
+    for (int i = 0; i < 4; ++i) CHECK(std::abs(p[V - 1][i] - expected[i]) < 1e-12);
+  }
+}
+
+TEST_CASE("SU(2) exact prior: draws follow the exact finite-volume distribution", "[sun][prior]") {
+  struct Point {
+    std::int64_t L0, L1;
+    double beta;
+  };
+  for (auto pt : {Point{2, 2, 2.0}, Point{3, 3, 4.0}, Point{4, 4, 4.0}, Point{2, 3, 10.0}}) {
+    INFO(pt.L0 << "x" << pt.L1 << " beta " << pt.beta);
+    const std::int64_t V = pt.L0 * pt.L1;
+    SU2PlaquettePrior prior({pt.L0, pt.L1}, pt.beta, SU2PlaquettePrior::Kind::exact);
+    CHECK(prior.log_normalisation() == Approx(sun_free_energy(2, V, pt.beta)).epsilon(1e-14));
+    SplitMix64 rng(77);
+    std::vector<double> links(2 * V * 8);
+    Stat first, middle, defect, loop;
+    for (int i = 0; i < 40000; ++i) {
+      prior.draw(rng, links.data());
+      const auto p = su2_plaquettes(from_storage(links), pt.L0, pt.L1);
+      first.add(p[0][0]), middle.add(p[V / 2][0]), defect.add(p[V - 1][0]);
+      if (pt.L0 == 4 && pt.L1 == 4) {
+        // The 2x2 loop at the origin: the product of its four plaquettes, each transported to (0, 0).
+        const auto u = from_storage(links);
+        auto U = [&](int mu, std::int64_t a, std::int64_t b) { return u[(mu * 4 + a % 4) * 4 + b % 4]; };
+        auto W = quaternion_mul(quaternion_mul(U(0, 0, 0), U(0, 1, 0)),
+                                quaternion_mul(U(1, 2, 0), U(1, 2, 1)));
+        W = quaternion_mul(W, quaternion_mul(quaternion_dag(quaternion_mul(U(0, 0, 2), U(0, 1, 2))),
+                                             quaternion_dag(quaternion_mul(U(1, 0, 0), U(1, 0, 1)))));
+        loop.add(W[0]);
+      }
+    }
+    const double plaq = sun_plaquette(2, V, pt.beta);
+    for (const Stat* s : {&first, &middle, &defect}) CHECK(std::abs(s->mean() - plaq) < 3 * s->error());
+    if (loop.n > 0) CHECK(std::abs(loop.mean() - sun_wilson_loop(2, V, pt.beta, 4)) < 3 * loop.error());
+  }
+}
+
+TEST_CASE("SU(2) plaquette prior: normalised, Kish ESS/N = 4 I_1(beta)^2 / (beta I_1(2 beta))", "[sun][prior]") {
+  const std::int64_t L0 = 8, L1 = 8, V = L0 * L1;
+  const double beta = 2.0;
+  SU2PlaquettePrior prior({L0, L1}, beta, SU2PlaquettePrior::Kind::independent);
+  const double F = sun_free_energy(2, V, beta);
+  SplitMix64 rng(12);
+  std::vector<double> links(2 * V * 8);
+  const int batches = 20, per = 2000;
+  Stat w_mean, ess;
+  for (int b = 0; b < batches; ++b) {
+    double sw = 0, sw2 = 0;
+    for (int i = 0; i < per; ++i) {
+      prior.draw(rng, links.data());
+      const auto p = su2_plaquettes(from_storage(links), L0, L1);
+      double sum = 0;
+      for (const auto& q : p) sum += q[0];
+      const double log_q = beta * (sum - p[V - 1][0]) + prior.log_normalisation();
+      const double w = std::exp(beta * sum - log_q + F);  // w / Z
+      sw += w, sw2 += w * w;
+      w_mean.add(w);
+    }
+    ess.add(sw * sw / (per * sw2));
+  }
+  CHECK(std::abs(w_mean.mean() - 1.0) < 3 * w_mean.error());
+  const double expected =
+      4 * std::pow(std::cyl_bessel_i(1.0, beta), 2) / (beta * std::cyl_bessel_i(1.0, 2 * beta));
+  CHECK(std::abs(ess.mean() - expected) < 3 * ess.error() + 1e-3);
 }
