@@ -5,7 +5,11 @@
 For each command: one uninterrupted reference run; then cycles in fresh directories, each of which starts the
 command, kills it with SIGKILL at a random moment, checks that every file left behind is readable, starts it
 again (the resume), and so on until a run finishes on its own; the final result is then compared with the
-reference (train: the final weights hash; run/sample/hmc: every dataset of the ensemble, bitwise).
+reference, every dataset of the ensemble bitwise except wall-clock times (train: the ensemble that `sample` then
+makes from the checkpoint, so the weights and the training history with its evaluations are compared too;
+run/sample/hmc: their ensemble). The config logs every 5 steps, checkpoints every 3 and evaluates every 20 on
+`--eval-samples` proposals, so kills land inside history intervals and during evaluations, the final one
+included (counted as kills_in_final_eval).
 
   /usr/bin/python3 tests/fault_injection.py --latflow build/bin/latflow --kills 20            # >= 20 per command
   /usr/bin/python3 tests/fault_injection.py --latflow build/bin/latflow --kills 2 --time-limit 45   # ctest
@@ -51,8 +55,9 @@ steps = {steps}
 batch = 64
 lr_schedule = constant
 log_every = 5
-checkpoint_every = 5
-eval_every = 0
+checkpoint_every = 3
+eval_every = 20
+eval_samples = {eval_samples}
 [sample]
 proposals = {proposals}
 block = 250
@@ -86,14 +91,6 @@ def run_to_end(latflow, args, cwd, timeout=600):
     p = start(latflow, args, cwd)
     out, _ = p.communicate(timeout=timeout)
     return p.returncode, out
-
-
-def weights_hash(out):
-    for marker in (", weights ", "reusing it, weights "):
-        at = out.rfind(marker)
-        if at >= 0:
-            return out[at + len(marker):at + len(marker) + 16]
-    return None
 
 
 def read_all(path):
@@ -189,6 +186,7 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--proposals", type=int, default=4000)
     ap.add_argument("--trajectories", type=int, default=400)
+    ap.add_argument("--eval-samples", type=int, default=20000)
     ap.add_argument("--resume-flag", default="--resume", help="extra argument for restarting run/sample/hmc")
     ap.add_argument("--workdir", default="")
     ap.add_argument("--keep", action="store_true")
@@ -198,11 +196,16 @@ def main():
     t_start = time.monotonic()
     work = a.workdir or tempfile.mkdtemp(prefix="latflow_fault_")
     os.makedirs(work, exist_ok=True)
-    config = CONFIG.format(steps=a.steps, proposals=a.proposals, trajectories=a.trajectories)
+    config = CONFIG.format(steps=a.steps, proposals=a.proposals, trajectories=a.trajectories,
+                           eval_samples=a.eval_samples)
     resume = [a.resume_flag] if a.resume_flag else []
 
     def train_result(d, out):
-        return {"weights": weights_hash(out)}
+        # The trained checkpoint's ensemble: weights hash, training history and evaluations, proposals, chain.
+        rc, sout = run_to_end(latflow, ["sample", "fi.ini"], d)
+        if rc != 0:
+            return {"sample failed": sout[-300:]}
+        return read_all(os.path.join(d, "out.h5"))
 
     def ensemble_result(d, out):
         return read_all(os.path.join(d, "out.h5"))
@@ -224,13 +227,13 @@ def main():
         if rc != 0:
             sys.exit(f"could not train the checkpoint for sample: {out}")
 
-    def fresh_dir(name):
+    def fresh_dir(name, with_checkpoint):
         d = os.path.join(work, name)
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
         with open(os.path.join(d, "fi.ini"), "w") as f:
             f.write(config)
-        if os.path.isdir(trained):
+        if with_checkpoint:
             for n in os.listdir(trained):
                 if ".ckpt" in n:
                     shutil.copy2(os.path.join(trained, n), d)
@@ -239,10 +242,10 @@ def main():
     summary, ok = {}, True
     for cname in a.commands.split(","):
         cmd = commands[cname]
-        s = dict(kills=0, kills_with_checkpoint=0, kills_with_partial=0, kills_with_output=0, cycles=0, unreadable=0,
-                 mismatches=0, partials_left=0, unreadable_files=[], diffs=[])
+        s = dict(kills=0, kills_with_checkpoint=0, kills_with_partial=0, kills_with_output=0, kills_in_final_eval=0,
+                 cycles=0, unreadable=0, mismatches=0, partials_left=0, unreadable_files=[], diffs=[])
         summary[cname] = s
-        ref_dir = fresh_dir(f"{cname}_ref")
+        ref_dir = fresh_dir(f"{cname}_ref", cmd.needs_checkpoint)
         t0 = time.monotonic()
         rc, out = run_to_end(latflow, cmd.args, ref_dir)
         t_ref = time.monotonic() - t0
@@ -254,7 +257,7 @@ def main():
         s["reference_seconds"] = round(t_ref, 2)
         while s["kills"] < a.kills and time.monotonic() - t_start < a.time_limit:
             s["cycles"] += 1
-            d = fresh_dir(f"{cname}_cycle")
+            d = fresh_dir(f"{cname}_cycle", cmd.needs_checkpoint)
             kills_here, first, log = 0, True, []
             while True:
                 args = cmd.args + ([] if first else cmd.resume_args)
@@ -272,6 +275,10 @@ def main():
                     s["kills_with_checkpoint"] += any(n.endswith(".ckpt") for n in names)
                     s["kills_with_partial"] += any(n.endswith(".partial") for n in names)
                     s["kills_with_output"] += "out.h5" in names
+                    # Training's last step logged, its final evaluation not: the kill fell in that evaluation.
+                    last = f"step {a.steps:6d}/{a.steps}"
+                    s["kills_in_final_eval"] += (cname in ("train", "run") and last in out
+                                                 and f"eval   step {a.steps}:" not in out)
                     bad, partials = check_files(d, bool(cmd.resume_args))
                     s["unreadable"] += len(bad)
                     s["unreadable_files"] += [f"kill {s['kills']} at {delay:.2f}s: {b}" for b in bad]
@@ -293,9 +300,6 @@ def main():
                     s["mismatches"] += 1
                     s["diffs"].append(f"cycle {s['cycles']}: resume failed (exit {p.returncode}): {out[-300:]}")
                     break
-                if cname == "train" and weights_hash(out) is None:
-                    # killed after the final checkpoint: a rerun reports the reused weights.
-                    rc, out = run_to_end(latflow, cmd.args, d)
                 got = cmd.result(d, out)
                 bad, s_partials = check_files(d, bool(cmd.resume_args))
                 s["unreadable"] += len(bad)
@@ -312,8 +316,8 @@ def main():
     elapsed = time.monotonic() - t_start
     print(json.dumps({"seed": a.seed, "seconds": round(elapsed, 1), "commands": summary}, indent=1))
     for cname, s in summary.items():
-        print(f"{cname}: {s['kills']} kills in {s['cycles']} cycles, {s['unreadable']} unreadable files, "
-              f"{s['mismatches']} mismatches")
+        print(f"{cname}: {s['kills']} kills in {s['cycles']} cycles ({s['kills_in_final_eval']} during the final "
+              f"evaluation), {s['unreadable']} unreadable files, {s['mismatches']} mismatches")
     if not a.keep and not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if ok else 1)

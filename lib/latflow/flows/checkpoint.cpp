@@ -130,6 +130,14 @@ CheckpointMeta load_one(const std::string& path, FlowModel& model, torch::optim:
         throw IoError(path + ": checkpoint has a bad lr_scale");
       meta.lr_scale = v.toDouble();
     }
+    // Checkpoints written before the interval sums were stored resume with an empty interval.
+    if (archive.try_read("interval_sums", v)) {
+      if (!v.isDoubleList() || v.toDoubleVector().size() != 4) throw IoError(path + ": checkpoint has bad interval_sums");
+      meta.interval_sums = v.toDoubleVector();
+      if (!archive.try_read("interval_steps", v) || !v.isInt() || v.toInt() < 0)
+        throw IoError(path + ": checkpoint has interval_sums but no interval_steps");
+      meta.interval_steps = v.toInt();
+    }
     for (const auto& [name, col] : meta.history.columns()) {
       torch::Tensor t;
       if (!archive.try_read(std::string("history_") + name, t, /*is_buffer=*/true) ||
@@ -206,6 +214,8 @@ void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Op
   archive.write("step", c10::IValue(meta.step));
   archive.write("train_seconds", c10::IValue(meta.train_seconds));
   archive.write("lr_scale", c10::IValue(meta.lr_scale));
+  archive.write("interval_sums", c10::IValue(meta.interval_sums));
+  archive.write("interval_steps", c10::IValue(meta.interval_steps));
   auto h = meta.history;
   for (const auto& [name, col] : h.columns())
     archive.write(std::string("history_") + name, torch::tensor(*col, torch::kFloat64), /*is_buffer=*/true);

@@ -7,7 +7,8 @@
 // A reader therefore sees a complete checkpoint under every name at every moment; loading falls back to the
 // newest readable backup, with a one-line warning, when CKPT is unreadable (truncated, corrupt, non-finite).
 // The data of step s is drawn from the stream (seed, "train", s), so model + optimizer + step (+ the lr scale
-// after roll-backs) is the whole state: a resumed run continues exactly.
+// after roll-backs, + the history interval's running sums) is the whole state: a resumed run continues exactly,
+// its training history included.
 #pragma once
 #include <torch/torch.h>
 
@@ -28,6 +29,11 @@ struct CheckpointMeta {
   double train_seconds = 0;
   double lr_scale = 1.0;  // learning-rate factor after NaN roll-backs (halved by each)
   TrainHistory history;
+  // Running sums of the current history interval (loss, Kish ESS/N, acceptance estimate, var log w) and the
+  // number of steps in them: a resume inside an interval continues them exactly, so the history does not depend
+  // on where a run was interrupted.
+  std::vector<double> interval_sums = std::vector<double>(4, 0.0);
+  std::int64_t interval_steps = 0;
 };
 
 // CKPT.k for k >= 1, CKPT itself for k = 0.

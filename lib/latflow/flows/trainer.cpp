@@ -260,12 +260,21 @@ TrainSummary train_job(const Config& cfg) {
     meta.train_seconds = stored.train_seconds;
     meta.history = stored.history;
     meta.lr_scale = stored.lr_scale;
-    if (meta.step >= tp.steps) {
+    meta.interval_sums = stored.interval_sums;
+    meta.interval_steps = stored.interval_steps;
+    // Training is complete only with its final evaluation recorded (a kill during that evaluation leaves a
+    // checkpoint of the last step without it): otherwise fall through, and the evaluation below is made.
+    const bool final_eval_missing = tp.eval_every > 0 && (meta.history.eval_step.empty() ||
+                                                          meta.history.eval_step.back() != meta.step);
+    if (meta.step < tp.steps) {
+      log::info("training: resuming " + ckpt + " at step " + std::to_string(meta.step));
+    } else if (final_eval_missing) {
+      log::info("training: checkpoint " + ckpt + " is trained but lacks its final evaluation; evaluating");
+    } else {
       log::info("training: checkpoint " + ckpt + " is trained (" + std::to_string(meta.step) + " steps, " +
                 log::format_seconds(meta.train_seconds) + "); reusing it, weights " + model->weights_hash());
       return {meta.step, meta.train_seconds, true, model->weights_hash(), meta.history};
     }
-    log::info("training: resuming " + ckpt + " at step " + std::to_string(meta.step));
   } else if (!tp.init_from.empty()) {
     const auto source = load_weights_from(tp.init_from, model, meta.model_identity);
     // The source's training is part of what this model cost.
@@ -334,9 +343,12 @@ TrainSummary train_job(const Config& cfg) {
   std::int64_t bad_in_a_row = 0;
   int rollbacks_in_a_row = 0;  // without a good step in between
   constexpr int kMaxRollbacks = 3;
-  // Interval accumulators for the history.
-  double acc_loss = 0, acc_ess = 0, acc_acc = 0, acc_var = 0;
-  int acc_n = 0;
+  // Interval accumulators for the history, kept in the checkpoint's metadata.
+  double& acc_loss = meta.interval_sums[0];
+  double& acc_ess = meta.interval_sums[1];
+  double& acc_acc = meta.interval_sums[2];
+  double& acc_var = meta.interval_sums[3];
+  std::int64_t& acc_n = meta.interval_steps;
 
   bool saved_now = false;  // the state is in the checkpoint already (no second save of the same step)
   auto checkpoint = [&](std::int64_t step) {
@@ -448,10 +460,11 @@ TrainSummary train_job(const Config& cfg) {
       good_state = serialize_state(model, opt);
       auto& h = meta.history;
       h.step.push_back(step + 1);
-      h.loss.push_back(acc_loss / acc_n);
-      h.ess.push_back(acc_ess / acc_n);
-      h.acceptance.push_back(acc_acc / acc_n);
-      h.var_logw.push_back(acc_var / acc_n);
+      const double n = static_cast<double>(acc_n);
+      h.loss.push_back(acc_loss / n);
+      h.ess.push_back(acc_ess / n);
+      h.acceptance.push_back(acc_acc / n);
+      h.var_logw.push_back(acc_var / n);
       h.lr.push_back(lr);
       h.wall_seconds.push_back(base_seconds + elapsed());
       acc_loss = acc_ess = acc_acc = acc_var = 0;
@@ -466,7 +479,9 @@ TrainSummary train_job(const Config& cfg) {
       progress.update(step + 1, elapsed(), st.str(), log_now);
     }
     if (tp.eval_every > 0 && (step + 1) % tp.eval_every == 0) evaluate(step + 1);
-    if ((step + 1) % tp.checkpoint_every == 0) checkpoint(step + 1);
+    // The last step's checkpoint waits for the final evaluation below (a checkpoint of the last step means
+    // that training and its evaluation are complete).
+    if ((step + 1) % tp.checkpoint_every == 0 && step + 1 < tp.steps) checkpoint(step + 1);
   }
   progress.finish();
   // The history's evaluations that came with the checkpoint are on every rank, this session's only on the root;
