@@ -7,7 +7,7 @@ command, kills it with SIGKILL at a random moment, checks that every file left b
 again (the resume), and so on until a run finishes on its own; the final result is then compared with the
 reference, every dataset of the ensemble bitwise except wall-clock times (train: the ensemble that `sample` then
 makes from the checkpoint, so the weights and the training history with its evaluations are compared too;
-run/sample/hmc: their ensemble). The config logs every 5 steps, checkpoints every 3 and evaluates every 20 on
+run/sample/hmc: their ensemble). The config logs every 5 steps, checkpoints every 3 and evaluates every 25 (and after the last step, 60) on
 `--eval-samples` proposals, so kills land inside history intervals and during evaluations, the final one
 included (counted as kills_in_final_eval).
 
@@ -56,7 +56,7 @@ batch = 64
 lr_schedule = constant
 log_every = 5
 checkpoint_every = 3
-eval_every = 20
+eval_every = 25
 eval_samples = {eval_samples}
 [sample]
 proposals = {proposals}
