@@ -85,7 +85,7 @@ const std::vector<Key>& keys() {
       LATFLOW_KEY("flow.dtype", flow.dtype, v, "float32 | float64 nets (log-weights always float64)"),
       LATFLOW_KEY("flow.prior", flow.prior, v,
                   "phi4: normal | fourier (a learned translation-invariant Gaussian covariance first); "
-                  "u1: haar | plaquette | exact (gauge-fixed plaquette priors); sun: haar (N = 2: also plaquette | exact)"),
+                  "u1: haar | plaquette | exact (gauge-fixed plaquette priors); sun: haar | plaquette | exact (N = 2, 3)"),
       LATFLOW_KEY("train.steps", train.steps, parse_number<I>("train.steps", v), "optimizer steps"),
       LATFLOW_KEY("train.batch", train.batch, parse_number<I>("train.batch", v), "samples per step"),
       LATFLOW_KEY("train.lr", train.lr, parse_number<double>("train.lr", v), "Adam learning rate"),

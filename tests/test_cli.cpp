@@ -1012,7 +1012,7 @@ TEST_CASE("SU(2) exact plaquette prior through the binary: every proposal accept
     CHECK(row->ref_kind == "exact");
     CHECK(std::abs(row->value - row->ref) < 3 * row->error);
   }
-  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --sun.n 3", 2, "flow.prior = exact");
+  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --sun.n 4", 2, "flow.prior = exact");
 }
 
 TEST_CASE("config reference values are shown only for the config's own physics", "[cli]") {

@@ -1,19 +1,20 @@
 // SPDX-License-Identifier: MIT
-// The U(1) and SU(2) plaquette priors (theories/u1_prior.hpp, su2_prior.hpp), torch-free. U(1): the von Mises
+// The U(1) and SU(N) plaquette priors (theories/u1_prior.hpp, sun_prior.hpp), torch-free. U(1): the von Mises
 // sampler's moments; the gauge-fixing
 // map reproduces the plaquettes and is a unimodular integer map (unit Jacobian, so the density formula holds); the
 // exact prior's draws against the exact finite-volume results (every plaquette alike, <Q^2>, a 2x2 loop); the
 // independent prior's normalisation (free energy from its importance weights) and its Kish ESS/N against
-// I_0(beta)^2 / I_0(2 beta). SU(2): the one-plaquette sampler's <tr U / 2> = I_2 / I_1; the tree walk reproduces the
-// plaquettes and closes the defect with the holonomies' commutator; the exact prior's draws against the character
-// expansion (every plaquette alike, a 2x2 loop); the independent prior's normalisation and Kish ESS/N =
-// 4 I_1(beta)^2 / (beta I_1(2 beta)). Statistical checks: fixed seeds, within 3 standard deviations.
+// I_0(beta)^2 / I_0(2 beta). SU(2) and SU(3): the one-plaquette sampler's <Re tr U / N> = c_f / c_0 and its Haar
+// limit; the tree walk reproduces the plaquettes and closes the defect with the holonomies' commutator; the
+// characters from Jacobi-Trudi against the Weyl formula; the exact prior's draws against the character expansion
+// (every plaquette alike, a 2x2 loop); the independent prior's normalisation and Kish ESS/N = c_0(beta)^2 /
+// c_0(2 beta). Statistical checks: fixed seeds, within 3 standard deviations.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <vector>
 
 #include "latflow/core/error.hpp"
-#include "latflow/theories/su2_prior.hpp"
+#include "latflow/theories/sun_prior.hpp"
 #include "latflow/theories/sun_exact.hpp"
 #include "latflow/theories/u1_exact.hpp"
 #include "latflow/theories/u1_prior.hpp"
@@ -224,139 +225,224 @@ TEST_CASE("plaquette priors refuse what they cannot do", "[u1][prior]") {
 
 namespace {
 
-// Plaquettes [L0, L1] of SU(2) links [2, L0, L1] as quaternions.
-std::vector<Quaternion> su2_plaquettes(const std::vector<Quaternion>& u, std::int64_t L0, std::int64_t L1) {
+using cplx = std::complex<double>;
+
+std::vector<int> partition(int n, int l1, int l2 = 0) {
+  return n == 2 ? std::vector<int>{l1, 0} : std::vector<int>{l1, l2, 0};
+}
+
+// Plaquettes [L0, L1] of SU(N) links [2, L0, L1].
+std::vector<SmallMatrix> sun_plaquettes(int n, const std::vector<SmallMatrix>& u, std::int64_t L0, std::int64_t L1) {
   auto U = [&](int mu, std::int64_t a, std::int64_t b) { return u[(mu * L0 + (a % L0)) * L1 + (b % L1)]; };
-  std::vector<Quaternion> p(L0 * L1);
+  std::vector<SmallMatrix> p(L0 * L1);
   for (std::int64_t a = 0; a < L0; ++a)
     for (std::int64_t b = 0; b < L1; ++b)
-      p[a * L1 + b] = quaternion_mul(quaternion_mul(U(0, a, b), U(1, a + 1, b)),
-                                     quaternion_mul(quaternion_dag(U(0, a, b + 1)), quaternion_dag(U(1, a, b))));
+      p[a * L1 + b] = small_mul(n, small_mul(n, U(0, a, b), U(1, a + 1, b)),
+                                small_mul(n, small_dag(n, U(0, a, b + 1)), small_dag(n, U(1, a, b))));
   return p;
 }
 
-// Links [2, L0, L1, 2, 2, 2] (complex entries) back to quaternions: a0 = Re U00, a3 = Im U00, a2 = Re U01,
-// a1 = Im U01; also checks that the matrix has the SU(2) form.
-std::vector<Quaternion> from_storage(const std::vector<double>& s) {
-  std::vector<Quaternion> u(s.size() / 8);
+// Links [2, L0, L1, N, N, 2] back to matrices; checks unitarity and det = 1 on the way.
+std::vector<SmallMatrix> from_storage(int n, const std::vector<double>& s) {
+  std::vector<SmallMatrix> u(s.size() / (2 * n * n));
   for (std::size_t i = 0; i < u.size(); ++i) {
-    const double* e = &s[8 * i];
-    u[i] = {e[0], e[3], e[2], e[1]};
-    REQUIRE(std::abs(e[4] + e[2]) < 1e-15);
-    REQUIRE(std::abs(e[5] - e[3]) < 1e-15);
-    REQUIRE(std::abs(e[6] - e[0]) < 1e-15);
-    REQUIRE(std::abs(e[7] + e[1]) < 1e-15);
+    for (int e = 0; e < n * n; ++e) u[i][e] = cplx(s[(i * n * n + e) * 2], s[(i * n * n + e) * 2 + 1]);
+    const auto one = small_mul(n, u[i], small_dag(n, u[i]));
+    for (int e = 0; e < n * n; ++e) REQUIRE(std::abs(one[e] - (e % (n + 1) == 0 ? 1.0 : 0.0)) < 1e-12);
   }
   return u;
 }
 
+double re_tr(int n, const SmallMatrix& a) { return small_trace(n, a).real() / n; }
+
+// The character of the representation (l1, l2) from Weyl's formula det[z_j^(lambda_i + N - i)] / det[z_j^(N - i)]
+// on the eigenvalues of a diagonal matrix diag(z).
+cplx weyl_character(int n, const std::vector<cplx>& z, int l1, int l2) {
+  auto det = [n](const std::vector<std::vector<cplx>>& m) {
+    if (n == 2) return m[0][0] * m[1][1] - m[0][1] * m[1][0];
+    return m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+           m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+  };
+  const std::vector<int> lam = partition(n, l1, l2);
+  std::vector<std::vector<cplx>> num(n, std::vector<cplx>(n)), den(n, std::vector<cplx>(n));
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) {
+      num[i][j] = std::pow(z[j], lam[i] + n - 1 - i);
+      den[i][j] = std::pow(z[j], n - 1 - i);
+    }
+  return det(num) / det(den);
+}
+
 }  // namespace
 
-TEST_CASE("SU(2) one-plaquette draws: unit quaternions with <tr U / 2> = I_2(beta) / I_1(beta)", "[sun][prior]") {
-  for (double beta : {0.0, 0.5, 3.0, 20.0}) {
-    INFO("beta = " << beta);
-    SplitMix64 rng(41 + static_cast<std::uint64_t>(beta));
-    Stat a0, a1;
-    for (int i = 0; i < 100000; ++i) {
-      const auto q = boltzmann_su2(beta, rng);
-      REQUIRE(std::abs(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3] - 1) < 1e-12);
-      a0.add(q[0]), a1.add(q[1]);
+TEST_CASE("SU(N) one-plaquette draws: special unitary, <Re tr U / N> = c_f / c_0", "[sun][prior]") {
+  for (int n : {2, 3})
+    for (double beta : {0.0, 0.5, 4.0, 12.0}) {
+      INFO("N = " << n << ", beta = " << beta);
+      SplitMix64 rng(41 + static_cast<std::uint64_t>(beta) + 100 * n);
+      Stat tr, im;
+      std::vector<double> store(2 * n * n);
+      for (int i = 0; i < 50000; ++i) {
+        const auto u = boltzmann_sun(n, beta, rng);
+        if (i % 1000 == 0) {
+          for (int e = 0; e < n * n; ++e) store[2 * e] = u[e].real(), store[2 * e + 1] = u[e].imag();
+          from_storage(n, store);
+        }
+        tr.add(re_tr(n, u)), im.add(small_trace(n, u).imag());
+      }
+      const double c0 = sun_character_coefficient_times_dim(n, partition(n, 0), beta);
+      const double expected = sun_character_coefficient_times_dim(n, partition(n, 1), beta) / n / c0;
+      CHECK(std::abs(tr.mean() - expected) < 3 * tr.error());
+      CHECK(std::abs(im.mean()) < 3 * im.error());
+      if (n == 2 && beta > 0)  // the closed form for SU(2): I_2 / I_1
+        CHECK(expected == Approx(std::cyl_bessel_i(2.0, beta) / std::cyl_bessel_i(1.0, beta)).epsilon(1e-10));
     }
-    const double expected = beta == 0 ? 0.0 : std::cyl_bessel_i(2.0, beta) / std::cyl_bessel_i(1.0, beta);
-    CHECK(std::abs(a0.mean() - expected) < 3 * a0.error());
-    CHECK(std::abs(a1.mean()) < 3 * a1.error());
+}
+
+TEST_CASE("SU(N) tree walk: plaquettes reproduced, the defect closed by the holonomies' commutator", "[sun][prior]") {
+  for (int n : {2, 3})
+    for (auto [L0, L1] : std::vector<std::pair<std::int64_t, std::int64_t>>{{1, 3}, {2, 2}, {3, 2}, {4, 4}, {3, 5}}) {
+      INFO("N = " << n << ", " << L0 << "x" << L1);
+      const std::int64_t V = L0 * L1;
+      SUNPlaquettePrior prior(n, {L0, L1}, 1.0, SUNPlaquettePrior::Kind::independent);
+      SplitMix64 rng(8);
+      std::vector<SmallMatrix> plaq(V), gauge(V);
+      for (auto& p : plaq) p = haar_sun(n, rng);
+      for (auto& g : gauge) g = haar_sun(n, rng);
+      const auto A = haar_sun(n, rng), B = haar_sun(n, rng);
+      const auto u = prior.build_links(plaq, A, B, gauge);
+      const auto p = sun_plaquettes(n, u, L0, L1);
+      // Each plaquette is conjugated by g(x) at its corner.
+      auto conj_by = [&](std::int64_t k, const SmallMatrix& m) {
+        return small_mul(n, small_mul(n, gauge[k], m), small_dag(n, gauge[k]));
+      };
+      auto close = [&](const SmallMatrix& a, const SmallMatrix& b) {
+        double d = 0;
+        for (int e = 0; e < n * n; ++e) d = std::max(d, std::abs(a[e] - b[e]));
+        return d < 1e-12;
+      };
+      for (std::int64_t k = 0; k + 1 < V; ++k) CHECK(close(p[k], conj_by(k, plaq[k])));
+      SmallMatrix T = small_identity(n), R = small_identity(n);
+      for (auto k : prior.order()) T = small_mul(n, T, plaq[k]);
+      for (std::int64_t x0 = L0 - 2; x0 >= 0; --x0) R = small_mul(n, R, plaq[x0 * L1 + (L1 - 1)]);
+      const auto comm = small_mul(n, small_mul(n, A, B), small_mul(n, small_dag(n, A), small_dag(n, B)));
+      const auto defect = small_mul(n, small_mul(n, small_mul(n, R, small_dag(n, T)), comm), small_dag(n, R));
+      CHECK(close(p[V - 1], conj_by(V - 1, defect)));
+    }
+}
+
+TEST_CASE("SU(N) characters by Jacobi-Trudi equal Weyl's formula; G_m(X) <= G_m(1) = 1", "[sun][prior]") {
+  // accept_ratio(m, X) = sum_r (c_r/c_0)^m chi_r(X^+) / d_r / sum_r (c_r/c_0)^m: compare with the same sum built
+  // from Weyl characters on diagonal matrices.
+  for (int n : {2, 3}) {
+    INFO("N = " << n);
+    const double beta = 3.0;
+    SUNPlaquettePrior prior(n, {3, 3}, beta, SUNPlaquettePrior::Kind::exact);
+    const double c0 = sun_character_coefficient_times_dim(n, partition(n, 0), beta);
+    SplitMix64 rng(4);
+    for (int trial = 0; trial < 5; ++trial) {
+      std::vector<cplx> z(n);
+      std::vector<double> a(n);
+      double sum = 0;
+      for (int i = 0; i + 1 < n; ++i) sum += a[i] = 2 * M_PI * rng.uniform() - M_PI;
+      a[n - 1] = -sum;
+      SmallMatrix X{};
+      for (int i = 0; i < n; ++i) X[i * n + i] = z[i] = std::polar(1.0, a[i]);
+      std::vector<cplx> zbar(n);
+      for (int i = 0; i < n; ++i) zbar[i] = std::conj(z[i]);
+      for (std::int64_t m : {1, 2, 5}) {
+        cplx g = 0;
+        double norm = 0;
+        for (int l1 = 0; l1 <= 40; ++l1)
+          for (int l2 = 0; l2 <= (n == 3 ? l1 : 0); ++l2) {
+            const double d = sun_dimension(n, partition(n, l1, l2));
+            const double r = std::pow(sun_character_coefficient_times_dim(n, partition(n, l1, l2), beta) / d / c0,
+                                      static_cast<double>(m));
+            g += r * weyl_character(n, zbar, l1, l2) / d;
+            norm += r;
+          }
+        CAPTURE(m, trial);
+        const double got = prior.accept_ratio(m, X);
+        CHECK(got == Approx(g.real() / norm).margin(1e-12));
+        CHECK(got <= 1.0 + 1e-12);
+      }
+    }
+    CHECK(prior.accept_ratio(1, small_identity(n)) == Approx(1.0).epsilon(1e-14));
   }
 }
 
-TEST_CASE("SU(2) tree walk: plaquettes reproduced, the defect closed by the holonomies' commutator", "[sun][prior]") {
-  for (auto [L0, L1] : std::vector<std::pair<std::int64_t, std::int64_t>>{{1, 3}, {2, 2}, {3, 2}, {4, 4}, {3, 5}}) {
-    INFO(L0 << "x" << L1);
-    const std::int64_t V = L0 * L1;
-    SU2PlaquettePrior prior({L0, L1}, 1.0, SU2PlaquettePrior::Kind::independent);
-    SplitMix64 rng(8);
-    std::vector<Quaternion> plaq(V), gauge(V);
-    for (auto& p : plaq) p = haar_su2(rng);
-    for (auto& g : gauge) g = haar_su2(rng);
-    const auto A = haar_su2(rng), B = haar_su2(rng);
-    const auto u = prior.build_links(plaq, A, B, gauge);
-    const auto p = su2_plaquettes(u, L0, L1);
-    // Gauge transformations conjugate the plaquettes: compare the gauge-invariant tr / 2 and, at x = 0 where
-    // g(0) conjugates, the whole matrix after undoing it.
-    for (std::int64_t k = 0; k + 1 < V; ++k) CHECK(std::abs(p[k][0] - plaq[k][0]) < 1e-12);
-    // The ordered product of all V plaquettes (the defect in its place, gauge undone at the base point) is the
-    // commutator of the holonomies: T P_defect' = [A, B] with P_defect' conjugated back to the base point.
-    Quaternion T{1, 0, 0, 0};
-    for (auto k : prior.order()) T = quaternion_mul(T, plaq[k]);
-    Quaternion R{1, 0, 0, 0};
-    for (std::int64_t x0 = L0 - 2; x0 >= 0; --x0) R = quaternion_mul(R, plaq[x0 * L1 + (L1 - 1)]);
-    const Quaternion comm = quaternion_mul(quaternion_mul(A, B), quaternion_mul(quaternion_dag(A), quaternion_dag(B)));
-    const Quaternion defect = quaternion_mul(quaternion_mul(quaternion_mul(R, quaternion_dag(T)), comm),
-                                             quaternion_dag(R));
-    const auto& g = gauge[V - 1];  // the defect's site: its plaquette is conjugated by g(x)
-    const auto expected = quaternion_mul(quaternion_mul(g, defect), quaternion_dag(g));
-    for (int i = 0; i < 4; ++i) CHECK(std::abs(p[V - 1][i] - expected[i]) < 1e-12);
-  }
-}
-
-TEST_CASE("SU(2) exact prior: draws follow the exact finite-volume distribution", "[sun][prior]") {
+TEST_CASE("SU(N) exact prior: draws follow the exact finite-volume distribution", "[sun][prior]") {
   struct Point {
+    int n;
     std::int64_t L0, L1;
     double beta;
   };
-  for (auto pt : {Point{2, 2, 2.0}, Point{3, 3, 4.0}, Point{4, 4, 4.0}, Point{2, 3, 10.0}}) {
-    INFO(pt.L0 << "x" << pt.L1 << " beta " << pt.beta);
+  for (auto pt : {Point{2, 2, 2, 2.0}, Point{2, 3, 3, 4.0}, Point{2, 4, 4, 4.0}, Point{2, 2, 3, 10.0},
+                  Point{3, 2, 2, 3.0}, Point{3, 4, 4, 8.0}, Point{3, 3, 2, 6.0}}) {
+    INFO("N = " << pt.n << ", " << pt.L0 << "x" << pt.L1 << " beta " << pt.beta);
+    const int n = pt.n;
     const std::int64_t V = pt.L0 * pt.L1;
-    SU2PlaquettePrior prior({pt.L0, pt.L1}, pt.beta, SU2PlaquettePrior::Kind::exact);
-    CHECK(prior.log_normalisation() == Approx(sun_free_energy(2, V, pt.beta)).epsilon(1e-14));
+    SUNPlaquettePrior prior(n, {pt.L0, pt.L1}, pt.beta, SUNPlaquettePrior::Kind::exact);
+    CHECK(prior.log_normalisation() == Approx(sun_free_energy(n, V, pt.beta)).epsilon(1e-14));
     SplitMix64 rng(77);
-    std::vector<double> links(2 * V * 8);
+    std::vector<double> links(2 * V * n * n * 2);
     Stat first, middle, defect, loop;
-    for (int i = 0; i < 40000; ++i) {
+    const int draws = n == 2 ? 40000 : 5000;
+    for (int i = 0; i < draws; ++i) {
       prior.draw(rng, links.data());
-      const auto p = su2_plaquettes(from_storage(links), pt.L0, pt.L1);
-      first.add(p[0][0]), middle.add(p[V / 2][0]), defect.add(p[V - 1][0]);
+      const auto u = from_storage(n, links);
+      const auto p = sun_plaquettes(n, u, pt.L0, pt.L1);
+      first.add(re_tr(n, p[0])), middle.add(re_tr(n, p[V / 2])), defect.add(re_tr(n, p[V - 1]));
       if (pt.L0 == 4 && pt.L1 == 4) {
-        // The 2x2 loop at the origin: the product of its four plaquettes, each transported to (0, 0).
-        const auto u = from_storage(links);
         auto U = [&](int mu, std::int64_t a, std::int64_t b) { return u[(mu * 4 + a % 4) * 4 + b % 4]; };
-        auto W = quaternion_mul(quaternion_mul(U(0, 0, 0), U(0, 1, 0)),
-                                quaternion_mul(U(1, 2, 0), U(1, 2, 1)));
-        W = quaternion_mul(W, quaternion_mul(quaternion_dag(quaternion_mul(U(0, 0, 2), U(0, 1, 2))),
-                                             quaternion_dag(quaternion_mul(U(1, 0, 0), U(1, 0, 1)))));
-        loop.add(W[0]);
+        auto W = small_mul(n, small_mul(n, U(0, 0, 0), U(0, 1, 0)), small_mul(n, U(1, 2, 0), U(1, 2, 1)));
+        W = small_mul(n, W, small_mul(n, small_dag(n, small_mul(n, U(0, 0, 2), U(0, 1, 2))),
+                                      small_dag(n, small_mul(n, U(1, 0, 0), U(1, 0, 1)))));
+        loop.add(re_tr(n, W));
       }
     }
-    const double plaq = sun_plaquette(2, V, pt.beta);
+    const double plaq = sun_plaquette(n, V, pt.beta);
     for (const Stat* s : {&first, &middle, &defect}) CHECK(std::abs(s->mean() - plaq) < 3 * s->error());
-    if (loop.n > 0) CHECK(std::abs(loop.mean() - sun_wilson_loop(2, V, pt.beta, 4)) < 3 * loop.error());
+    if (loop.n > 0) CHECK(std::abs(loop.mean() - sun_wilson_loop(n, V, pt.beta, 4)) < 3 * loop.error());
   }
 }
 
-TEST_CASE("SU(2) plaquette prior: normalised, Kish ESS/N = 4 I_1(beta)^2 / (beta I_1(2 beta))", "[sun][prior]") {
-  const std::int64_t L0 = 8, L1 = 8, V = L0 * L1;
-  const double beta = 2.0;
-  SU2PlaquettePrior prior({L0, L1}, beta, SU2PlaquettePrior::Kind::independent);
-  const double F = sun_free_energy(2, V, beta);
-  SplitMix64 rng(12);
-  std::vector<double> links(2 * V * 8);
-  const int batches = 20, per = 2000;
-  Stat w_mean, ess;
-  for (int b = 0; b < batches; ++b) {
-    double sw = 0, sw2 = 0;
-    for (int i = 0; i < per; ++i) {
-      prior.draw(rng, links.data());
-      const auto p = su2_plaquettes(from_storage(links), L0, L1);
-      double sum = 0;
-      for (const auto& q : p) sum += q[0];
-      const double log_q = beta * (sum - p[V - 1][0]) + prior.log_normalisation();
-      const double w = std::exp(beta * sum - log_q + F);  // w / Z
-      sw += w, sw2 += w * w;
-      w_mean.add(w);
+TEST_CASE("SU(N) plaquette prior: normalised, Kish ESS/N = c_0(beta)^2 / c_0(2 beta)", "[sun][prior]") {
+  struct Point {
+    int n;
+    double beta;
+  };
+  for (auto pt : {Point{2, 2.0}, Point{3, 4.0}}) {
+    INFO("N = " << pt.n << ", beta = " << pt.beta);
+    const int n = pt.n;
+    const std::int64_t L0 = 8, L1 = 8, V = L0 * L1;
+    SUNPlaquettePrior prior(n, {L0, L1}, pt.beta, SUNPlaquettePrior::Kind::independent);
+    const double F = sun_free_energy(n, V, pt.beta);
+    SplitMix64 rng(12);
+    std::vector<double> links(2 * V * n * n * 2);
+    const int batches = 20, per = n == 2 ? 2000 : 250;
+    Stat w_mean, ess;
+    for (int b = 0; b < batches; ++b) {
+      double sw = 0, sw2 = 0;
+      for (int i = 0; i < per; ++i) {
+        prior.draw(rng, links.data());
+        const auto p = sun_plaquettes(n, from_storage(n, links), L0, L1);
+        double sum = 0;
+        for (const auto& q : p) sum += small_trace(n, q).real();
+        const double log_q = pt.beta / n * (sum - small_trace(n, p[V - 1]).real()) + prior.log_normalisation();
+        const double w = std::exp(pt.beta / n * sum - log_q + F);  // w / Z
+        sw += w, sw2 += w * w;
+        w_mean.add(w);
+      }
+      ess.add(sw * sw / (per * sw2));
     }
-    ess.add(sw * sw / (per * sw2));
+    CHECK(std::abs(w_mean.mean() - 1.0) < 3 * w_mean.error());
+    const double c1 = sun_character_coefficient_times_dim(n, partition(n, 0), pt.beta);
+    const double c2 = sun_character_coefficient_times_dim(n, partition(n, 0), 2 * pt.beta);
+    const double expected = c1 * c1 / c2;
+    CHECK(std::abs(ess.mean() - expected) < 3 * ess.error() + 2e-3);
+    if (n == 2)
+      CHECK(expected == Approx(4 * std::pow(std::cyl_bessel_i(1.0, pt.beta), 2) /
+                               (pt.beta * std::cyl_bessel_i(1.0, 2 * pt.beta))).epsilon(1e-10));
   }
-  CHECK(std::abs(w_mean.mean() - 1.0) < 3 * w_mean.error());
-  const double expected =
-      4 * std::pow(std::cyl_bessel_i(1.0, beta), 2) / (beta * std::cyl_bessel_i(1.0, 2 * beta));
-  CHECK(std::abs(ess.mean() - expected) < 3 * ess.error() + 1e-3);
 }

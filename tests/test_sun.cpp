@@ -354,18 +354,19 @@ TEST_CASE("SU(2) and SU(3) flows: log q matches a numerical Jacobian of the whol
   }
 }
 
-TEST_CASE("SU(2) flows on the plaquette priors: log q = -S + F (exact), gauge invariant, consistent with layers "
+TEST_CASE("SU(2) and SU(3) flows on the plaquette priors: log q = -S + F (exact), gauge invariant, consistent with layers "
           "on top; path gradient 0 at q = p",
           "[sun][flow][prior]") {
   const double beta = 3.0;
-  const auto th = make_sun(2, beta);
-  const double F = sun_free_energy(2, 16, beta);
+  for (int n : {2, 3})
   for (std::string prior : {"plaquette", "exact"}) {
-    CAPTURE(prior);
+    CAPTURE(n, prior);
+    const auto th = make_sun(n, beta);
+    const double F = sun_free_energy(n, 16, beta);
     Config cfg;
     cfg.theory = "sun";
     cfg.lattice.extents = {4, 4};
-    cfg.sun.n = 2;
+    cfg.sun.n = n;
     cfg.sun.beta = beta;
     cfg.flow.layers = 0;
     cfg.flow.dtype = "float64";
@@ -375,7 +376,7 @@ TEST_CASE("SU(2) flows on the plaquette priors: log q = -S + F (exact), gauge in
     auto z = fresh->draw_prior(4, 31);
     CHECK(torch::equal(z, fresh->draw_prior(4, 31)));
     auto u = SUN::matrices(z);
-    auto eye = torch::eye(2, torch::TensorOptions().dtype(torch::kComplexDouble));
+    auto eye = torch::eye(n, torch::TensorOptions().dtype(torch::kComplexDouble));
     CHECK((torch::matmul(u, SUN::dagger(u)) - eye).abs().max().item<double>() < 1e-12);
     CHECK((torch::linalg_det(u) - 1).abs().max().item<double>() < 1e-12);
     auto lq = fresh->prior_log_prob(z);
@@ -384,12 +385,12 @@ TEST_CASE("SU(2) flows on the plaquette priors: log q = -S + F (exact), gauge in
       CHECK((lq + S - F).abs().max().item<double>() < 1e-9);
     } else {
       auto plaq = SUN::plaquettes(u);
-      auto defect = torch::real(plaq.diagonal(0, -2, -1).sum(-1)).select(1, 3).select(1, 3) * (beta / 2);
+      auto defect = torch::real(plaq.diagonal(0, -2, -1).sum(-1)).select(1, 3).select(1, 3) * (beta / n);
       auto log_w = -S - lq - defect;
       CHECK((log_w - log_w[0]).abs().max().item<double>() < 1e-9);
     }
     auto gen = at::make_generator<at::CPUGeneratorImpl>(32);
-    auto g = SUN::haar(2, {4, 4, 4}, gen);
+    auto g = SUN::haar(n, {4, 4, 4}, gen);
     auto zg = SUN::storage(SUN::gauge_transform(u, g));
     CHECK((fresh->prior_log_prob(zg) - lq).abs().max().item<double>() < 1e-9);
 

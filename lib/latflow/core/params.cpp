@@ -109,8 +109,8 @@ void Config::validate() {
     require(f.prior == "haar" || f.prior == "plaquette" || f.prior == "exact", "flow.prior", f.prior,
             "U(1) flows take haar, plaquette or exact");
   else if (f.prior != "haar")
-    require((f.prior == "plaquette" || f.prior == "exact") && sun.n == 2, "flow.prior", f.prior,
-            "SU(N) flows take haar, or plaquette or exact for N = 2");
+    require((f.prior == "plaquette" || f.prior == "exact") && sun.n <= 3, "flow.prior", f.prior,
+            "SU(N) flows take haar, or plaquette or exact for N = 2, 3");
   if (theory == "u1" && f.prior != "haar")
     require(u1.beta <= 500, "u1.beta", str(u1.beta), "the plaquette and exact priors need beta <= 500");
   require(f.layers >= 0 && f.layers <= 1000, "flow.layers", str(f.layers), "must be in 0..1000");

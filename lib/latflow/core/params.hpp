@@ -55,7 +55,7 @@ struct FlowParams {
   // map, a covariance diagonal in momentum space; FourierScale in flow.hpp).
   // u1: haar (uniform links; the default) | plaquette (independent one-plaquette Boltzmann factors in a maximal-tree
   // gauge, one defect plaquette) | exact (the plaquettes from their exact conditionals: an exact sampler);
-  // theories/u1_prior.hpp. sun: haar; N = 2 also plaquette | exact (theories/su2_prior.hpp). Empty = the theory's
+  // theories/u1_prior.hpp. sun: haar | plaquette | exact (N = 2, 3; theories/sun_prior.hpp). Empty = the theory's
   // default (set by validate()).
   std::string prior;
 };

@@ -313,10 +313,9 @@ SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& 
     throw ConfigError("sun.n = " + std::to_string(n) +
                       ": SU(N) flows are implemented for N = 2 and 3 only (latflow hmc works for any N)");
   if (params.prior == "plaquette" || params.prior == "exact") {
-    if (n != 2)
-      throw ConfigError("flow.prior = " + params.prior + ": the SU(N) plaquette priors are implemented for N = 2 only");
-    plaquette_prior_ = std::make_shared<const SU2PlaquettePrior>(
-        extents_, beta, params.prior == "exact" ? SU2PlaquettePrior::Kind::exact : SU2PlaquettePrior::Kind::independent);
+    plaquette_prior_ = std::make_shared<const SUNPlaquettePrior>(
+        n, extents_, beta,
+        params.prior == "exact" ? SUNPlaquettePrior::Kind::exact : SUNPlaquettePrior::Kind::independent);
   } else if (!params.prior.empty() && params.prior != "haar") {
     throw ConfigError("flow.prior = " + params.prior + ": SU(N) flows take haar, plaquette or exact");
   }
@@ -332,7 +331,7 @@ torch::Tensor SUNFlowImpl::prior_log_prob(const torch::Tensor& z) const {
   auto plaq = SUN::plaquettes(SUN::matrices(z.to(torch::kFloat64)));
   auto re_tr = torch::real(plaq.diagonal(0, -2, -1).sum(-1)) * (beta_ / n_);  // [B, L0, L1]
   auto sum = re_tr.sum({1, 2});
-  if (plaquette_prior_->kind() == SU2PlaquettePrior::Kind::independent)
+  if (plaquette_prior_->kind() == SUNPlaquettePrior::Kind::independent)
     sum = sum - re_tr.select(1, extents_[0] - 1).select(1, extents_[1] - 1);
   return sum + plaquette_prior_->log_normalisation();
 }

@@ -22,7 +22,7 @@
 #include <torch/torch.h>
 
 #include "latflow/flows/flow.hpp"
-#include "latflow/theories/su2_prior.hpp"
+#include "latflow/theories/sun_prior.hpp"
 #include "latflow/theories/u1_prior.hpp"
 
 namespace latflow {
@@ -111,8 +111,8 @@ class SpectralCoupling : public CouplingLayer {
   ConvNet net_{nullptr};
 };
 
-// The prior (flow.prior): haar (log density 0); for SU(2) also plaquette or exact, the gauge-fixed plaquette priors
-// of theories/su2_prior.hpp at the coupling `beta`, whose log density (beta/N) sum Re tr P + const is evaluated
+// The prior (flow.prior): haar (log density 0), plaquette or exact, the gauge-fixed plaquette priors of
+// theories/sun_prior.hpp at the coupling `beta`, whose log density (beta/N) sum Re tr P + const is evaluated
 // from the plaquettes of z with torch ops (differentiable in z).
 class SUNFlowImpl : public FlowModelImpl {
  public:
@@ -124,7 +124,7 @@ class SUNFlowImpl : public FlowModelImpl {
   std::vector<std::int64_t> extents_;
   int n_;
   double beta_;
-  std::shared_ptr<const SU2PlaquettePrior> plaquette_prior_;  // null for haar
+  std::shared_ptr<const SUNPlaquettePrior> plaquette_prior_;  // null for haar
 };
 
 }  // namespace latflow
