@@ -192,36 +192,6 @@ std::map<std::string, std::string> parse_lines(const std::string& text) {
 }
 }  // namespace
 
-std::string model_identity(const Config& c) {
-  std::ostringstream os;
-  os.precision(17);
-  os << "theory = " << c.theory << "\n"
-     << "lattice.extents = " << join(c.lattice.extents) << "\n";
-  if (c.theory == "sun")
-    os << "sun.n = " << c.sun.n << "\n"
-       << "sun.beta = " << c.sun.beta << "\n";
-  else if (c.theory == "u1")
-    os << "u1.beta = " << c.u1.beta << "\n"
-       << "flow.ncp_components = " << c.flow.ncp_components << "\n"
-       << "flow.loops = " << (c.flow.loops ? "true" : "false") << "\n";
-  else
-    os << "phi4.m2_nohalf = " << c.phi4.m2_nohalf << "\n"
-       << "phi4.lam_nohalf = " << c.phi4.lam_nohalf << "\n";
-  os << "flow.coupling = " << c.flow.coupling << "\n"
-     << "flow.layers = " << c.flow.layers << "\n"
-     << "flow.hidden = " << join(c.flow.hidden) << "\n"
-     << "flow.kernel = " << c.flow.kernel << "\n"
-     << "flow.activation = " << c.flow.activation << "\n"
-     << "flow.z2 = " << (c.flow.z2 ? "true" : "false") << "\n"
-     << "flow.spline_bins = " << c.flow.spline_bins << "\n"
-     << "flow.spline_bound = " << c.flow.spline_bound << "\n"
-     << "flow.dtype = " << c.flow.dtype << "\n";
-  // Only when not the default, so that checkpoints and ensembles made before the key existed still match.
-  if (!c.flow.prior.empty() && c.flow.prior != (c.theory == "phi4" ? "normal" : "haar"))
-    os << "flow.prior = " << c.flow.prior << "\n";
-  return os.str();
-}
-
 std::string physics_identity(const Config& c) {
   std::ostringstream os;
   os.precision(17);
@@ -235,6 +205,29 @@ std::string physics_identity(const Config& c) {
   else
     os << "phi4.m2_nohalf = " << c.phi4.m2_nohalf << "\n"
        << "phi4.lam_nohalf = " << c.phi4.lam_nohalf << "\n";
+  return os.str();
+}
+
+// The physics and the architecture (identity texts are compared key by key, so the order of lines is free).
+std::string model_identity(const Config& c) {
+  std::ostringstream os;
+  os.precision(17);
+  os << physics_identity(c);
+  if (c.theory == "u1")
+    os << "flow.ncp_components = " << c.flow.ncp_components << "\n"
+       << "flow.loops = " << (c.flow.loops ? "true" : "false") << "\n";
+  os << "flow.coupling = " << c.flow.coupling << "\n"
+     << "flow.layers = " << c.flow.layers << "\n"
+     << "flow.hidden = " << join(c.flow.hidden) << "\n"
+     << "flow.kernel = " << c.flow.kernel << "\n"
+     << "flow.activation = " << c.flow.activation << "\n"
+     << "flow.z2 = " << (c.flow.z2 ? "true" : "false") << "\n"
+     << "flow.spline_bins = " << c.flow.spline_bins << "\n"
+     << "flow.spline_bound = " << c.flow.spline_bound << "\n"
+     << "flow.dtype = " << c.flow.dtype << "\n";
+  // Only when not the default, so that checkpoints and ensembles made before the key existed still match.
+  if (!c.flow.prior.empty() && c.flow.prior != (c.theory == "phi4" ? "normal" : "haar"))
+    os << "flow.prior = " << c.flow.prior << "\n";
   return os.str();
 }
 
