@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The INI config parser of the CLI (Boost.Program_options stays in apps/, docs/design.md "Library layers"): the
-// table of keys, text -> validated Config, and the value parsers the CLI's own options share. Compiled into the `latflow` binary and into
-// the config fuzz target (tests/fuzz), so the code that is fuzzed is the code that runs.
+// table of keys, text -> validated Config, and the value parsers the CLI's own options share. Compiled into the
+// `latflow` binary and into the config fuzz target (tests/fuzz), so the code that is fuzzed is the code that runs.
 #pragma once
 #include <cmath>
 #include <sstream>
