@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "config_parse.hpp"
@@ -48,8 +49,56 @@ common options:
   --resume             sample/hmc: continue an interrupted OUTPUT.partial (or extend a complete OUTPUT)
   --threads N          threads per process (= --run.threads)
   --output FILE        (= --run.output)
-  -h, --help           this text
+  -h, --help           this text; latflow COMMAND --help: the command's options and an example
 )";
+
+// `latflow COMMAND --help`: what the command does, its own options and an example.
+const std::map<std::string, std::string>& command_help() {
+  static const std::string config_keys =
+      "  --section.key VALUE  override any config key (`latflow keys` lists them); shorthands --output, --threads,\n"
+      "                       --seed\n";
+  static const std::map<std::string, std::string> help{
+      {"run", "usage: latflow run CONFIG.ini [--overwrite] [--retrain] [--resume] [--section.key VALUE ...]\n"
+              "Trains the flow (or reuses / continues run.checkpoint, default OUTPUT.ckpt), samples sample.proposals\n"
+              "proposals, runs the independence Metropolis chain into run.output (HDF5) and prints the analysis.\n" +
+                  config_keys + "example: latflow run configs/tutorial.ini --train.steps 1000 --output runs/t.h5\n"},
+      {"train", "usage: latflow train CONFIG.ini [--retrain] [--section.key VALUE ...]\n"
+                "Trains the flow by reverse KL; writes run.checkpoint (default OUTPUT.ckpt) every\n"
+                "train.checkpoint_every steps and continues an existing one.\n" +
+                    config_keys + "example: latflow train configs/e5.ini --train.steps 6000\n"},
+      {"sample", "usage: latflow sample CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
+                 "Samples with the trained checkpoint: independence Metropolis ensemble into run.output (HDF5).\n" +
+                     config_keys +
+                     "example: latflow sample configs/tutorial.ini --run.checkpoint runs/tutorial.h5.ckpt "
+                     "--run.seed 2 --output runs/t2.h5\n"},
+      {"hmc", "usage: latflow hmc CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
+              "HMC baseline: hmc.chains chains in the batch into run.output (HDF5), then the analysis.\n" +
+                  config_keys + "example: latflow hmc configs/hmc_tutorial.ini --hmc.trajectories 5000\n"},
+      {"analyze", "usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]\n"
+                  "Prints the analysis table of a complete ensemble and writes it as JSON (default FILE.json).\n"
+                  "  --json OUT  the JSON report's path\n"
+                  "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
+                  "example: latflow analyze runs/tutorial.h5 --S 2\n"},
+      {"compare", "usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]\n"
+                  "Flow versus HMC on the same physics: estimates, tau_int, effective samples per second and the\n"
+                  "cost per effective sample with the flow's training counted (default JSON FLOW_vs_hmc.json).\n"
+                  "  --json OUT  the JSON report's path\n"
+                  "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
+                  "example: latflow compare runs/tutorial.h5 runs/hmc_tutorial.h5\n"},
+      {"bench", "usage: latflow bench CONFIG.ini [--batches 64,1024] [--repeats 5] [--section.key VALUE ...]\n"
+                "Training steps/s and proposals/s of the config's flow (median of the repeats).\n"
+                "  --batches B,..  batch sizes\n"
+                "  --repeats N     timed repetitions per batch size\n" +
+                    config_keys + "example: latflow bench configs/tutorial.ini --batches 128 --repeats 3\n"},
+      {"bench-hmc", "usage: latflow bench-hmc CONFIG.ini [--sizes 8,16,32,64] [--repeats 5] [--section.key VALUE ...]\n"
+                    "HMC trajectories/s x sites of the config's theory on L^d lattices.\n"
+                    "  --sizes L,..    lattice sizes L\n"
+                    "  --repeats N     timed repetitions per size\n" +
+                        config_keys + "example: latflow bench-hmc configs/u1_tutorial.ini --sizes 8,16\n"},
+      {"keys", "usage: latflow keys\nLists every config key with its default and meaning.\n"},
+  };
+  return help;
+}
 
 // Splits argv after the command into positional arguments and --key value overrides (with shorthands).
 struct Args {
@@ -132,6 +181,13 @@ int dispatch(int argc, char** argv) {
     std::cout << "latflow " << LATFLOW_VERSION_STRING << "\n";
     return 0;
   }
+  for (int i = 2; i < argc; ++i)
+    if (std::string(argv[i]) == "-h" || std::string(argv[i]) == "--help") {
+      const auto it = command_help().find(cmd);
+      if (it == command_help().end()) throw ConfigError("unknown command '" + cmd + "' (try latflow --help)");
+      std::cout << it->second;
+      return 0;
+    }
   if (cmd == "keys") {
     std::cout << cli::keys_text();
     return 0;

@@ -1019,6 +1019,17 @@ TEST_CASE("SU(N) exact plaquette prior through the binary: every proposal accept
   expect_error("train " + cfg + " --output " + dir / "x.h5" + " --sun.n 4", 2, "flow.prior = exact");
 }
 
+TEST_CASE("every command answers --help with its usage and an example, exit 0", "[cli]") {
+  for (const std::string cmd : {"run", "train", "sample", "hmc", "analyze", "compare", "bench", "bench-hmc", "keys"}) {
+    auto r = run(cmd + " --help");
+    CAPTURE(cmd, r.out);
+    CHECK(r.code == 0);
+    CHECK(r.out.rfind("usage: latflow " + cmd, 0) == 0);
+  }
+  CHECK(run("bench configs/tutorial.ini -h").code == 0);
+  expect_error("frobnicate --help", 2, "unknown command");
+}
+
 TEST_CASE("config reference values are shown only for the config's own physics", "[cli]") {
   TempDir dir;
   const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/e2.ini";
