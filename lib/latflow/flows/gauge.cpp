@@ -163,7 +163,7 @@ U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params, d
   if (params.prior == "plaquette" || params.prior == "exact")
     plaquette_prior_ = std::make_shared<const U1PlaquettePrior>(
         extents_, beta, params.prior == "exact" ? U1PlaquettePrior::Kind::exact : U1PlaquettePrior::Kind::independent);
-  else if (!params.prior.empty() && params.prior != "haar" && params.prior != "normal")
+  else if (!params.prior.empty() && params.prior != "haar")
     throw ConfigError("flow.prior = " + params.prior + ": U(1) flows take haar, plaquette or exact");
   // Layer i updates direction i % 2 on the stripe offset (i / 2) % 4: eight layers visit every link once.
   for (int i = 0; i < params.layers; ++i)

@@ -53,8 +53,6 @@ class U1PlaquettePrior {
   void draw(SplitMix64& rng, double* links) const;
   // log q(links) = beta * (sum_P cos theta_P - [plaquette only] cos theta_P(defect)) + log_normalisation().
   double log_normalisation() const { return log_norm_; }
-  // The defect's site (L0 - 1, L1 - 1) as a flat index x0 L1 + x1.
-  std::int64_t defect() const { return L0_ * L1_ - 1; }
   Kind kind() const { return kind_; }
 
   // Links [2, L0, L1] from the V plaquette angles (summing to 0 mod 2 pi), the holonomies and a gauge function
