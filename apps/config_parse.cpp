@@ -132,6 +132,8 @@ const std::vector<Key>& keys() {
                   "store configurations every k kept trajectories, 0 = never"),
       LATFLOW_KEY("hmc.check_reversibility", hmc.check_reversibility, parse_bool("hmc.check_reversibility", v),
                   "integrate each trajectory back and report max |dx|, |dp|"),
+      LATFLOW_KEY("hmc.flow_every", hmc.flow_every, parse_number<I>("hmc.flow_every", v),
+                  "mixed chain: a flow IMH step after every k trajectories (trained checkpoint), 0 = pure HMC"),
       LATFLOW_KEY("run.output", run.output, v, "ensemble file (HDF5)"),
       LATFLOW_KEY("run.checkpoint", run.checkpoint, v, "checkpoint file (default: OUTPUT.ckpt)"),
       LATFLOW_KEY("run.overwrite", run.overwrite, parse_bool("run.overwrite", v), "replace an existing output"),

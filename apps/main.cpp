@@ -72,16 +72,21 @@ const std::map<std::string, std::string>& command_help() {
                      "example: latflow sample configs/tutorial.ini --run.checkpoint runs/tutorial.h5.ckpt "
                      "--run.seed 2 --output runs/t2.h5\n"},
       {"hmc", "usage: latflow hmc CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
-              "HMC baseline: hmc.chains chains in the batch into run.output (HDF5), then the analysis.\n" +
-                  config_keys + "example: latflow hmc configs/hmc_tutorial.ini --hmc.trajectories 5000\n"},
+              "HMC baseline: hmc.chains chains in the batch into run.output (HDF5), then the analysis.\n"
+              "With hmc.flow_every = k > 0, a mixed chain: after every k trajectories each chain makes an\n"
+              "independence Metropolis step with a proposal of the trained flow (run.checkpoint).\n" +
+                  config_keys + "example: latflow hmc configs/hmc_tutorial.ini --hmc.trajectories 5000\n"
+                                "         latflow hmc configs/u1_L16.ini --hmc.flow_every 1 --run.checkpoint "
+                                "runs/u1_L16.h5.ckpt --output runs/u1_mixed.h5\n"},
       {"analyze", "usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]\n"
                   "Prints the analysis table of a complete ensemble and writes it as JSON (default FILE.json).\n"
                   "  --json OUT  the JSON report's path\n"
                   "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
                   "example: latflow analyze runs/tutorial.h5 --S 2\n"},
       {"compare", "usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]\n"
-                  "Flow versus HMC on the same physics: estimates, tau_int, effective samples per second and the\n"
-                  "cost per effective sample with the flow's training counted (default JSON FLOW_vs_hmc.json).\n"
+                  "Flow (IMH, or a mixed chain of HMC and flow steps) versus HMC on the same physics: estimates,\n"
+                  "tau_int, effective samples per second and the cost per effective sample with the flow's\n"
+                  "training counted (default JSON FLOW_vs_hmc.json).\n"
                   "  --json OUT  the JSON report's path\n"
                   "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
                   "example: latflow compare runs/tutorial.h5 runs/hmc_tutorial.h5\n"},

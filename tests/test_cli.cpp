@@ -425,7 +425,7 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
                    "--hmc.thermalization 10 --hmc.chains 4 --hmc.save_every 0");
   REQUIRE(other.code == 0);
   expect_error("compare " + out + " " + dir / "other.h5", 2, "different physics");
-  expect_error("compare " + out + " " + out, 3, "one flow (imh) and one hmc");
+  expect_error("compare " + out + " " + out, 3, "one flow ensemble (imh or mixed) and one hmc");
 
   // A checkpoint made with other parameters is refused, naming the key.
   expect_error("train " + cfg + " --flow.layers 4", 2, "flow.layers");
@@ -752,6 +752,119 @@ TEST_CASE("hmc: every dataset is bitwise identical for 1, 2 and 3 ranks and afte
   REQUIRE(run("hmc " + cfg + " --output " + ext + " --hmc.trajectories 12").code == 0);
   REQUIRE(run("hmc " + cfg + " --output " + ext + " --resume").code == 0);
   expect_same_datasets(dir / "h1.h5", ext);
+}
+
+TEST_CASE("mixed chains (hmc.flow_every): bitwise identical for 1, 2 and 3 ranks and after a rank failure and "
+          "resume", "[cli][mpi][hmc][mixed]") {
+  TempDir dir;
+  const std::string cfg = dir / "mpi.ini";
+  write_file(cfg, std::string(kMpiConfig) + "checkpoint = " + dir / "model.ckpt" + "\n");
+  // A 4x4 free field whose briefly trained flow (learned Gaussian prior) has an IMH acceptance of ~0.26.
+  const std::string point = " --phi4.m2 1 --phi4.lam 0 --flow.prior fourier --train.lr 0.01";
+  REQUIRE(run("train " + cfg + point + " --output " + dir / "unused.h5").code == 0);
+  // 7 chains of 30 kept trajectories, a flow step after every 3rd: 70 flow proposals.
+  const std::string mix = point + " --hmc.flow_every 3";
+  auto one = run("hmc " + cfg + mix + " --output " + dir / "m1.h5");
+  INFO(one.out);
+  REQUIRE(one.code == 0);
+  {
+    auto f = io::File::open_read(dir / "m1.h5");
+    CHECK(f.read_attr_string("/", "kind") == "mixed");
+    CHECK(f.read_attr_int("/hmc", "flow_proposals") == 70);
+    const double a = f.read_attr_double("/hmc", "flow_acceptance");
+    CHECK((a > 0 && a < 1));
+    const auto flow = f.read_u8("/chains/flow_accepted");
+    REQUIRE(flow.size() == 30 * 7);
+    for (std::size_t i = 0; i < flow.size(); ++i) CHECK(flow[i] == ((i / 7 + 1) % 3 == 0 ? flow[i] & 1 : 2));
+    CHECK(f.read_attr_string("/model", "weights_hash").size() == 16);
+  }
+  for (int R : {2, 3}) {
+    const std::string out = dir / ("m" + std::to_string(R) + ".h5");
+    auto r = run_mpi(R, "hmc " + cfg + mix + " --output " + out);
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    expect_same_datasets(dir / "m1.h5", out);
+  }
+  const std::string out = dir / "killed.h5";
+  setenv("LATFLOW_FAULT_TRAJECTORY", "13", 1);
+  setenv("LATFLOW_FAULT_RANK", "1", 1);
+  auto failed = run_mpi(2, "hmc " + cfg + mix + " --output " + out);
+  unsetenv("LATFLOW_FAULT_TRAJECTORY");
+  unsetenv("LATFLOW_FAULT_RANK");
+  CAPTURE(failed.out);
+  CHECK(failed.code != 0);
+  REQUIRE(fs::exists(out + ".partial"));
+  // A mixed run resumes only as a mixed run of the same flow and flow_every.
+  expect_error("hmc " + cfg + point + " --output " + out + " --resume", 3, "not a resumable hmc ensemble");
+  expect_error("hmc " + cfg + point + " --hmc.flow_every 2 --output " + out + " --resume", 2, "hmc.flow_every");
+  auto resumed = run_mpi(3, "hmc " + cfg + mix + " --output " + out + " --resume");
+  INFO(resumed.out);
+  REQUIRE(resumed.code == 0);
+  expect_same_datasets(dir / "m1.h5", out);
+  // No trained flow: one line naming the key and the checkpoint path.
+  expect_error("hmc " + cfg + mix + " --run.checkpoint " + dir / "none.ckpt" + " --output " + dir / "x.h5", 2,
+               "no trained flow at");
+}
+
+TEST_CASE("mixed chains are exact: the free field and U(1) at L = 8 within 3 sigma; flow acceptance as in IMH",
+          "[cli][hmc][mixed]") {
+  TempDir dir;
+  // Free field 8x8 with a briefly trained flow (IMH acceptance ~0.6): a flow step after every trajectory.
+  const std::string ff = dir / "ff.ini";
+  write_file(ff, free_field_config(dir / "ff.h5"));
+  REQUIRE(run("run " + ff + " --train.steps 60 --sample.proposals 5000").code == 0);
+  auto m = run("hmc " + ff + " --hmc.flow_every 1 --hmc.chains 8 --hmc.thermalization 100 --hmc.trajectories 1500 "
+               "--run.checkpoint " + dir / "ff.h5.ckpt" + " --output " + dir / "ff_mixed.h5");
+  INFO(m.out);
+  REQUIRE(m.code == 0);
+  CHECK(m.out.find("flow steps after every 1 trajectories") != std::string::npos);
+  auto imh = analysis::analyze_ensemble(dir / "ff.h5");
+  auto mix = analysis::analyze_ensemble(dir / "ff_mixed.h5");
+  CHECK(mix.kind == "mixed");
+  CHECK(mix.flow_proposals == 8 * 1500);
+  CHECK(mix.train_steps == 60);
+  for (const char* name : {"chi2", "phi2", "action_density", "g_pmin"}) {
+    const auto* row = mix.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->value, row->error, row->ref);
+    CHECK(row->ref_kind == "exact");
+    CHECK(std::abs(row->value - row->ref) < 3 * row->error);
+  }
+  // At equilibrium an IMH step from x ~ p accepts with E_{x~p, y~q} min(1, w(y)/w(x)), the same as the IMH
+  // chain's acceptance: the flow steps inside the mixed chain must see it too (binomial errors, both < 0.01).
+  CAPTURE(mix.flow_acceptance, imh.acceptance);
+  CHECK(std::abs(mix.flow_acceptance - imh.acceptance) < 0.04);
+
+  // U(1) 8x8 at beta = 4 with the independent-plaquette prior (no training; IMH acceptance ~0.3): <cos theta_P>
+  // and <Q^2> exact, and the topology moves in every chain.
+  const std::string u1 = std::string(LATFLOW_SOURCE_DIR) + "/configs/u1_exact.ini";
+  const std::string point = " --flow.prior plaquette --lattice.extents \"8 8\" --u1.beta 4 --run.seed 9";
+  REQUIRE(run("run " + u1 + point + " --sample.proposals 10000 --output " + dir / "u1.h5").code == 0);
+  auto u = run("hmc " + u1 + point + " --hmc.flow_every 2 --hmc.chains 8 --hmc.thermalization 100 "
+               "--hmc.trajectories 1500 --run.checkpoint " + dir / "u1.h5.ckpt" + " --output " + dir / "u1_mixed.h5");
+  INFO(u.out);
+  REQUIRE(u.code == 0);
+  auto uimh = analysis::analyze_ensemble(dir / "u1.h5");
+  auto umix = analysis::analyze_ensemble(dir / "u1_mixed.h5");
+  for (const char* name : {"plaq", "Q2"}) {
+    const auto* row = umix.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->value, row->error, row->ref);
+    CHECK(row->ref_kind == "exact");
+    CHECK(std::abs(row->value - row->ref) < 3 * row->error);
+  }
+  CAPTURE(umix.flow_acceptance, uimh.acceptance);
+  CHECK(std::abs(umix.flow_acceptance - uimh.acceptance) < 0.04);
+  CHECK(umix.sectors_reliable());
+  CHECK(umix.sector_changes_min_chain > 50);
+  // compare takes the mixed chain as the flow side.
+  REQUIRE(run("hmc " + u1 + point + " --hmc.chains 8 --hmc.thermalization 100 --hmc.trajectories 300 --output " +
+              dir / "u1_hmc.h5").code == 0);
+  auto c = run("compare " + dir / "u1_mixed.h5" + " " + dir / "u1_hmc.h5");
+  INFO(c.out);
+  CHECK(c.code == 0);
+  CHECK(c.out.find("mixed (HMC + flow)") != std::string::npos);
+  expect_error("compare " + dir / "u1_mixed.h5" + " " + dir / "u1.h5", 3, "one hmc ensemble");
 }
 
 TEST_CASE("data-parallel training on 2 and 3 ranks reproduces the 1-rank run up to summation order", "[cli][mpi]") {

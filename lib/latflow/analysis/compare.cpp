@@ -42,15 +42,17 @@ std::string pm(double v, double e) {
 
 Comparison compare_ensembles(const std::string& a, const std::string& b, double gamma_S) {
   Report ra = analyze_ensemble(a, gamma_S), rb = analyze_ensemble(b, gamma_S);
-  if (ra.kind == "hmc" && rb.kind == "imh") std::swap(ra, rb);
-  if (ra.kind != "imh" || rb.kind != "hmc")
-    throw IoError(a + ", " + b + ": compare needs one flow (imh) and one hmc ensemble, got " + ra.kind + " and " +
-                  rb.kind);
+  // The flow side is an IMH ensemble or a mixed chain (HMC with flow steps); the other is pure HMC.
+  if (ra.kind == "hmc" && rb.kind != "hmc") std::swap(ra, rb);
+  if ((ra.kind != "imh" && ra.kind != "mixed") || rb.kind != "hmc")
+    throw IoError(a + ", " + b + ": compare needs one flow ensemble (imh or mixed) and one hmc ensemble, got " +
+                  ra.kind + " and " + rb.kind);
   if (ra.theory != rb.theory || ra.extents != rb.extents || ra.physics() != rb.physics())
     throw ConfigError(ra.path + " and " + rb.path + " are different physics (" + ra.theory + " " + ra.physics() +
                       " vs " + rb.theory + " " + rb.physics() + ", or different extents)");
   Comparison c{ra, rb, {}};
-  const double n_flow = static_cast<double>(ra.proposals);
+  const double n_flow = ra.kind == "imh" ? static_cast<double>(ra.proposals)
+                                         : static_cast<double>(ra.chains * ra.trajectories);
   const double n_hmc = static_cast<double>(rb.chains * rb.trajectories);
   for (const auto& fr : ra.rows) {
     const ObservableRow* hr = rb.row(fr.name);
@@ -74,19 +76,33 @@ std::string format_comparison(const Comparison& c) {
   char b[640];
   std::string ext;
   for (std::size_t i = 0; i < c.flow.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(c.flow.extents[i]);
-  std::snprintf(b, sizeof b,
-                "compare: %s on %s, %s\n"
-                "  flow %s: %lld proposals in %.1f s, training %.0f s (%lld steps), acceptance %.3f, ESS/N %.3f\n"
-                "  HMC  %s: %lld chains x %lld trajectories in %.1f s (%s, n_md %lld), acceptance %.3f\n\n",
-                c.flow.theory.c_str(), ext.c_str(), c.flow.physics().c_str(), c.flow.path.c_str(),
-                static_cast<long long>(c.flow.proposals), c.flow.sampling_seconds, c.flow.train_seconds,
-                static_cast<long long>(c.flow.train_steps), c.flow.acceptance, c.flow.ess_fraction,
+  const bool mixed = c.flow.kind == "mixed";
+  std::snprintf(b, sizeof b, "compare: %s on %s, %s\n", c.flow.theory.c_str(), ext.c_str(),
+                c.flow.physics().c_str());
+  os << b;
+  if (mixed)
+    std::snprintf(b, sizeof b,
+                  "  mixed %s: %lld chains x %lld trajectories in %.1f s, a flow step after every %lld (flow "
+                  "acceptance %.4f, %.0f%% of the time), training %.0f s (%lld steps)\n",
+                  c.flow.path.c_str(), static_cast<long long>(c.flow.chains),
+                  static_cast<long long>(c.flow.trajectories), c.flow.sampling_seconds,
+                  static_cast<long long>(c.flow.flow_every), c.flow.flow_acceptance,
+                  100 * c.flow.flow_seconds / c.flow.sampling_seconds, c.flow.train_seconds,
+                  static_cast<long long>(c.flow.train_steps));
+  else
+    std::snprintf(b, sizeof b,
+                  "  flow %s: %lld proposals in %.1f s, training %.0f s (%lld steps), acceptance %.3f, ESS/N %.3f\n",
+                  c.flow.path.c_str(), static_cast<long long>(c.flow.proposals), c.flow.sampling_seconds,
+                  c.flow.train_seconds, static_cast<long long>(c.flow.train_steps), c.flow.acceptance,
+                  c.flow.ess_fraction);
+  os << b;
+  std::snprintf(b, sizeof b, "  HMC  %s: %lld chains x %lld trajectories in %.1f s (%s, n_md %lld), acceptance %.3f\n\n",
                 c.hmc.path.c_str(), static_cast<long long>(c.hmc.chains), static_cast<long long>(c.hmc.trajectories),
                 c.hmc.sampling_seconds, c.hmc.integrator.c_str(), static_cast<long long>(c.hmc.n_md),
                 c.hmc.acceptance);
   os << b;
   std::snprintf(b, sizeof b, "%-15s %-22s %-22s %6s %-15s %-15s %10s %10s %12s %10s %9s %11s\n", "observable",
-                "flow (IMH)", "HMC", "dev", "tau flow", "tau HMC", "eff/s flow", "eff/s HMC", "s/eff flow+T",
+                mixed ? "mixed (HMC + flow)" : "flow (IMH)", "HMC", "dev", "tau flow", "tau HMC", "eff/s flow", "eff/s HMC", "s/eff flow+T",
                 "s/eff HMC", "HMC/flow", "break-even");
   os << b << std::string(170, '-') << "\n";
   for (const auto& r : c.rows) {
@@ -99,21 +115,24 @@ std::string format_comparison(const Comparison& c) {
                   num(r.break_even, "%.3g").c_str());
     os << b;
   }
-  os << "\ntau: flow in IMH proposals, HMC in trajectories of one chain; eff/s = N/(2 tau_int) per second of "
+  os << (mixed ? "\ntau: in trajectories of one chain (mixed and HMC); eff/s"
+                : "\ntau: flow in IMH proposals, HMC in trajectories of one chain; eff/s")
+     << " = N/(2 tau_int) per second of "
         "generation, N = all proposals or all chains' trajectories;\ns/eff flow+T: (training + generation) seconds per effective sample; HMC/flow: the cost ratio "
         "(> 1: the flow is cheaper\nwith its training counted); break-even: effective samples after which it is.\n";
-  if (!c.flow.chain_reliable())
+  if (!mixed && !c.flow.chain_reliable())
     os << "! the flow's IMH chain has only " << static_cast<long long>(c.flow.proposals / (2 * c.flow.tau_acc))
        << " independent steps by N / (2 tau_acc): its errors, tau_int and costs are not reliable.\n";
   for (const auto* side : {&c.flow, &c.hmc})
     if (!side->sectors_reliable())
-      os << "! the " << (side == &c.flow ? "flow's chain" : "HMC chains") << " changed sector (" << side->sector_observable
+      os << "! the " << (side == &c.flow ? (mixed ? "mixed chains" : "flow's chain") : "HMC chains") << " changed sector (" << side->sector_observable
          << ") only " << side->sector_changes << " times (fewer than " << Report::kMinSectorChanges
          << "): the errors, tau_int and costs of the sector observables are not reliable.\n";
   return os.str();
 }
 
 std::string comparison_json(const Comparison& c) {
+  const bool mixed = c.flow.kind == "mixed";
   std::ostringstream os;
   auto side_json = [&](const CompareSide& s) {
     std::ostringstream o;
@@ -128,7 +147,12 @@ std::string comparison_json(const Comparison& c) {
   os << "],\n  \"physics\": " << json::string(c.flow.physics());
   if (c.flow.theory == "u1" || c.flow.theory == "sun") os << ",\n  \"beta\": " << json::number(c.flow.beta);
   if (c.flow.theory == "sun") os << ",\n  \"n\": " << c.flow.colors;
-  os << ",\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"proposals\": " << c.flow.proposals
+  os << ",\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"kind\": " << json::string(c.flow.kind);
+  if (mixed)
+    os << ", \"chains\": " << c.flow.chains << ", \"trajectories\": " << c.flow.trajectories
+       << ", \"flow_every\": " << c.flow.flow_every << ", \"flow_acceptance\": " << json::number(c.flow.flow_acceptance)
+       << ", \"flow_seconds\": " << json::number(c.flow.flow_seconds);
+  os << ", \"proposals\": " << c.flow.proposals
      << ", \"acceptance\": " << json::number(c.flow.acceptance) << ", \"ess_fraction\": " << json::number(c.flow.ess_fraction)
      << ", \"chain_reliable\": " << (c.flow.chain_reliable() ? "true" : "false")
      << ", \"generation_seconds\": " << json::number(c.flow.sampling_seconds)

@@ -294,6 +294,15 @@ Samples read_hmc(const io::File& f, Report& r) {
   r.exp_mdH_error = f.read_attr_double("/hmc", "exp_mdH_error");
   r.sampling_seconds = f.read_attr_double("/hmc", "seconds");
   r.seconds_per_trajectory_per_site = f.read_attr_double("/hmc", "seconds_per_trajectory_per_site");
+  if (r.kind == "mixed") {
+    r.flow_every = f.read_attr_int("/hmc", "flow_every");
+    r.flow_proposals = f.read_attr_int("/hmc", "flow_proposals");
+    r.flow_acceptance = f.read_attr_double("/hmc", "flow_acceptance");
+    r.flow_seconds = f.read_attr_double("/hmc", "flow_seconds");
+    r.train_steps = f.read_attr_int("/model", "train_steps");
+    r.train_seconds = f.read_attr_double("/model", "train_seconds");
+    r.weights_hash = f.read_attr_string("/model", "weights_hash");
+  }
   r.has_reversibility = f.has_attr("/hmc", "reversibility_max_dx");
   if (r.has_reversibility) {
     r.reversibility_max_dx = f.read_attr_double("/hmc", "reversibility_max_dx");
@@ -361,7 +370,7 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
   if (f.read_attr_string("/", "status") != "complete")
     throw IoError(path + ": ensemble is incomplete (status = " + f.read_attr_string("/", "status") + ")");
   r.kind = f.read_attr_string("/", "kind");
-  if (r.kind != "imh" && r.kind != "hmc") throw IoError(path + ": unknown ensemble kind " + r.kind);
+  if (r.kind != "imh" && !r.chains_kind()) throw IoError(path + ": unknown ensemble kind " + r.kind);
   r.theory = f.read_attr_string("/theory", "name");
   r.extents = f.read_attr_ints("/theory", "extents");
   if (r.theory == "u1") {
@@ -380,9 +389,9 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
 
   GammaOptions opt;
   opt.S = gamma_S;
-  const Samples s = r.kind == "hmc" ? read_hmc(f, r) : read_imh(f, r);
+  const Samples s = r.chains_kind() ? read_hmc(f, r) : read_imh(f, r);
   const References refs = read_references(f, r);
-  if (r.kind == "hmc") r.has_free_energy_exact = false;  // HMC does not measure Z
+  if (r.chains_kind()) r.has_free_energy_exact = false;  // Markov chains do not measure Z
   add_observable_rows(r, s, refs, opt);
   count_sector_changes(r, s);
   return r;
@@ -396,7 +405,7 @@ std::string format_report(const Report& r) {
   std::snprintf(b, sizeof b, "%s: %s ensemble, %s on %s, %s\n", r.path.c_str(), r.kind.c_str(),
                 r.theory.c_str(), ext.c_str(), r.physics().c_str());
   os << b;
-  const bool hmc = r.kind == "hmc";
+  const bool hmc = r.chains_kind();
   const std::string flag = hmc || r.nis_reliable() ? "" : "!";
   if (hmc) {
     std::snprintf(b, sizeof b,
@@ -411,6 +420,15 @@ std::string format_report(const Report& r) {
     if (r.has_reversibility) {
       std::snprintf(b, sizeof b, "   reversibility max |dx| %.2g, |dp| %.2g", r.reversibility_max_dx,
                     r.reversibility_max_dp);
+      os << b;
+    }
+    if (r.kind == "mixed") {
+      std::snprintf(b, sizeof b,
+                    "\nflow steps after every %lld trajectories: %lld proposals, acceptance %.4f, %.1f s (%.0f%% of "
+                    "the run); training %lld steps, %.0f s (model %s)",
+                    static_cast<long long>(r.flow_every), static_cast<long long>(r.flow_proposals),
+                    r.flow_acceptance, r.flow_seconds, 100 * r.flow_seconds / r.sampling_seconds,
+                    static_cast<long long>(r.train_steps), r.train_seconds, r.weights_hash.c_str());
       os << b;
     }
   } else {
@@ -514,7 +532,7 @@ std::string report_json(const Report& r) {
   else
     os << ",\n  \"m2\": " << json::number(r.m2) << ",\n  \"lam\": " << json::number(r.lam)
        << ",\n  \"convention\": \"nohalf\"";
-  if (r.kind == "hmc") {
+  if (r.chains_kind()) {
     os << ",\n  \"integrator\": " << json::string(r.integrator) << ",\n  \"chains\": " << r.chains
        << ",\n  \"trajectories\": " << r.trajectories << ",\n  \"n_md\": " << r.n_md
        << ",\n  \"trajectory_length\": " << json::number(r.trajectory_length)
@@ -522,6 +540,12 @@ std::string report_json(const Report& r) {
        << ",\n  \"exp_mdH\": {\"value\": " << json::number(r.exp_mdH) << ", \"error\": " << json::number(r.exp_mdH_error)
        << "},\n  \"sampling_seconds\": " << json::number(r.sampling_seconds)
        << ",\n  \"seconds_per_trajectory_per_site\": " << json::number(r.seconds_per_trajectory_per_site);
+    if (r.kind == "mixed")
+      os << ",\n  \"flow_every\": " << r.flow_every << ",\n  \"flow_proposals\": " << r.flow_proposals
+         << ",\n  \"flow_acceptance\": " << json::number(r.flow_acceptance)
+         << ",\n  \"flow_seconds\": " << json::number(r.flow_seconds) << ",\n  \"train_steps\": " << r.train_steps
+         << ",\n  \"train_seconds\": " << json::number(r.train_seconds)
+         << ",\n  \"weights_hash\": " << json::string(r.weights_hash);
     if (r.has_reversibility)
       os << ",\n  \"reversibility\": {\"max_dx\": " << json::number(r.reversibility_max_dx)
          << ", \"max_dp\": " << json::number(r.reversibility_max_dp) << "}";

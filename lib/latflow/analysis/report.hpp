@@ -63,6 +63,11 @@ struct Report {
   std::string integrator;
   std::int64_t chains = 0, trajectories = 0, n_md = 0;
   double trajectory_length = 0, exp_mdH = 0, exp_mdH_error = 0, seconds_per_trajectory_per_site = 0;
+  // Mixed chains (kind "mixed": HMC with a flow IMH step after every flow_every trajectories): the HMC figures
+  // above, the flow steps' figures here, the training in train_steps / train_seconds / weights_hash.
+  std::int64_t flow_every = 0, flow_proposals = 0;
+  double flow_acceptance = 0, flow_seconds = 0;
+  bool chains_kind() const { return kind == "hmc" || kind == "mixed"; }  // [T, C] chains, not an IMH trail
   bool has_reversibility = false;
   double reversibility_max_dx = 0, reversibility_max_dp = 0;
   double gamma_S = 1.5;

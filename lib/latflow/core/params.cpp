@@ -163,6 +163,7 @@ void Config::validate() {
   require(h.thermalization >= 0, "hmc.thermalization", str(h.thermalization), "must be >= 0");
   require(h.trajectories >= 1, "hmc.trajectories", str(h.trajectories), "must be >= 1");
   require(h.save_every >= 0, "hmc.save_every", str(h.save_every), "must be >= 0");
+  require(h.flow_every >= 0, "hmc.flow_every", str(h.flow_every), "must be >= 0 (0 = pure HMC)");
 
   require(!run.output.empty(), "run.output", "''", "must not be empty");
   require(run.commit_seconds >= 0, "run.commit_seconds", str(run.commit_seconds), "must be >= 0");

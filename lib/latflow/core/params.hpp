@@ -104,6 +104,10 @@ struct HmcParams {
   std::int64_t trajectories = 1000;    // trajectories per chain kept after thermalisation
   std::int64_t save_every = 0;         // store the configurations every k kept trajectories; 0 = never
   bool check_reversibility = false;    // integrate every trajectory back and report max |dx|, |dp|
+  // Mixed chains (docs/physics.md "Mixed chains"): after every flow_every kept trajectories each chain makes one
+  // independence-Metropolis step with a proposal of the trained flow (the checkpoint of `latflow train`).
+  // 0 = pure HMC.
+  std::int64_t flow_every = 0;
 };
 
 struct RunParams {

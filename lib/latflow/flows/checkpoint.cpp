@@ -13,6 +13,7 @@
 
 #include "latflow/core/error.hpp"
 #include "latflow/core/log.hpp"
+#include "latflow/io/h5.hpp"
 
 namespace latflow {
 namespace fs = std::filesystem;
@@ -260,6 +261,30 @@ CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch:
     }
   }
   throw IoError(first_failure + (file_exists(checkpoint_backup(path, 1)) ? "; no readable backup either" : ""));
+}
+
+void write_model_group(io::File& f, const Config& cfg, const CheckpointMeta& meta, const std::string& hash) {
+  const auto& fp = cfg.flow;
+  f.create_group("/model");
+  f.write_attr("/model", "coupling", fp.coupling);
+  f.write_attr("/model", "layers", static_cast<std::int64_t>(fp.layers));
+  f.write_attr("/model", "hidden", std::vector<std::int64_t>(fp.hidden.begin(), fp.hidden.end()));
+  f.write_attr("/model", "kernel", static_cast<std::int64_t>(fp.kernel));
+  f.write_attr("/model", "activation", fp.activation);
+  f.write_attr("/model", "z2", static_cast<std::int64_t>(fp.z2));
+  f.write_attr("/model", "spline_bins", static_cast<std::int64_t>(fp.spline_bins));
+  f.write_attr("/model", "spline_bound", fp.spline_bound);
+  f.write_attr("/model", "prior", fp.prior);
+  f.write_attr("/model", "ncp_components", static_cast<std::int64_t>(fp.ncp_components));
+  f.write_attr("/model", "loops", static_cast<std::int64_t>(fp.loops));
+  f.write_attr("/model", "dtype", fp.dtype);
+  f.write_attr("/model", "weights_hash", hash);
+  f.write_attr("/model", "checkpoint", cfg.checkpoint_path());
+  f.write_attr("/model", "train_steps", meta.step);
+  f.write_attr("/model", "train_seconds", meta.train_seconds);
+  auto h = meta.history;
+  for (const auto& [name, v] : h.columns())
+    f.write("/training/" + std::string(name), *v, {static_cast<std::uint64_t>(v->size())});
 }
 
 }  // namespace latflow

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "latflow/flows/flow.hpp"
+#include "latflow/io/h5.hpp"
 #include "latflow/io/durable.hpp"
 #include "latflow/jobs.hpp"
 
@@ -57,5 +58,9 @@ bool weights_finite(FlowModel& model);
 // after checking that its theory and flow.* keys equal those of `expected_identity` (lattice extents and
 // couplings may differ). Returns the source's metadata (its training time is part of the new model's cost).
 CheckpointMeta load_weights_from(const std::string& path, FlowModel& model, const std::string& expected_identity);
+
+// The /model group of an ensemble made with a trained flow (IMH samples, mixed chains): the architecture keys,
+// the weights hash, the checkpoint path, and the training steps, seconds and history that the cost counts.
+void write_model_group(io::File& f, const Config& cfg, const CheckpointMeta& meta, const std::string& weights_hash);
 
 }  // namespace latflow

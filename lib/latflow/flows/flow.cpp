@@ -712,7 +712,9 @@ std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::sample(std::int64_t batch
 }
 
 std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::log_prob(const torch::Tensor& x_in) {
-  auto z = x_in.to(device_, dtype_);
+  // finish() maps x to its canonical representative (U(1): angles into [0, 2 pi)), on which q is defined; fields
+  // from elsewhere (HMC's unwrapped angles in a mixed chain) need it, the flow's own samples are unchanged.
+  auto z = finish(x_in).to(device_, dtype_);
   auto log_det = torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));
   run_layers(z, log_det, true);
   return {prior_log_prob(z) + log_det, z};

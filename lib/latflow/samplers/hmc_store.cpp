@@ -26,15 +26,16 @@ std::string observable_dset(const std::string& name) { return "/chains/observabl
 
 }  // namespace
 
-std::string hmc_identity(const Config& cfg) {
-  // The physics lines of the model identity (not the flow's), the seed and every HMC key but the number of
-  // trajectories, which a resume may raise.
+std::string hmc_identity(const Config& cfg, const std::string& weights_hash) {
+  // The physics lines of the model identity (not the flow's, unless the chain makes flow steps), the seed and
+  // every HMC key but the number of trajectories, which a resume may raise. A pure HMC run's identity has no
+  // flow_every line, so files of earlier versions resume.
+  const auto& h = cfg.hmc;
   std::istringstream is(model_identity(cfg));
   std::ostringstream os;
   os.precision(17);
   for (std::string line; std::getline(is, line);)
-    if (line.rfind("flow.", 0) != 0) os << line << "\n";
-  const auto& h = cfg.hmc;
+    if (h.flow_every > 0 || line.rfind("flow.", 0) != 0) os << line << "\n";
   os << "run.seed = " << cfg.run.seed << "\n"
      << "hmc.integrator = " << h.integrator << "\n"
      << "hmc.trajectory_length = " << h.trajectory_length << "\n"
@@ -44,6 +45,7 @@ std::string hmc_identity(const Config& cfg) {
      << "hmc.chains = " << h.chains << "\n"
      << "hmc.thermalization = " << h.thermalization << "\n"
      << "hmc.save_every = " << h.save_every << "\n";
+  if (h.flow_every > 0) os << "hmc.flow_every = " << h.flow_every << "\nflow.weights_hash = " << weights_hash << "\n";
   return os.str();
 }
 
@@ -60,7 +62,7 @@ HmcStore::HmcStore(const Config& cfg, const HmcLayout& layout, std::int64_t c0, 
   scalars_.resize(layout_.observable_names.size());
   // state: committed trajectories, thermalised, n_md, state slot, complete
   std::int64_t state[5] = {0, 0, 0, 1, 0};
-  double earlier[4] = {0, 0, 0, 0};  // seconds, check seconds, max dx, max dp of earlier sessions
+  double earlier[5] = {0, 0, 0, 0, 0};  // seconds, check seconds, max dx, max dp, flow seconds of earlier sessions
   if (mpi::rank() == 0) {
     setup_root(write_header);
     state[0] = committed_;
@@ -72,9 +74,10 @@ HmcStore::HmcStore(const Config& cfg, const HmcLayout& layout, std::int64_t c0, 
     earlier[1] = totals_.check_seconds;
     earlier[2] = totals_.max_dx;
     earlier[3] = totals_.max_dp;
+    earlier[4] = totals_.flow_seconds;
   }
   mpi::broadcast(state, 5);
-  mpi::broadcast(earlier, 4);
+  mpi::broadcast(earlier, 5);
   committed_ = trajectories_ = resumed_from_ = state[0];
   thermalized_ = state[1] != 0;
   n_md_ = static_cast<int>(state[2]);
@@ -84,6 +87,7 @@ HmcStore::HmcStore(const Config& cfg, const HmcLayout& layout, std::int64_t c0, 
   totals_.check_seconds = earlier[1];
   totals_.max_dx = earlier[2];
   totals_.max_dp = earlier[3];
+  totals_.flow_seconds = earlier[4];
   if (!complete_) file_ = io::File::open_parallel(partial_);
   t0_ = last_commit_ = std::chrono::steady_clock::now();
 }
@@ -93,9 +97,11 @@ HmcStore::~HmcStore() = default;
 void HmcStore::setup_root(const std::function<void(io::File&)>& write_header) {
   const bool resume = cfg_.run.resume;
   refuse_existing_output(out_, partial_, resume, cfg_.run.overwrite);
+  const std::string kind = layout_.flow_steps ? "mixed" : "hmc";
   auto check_identity = [&](io::File& f, const std::string& path) {
-    if (!f.has_attr("/", "resume_identity") || f.read_attr_string("/", "kind") != "hmc")
-      throw IoError(path + ": not a resumable ensemble of latflow hmc");
+    if (!f.has_attr("/", "resume_identity") || f.read_attr_string("/", "kind") != kind)
+      throw IoError(path + ": not a resumable " + kind + " ensemble of latflow hmc" +
+                    (layout_.flow_steps ? " (hmc.flow_every > 0)" : ""));
     const auto diff = first_difference(f.read_attr_string("/", "resume_identity"), layout_.identity);
     if (!diff.empty())
       throw ConfigError(path + " was written with other parameters (" + diff +
@@ -133,6 +139,7 @@ void HmcStore::setup_root(const std::function<void(io::File&)>& write_header) {
     const auto rows = static_cast<std::uint64_t>(committed_);
     for (const auto& name : layout_.observable_names) f.resize(observable_dset(name), rows);
     for (const char* d : {"/chains/observables/correlator", "/chains/dH", "/chains/accepted"}) f.resize(d, rows);
+    if (layout_.flow_steps) f.resize("/chains/flow_accepted", rows);
     if (se > 0) {
       f.resize("/configs/field", rows / static_cast<std::uint64_t>(se));
       f.resize("/configs/trajectory", rows / static_cast<std::uint64_t>(se));
@@ -144,6 +151,7 @@ void HmcStore::setup_root(const std::function<void(io::File&)>& write_header) {
       totals_.check_seconds = f.read_attr_double("/chains", "check_seconds");
       totals_.max_dx = f.read_attr_double("/chains", "max_dx");
       totals_.max_dp = f.read_attr_double("/chains", "max_dp");
+      if (layout_.flow_steps) totals_.flow_seconds = f.read_attr_double("/chains", "flow_seconds");
     }
     f.write_attr("/chains", "committed_trajectories", committed_);
     f.write_attr("/", "status", "running");
@@ -170,6 +178,7 @@ void HmcStore::setup_root(const std::function<void(io::File&)>& write_header) {
     f.create_extendible("/chains/observables/correlator", io::DType::F64, {C, L0}, chunk, kDeflate);
     f.create_extendible("/chains/dH", io::DType::F64, {C}, chunk, kDeflate);
     f.create_extendible("/chains/accepted", io::DType::U8, {C}, chunk, kDeflate);
+    if (layout_.flow_steps) f.create_extendible("/chains/flow_accepted", io::DType::U8, {C}, chunk, kDeflate);
     std::string names;
     for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
     f.write_attr("/chains/observables", "names", names);
@@ -203,19 +212,24 @@ void HmcStore::set_thermalized(int n_md, const std::vector<double>& x) {
   commit();
 }
 
-void HmcStore::add(const std::vector<double>& scalars, const std::vector<double>& correlator,
-                   const std::vector<double>& dH, const std::vector<std::uint8_t>& accepted,
-                   const std::vector<double>& x, double max_dx, double max_dp, double check_seconds) {
+void HmcStore::add(const HmcRow& row) {
   const std::size_t k = scalars_.size();
   for (std::int64_t c = 0; c < nc_; ++c)
-    for (std::size_t j = 0; j < k; ++j) scalars_[j].push_back(scalars[c * k + j]);
-  corr_.insert(corr_.end(), correlator.begin(), correlator.end());
-  dH_.insert(dH_.end(), dH.begin(), dH.end());
-  acc_.insert(acc_.end(), accepted.begin(), accepted.end());
+    for (std::size_t j = 0; j < k; ++j) scalars_[j].push_back(row.scalars[c * k + j]);
+  corr_.insert(corr_.end(), row.correlator.begin(), row.correlator.end());
+  dH_.insert(dH_.end(), row.dH.begin(), row.dH.end());
+  acc_.insert(acc_.end(), row.accepted.begin(), row.accepted.end());
+  if (layout_.flow_steps) {
+    if (row.flow_accepted.size() != static_cast<std::size_t>(nc_))
+      throw Error("HmcStore::add: a mixed chain's row needs one flow_accepted entry per chain");
+    flow_acc_.insert(flow_acc_.end(), row.flow_accepted.begin(), row.flow_accepted.end());
+  }
+  const auto& x = row.x;
   x_ = x;
-  max_dx_ = std::max(max_dx_, max_dx);
-  max_dp_ = std::max(max_dp_, max_dp);
-  check_seconds_ += check_seconds;
+  max_dx_ = std::max(max_dx_, row.max_dx);
+  max_dp_ = std::max(max_dp_, row.max_dp);
+  check_seconds_ += row.check_seconds;
+  flow_seconds_ += row.flow_seconds;
   ++rows_;
   ++trajectories_;
   const std::int64_t se = cfg_.hmc.save_every;
@@ -249,6 +263,10 @@ void HmcStore::commit() {
   f.write_rows("/chains/dH", rows, io::DType::F64, dH_.data(), cols);
   f.resize("/chains/accepted", T);
   f.write_rows("/chains/accepted", rows, io::DType::U8, acc_.data(), cols);
+  if (layout_.flow_steps) {
+    f.resize("/chains/flow_accepted", T);
+    f.write_rows("/chains/flow_accepted", rows, io::DType::U8, flow_acc_.data(), cols);
+  }
   const std::int64_t se = cfg_.hmc.save_every;
   if (se > 0) {
     const auto n_cfg = static_cast<std::uint64_t>(trajectories_ / se);
@@ -267,11 +285,15 @@ void HmcStore::commit() {
   // Attribute values must be equal on every rank: reduce the reversibility figures first.
   double figures[3] = {max_dx_, max_dp_, check_seconds_};
   mpi::allreduce_max(figures, 3);
-  double seconds = totals_.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-  mpi::broadcast(&seconds, 1);
+  // Wall time and flow-step time as the root measured them.
+  double seconds[2] = {
+      totals_.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(),
+      totals_.flow_seconds + flow_seconds_};
+  mpi::broadcast(seconds, 2);
   f.write_attr("/chains", "n_md", static_cast<std::int64_t>(n_md_));
   f.write_attr("/chains", "state_slot", slot);
-  f.write_attr("/chains", "seconds", seconds);
+  f.write_attr("/chains", "seconds", seconds[0]);
+  if (layout_.flow_steps) f.write_attr("/chains", "flow_seconds", seconds[1]);
   f.write_attr("/chains", "check_seconds", totals_.check_seconds + figures[2]);
   f.write_attr("/chains", "max_dx", std::max(totals_.max_dx, figures[0]));
   f.write_attr("/chains", "max_dp", std::max(totals_.max_dp, figures[1]));
@@ -285,6 +307,7 @@ void HmcStore::commit() {
   corr_.clear();
   dH_.clear();
   acc_.clear();
+  flow_acc_.clear();
   config_x_.clear();
   config_traj_.clear();
   rows_ = 0;
@@ -318,6 +341,15 @@ void HmcStore::finish(const std::function<void(io::File&, const HmcTotals&)>& wr
     t.exp_mdH = e.mean;
     t.exp_mdH_error = e.error;
     t.acceptance = static_cast<double>(n_acc) / static_cast<double>(T * C);
+    if (layout_.flow_steps) {
+      t.flow_seconds = f.read_attr_double("/chains", "flow_seconds");
+      std::int64_t n_flow_acc = 0;
+      for (auto a : f.read_u8("/chains/flow_accepted")) {
+        t.flow_proposals += a != kNoFlowStep;
+        n_flow_acc += a == 1;
+      }
+      t.flow_acceptance = t.flow_proposals > 0 ? static_cast<double>(n_flow_acc) / static_cast<double>(t.flow_proposals) : 0;
+    }
     write_summary(f, t);
     f.write_attr("/", "finished", iso_time_utc());
     f.write_attr("/", "status", "complete");

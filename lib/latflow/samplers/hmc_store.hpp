@@ -32,12 +32,29 @@ struct HmcLayout {
   std::int64_t L0 = 0, V = 0;
   std::vector<std::uint64_t> field_shape;  // lattice extents
   std::string identity;                    // "key = value" lines a resume must match
+  bool flow_steps = false;                 // mixed chain (kind "mixed"): flow IMH steps, /chains/flow_accepted
 };
+
+// One kept trajectory of this rank's nc chains.
+struct HmcRow {
+  std::vector<double> scalars, correlator, dH;  // [nc * k] observables, [nc * L0], [nc]
+  std::vector<std::uint8_t> accepted;           // [nc] HMC Metropolis
+  // Mixed chains: [nc] 1/0 = the flow step after this trajectory accepted/rejected its proposal,
+  // kNoFlowStep = no flow step after this trajectory. Empty for pure HMC.
+  std::vector<std::uint8_t> flow_accepted;
+  std::vector<double> x;                        // [nc * V] fields after it (and after its flow step)
+  double max_dx = 0, max_dp = 0, check_seconds = 0;  // reversibility check
+  double flow_seconds = 0;                      // time spent in the flow step (proposal, log q, action)
+};
+constexpr std::uint8_t kNoFlowStep = 2;
 
 // Run totals over all sessions, for the /hmc summary attributes.
 struct HmcTotals {
   double acceptance = 0, exp_mdH = 0, exp_mdH_error = 0, seconds = 0, check_seconds = 0, max_dx = 0, max_dp = 0;
   int n_md = 0;
+  // Mixed chains: flow proposals made (all chains), their acceptance, and the seconds spent in flow steps.
+  std::int64_t flow_proposals = 0;
+  double flow_acceptance = 0, flow_seconds = 0;
 };
 
 class HmcStore {
@@ -56,11 +73,8 @@ class HmcStore {
 
   // Collective: records the end of thermalisation (a commit of zero trajectories with the fields).
   void set_thermalized(int n_md, const std::vector<double>& x);
-  // Collective: one kept trajectory of this rank's chains: observables [nc * k], correlator [nc * L0], dH and
-  // accepted [nc], fields after it [nc * V], and the reversibility check's figures.
-  void add(const std::vector<double>& scalars, const std::vector<double>& correlator, const std::vector<double>& dH,
-           const std::vector<std::uint8_t>& accepted, const std::vector<double>& x, double max_dx, double max_dp,
-           double check_seconds);
+  // Collective: one kept trajectory of this rank's chains.
+  void add(const HmcRow& row);
   // Collective: final commit; then the root computes the totals from the file, calls write_summary and
   // renames OUTPUT.partial to OUTPUT.
   void finish(const std::function<void(io::File&, const HmcTotals&)>& write_summary);
@@ -79,17 +93,18 @@ class HmcStore {
   std::int64_t committed_ = 0, trajectories_ = 0, resumed_from_ = 0;
   std::optional<io::File> file_;
   HmcTotals totals_;  // seconds, check figures of earlier sessions (from the file)
-  double check_seconds_ = 0, max_dx_ = 0, max_dp_ = 0;
+  double check_seconds_ = 0, max_dx_ = 0, max_dp_ = 0, flow_seconds_ = 0;
   std::chrono::steady_clock::time_point t0_, last_commit_;
 
   // Buffers since the last commit (this rank's columns).
   std::vector<std::vector<double>> scalars_;  // per observable, [rows * nc]
   std::vector<double> corr_, dH_, x_, config_x_;
-  std::vector<std::uint8_t> acc_;
+  std::vector<std::uint8_t> acc_, flow_acc_;
   std::int64_t rows_ = 0;
   std::vector<std::int64_t> config_traj_;
 };
 
-std::string hmc_identity(const Config& cfg);
+// "key = value" lines that a resumed HMC (or mixed) run must match; weights_hash: the flow of a mixed chain.
+std::string hmc_identity(const Config& cfg, const std::string& weights_hash = "");
 
 }  // namespace latflow

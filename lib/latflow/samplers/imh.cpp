@@ -48,30 +48,6 @@ ImhBlock make_block(FlowModel& model, const Theory& theory, const Config& cfg, s
   return blk;
 }
 
-void write_model_info(io::File& f, const Config& cfg, const CheckpointMeta& meta, const std::string& hash) {
-  const auto& fp = cfg.flow;
-  f.create_group("/model");
-  f.write_attr("/model", "coupling", fp.coupling);
-  f.write_attr("/model", "layers", static_cast<std::int64_t>(fp.layers));
-  f.write_attr("/model", "hidden", std::vector<std::int64_t>(fp.hidden.begin(), fp.hidden.end()));
-  f.write_attr("/model", "kernel", static_cast<std::int64_t>(fp.kernel));
-  f.write_attr("/model", "activation", fp.activation);
-  f.write_attr("/model", "z2", static_cast<std::int64_t>(fp.z2));
-  f.write_attr("/model", "spline_bins", static_cast<std::int64_t>(fp.spline_bins));
-  f.write_attr("/model", "spline_bound", fp.spline_bound);
-  f.write_attr("/model", "prior", fp.prior);
-  f.write_attr("/model", "ncp_components", static_cast<std::int64_t>(fp.ncp_components));
-  f.write_attr("/model", "loops", static_cast<std::int64_t>(fp.loops));
-  f.write_attr("/model", "dtype", fp.dtype);
-  f.write_attr("/model", "weights_hash", hash);
-  f.write_attr("/model", "checkpoint", cfg.checkpoint_path());
-  f.write_attr("/model", "train_steps", meta.step);
-  f.write_attr("/model", "train_seconds", meta.train_seconds);
-  auto h = meta.history;
-  for (const auto& [name, v] : h.columns())
-    f.write("/training/" + std::string(name), *v, {static_cast<std::uint64_t>(v->size())});
-}
-
 // Fault injection for tests: LATFLOW_FAULT_BLOCK=b makes the rank that is about to make block b fail, as a
 // crashed node would (the run stops with MPI_Abort; the output stays resumable).
 void fault_point(std::int64_t b) {
@@ -107,7 +83,7 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
   ImhChain chain(cfg, layout, [&](io::File& f) {
     io::write_header(f, cfg, Provenance::collect(command_line), "imh");
     io::write_references(f, cfg);
-    write_model_info(f, cfg, meta, hash);
+    write_model_group(f, cfg, meta, hash);
   });
   const int R = mpi::size();
   log::info("sampling: " + std::to_string(N) + " proposals in " + std::to_string(chain.n_blocks()) +
