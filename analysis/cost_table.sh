@@ -8,7 +8,8 @@
 # Usage: analysis/cost_table.sh [quick|full]
 #   quick (default): U(1) L = 16 at beta = 2..7 (HMC 16 chains x 10^4 trajectories after 1000), SU(2) and SU(3)
 #                    L = 8 at beta = 2, 4, 6, 8 and 4, 6, 8, 10 (HMC 16 x 1000 after 200); flow 10^4 proposals.
-#   full: also U(1) L = 32, HMC 5 x 10^4 trajectories for U(1) and 5000 for SU(N), SU(N) also at L = 16.
+#   full: also U(1) L = 32, HMC 5 x 10^4 trajectories for U(1) and 5000 for SU(N), SU(N) also at L = 16; then
+#         the phi^4 tunnelling table (analysis/tunnelling.sh full: trained flows, so about 1.5 hours more).
 # Outputs in runs/cost/; an existing ensemble is reused (delete it to remeasure). Extra arguments for every
 # latflow call: LATFLOW_ARGS. Nothing is trained, so the training time is 0 and the cost ratio is per effective
 # sample of generation alone; the flow's tau_int is 1/2 (independent draws, acceptance 1).
@@ -56,3 +57,6 @@ for L in "${sun_sizes[@]}"; do
   done
 done
 /usr/bin/python3 analysis/plot_cost.py "$out"
+if [ "$mode" = full ]; then
+  LATFLOW=$bin analysis/tunnelling.sh full
+fi

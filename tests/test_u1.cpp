@@ -255,6 +255,11 @@ TEST_CASE("U(1) flow: gauge equivariant, log q gauge invariant, invertible, iden
     CHECK((glog_q - log_q).abs().max().item<double>() < 1e-9);
     auto [lq_g, zg] = model->log_prob(U1::gauge_transform(x, alpha));
     CHECK((lq_g - log_q).abs().max().item<double>() < 1e-8);
+    // q is a density on the torus: angles shifted by multiples of 2 pi (HMC's unwrapped fields in a mixed chain)
+    // have the same log q.
+    const auto winds = torch::randint(-3, 4, x.sizes(), torch::TensorOptions().dtype(torch::kFloat64));
+    auto [lq_w, zw] = model->log_prob(x + 2 * M_PI * winds);
+    CHECK((lq_w - log_q).abs().max().item<double>() < 1e-8);
     // Translations by the mask period (4) commute with the flow.
     auto [tx, tlog_q] = model->forward(torch::roll(z, {4}, {2}));
     CHECK(circle_distance(tx, torch::roll(x, {4}, {2})).max().item<double>() < 1e-9);
