@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "latflow/core/error.hpp"
 #include "latflow/flows/flow.hpp"
 #include "latflow/flows/periodic_conv.hpp"
 #include "latflow/theories/theory.hpp"
@@ -238,6 +239,16 @@ TEST_CASE("prior draws depend only on the stream seed", "[flows]") {
   p32.dtype = "float32";
   FlowModel m32 = make_scalar_flow(lat, p32);
   CHECK(torch::equal(m32->draw_prior(3, 99), model->draw_prior(3, 99).to(torch::kFloat32)));
+}
+
+TEST_CASE("unknown activations and theories are refused, never computed as another", "[flows]") {
+  CHECK_THROWS_AS(ConvNet(2, 1, std::vector<int>{4}, 2, 3, "relu"), ConfigError);
+  CHECK_NOTHROW(ConvNet(2, 1, std::vector<int>{4}, 2, 3, "silu"));
+  Config cfg;
+  cfg.lattice.extents = {4, 4};
+  cfg.theory = "ising";
+  CHECK_THROWS_AS(make_theory(cfg), ConfigError);
+  CHECK_THROWS_AS(make_flow(cfg), ConfigError);
 }
 
 TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradient", "[flows]") {

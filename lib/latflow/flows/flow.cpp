@@ -34,10 +34,12 @@ torch::Dtype parse_dtype(const std::string& s) { return s == "float64" ? torch::
 
 bool g_fused_conv = true;
 
+// Config::validate admits only these names; a ConvNet built around it (tests, benchmarks) gets the same check.
 pconv::Act parse_activation(const std::string& a) {
   if (a == "leaky_relu") return pconv::Act::leaky_relu;
   if (a == "tanh") return pconv::Act::tanh;
-  return pconv::Act::silu;
+  if (a == "silu") return pconv::Act::silu;
+  throw ConfigError("flow.activation = " + a + ": must be leaky_relu, tanh or silu");
 }
 
 // The number of chunks for_chunks makes of n.
@@ -310,6 +312,7 @@ bool fused_conv() { return g_fused_conv; }
 ConvNetImpl::ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
                          const std::string& activation)
     : dim_(dim), pad_(kernel / 2), kernel_(kernel), activation_(activation) {
+  parse_activation(activation);  // an unknown name is refused here, not silently computed as another
   std::vector<int> ch{in_channels};
   ch.insert(ch.end(), hidden.begin(), hidden.end());
   ch.push_back(out_channels);
@@ -339,12 +342,11 @@ torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
   for (std::size_t i = 0; i < convs_.size(); ++i) {
     x = convs_[i].forward(wrap_pad(x));
     if (i + 1 == convs_.size()) break;
-    if (activation_ == "leaky_relu")
-      x = torch::leaky_relu(x, 0.01);
-    else if (activation_ == "tanh")
-      x = torch::tanh(x);
-    else
-      x = torch::silu(x);
+    switch (parse_activation(activation_)) {
+      case pconv::Act::leaky_relu: x = torch::leaky_relu(x, 0.01); break;
+      case pconv::Act::tanh: x = torch::tanh(x); break;
+      case pconv::Act::silu: x = torch::silu(x); break;
+    }
   }
   return x;
 }
@@ -677,7 +679,8 @@ FlowModel make_flow(const Config& cfg) {
     return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow, cfg.sun.beta)));
   if (cfg.theory == "u1")
     return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(cfg.lattice, cfg.flow, cfg.u1.beta)));
-  return make_scalar_flow(cfg.lattice, cfg.flow);
+  if (cfg.theory == "phi4") return make_scalar_flow(cfg.lattice, cfg.flow);
+  throw ConfigError("theory = " + cfg.theory + ": must be phi4, u1 or sun");
 }
 
 // Runs the layers (in reverse order for inverse) on x, adding their log|dets| to log_det. Layers with an inference

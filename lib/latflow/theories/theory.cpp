@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "latflow/core/error.hpp"
 #include "latflow/theories/phi4.hpp"
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
@@ -33,7 +34,8 @@ at::Tensor Theory::cold_start(std::int64_t n, const at::TensorOptions& options) 
 std::unique_ptr<Theory> make_theory(const Config& cfg) {
   if (cfg.theory == "u1") return std::make_unique<U1>(cfg.lattice, cfg.u1);
   if (cfg.theory == "sun") return std::make_unique<SUN>(cfg.lattice, cfg.sun);
-  return std::make_unique<Phi4>(cfg.lattice, cfg.phi4);
+  if (cfg.theory == "phi4") return std::make_unique<Phi4>(cfg.lattice, cfg.phi4);
+  throw ConfigError("theory = " + cfg.theory + ": must be phi4, u1 or sun");
 }
 
 }  // namespace latflow
