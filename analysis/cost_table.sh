@@ -11,8 +11,9 @@
 #   full: also U(1) L = 32, HMC 5 x 10^4 trajectories for U(1) and 5000 for SU(N), SU(N) also at L = 16; then
 #         the phi^4 tunnelling table (analysis/tunnelling.sh full: trained flows, so about 1.5 hours more).
 # Outputs in runs/cost/; an existing ensemble is reused (delete it to remeasure). Extra arguments for every
-# latflow call: LATFLOW_ARGS. Nothing is trained, so the training time is 0 and the cost ratio is per effective
-# sample of generation alone; the flow's tau_int is 1/2 (independent draws, acceptance 1).
+# latflow call: LATFLOW_ARGS; sizes and HMC lengths: U1_SIZES, SUN_SIZES, U1_TRAJ, SUN_TRAJ (see below). Nothing
+# is trained, so the training time is 0 and the cost ratio is per effective sample of generation alone; the flow's
+# tau_int is 1/2 (independent draws, acceptance 1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=${LATFLOW:-build/bin/latflow}
@@ -43,6 +44,11 @@ u1_sizes=(16)
 if [ "$mode" = full ]; then
   u1_traj=50000 sun_traj=5000 sun_sizes=(8 16) u1_sizes=(16 32)
 fi
+# Overrides (space-separated sizes, trajectory counts), e.g. U1_SIZES="16 32" SUN_SIZES="8 16" for the quick run's
+# HMC lengths on both volumes.
+read -r -a u1_sizes <<<"${U1_SIZES:-${u1_sizes[*]}}"
+read -r -a sun_sizes <<<"${SUN_SIZES:-${sun_sizes[*]}}"
+u1_traj=${U1_TRAJ:-$u1_traj} sun_traj=${SUN_TRAJ:-$sun_traj}
 for L in "${u1_sizes[@]}"; do
   for b in 2 3 4 5 6 7; do
     point "u1_L${L}_b$b" configs/u1_exact.ini 1000 "$u1_traj" --lattice.extents "$L $L" --u1.beta "$b"

@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/torch_support.hpp"
+
 #include "latflow/core/error.hpp"
 #include "latflow/flows/flow.hpp"
 #include "latflow/flows/periodic_conv.hpp"
@@ -28,24 +30,8 @@ FlowParams params(const std::string& coupling, bool z2 = false) {
   return p;
 }
 
-// Fresh layers are the identity (zero-initialised last conv); give every parameter a random value.
-void randomise(torch::nn::Module& m, double scale = 0.5) {
-  torch::NoGradGuard g;
-  for (auto& p : m.parameters()) p.normal_(0, scale);
-}
-
-// log|det| of the full Jacobian of a map of one configuration, by autograd, one row per output site.
-double autograd_logdet(const std::function<torch::Tensor(const torch::Tensor&)>& f, const torch::Tensor& x) {
-  auto xv = x.clone().requires_grad_(true);
-  auto y = f(xv).reshape({-1});
-  const auto n = y.numel();
-  auto J = torch::zeros({n, n}, torch::kFloat64);
-  for (int64_t i = 0; i < n; ++i) {
-    auto g = torch::autograd::grad({y[i]}, {xv}, {}, /*retain_graph=*/true)[0];
-    J[i] = g.reshape({-1});
-  }
-  return std::get<1>(torch::slogdet(J)).item<double>();
-}
+using testing::autograd_logdet;
+using testing::randomise;
 
 const std::vector<std::vector<int64_t>> kLattices{{6}, {4, 4}, {4, 6}, {2, 4, 4}};
 
@@ -66,7 +52,7 @@ TEST_CASE("every coupling layer's log-det equals the autograd Jacobian's (float6
         else
           layer = std::make_shared<AffineCoupling>(mask, p, static_cast<int>(ext.size()));
         layer->to(torch::kFloat64);
-        randomise(*layer);
+        randomise(*layer, 0.5);
         std::vector<int64_t> shape{1};
         shape.insert(shape.end(), ext.begin(), ext.end());
         // Scale 1.5 with spline bound 2 puts some sites outside [-B, B] (identity tails).

@@ -7,6 +7,8 @@
 #include <torch/torch.h>
 
 #include <catch2/catch.hpp>
+
+#include "support/torch_support.hpp"
 #include <cmath>
 #include <filesystem>
 #include <unistd.h>
@@ -61,19 +63,8 @@ FlowParams flow_params(const std::string& kernel, bool loops) {
   return p;
 }
 
-void randomise(torch::nn::Module& m, double scale = 0.4) {
-  torch::NoGradGuard g;
-  for (auto& p : m.parameters()) p.normal_(0, scale);
-}
-
-double autograd_logdet(const std::function<torch::Tensor(const torch::Tensor&)>& f, const torch::Tensor& x) {
-  auto xv = x.clone().requires_grad_(true);
-  auto y = f(xv).reshape({-1});
-  const auto n = y.numel();
-  auto J = torch::zeros({n, n}, kF64);
-  for (int64_t i = 0; i < n; ++i) J[i] = torch::autograd::grad({y[i]}, {xv}, {}, true)[0].reshape({-1});
-  return std::get<1>(torch::slogdet(J)).item<double>();
-}
+using testing::autograd_logdet;
+using testing::randomise;
 
 const std::vector<std::pair<std::string, bool>> kKernels{{"ncp", false}, {"ncp", true}, {"spline", false},
                                                          {"spline", true}};
@@ -191,7 +182,7 @@ TEST_CASE("gauge coupling layers: log-det equals the autograd Jacobian's, invers
         CAPTURE(kernel, loops, mu, offset);
         GaugeCoupling layer(mu, offset, {4, 8}, flow_params(kernel, loops));
         layer.to(torch::kFloat64);
-        randomise(layer);
+        randomise(layer, 0.4);
         auto x = random_links(1, 4, 8);
         auto [y, ld] = layer.forward(x);
         const double ref = autograd_logdet([&](const torch::Tensor& v) { return layer.forward(v).first; }, x);
@@ -211,7 +202,7 @@ TEST_CASE("gauge coupling layers handle the wrap-around: angles at 0, 2 pi and p
     CAPTURE(kernel, loops);
     GaugeCoupling layer(0, 1, {4, 4}, flow_params(kernel, loops));
     layer.to(torch::kFloat64);
-    randomise(layer);
+    randomise(layer, 0.4);
     auto x = random_links(2, 4, 4);
     x[0].fill_(0.0);                               // all plaquettes 0
     x[1].fill_(2 * M_PI - 1e-13);                  // angles just below 2 pi
