@@ -12,8 +12,8 @@
 // HMC: momenta are algebra components p_a, [B, 2, L0, L1, N^2 - 1], in the basis T_a = i lambda_a / 2 of
 // traceless antihermitian matrices (lambda_a the generalised Gell-Mann matrices, tr lambda_a lambda_b = 2 delta_ab,
 // so tr T_a T_b = -delta_ab / 2). P = sum_a p_a T_a; K = sum_a p_a^2 / 2 = -tr P^2 (the Theory default on the
-// components), p_a ~ N(0, 1). Molecular dynamics: U <- exp(dt P) U (torch::matrix_exp, exact to rounding, then a
-// projection back onto SU(N) so that rounding does not accumulate), p_a <- p_a + dt F_a with the force
+// components), p_a ~ N(0, 1). Molecular dynamics: U <- exp(dt P) U (exp_algebra: closed forms for N = 2, 3,
+// torch::matrix_exp then a projection back onto SU(N) for N >= 4), p_a <- p_a + dt F_a with the force
 // F_a(mu, x) = -d/dt S(exp(t T_a) U_mu(x))|_0 = (beta/N) Re tr(T_a U_mu(x) A_mu(x)), A the sum of the two staples.
 #pragma once
 #include <ATen/ATen.h>
@@ -54,6 +54,11 @@ class SUN : public Theory {
   at::Tensor algebra(const at::Tensor& c) const;
   at::Tensor components(const at::Tensor& m) const;
   at::Tensor generators() const { return gen_; }  // [N^2 - 1, N, N] complex128
+  // exp(A) for traceless antihermitian A (complex [..., n, n]). n = 2: exp(A) = cos(t) 1 + sin(t)/t A,
+  // t^2 = -tr(A^2)/2 (Rodrigues). n = 3: exp(iQ) = f0 1 + f1 Q + f2 Q^2 for Q = -iA by Cayley-Hamilton with the
+  // f_j of Morningstar and Peardon, PRD 69 (2004) 054501, eqs. (29)-(34), and a Taylor series where Q is small.
+  // Both are unitary to rounding with determinant 1, so no projection follows them. n >= 4: matrix_exp.
+  static at::Tensor exp_algebra(const at::Tensor& a);
 
   // Real storage <-> complex link matrices.
   static at::Tensor matrices(const at::Tensor& x);  // [B, 2, L0, L1, N, N, 2] -> complex [B, 2, L0, L1, N, N]
