@@ -45,8 +45,9 @@ TrainSummary train_job(const Config& cfg);
 std::string sample_job(const Config& cfg, const std::string& command_line);
 
 // Run cfg.hmc.chains HMC chains (thermalisation with n_md tuning, then cfg.hmc.trajectories kept trajectories
-// each) and write the ensemble to cfg.run.output (refusing to overwrite unless run.overwrite). One MPI rank.
-// Returns the output path.
+// each) and write the ensemble to cfg.run.output (refusing to overwrite unless run.overwrite), the chains split
+// over the MPI ranks. With cfg.hmc.flow_every > 0 a mixed chain: a flow independence-Metropolis step after every
+// flow_every kept trajectories, with the trained checkpoint (kind "mixed"). Returns the output path.
 std::string hmc_job(const Config& cfg, const std::string& command_line);
 
 }  // namespace latflow

@@ -14,6 +14,7 @@
 // state_slot, n_md. The first commit is made right after thermalisation (a crash before it redoes the
 // thermalisation, which is cheap and keeps the tuning state out of the file). A resume truncates the uncommitted
 // tail, reloads the fields and n_md, and continues with the next trajectory: bitwise the uninterrupted run.
+// Mixed chains (HmcLayout::flow_steps, kind "mixed") add /chains/flow_accepted and the flow steps' seconds.
 #pragma once
 #include <chrono>
 #include <cstdint>
