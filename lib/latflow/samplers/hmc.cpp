@@ -228,8 +228,8 @@ std::vector<std::uint8_t> flow_step(FlowModel& model, const Theory& theory, at::
   const auto log_q_x = model->log_prob(x).first.to(torch::kCPU);
   const auto log_w_y = (-theory.action(y).to(torch::kCPU, torch::kFloat64) - log_q_y.to(torch::kCPU));
   const auto log_w_x = (-theory.action(x).to(torch::kCPU, torch::kFloat64) - log_q_x);
-  // A NaN log-weight compares false: the proposal is rejected (a NaN current weight never occurs: the chain
-  // starts from HMC fields with finite action, and log q of a field the flow cannot reach is -inf, accepted away).
+  // A NaN log-weight compares false: the proposal is rejected. The current weight is finite: HMC fields have
+  // finite action, and a flow (a diffeomorphism of a prior with full support) has log q > -inf everywhere.
   const auto accept = torch::tensor(log_u, torch::kFloat64).lt(log_w_y - log_w_x);
   std::vector<std::int64_t> shape(static_cast<std::size_t>(x.dim()), 1);
   shape[0] = n;
