@@ -165,6 +165,20 @@ void Config::validate() {
   require(h.save_every >= 0, "hmc.save_every", str(h.save_every), "must be >= 0");
   require(h.flow_every >= 0, "hmc.flow_every", str(h.flow_every), "must be >= 0 (0 = pure HMC)");
 
+  require(ne.steps >= 0 && ne.steps <= 1000000, "ne.steps", str(ne.steps), "must be in 0..1000000 (0 = off)");
+  if (ne.steps > 0) {
+    const bool ok = theory == "u1"    ? ne.parameter == "u1.beta"
+                    : theory == "sun" ? ne.parameter == "sun.beta"
+                                      : (ne.parameter == "phi4.lam" ||
+                                         ne.parameter == (phi4.convention == "hopping" ? "phi4.kappa" : "phi4.m2"));
+    require(ok, "ne.parameter", ne.parameter.empty() ? "''" : ne.parameter,
+            theory == "phi4" ? (phi4.convention == "hopping" ? "phi4 protocols move phi4.lam or phi4.kappa"
+                                                             : "phi4 protocols move phi4.m2 or phi4.lam")
+                             : "the protocol moves " + theory + ".beta");
+    require_finite(ne.start, "ne.start");
+    ne_stage(*this, 0);  // the start must be valid physics too (the protocol is linear between two valid points)
+  }
+
   require(!run.output.empty(), "run.output", "''", "must not be empty");
   require(run.commit_seconds >= 0, "run.commit_seconds", str(run.commit_seconds), "must be >= 0");
   require(!(run.resume && run.overwrite), "run.resume", "true", "contradicts run.overwrite = true");
@@ -192,6 +206,29 @@ std::map<std::string, std::string> parse_lines(const std::string& text) {
   return m;
 }
 }  // namespace
+
+Config ne_stage(const Config& cfg, std::int64_t k) {
+  Config c = cfg;
+  c.ne.steps = 0;
+  const std::int64_t n = cfg.ne.steps;
+  double* p = cfg.ne.parameter == "u1.beta"      ? &c.u1.beta
+              : cfg.ne.parameter == "sun.beta"   ? &c.sun.beta
+              : cfg.ne.parameter == "phi4.m2"    ? &c.phi4.m2
+              : cfg.ne.parameter == "phi4.lam"   ? &c.phi4.lam
+              : cfg.ne.parameter == "phi4.kappa" ? &c.phi4.kappa
+                                                 : nullptr;
+  if (p == nullptr || n <= 0) return c;
+  const double target = *p;
+  // Linear in the parameter; the last point is the target itself, not a rounded sum.
+  if (k < n) *p = cfg.ne.start + (target - cfg.ne.start) * static_cast<double>(k) / static_cast<double>(n);
+  try {
+    c.validate();
+  } catch (const ConfigError& e) {
+    throw ConfigError("ne.start = " + str(cfg.ne.start) + ": protocol point " + str(k) + " of " + str(n) + " (" +
+                      cfg.ne.parameter + " = " + str(*p) + ") is not valid: " + e.what());
+  }
+  return c;
+}
 
 std::string physics_identity(const Config& c) {
   std::ostringstream os;

@@ -110,6 +110,16 @@ struct HmcParams {
   std::int64_t flow_every = 0;
 };
 
+// Non-equilibrium (annealed) proposals (docs/physics.md "Non-equilibrium proposals"): each proposal starts from
+// the flow (trained at `parameter` = start) or its prior, then `steps` times moves the coupling one step of a
+// linear protocol toward the config's value and makes one HMC trajectory there (hmc.integrator,
+// trajectory_length, n_md (not tuned), jitter). Its weight carries the work done by the protocol. 0 = off.
+struct NeParams {
+  std::int64_t steps = 0;
+  std::string parameter;  // phi4.m2 | phi4.lam | phi4.kappa (input convention) | u1.beta | sun.beta
+  double start = 0.0;     // the parameter's value where the proposals start
+};
+
 struct RunParams {
   std::string output = "latflow_out.h5";
   std::string checkpoint;     // default: output + ".ckpt"
@@ -137,6 +147,7 @@ struct Config {
   TrainParams train;
   SampleParams sample;
   HmcParams hmc;
+  NeParams ne;
   RunParams run;
   // The config file's [reference] values. They describe the physics of the file itself: when the command line
   // changes that physics (physics_identity differs), parse_config drops them and says why in reference_note.
@@ -157,6 +168,10 @@ namespace latflow {
 // the first differing key.
 std::string model_identity(const Config& cfg);
 std::string training_identity(const Config& cfg);
+// Non-equilibrium protocol point k = 0 .. cfg.ne.steps: cfg with ne.parameter at start + (target - start) k / steps
+// (exactly the target at k = steps), re-resolved, and ne.steps = 0 (a plain config of that physics). Throws
+// ConfigError naming ne.parameter if the point is not valid physics.
+Config ne_stage(const Config& cfg, std::int64_t k);
 // "key = value" lines of the physics alone: theory, extents and the couplings (phi4 in the no-1/2 convention, so
 // that equivalent conventions agree). [reference] values belong to exactly this.
 std::string physics_identity(const Config& cfg);

@@ -220,6 +220,8 @@ class Progress {
 }  // namespace
 
 TrainSummary train_job(const Config& cfg) {
+  // Non-equilibrium sampling starts from the flow of the protocol's start physics: that is what is trained.
+  if (cfg.ne.steps > 0) return train_job(ne_stage(cfg, 0));
   torch::set_num_threads(cfg.run.threads);
   const auto& tp = cfg.train;
   // Data-parallel over the MPI ranks: every rank holds the whole model, makes its share of the batch, and the

@@ -39,10 +39,23 @@ void add_range(std::vector<io::RowRange>& ranges, std::uint64_t row0, std::uint6
 
 std::string sample_identity(const Config& cfg, const std::string& weights_hash) {
   std::ostringstream os;
-  os << model_identity(cfg) << "model.weights_hash = " << weights_hash << "\n"
+  os << model_identity(cfg.ne.steps > 0 ? ne_stage(cfg, 0) : cfg) << "model.weights_hash = " << weights_hash << "\n"
      << "run.seed = " << cfg.run.seed << "\n"
      << "sample.block = " << cfg.sample.block << "\n"
      << "sample.store_configs = " << (cfg.sample.store_configs ? "true" : "false") << "\n";
+  if (cfg.ne.steps > 0) {
+    // The model identity above is the start's physics; the protocol and its HMC steps fix the rest.
+    std::istringstream target(physics_identity(cfg));
+    for (std::string line; std::getline(target, line);) os << "ne.target." << line << "\n";
+    os.precision(17);
+    os << "ne.steps = " << cfg.ne.steps << "\n"
+       << "ne.parameter = " << cfg.ne.parameter << "\n"
+       << "ne.start = " << cfg.ne.start << "\n"
+       << "hmc.integrator = " << cfg.hmc.integrator << "\n"
+       << "hmc.trajectory_length = " << cfg.hmc.trajectory_length << "\n"
+       << "hmc.n_md = " << cfg.hmc.n_md << "\n"
+       << "hmc.jitter = " << cfg.hmc.jitter << "\n";
+  }
   return os.str();
 }
 
@@ -127,6 +140,7 @@ void ImhChain::setup_root(const std::function<void(io::File&)>& write_header) {
     }
     // Drop the uncommitted tail (and the configurations of dropped proposals).
     for (const char* d : kPerProposal) f.resize(d, static_cast<std::uint64_t>(Q));
+    if (layout_.work) f.resize("/proposals/work", static_cast<std::uint64_t>(Q));
     for (const auto& name : layout_.observable_names)
       f.resize("/proposals/observables/" + name, static_cast<std::uint64_t>(Q));
     for (const char* d : kChain) f.resize(d, static_cast<std::uint64_t>(Q));
@@ -161,6 +175,7 @@ void ImhChain::setup_root(const std::function<void(io::File&)>& write_header) {
     const auto chunk = static_cast<std::uint64_t>(block_);
     for (const char* d : {"/proposals/log_q", "/proposals/action", "/proposals/log_w"})
       f.create_extendible(d, io::DType::F64, {}, chunk, kDeflate);
+    if (layout_.work) f.create_extendible("/proposals/work", io::DType::F64, {}, chunk, kDeflate);
     for (const auto& name : layout_.observable_names)
       f.create_extendible("/proposals/observables/" + name, io::DType::F64, {}, chunk, kDeflate);
     f.create_extendible("/proposals/observables/correlator", io::DType::F64, {static_cast<std::uint64_t>(layout_.L0)},
@@ -189,8 +204,11 @@ void ImhChain::add_round(const ImhBlock& mine) {
   const std::int64_t round_end = std::min(N_, (next_block_ + R) * block_);
   const std::int64_t n_round = round_end - first;
 
-  std::vector<double> lw(static_cast<std::size_t>(mine.n));
-  for (std::int64_t i = 0; i < mine.n; ++i) lw[i] = -mine.S[i] - mine.log_q[i];
+  std::vector<double> lw = mine.log_w;
+  if (lw.empty()) {
+    lw.resize(static_cast<std::size_t>(mine.n));
+    for (std::int64_t i = 0; i < mine.n; ++i) lw[i] = -mine.S[i] - mine.log_q[i];
+  }
   // Blocks are whole except the very last one, so rank order is block order.
   const std::vector<double> all = mpi::gather(lw);
 
@@ -228,6 +246,7 @@ void ImhChain::add_round(const ImhBlock& mine) {
     log_q_.insert(log_q_.end(), mine.log_q.begin(), mine.log_q.end());
     S_.insert(S_.end(), mine.S.begin(), mine.S.end());
     log_w_.insert(log_w_.end(), lw.begin(), lw.end());
+    work_.insert(work_.end(), mine.work.begin(), mine.work.end());
     corr_.insert(corr_.end(), mine.correlator.begin(), mine.correlator.end());
     const std::size_t k = scalars_.size();
     for (std::int64_t i = 0; i < mine.n; ++i)
@@ -259,6 +278,7 @@ void ImhChain::commit() {
   const bool root = mpi::rank() == 0;
   const auto P = static_cast<std::uint64_t>(props_), C = static_cast<std::uint64_t>(cfgs_);
   for (const char* d : kPerProposal) f.resize(d, P);
+  if (layout_.work) f.resize("/proposals/work", P);
   for (const auto& name : layout_.observable_names) f.resize("/proposals/observables/" + name, P);
   for (const char* d : kChain) f.resize(d, P);
   f.resize("/configs/field", C);
@@ -267,6 +287,7 @@ void ImhChain::commit() {
   f.write_rows("/proposals/log_q", prop_rows_, io::DType::F64, log_q_.data());
   f.write_rows("/proposals/action", prop_rows_, io::DType::F64, S_.data());
   f.write_rows("/proposals/log_w", prop_rows_, io::DType::F64, log_w_.data());
+  if (layout_.work) f.write_rows("/proposals/work", prop_rows_, io::DType::F64, work_.data());
   f.write_rows("/proposals/observables/correlator", prop_rows_, io::DType::F64, corr_.data());
   for (std::size_t j = 0; j < scalars_.size(); ++j)
     f.write_rows("/proposals/observables/" + layout_.observable_names[j], prop_rows_, io::DType::F64,
@@ -300,6 +321,7 @@ void ImhChain::commit() {
   log_q_.clear();
   S_.clear();
   log_w_.clear();
+  work_.clear();
   corr_.clear();
   for (auto& s : scalars_) s.clear();
   trail_.clear();

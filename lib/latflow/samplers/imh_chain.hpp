@@ -34,6 +34,8 @@ struct ImhBlock {
   std::int64_t n = 0;        // proposals in the block
   std::vector<double> log_q, S, scalars, correlator;  // [n], [n], [n * k] (row-major), [n * L0]
   std::vector<double> x;     // [n * V] fields in float64 (exact for float32 fields)
+  // Non-equilibrium proposals only: the log-weights (otherwise -S - log_q) and the protocol's work W, [n].
+  std::vector<double> log_w, work;
 };
 
 struct ImhLayout {
@@ -41,6 +43,7 @@ struct ImhLayout {
   std::int64_t L0 = 0, V = 0;
   std::vector<std::uint64_t> field_shape;     // lattice extents
   bool float32_fields = true;
+  bool work = false;  // non-equilibrium proposals: /proposals/work is stored too
   std::string identity;  // "key = value" lines a resume must match (physics, model, seed, block)
 };
 
@@ -85,7 +88,7 @@ class ImhChain {
 
   // Buffers since the last commit. Per proposal (this rank's blocks).
   std::vector<io::RowRange> prop_rows_;
-  std::vector<double> log_q_, S_, log_w_, corr_;
+  std::vector<double> log_q_, S_, log_w_, work_, corr_;
   std::vector<std::vector<double>> scalars_;  // per observable
   // Chain rows (root only).
   std::vector<std::int64_t> trail_, trail_cfg_;
