@@ -867,6 +867,123 @@ TEST_CASE("mixed chains are exact: the free field and U(1) at L = 8 within 3 sig
   expect_error("compare " + dir / "u1_mixed.h5" + " " + dir / "u1.h5", 3, "one hmc ensemble");
 }
 
+TEST_CASE("non-equilibrium proposals: bitwise identical for 1, 2 and 3 ranks and after a rank failure and resume; "
+          "a protocol that stays at the target gives the flow's own weights", "[cli][mpi][ne]") {
+  TempDir dir;
+  const std::string cfg = dir / "mpi.ini";
+  write_file(cfg, std::string(kMpiConfig) + "checkpoint = " + dir / "model.ckpt" + "\n");
+  // lam from 0.5 to the config's 1 in 3 steps; `train` trains the flow at the start (lam = 0.5).
+  const std::string ne = " --ne.steps 3 --ne.parameter phi4.lam --ne.start 0.5 --sample.proposals 300";
+  auto t = run("train " + cfg + ne + " --output " + dir / "unused.h5");
+  INFO(t.out);
+  REQUIRE(t.code == 0);
+  // The checkpoint holds the start's physics: plain sampling at the target refuses it, naming the coupling.
+  expect_error("sample " + cfg + " --output " + dir / "plain.h5", 2, "phi4.lam_nohalf");
+  auto one = run("sample " + cfg + ne + " --output " + dir / "n1.h5");
+  INFO(one.out);
+  REQUIRE(one.code == 0);
+  CHECK(one.out.find("3 non-equilibrium steps per proposal") != std::string::npos);
+  {
+    auto f = io::File::open_read(dir / "n1.h5");
+    CHECK(f.read_attr_int("/ne", "steps") == 3);
+    CHECK(f.read_attr_string("/ne", "parameter") == "phi4.lam");
+    const auto W = f.read_f64("/proposals/work"), lw = f.read_f64("/proposals/log_w");
+    const auto lq = f.read_f64("/proposals/log_q");
+    REQUIRE(W.size() == 300);
+    // Moving lam up on a field with phi^4 > 0 costs work: W > 0 for every proposal, and the weights differ.
+    for (std::size_t i = 0; i < W.size(); ++i) CHECK(W[i] > 0);
+  }
+  for (int R : {2, 3}) {
+    const std::string out = dir / ("n" + std::to_string(R) + ".h5");
+    auto r = run_mpi(R, "sample " + cfg + ne + " --output " + out);
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    expect_same_datasets(dir / "n1.h5", out);
+  }
+  const std::string out = dir / "killed.h5";
+  setenv("LATFLOW_FAULT_BLOCK", "3", 1);
+  auto failed = run_mpi(2, "sample " + cfg + ne + " --output " + out);
+  unsetenv("LATFLOW_FAULT_BLOCK");
+  CAPTURE(failed.out);
+  CHECK(failed.code != 0);
+  REQUIRE(fs::exists(out + ".partial"));
+  expect_error("sample " + cfg + ne + " --ne.steps 4 --output " + out + " --resume", 2, "ne.steps");
+  auto resumed = run_mpi(3, "sample " + cfg + ne + " --output " + out + " --resume");
+  INFO(resumed.out);
+  REQUIRE(resumed.code == 0);
+  expect_same_datasets(dir / "n1.h5", out);
+
+  // A protocol that starts at the target does no work: W = 0 exactly, and the log-weights and log q are the
+  // pure flow's, bitwise (the HMC steps move the stored fields, not the weights).
+  REQUIRE(run("train " + cfg + " --output " + dir / "unused.h5" + " --run.checkpoint " + dir / "t.ckpt").code == 0);
+  const std::string flat = " --sample.proposals 300 --run.checkpoint " + dir / "t.ckpt";
+  REQUIRE(run("sample " + cfg + flat + " --output " + dir / "flow.h5").code == 0);
+  REQUIRE(run("sample " + cfg + flat + " --ne.steps 2 --ne.parameter phi4.m2 --ne.start -1 --output " +
+              dir / "flat.h5").code == 0);
+  auto a = io::File::open_read(dir / "flow.h5"), b = io::File::open_read(dir / "flat.h5");
+  for (const char* d : {"/proposals/log_w", "/proposals/log_q"}) {
+    CAPTURE(d);
+    CHECK(a.read_f64(d) == b.read_f64(d));
+  }
+  for (double w : b.read_f64("/proposals/work")) CHECK(w == 0.0);
+  CHECK(a.read_f64("/proposals/action") != b.read_f64("/proposals/action"));
+}
+
+TEST_CASE("non-equilibrium proposals are exact: F (Jarzynski) and observables within 3 sigma of the exact values "
+          "for 1, 2 and 10 steps (free field, U(1), SU(2))", "[cli][ne]") {
+  TempDir dir;
+  struct Point {
+    std::string name, args;
+    std::vector<const char*> rows;
+  };
+  const std::string ff = dir / "ff.ini";
+  write_file(ff, free_field_config(dir / "unused.h5"));
+  const std::string u1 = std::string(LATFLOW_SOURCE_DIR) + "/configs/u1_exact.ini";
+  const std::string su2 = std::string(LATFLOW_SOURCE_DIR) + "/configs/su2_exact.ini";
+  // Free field 8x8 from the learned Gaussian prior trained at m2 = 1.5 (`train` trains the start), to m2 = 1. U(1)
+  // and SU(2) 6x6 from the independent-plaquette prior at beta = 1.5, to beta = 2: no training (a model without
+  // parameters needs no checkpoint).
+  const std::string ff_start = ff + " --flow.layers 0 --flow.prior fourier --ne.parameter phi4.m2 --ne.start 1.5"
+                                    " --run.checkpoint " + dir / "ff.ckpt";
+  auto t = run("train " + ff_start + " --ne.steps 1 --train.steps 500 --train.lr 0.05");
+  INFO(t.out);
+  REQUIRE(t.code == 0);
+  const std::vector<Point> points{
+      {"ff", ff_start, {"chi2", "phi2", "g_pmin"}},
+      {"u1", u1 + " --flow.prior plaquette --lattice.extents \"6 6\" --u1.beta 2 --ne.parameter u1.beta --ne.start 1.5",
+       {"plaq", "Q2", "wilson_2x2"}},
+      {"su2", su2 + " --flow.prior plaquette --lattice.extents \"6 6\" --sun.beta 2 --ne.parameter sun.beta "
+                    "--ne.start 1.5",
+       {"plaq", "wilson_2x2"}}};
+  for (const auto& p : points)
+    for (int n : {1, 2, 10}) {
+      const std::string out = dir / (p.name + std::to_string(n) + ".h5");
+      auto r = run("sample " + p.args + " --ne.steps " + std::to_string(n) +
+                   " --sample.proposals 4000 --sample.block 500 --run.seed 3 --output " + out);
+      INFO(r.out);
+      REQUIRE(r.code == 0);
+      const auto rep = analysis::analyze_ensemble(out);
+      CAPTURE(p.name, n, rep.ess_fraction, rep.free_energy, rep.free_energy_error, rep.free_energy_exact);
+      CHECK(rep.ne_steps == n);
+      REQUIRE(rep.nis_reliable());  // >= 100 effective samples, or the errors below mean nothing
+      REQUIRE(rep.has_free_energy_exact);
+      CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 3 * rep.free_energy_error);
+      for (const char* name : p.rows) {
+        const auto* row = rep.row(name);
+        REQUIRE(row);
+        CAPTURE(name, row->nis, row->nis_error, row->ref);
+        CHECK(row->ref_kind == "exact");
+        CHECK(std::abs(row->nis - row->ref) < 3 * row->nis_error);
+      }
+    }
+  // Bad protocols: one line naming the key.
+  expect_error("sample " + u1 + " --ne.steps 2 --ne.parameter phi4.m2 --output " + dir / "x.h5", 2,
+               "ne.parameter = phi4.m2");
+  expect_error("sample " + ff + " --ne.steps 2 --ne.parameter phi4.lam --ne.start -1 --output " + dir / "x.h5", 2,
+               "ne.start = -1");
+  expect_error("sample " + ff + " --ne.steps -1 --output " + dir / "x.h5", 2, "ne.steps = -1");
+}
+
 TEST_CASE("data-parallel training on 2 and 3 ranks reproduces the 1-rank run up to summation order", "[cli][mpi]") {
   TempDir dir;
   const std::string cfg = dir / "mpi.ini";

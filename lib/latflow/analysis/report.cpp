@@ -267,6 +267,19 @@ Samples read_imh(const io::File& f, Report& r) {
   auto fe = free_energy(s.log_w);
   r.free_energy = fe.F;
   r.free_energy_error = fe.error;
+  if (f.exists("/ne")) {
+    r.ne_steps = f.read_attr_int("/ne", "steps");
+    r.ne_parameter = f.read_attr_string("/ne", "parameter");
+    r.ne_start = f.read_attr_double("/ne", "start");
+    r.ne_n_md = f.read_attr_int("/ne", "n_md");
+    const auto W = f.read_f64("/proposals/work");
+    if (W.size() != s.log_w.size()) throw IoError(path + ": /proposals/work and /proposals/log_w differ in length");
+    double sum = 0, sum2 = 0;
+    for (double w : W) sum += w;
+    r.work_mean = sum / static_cast<double>(W.size());
+    for (double w : W) sum2 += (w - r.work_mean) * (w - r.work_mean);
+    r.work_std = std::sqrt(sum2 / static_cast<double>(W.size()));
+  }
 
   s.primary = observable_names(f, "/proposals/observables");
   for (const auto& name : s.primary) {
@@ -439,6 +452,14 @@ std::string format_report(const Report& r) {
                   static_cast<long long>(r.train_steps), r.train_seconds, r.sampling_seconds, r.acceptance, r.tau_acc,
                   r.ess_fraction, static_cast<long long>(r.proposals));
     os << b;
+    if (r.ne_steps > 0) {
+      std::snprintf(b, sizeof b,
+                    "non-equilibrium: %lld steps of %s from %g to the target, one HMC trajectory (n_md %lld) each; "
+                    "work W %.4g, spread %.4g\n",
+                    static_cast<long long>(r.ne_steps), r.ne_parameter.c_str(), r.ne_start,
+                    static_cast<long long>(r.ne_n_md), r.work_mean, r.work_std);
+      os << b;
+    }
     os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
     if (r.has_free_energy_exact) {
       // An exact sampler (flow.prior = exact) gives weights equal up to float64 rounding (a zero or ~1e-13
@@ -561,6 +582,10 @@ std::string report_json(const Report& r) {
     os << "},\n  \"train_steps\": " << r.train_steps << ",\n  \"train_seconds\": " << json::number(r.train_seconds)
        << ",\n  \"sampling_seconds\": " << json::number(r.sampling_seconds)
        << ",\n  \"weights_hash\": " << json::string(r.weights_hash);
+    if (r.ne_steps > 0)
+      os << ",\n  \"ne\": {\"steps\": " << r.ne_steps << ", \"parameter\": " << json::string(r.ne_parameter)
+         << ", \"start\": " << json::number(r.ne_start) << ", \"n_md\": " << r.ne_n_md
+         << ", \"work_mean\": " << json::number(r.work_mean) << ", \"work_std\": " << json::number(r.work_std) << "}";
   }
   if (!r.sector_observable.empty())
     os << ",\n  \"sectors\": {\"observable\": " << json::string(r.sector_observable)

@@ -67,6 +67,10 @@ struct Report {
   // above, the flow steps' figures here, the training in train_steps / train_seconds / weights_hash.
   std::int64_t flow_every = 0, flow_proposals = 0;
   double flow_acceptance = 0, flow_seconds = 0;
+  // Non-equilibrium proposals (an imh file with /ne): the protocol and the mean and spread of its work W.
+  std::int64_t ne_steps = 0, ne_n_md = 0;
+  std::string ne_parameter;
+  double ne_start = 0, work_mean = 0, work_std = 0;
   bool chains_kind() const { return kind == "hmc" || kind == "mixed"; }  // [T, C] chains, not an IMH trail
   bool has_reversibility = false;
   double reversibility_max_dx = 0, reversibility_max_dp = 0;
