@@ -67,10 +67,16 @@ const std::map<std::string, std::string>& command_help() {
                 "train.checkpoint_every steps and continues an existing one.\n" +
                     config_keys + "example: latflow train configs/e5.ini --train.steps 6000\n"},
       {"sample", "usage: latflow sample CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
-                 "Samples with the trained checkpoint: independence Metropolis ensemble into run.output (HDF5).\n" +
+                 "Samples with the trained checkpoint: independence Metropolis ensemble into run.output (HDF5).\n"
+                 "With ne.steps = n > 0, non-equilibrium proposals: each starts from the flow of ne.parameter =\n"
+                 "ne.start (what `train` trains with the same keys) and makes n steps of the coupling toward the\n"
+                 "config's value, each followed by one HMC trajectory (hmc.n_md, not tuned); the weight carries the\n"
+                 "work. A model without parameters (flow.layers = 0, a fixed prior) needs no checkpoint.\n" +
                      config_keys +
                      "example: latflow sample configs/tutorial.ini --run.checkpoint runs/tutorial.h5.ckpt "
-                     "--run.seed 2 --output runs/t2.h5\n"},
+                     "--run.seed 2 --output runs/t2.h5\n"
+                     "         latflow sample configs/u1_exact.ini --flow.prior haar --ne.steps 300 "
+                     "--ne.parameter u1.beta --ne.start 0 --output runs/u1_ne.h5\n"},
       {"hmc", "usage: latflow hmc CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
               "HMC baseline: hmc.chains chains in the batch into run.output (HDF5), then the analysis.\n"
               "With hmc.flow_every = k > 0, a mixed chain: after every k trajectories each chain makes an\n"

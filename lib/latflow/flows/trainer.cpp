@@ -390,7 +390,9 @@ TrainSummary train_job(const Config& cfg) {
   const std::int64_t nan_weight_step = nan_weight_env ? std::stoll(nan_weight_env) : -1;
 
   std::int64_t step = meta.step;
-  for (; step < tp.steps; ++step) {
+  // A model without parameters (flow.layers = 0 with a fixed prior) has nothing to train: it is checkpointed as it is.
+  if (n_params == 0 && step < tp.steps) log::info("training: the model has no parameters; nothing to train");
+  for (; step < tp.steps && n_params > 0; ++step) {
     saved_now = false;
     // The root's clock decides for all ranks, which must stop at the same step.
     std::uint8_t out_of_time = tp.max_minutes > 0 && elapsed() > 60.0 * tp.max_minutes;
