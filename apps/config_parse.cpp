@@ -59,7 +59,7 @@ const std::vector<Key>& keys() {
   static const std::vector<Key> k{
       LATFLOW_KEY("theory", theory, v, "phi4 | u1 | sun"),
       LATFLOW_KEY("lattice.extents", lattice.extents, parse_list<I>("lattice.extents", v),
-                  "lattice extents L_0 ... L_{d-1}, d = 1..4 (flows: d <= 3, even extents)"),
+                  "lattice extents L_0 ... L_{d-1}, d = 1..4 (flows: even extents)"),
       LATFLOW_KEY("phi4.convention", phi4.convention, v, "nohalf | half | hopping (converted exactly to nohalf)"),
       LATFLOW_KEY("phi4.m2", phi4.m2, parse_number<double>("phi4.m2", v), "mass term m2 (nohalf, half)"),
       LATFLOW_KEY("phi4.lam", phi4.lam, parse_number<double>("phi4.lam", v), "quartic coupling lambda"),

@@ -124,8 +124,6 @@ void Config::validate() {
   require(f.spline_bound > 0 && std::isfinite(f.spline_bound), "flow.spline_bound", str(f.spline_bound),
           "must be > 0");
   require(f.dtype == "float32" || f.dtype == "float64", "flow.dtype", f.dtype, "must be float32 or float64");
-  require(lattice.dim() <= 3 || f.layers == 0, "lattice.extents", str(lattice.dim()) + " dimensions",
-          "flows need d <= 3 (convolutions in 1..3 dimensions)");
   for (auto l : lattice.extents)
     require(l % 2 == 0 || f.layers == 0, "lattice.extents", str(l), "checkerboard masks need even extents");
 

@@ -21,12 +21,39 @@ std::vector<std::int64_t> site_dims(int d, int first = 1) {
   return dims;
 }
 
+// A 4D convolution without padding (LibTorch has no Conv4d): the same weight [out, in, k, k, k, k] and bias, the
+// same default initialisation and the same cross-correlation as Conv1d..3d. The fused kernels read its weights like
+// theirs; this forward is the LibTorch-ops path (CUDA, and the reference the tests compare the kernels with):
+// every k^4 window by unfold, then one contraction.
+class Conv4dImpl : public torch::nn::Module {
+ public:
+  Conv4dImpl(int in, int out, int kernel) : kernel_(kernel) {
+    weight_ = register_parameter("weight", torch::empty({out, in, kernel, kernel, kernel, kernel}));
+    bias_ = register_parameter("bias", torch::empty({out}));
+    torch::NoGradGuard no_grad;
+    torch::nn::init::kaiming_uniform_(weight_, std::sqrt(5.0));  // as LibTorch's ConvNd
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in) * kernel * kernel * kernel * kernel);
+    bias_.uniform_(-bound, bound);
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto u = x;
+    for (int ax = 2; ax < 6; ++ax) u = u.unfold(ax, kernel_, 1);  // [B, C, L0..L3, k, k, k, k]
+    return torch::einsum("bcwxyzijkl,ocijkl->bowxyz", {u, weight_}) + bias_.view({1, -1, 1, 1, 1, 1});
+  }
+
+ private:
+  int kernel_;
+  torch::Tensor weight_, bias_;
+};
+TORCH_MODULE(Conv4d);
+
 torch::nn::AnyModule make_conv(int dim, int in, int out, int kernel) {
   switch (dim) {
     case 1: return torch::nn::AnyModule(torch::nn::Conv1d(torch::nn::Conv1dOptions(in, out, kernel)));
     case 2: return torch::nn::AnyModule(torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)));
     case 3: return torch::nn::AnyModule(torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, kernel)));
-    default: throw ConfigError("lattice.extents: flows need 1 to 3 dimensions, got " + std::to_string(dim));
+    case 4: return torch::nn::AnyModule(Conv4d(in, out, kernel));
+    default: throw ConfigError("lattice.extents: flows need 1 to 4 dimensions, got " + std::to_string(dim));
   }
 }
 

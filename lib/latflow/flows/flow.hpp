@@ -17,7 +17,7 @@
 
 namespace latflow {
 
-// Periodic conv net on [B, C, L_0..L_{d-1}] (d = 1..3). The last layer is zero-initialised so that a fresh flow is
+// Periodic conv net on [B, C, L_0..L_{d-1}] (d = 1..4). The last layer is zero-initialised so that a fresh flow is
 // the identity map (training starts from the prior). Two implementations of the same function and parameters:
 //   fused (default on the CPU, float32/float64): the whole net is one autograd node running the hand-written
 //     kernels of periodic_conv.hpp, forward and backward (2-3x faster per training step on the tutorial nets,
