@@ -1127,6 +1127,26 @@ TEST_CASE("latflow hmc writes a complete replica ensemble that analyze reads; re
   CHECK(io::File::open_read(out).shape("/chains/dH") == std::vector<std::uint64_t>{10, 8});
 }
 
+TEST_CASE("HMC: diverging trajectories are rejected and counted, and the n_md tuning moves away from them",
+          "[cli][hmc]") {
+  TempDir dir;
+  const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/phi4_d4.ini";
+  // 4D phi^4 with lam = 224 (no-1/2): from n_md = 10 a few trajectories of the tuning blow up (dH NaN). Before the
+  // fix their NaN acceptance read as <dH> = 0, n_md fell to 4, and the summary's <exp(-dH)> threw.
+  auto r = run("hmc " + cfg + " --hmc.trajectories 100 --hmc.thermalization 100 --output " + dir / "t.h5");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  auto f = io::File::open_read(dir / "t.h5");
+  CHECK(f.read_attr_int("/hmc", "n_md") >= 10);
+  CHECK(f.read_attr_double("/hmc", "acceptance") > 0.6);
+  // Forced far beyond the stability limit: every trajectory diverges, is rejected, and the run still completes.
+  auto w = run("hmc " + cfg + " --hmc.trajectories 10 --hmc.thermalization 0 --hmc.n_md 3 --output " + dir / "w.h5");
+  INFO(w.out);
+  REQUIRE(w.code == 0);
+  CHECK(w.out.find("trajectories diverged (dH not finite) and were rejected") != std::string::npos);
+  CHECK(io::File::open_read(dir / "w.h5").read_attr_double("/hmc", "acceptance") == 0.0);
+}
+
 TEST_CASE("the flow sampler reproduces the committed HMC golden values of E1 (L = 6) within 3 sigma", "[cli][golden]") {
   TempDir dir;
   // configs/e1.ini carries the golden values under [reference]; a short training is enough at L = 6 because the

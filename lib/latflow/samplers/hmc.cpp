@@ -153,7 +153,9 @@ int HmcChains::thermalize(std::int64_t n) {
   for (std::int64_t t = 0; t < n; ++t) {
     auto r = trajectory(t);
     if (t >= t_frozen) continue;
-    const auto pc = torch::clamp_max(torch::exp(-r.dH), 1.0).contiguous();
+    // A diverged trajectory (dH NaN from inf - inf) was rejected: acceptance probability 0, not NaN (a NaN here
+    // would read as <dH> = 0 and halve n_md, the wrong way).
+    const auto pc = torch::nan_to_num(torch::clamp_max(torch::exp(-r.dH), 1.0), 0.0).contiguous();
     const auto all = mpi::gather(std::vector<double>(pc.data_ptr<double>(), pc.data_ptr<double>() + pc.numel()));
     double p = 0;
     for (double v : all) p += v;

@@ -2,6 +2,7 @@
 #include "latflow/samplers/hmc_store.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <filesystem>
 #include <sstream>
@@ -331,12 +332,19 @@ void HmcStore::finish(const std::function<void(io::File&, const HmcTotals&)>& wr
     const auto acc = f.read_u8("/chains/accepted");
     const auto C = static_cast<std::size_t>(C_), T = dH.size() / C;
     std::vector<std::vector<double>> replicas(C, std::vector<double>(T));
-    std::int64_t n_acc = 0;
+    std::int64_t n_acc = 0, diverged = 0;
     for (std::size_t i = 0; i < T; ++i)
       for (std::size_t c = 0; c < C; ++c) {
-        replicas[c][i] = std::exp(-dH[i * C + c]);
+        // A trajectory whose energy blew up (dH = +inf, or NaN from inf - inf) was rejected; its exp(-dH) is 0.
+        const double d = dH[i * C + c];
+        const bool blown = std::isnan(d) || d == std::numeric_limits<double>::infinity();
+        diverged += blown;
+        replicas[c][i] = blown ? 0.0 : std::exp(-d);
         n_acc += acc[i * C + c];
       }
+    if (diverged > 0)
+      log::warn("hmc: " + std::to_string(diverged) + " trajectories diverged (dH not finite) and were rejected: the "
+                "MD step is near the integrator's stability limit (raise hmc.n_md or hmc.target_acceptance)");
     const auto e = analysis::gamma_method(replicas);
     t.exp_mdH = e.mean;
     t.exp_mdH_error = e.error;
