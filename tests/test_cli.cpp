@@ -669,6 +669,18 @@ void expect_same_datasets(const std::string& a, const std::string& b) {
   }
 }
 
+// Runs `args --output DIR/STEM<R>.h5` on R = 2 and 3 ranks; every dataset must equal the 1-rank `reference` bitwise.
+void expect_rank_invariant(const TempDir& dir, const std::string& args, const std::string& stem,
+                           const std::string& reference) {
+  for (int R : {2, 3}) {
+    const std::string out = dir / (stem + std::to_string(R) + ".h5");
+    auto r = run_mpi(R, args + " --output " + out);
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    expect_same_datasets(reference, out);
+  }
+}
+
 // A small point for the MPI tests: 11 blocks of 64 proposals (the last one short), commits after every round.
 const char* kMpiConfig =
     "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
@@ -687,14 +699,9 @@ TEST_CASE("sample: every dataset is bitwise identical for 1, 2 and 3 ranks, afte
   auto one = run("sample " + cfg + " --output " + dir / "r1.h5");
   INFO(one.out);
   REQUIRE(one.code == 0);
-  for (int R : {2, 3}) {
-    const std::string out = dir / ("r" + std::to_string(R) + ".h5");
-    auto r = run_mpi(R, "sample " + cfg + " --output " + out);
-    INFO(r.out);
-    REQUIRE(r.code == 0);
-    CHECK(io::File::open_read(out).read_attr_int("/chain", "committed_proposals") == 700);
-    expect_same_datasets(dir / "r1.h5", out);
-  }
+  expect_rank_invariant(dir, "sample " + cfg, "r", dir / "r1.h5");
+  for (const char* out : {"r2.h5", "r3.h5"})
+    CHECK(io::File::open_read(dir / out).read_attr_int("/chain", "committed_proposals") == 700);
 
   // Rank 1 fails before block 5 (its third block at R = 2): one line naming the rank and the cause, a non-zero
   // exit, no OUTPUT, and an OUTPUT.partial committed up to the last whole round.
@@ -747,13 +754,7 @@ TEST_CASE("hmc: every dataset is bitwise identical for 1, 2 and 3 ranks and afte
   INFO(one.out);
   REQUIRE(one.code == 0);
   CHECK(io::File::open_read(dir / "h1.h5").read_attr_int("/hmc", "n_md") != 10);
-  for (int R : {2, 3}) {
-    const std::string out = dir / ("h" + std::to_string(R) + ".h5");
-    auto r = run_mpi(R, "hmc " + cfg + " --output " + out);
-    INFO(r.out);
-    REQUIRE(r.code == 0);
-    expect_same_datasets(dir / "h1.h5", out);
-  }
+  expect_rank_invariant(dir, "hmc " + cfg, "h", dir / "h1.h5");
   const std::string out = dir / "killed.h5";
   setenv("LATFLOW_FAULT_TRAJECTORY", "17", 1);
   setenv("LATFLOW_FAULT_RANK", "1", 1);
@@ -801,13 +802,7 @@ TEST_CASE("mixed chains (hmc.flow_every): bitwise identical for 1, 2 and 3 ranks
     for (std::size_t i = 0; i < flow.size(); ++i) CHECK(flow[i] == ((i / 7 + 1) % 3 == 0 ? flow[i] & 1 : 2));
     CHECK(f.read_attr_string("/model", "weights_hash").size() == 16);
   }
-  for (int R : {2, 3}) {
-    const std::string out = dir / ("m" + std::to_string(R) + ".h5");
-    auto r = run_mpi(R, "hmc " + cfg + mix + " --output " + out);
-    INFO(r.out);
-    REQUIRE(r.code == 0);
-    expect_same_datasets(dir / "m1.h5", out);
-  }
+  expect_rank_invariant(dir, "hmc " + cfg + mix, "m", dir / "m1.h5");
   const std::string out = dir / "killed.h5";
   setenv("LATFLOW_FAULT_TRAJECTORY", "13", 1);
   setenv("LATFLOW_FAULT_RANK", "1", 1);
@@ -916,13 +911,7 @@ TEST_CASE("non-equilibrium proposals: bitwise identical for 1, 2 and 3 ranks and
     // Moving lam up on a field with phi^4 > 0 costs work: W > 0 for every proposal, and the weights differ.
     for (std::size_t i = 0; i < W.size(); ++i) CHECK(W[i] > 0);
   }
-  for (int R : {2, 3}) {
-    const std::string out = dir / ("n" + std::to_string(R) + ".h5");
-    auto r = run_mpi(R, "sample " + cfg + ne + " --output " + out);
-    INFO(r.out);
-    REQUIRE(r.code == 0);
-    expect_same_datasets(dir / "n1.h5", out);
-  }
+  expect_rank_invariant(dir, "sample " + cfg + ne, "n", dir / "n1.h5");
   const std::string out = dir / "killed.h5";
   setenv("LATFLOW_FAULT_BLOCK", "3", 1);
   auto failed = run_mpi(2, "sample " + cfg + ne + " --output " + out);
