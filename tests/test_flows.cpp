@@ -508,10 +508,10 @@ void shift(FlowModelImpl& model, const torch::Tensor& v, double eps) {
   }
 }
 
-// coupling "affine+fourier": affine couplings after a FourierScale prior layer.
+// coupling "affine+fourier": affine couplings after a FourierScale prior layer; theory "sun3": SU(3) (else SU(2)).
 Config small_config(const std::string& theory, const std::string& coupling) {
   Config cfg;
-  cfg.theory = theory;
+  cfg.theory = theory == "sun3" ? "sun" : theory;
   cfg.lattice.extents = {4, 4};
   const bool fourier = coupling == "affine+fourier";
   cfg.flow = params(fourier ? "affine" : coupling, theory == "phi4");
@@ -520,7 +520,7 @@ Config small_config(const std::string& theory, const std::string& coupling) {
   cfg.phi4.m2 = -4;
   cfg.phi4.lam = 8;
   cfg.u1.beta = 2;
-  cfg.sun.n = 2;
+  cfg.sun.n = theory == "sun3" ? 3 : 2;
   cfg.sun.beta = 2;
   cfg.validate();
   return cfg;
@@ -537,7 +537,8 @@ TEST_CASE("reparam and path gradients equal finite differences of their objectiv
                                                                                    {"phi4", "spline"},
                                                                                    {"u1", "ncp"},
                                                                                    {"u1", "spline"},
-                                                                                   {"sun", "spectral"}}) {
+                                                                                   {"sun", "spectral"},
+                                                                                   {"sun3", "spectral"}}) {
     CAPTURE(theory, coupling);
     const auto cfg = small_config(theory, coupling);
     torch::manual_seed(31);

@@ -225,12 +225,13 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Ten
   auto ctx = n_ == 2 ? (torch::real(tr) * frozen_).unsqueeze(1)
                      : torch::stack({torch::real(tr) * frozen_, torch::imag(tr) * frozen_}, 1);
   auto par = net_->forward(ctx).permute({0, 2, 3, 1});
-  auto [Pn, ld] = n_ == 2 ? su2_kernel(P, par, inverse) : su3_kernel(P, par, inverse);
-  // U_0 <- P' P^+ U_0 or U_1 <- P'^+ P U_1 on the active links: the new active plaquette is P'.
-  auto step = mu_ == 0 ? torch::matmul(Pn, SUN::dagger(P)) : torch::matmul(SUN::dagger(Pn), P);
+  auto [R, ld] = n_ == 2 ? su2_kernel(P, par, inverse) : su3_kernel(P, par, inverse);
+  // P' = R P with R a function of P (it commutes with P): U_0 <- R U_0 or U_1 <- R^+ U_1 on the active links
+  // (P' P^+ = R, P'^+ P = R^+) makes the new active plaquette P'.
+  auto step = mu_ == 0 ? R : SUN::dagger(R);
   auto eye = torch::eye(n_, torch::TensorOptions().dtype(P.scalar_type()).device(P.device()));
   auto on = active_ > 0.5;
-  step = torch::where(on.unsqueeze(-1).unsqueeze(-1), step, eye);
+  step = torch::where(on.unsqueeze(-1).unsqueeze(-1), step.to(P.scalar_type()), eye);
   auto moved = torch::matmul(step, u.select(1, mu_));
   auto y = torch::stack({mu_ == 0 ? moved : u.select(1, 0), mu_ == 1 ? moved : u.select(1, 1)}, 1);
   ld = torch::where(on, ld, torch::zeros_like(ld));
@@ -249,11 +250,12 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su2_kernel(const torch
   auto theta = torch::atan2(s, c);
   const SplineKnots k(par, bins_, 0, M_PI);
   auto [moved, log_slope] = rational_quadratic(theta, k.xk, k.yk, k.dk, inverse);
-  auto s_new = torch::sin(moved);
+  // R = exp(i (h - theta) n.sigma) = cos(h - theta) I + (sin(h - theta) / sin theta)(P - cos theta I).
+  auto d = moved - theta;
   auto eye = torch::eye(2, torch::TensorOptions().dtype(P.scalar_type()).device(P.device()));
   auto col = [](const torch::Tensor& t) { return t.unsqueeze(-1).unsqueeze(-1); };
-  auto Pn = col(torch::cos(moved)) * eye + col(s_new / s) * (P - col(c) * eye);
-  return {Pn, log_slope + 2 * torch::log(s_new) - 2 * torch::log(s)};
+  auto R = col(torch::cos(d)) * eye + col(torch::sin(d) / s) * (P - col(c) * eye);
+  return {R, log_slope + 2 * torch::log(torch::sin(moved)) - 2 * torch::log(s)};
 }
 
 namespace {
@@ -265,26 +267,74 @@ torch::Tensor log_vandermonde(const torch::Tensor& th) {
       out = out + torch::log(4 * torch::sin((th.select(-1, i) - th.select(-1, j)) / 2).pow(2));
   return out;
 }
+
+// For lambda = e^{i theta} a root of the characteristic polynomial lambda^3 - t lambda^2 + conj(t) lambda - 1 of
+// an SU(3) matrix with trace t: e^{-3 i theta / 2} p(e^{i theta}) = 2 i g(theta) with the real function
+// g = sin(3 theta / 2) - Im(t e^{i theta / 2}). Returns g / g', the Newton step (0 where g' vanishes).
+torch::Tensor newton_step(const torch::Tensor& theta, const torch::Tensor& t) {
+  auto half = torch::polar(torch::ones_like(theta), theta / 2) * t;
+  auto g = torch::sin(1.5 * theta) - torch::imag(half);
+  auto gp = 1.5 * torch::cos(1.5 * theta) - 0.5 * torch::real(half);
+  auto ok = gp.abs() > 1e-12;
+  return torch::where(ok, g / torch::where(ok, gp, torch::ones_like(gp)), torch::zeros_like(g));
+}
+
+// num / den, and 0 where |den| is below rounding (coincident eigenvalues; see su3_kernel).
+torch::Tensor divided(const torch::Tensor& num, const torch::Tensor& den) {
+  auto ok = den.abs() > 1e-13;
+  return torch::where(ok, num / torch::where(ok, den, torch::ones_like(den)), torch::zeros_like(num));
+}
 }  // namespace
+
+torch::Tensor su3_alcove_phases(const torch::Tensor& P) {
+  auto t = P.to(torch::kComplexDouble).diagonal(0, -2, -1).sum(-1);
+  torch::Tensor phi;
+  {
+    torch::NoGradGuard ng;
+    auto tt = t.detach();
+    // lambda = mu + t / 3 turns p into the depressed cubic mu^3 + a mu + b = 0; Cardano with the larger of the two
+    // cube-root arguments (no cancellation), C = 0 only for the triple root (then a = b = 0, mu = 0).
+    auto a = tt.conj() - tt * tt / 3;
+    auto b = tt * tt.conj() / 3 - 2.0 / 27 * tt * tt * tt - 1;
+    auto disc = torch::sqrt(b * b / 4 + a * a * a / 27);
+    auto c_plus = -b / 2 + disc, c_minus = -b / 2 - disc;
+    auto C3 = torch::where(c_plus.abs() >= c_minus.abs(), c_plus, c_minus);
+    auto nonzero = C3.abs() > 0;
+    auto C = torch::pow(torch::where(nonzero, C3, torch::ones_like(C3)), 1.0 / 3);
+    std::vector<torch::Tensor> roots;
+    for (int k = 0; k < 3; ++k) {
+      auto Ck = C * c10::complex<double>(std::cos(2 * M_PI * k / 3), std::sin(2 * M_PI * k / 3));
+      auto mu = torch::where(nonzero, Ck - a / (3 * Ck), torch::zeros_like(Ck));
+      auto th = torch::angle(mu + tt / 3);
+      // Newton polishes the phases to rounding (Cardano loses digits where roots nearly coincide; there the
+      // phases are determined by t only to ~sqrt(rounding), as for any method that goes through t).
+      for (int it = 0; it < 3; ++it) th = th - newton_step(th, tt).clamp(-1e-3, 1e-3);
+      roots.push_back(th);
+    }
+    phi = torch::remainder(torch::stack(roots, -1) + M_PI, 2 * M_PI) - M_PI;  // [-pi, pi)
+    // Sort descending, then move the branch so that the phases sum to 0 with theta_1 - theta_3 <= 2 pi.
+    phi = std::get<0>(torch::sort(phi, -1, /*descending=*/true));
+    auto m = torch::round(phi.sum(-1) / (2 * M_PI));  // -1, 0 or 1
+    auto opts = torch::TensorOptions().dtype(torch::kInt64);
+    auto rot_up = torch::tensor({1, 2, 0}, opts), rot_down = torch::tensor({2, 0, 1}, opts),
+         same = torch::tensor({0, 1, 2}, opts);
+    auto mm = m.unsqueeze(-1);
+    auto cyc = torch::where(mm > 0.5, rot_up, torch::where(mm < -0.5, rot_down, same));
+    phi = phi.gather(-1, cyc);
+    auto zero = torch::zeros_like(m), turn = torch::full_like(m, 2 * M_PI);
+    phi = phi + torch::stack({torch::where(m < -0.5, turn, zero), zero, torch::where(m > 0.5, -turn, zero)}, -1);
+    phi = phi - phi.mean(-1, true);  // det = 1 exactly (the sum is off by rounding, more at multiple roots)
+  }
+  // The derivative: a Newton step from phi, differentiable in t, is -(dg/dt) / g' at a root (g = 0), the implicit
+  // d theta / dt; only its derivative is added, so the values stay phi.
+  auto step = newton_step(phi, t.unsqueeze(-1));
+  return phi - (step - step.detach());
+}
 
 std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su3_kernel(const torch::Tensor& P, const torch::Tensor& par,
                                                                      bool inverse) {
   const int np = 3 * bins_ + 1;
-  auto [evals, evecs] = torch::linalg_eig(P);
-  auto phi = torch::angle(evals);  // (-pi, pi]
-  // Sort descending, then move the branch so that the phases sum to 0 with theta_1 - theta_3 <= 2 pi.
-  auto order = torch::argsort(phi, -1, /*descending=*/true);
-  auto m = torch::round(phi.sum(-1) / (2 * M_PI));  // -1, 0 or 1
-  auto opts = order.options();
-  auto rot_up = torch::tensor({1, 2, 0}, opts), rot_down = torch::tensor({2, 0, 1}, opts),
-       same = torch::tensor({0, 1, 2}, opts);
-  auto mm = m.unsqueeze(-1);
-  auto cyc = torch::where(mm > 0.5, rot_up, torch::where(mm < -0.5, rot_down, same));
-  auto idx = order.gather(-1, cyc);
-  auto th = phi.gather(-1, idx);
-  auto zero = torch::zeros_like(m), turn = torch::full_like(m, 2 * M_PI);  // in the phases' dtype
-  th = th + torch::stack({torch::where(m < -0.5, turn, zero), zero, torch::where(m > 0.5, -turn, zero)}, -1);
-  auto V = evecs.gather(-1, idx.unsqueeze(-2).expand_as(evecs));
+  auto th = su3_alcove_phases(P);  // float64
   // Barycentric coordinates of the alcove and the stick-breaking map.
   const double lo = 1e-12;
   auto w1 = ((th.select(-1, 0) - th.select(-1, 1)) / (2 * M_PI)).clamp(lo, 1 - lo);
@@ -297,14 +347,23 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su3_kernel(const torch
   auto a = 2 * M_PI * w1n, b = 2 * M_PI * w2n;
   auto t2 = (b - a) / 3;
   auto thn = torch::stack({t2 + a, t2, t2 - b}, -1);
-  auto phase = torch::polar(torch::ones_like(thn), thn - th);
-  // The eigenvectors of a unitary matrix are orthonormal; LAPACK's general eigensolver returns them only
-  // approximately so, and QR (Gram-Schmidt in column order) restores it, so that R is unitary to rounding.
-  V = std::get<0>(torch::linalg_qr(V));
-  auto R = torch::matmul(V * phase.unsqueeze(-2).to(V.scalar_type()), SUN::dagger(V));  // P' = R P
-  R = R.to(P.scalar_type());
+  // R = r(P) for the polynomial r with r(lambda_k) = rho_k = e^{i (theta'_k - theta_k)} (Newton's divided
+  // differences on the eigenvalues lambda_k = e^{i theta_k}); by Cayley-Hamilton degree 2 suffices, and R P = P'
+  // without eigenvectors. An error in a divided difference of nearly coincident lambdas cancels on the
+  // eigenvectors to rounding; exactly coincident ones (Haar measure zero) drop the term.
+  auto ones = torch::ones_like(th);
+  auto lam = torch::polar(ones, th), rho = torch::polar(ones, thn - th);
+  auto l1 = lam.select(-1, 0), l2 = lam.select(-1, 1), l3 = lam.select(-1, 2);
+  auto r1 = rho.select(-1, 0), r2 = rho.select(-1, 1), r3 = rho.select(-1, 2);
+  auto d12 = divided(r2 - r1, l2 - l1), d23 = divided(r3 - r2, l3 - l2);
+  auto d123 = divided(d23 - d12, l3 - l1);
+  auto Pd = P.to(torch::kComplexDouble);
+  auto eye = torch::eye(3, Pd.options());
+  auto col = [](const torch::Tensor& z) { return z.unsqueeze(-1).unsqueeze(-1); };
+  auto R = col(r1 - d12 * l1 + d123 * l1 * l2) * eye + col(d12 - d123 * (l1 + l2)) * Pd +
+           col(d123) * torch::matmul(Pd, Pd);
   auto ld = ls1 + ls2 + torch::log(1 - w1n) - torch::log(1 - w1) + log_vandermonde(thn) - log_vandermonde(th);
-  return {torch::matmul(R, P), ld};
+  return {R, ld};
 }
 
 SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& params, double beta)

@@ -49,6 +49,11 @@ class GaugeCoupling : public CouplingLayer {
   ConvNet net_{nullptr};
 };
 
+// The eigenphases of SU(3) matrices P [..., 3, 3] (complex, any precision) in the alcove order above, float64
+// [..., 3], in closed form: the roots of the characteristic polynomial lambda^3 - t lambda^2 + conj(t) lambda - 1
+// (t = tr P) by Cardano, polished by Newton on the unit circle; differentiable in P through t.
+torch::Tensor su3_alcove_phases(const torch::Tensor& P);
+
 // The prior (flow.prior): haar, uniform angles, log density -2 V ln(2 pi); plaquette or exact, the gauge-fixed
 // plaquette priors of theories/u1_prior.hpp at the coupling `beta` (independent one-plaquette Boltzmann factors
 // and a defect; or the exact joint distribution), whose log density beta sum cos theta_P + const is evaluated from
@@ -90,10 +95,10 @@ class U1FlowImpl : public FlowModelImpl {
 // barycentric coordinates w = (theta_1 - theta_2, theta_2 - theta_3, 2 pi - theta_1 + theta_3) / 2 pi. Sorting
 // makes the map independent of the eigenvector order (permutation equivariant). The triangle is mapped onto
 // itself by stick breaking, w_1 -> s_1(w_1) and v = w_2 / (1 - w_1) -> s_2(v), with two monotone splines of
-// [0, 1] (ends fixed) conditioned on Re and Im tr P / 3 of the frozen plaquettes; P' = V diag(e^{i theta'}) V^+
-// (V from the eigensolver, re-orthonormalised). w is linear in the phases, so with respect to Haar (density
-// |Delta(e^{i theta})|^2 on classes) log|det| = log s_1' + log s_2' + log(1 - w_1') - log(1 - w_1)
-// + log|Delta(theta')|^2 - log|Delta(theta)|^2. (A simple stand-in for the canonical-cell construction of Boyda
+// [0, 1] (ends fixed) conditioned on Re and Im tr P / 3 of the frozen plaquettes; P' = V diag(e^{i theta'}) V^+,
+// built without an eigensolver as a quadratic polynomial in P (su3_kernel). w is linear in the phases, so with
+// respect to Haar (density |Delta(e^{i theta})|^2 on classes) log|det| = log s_1' + log s_2' + log(1 - w_1')
+// - log(1 - w_1) + log|Delta(theta')|^2 - log|Delta(theta)|^2. (A simple stand-in for the canonical-cell construction of Boyda
 // et al.: the alcove is that cell; the map is a bijection of it, but not built to be smooth across its edges.)
 class SpectralCoupling : public CouplingLayer {
  public:
@@ -103,13 +108,19 @@ class SpectralCoupling : public CouplingLayer {
 
  private:
   std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& x, bool inverse);
-  // The new active plaquettes P' [B, L0, L1, N, N] and the kernel's log-det per site, from P and the net output.
+  // R [B, L0, L1, N, N], a function of P with P' = R P the new active plaquette, and the kernel's log-det per
+  // site, from P and the net output.
   std::pair<torch::Tensor, torch::Tensor> su2_kernel(const torch::Tensor& P, const torch::Tensor& par, bool inverse);
   std::pair<torch::Tensor, torch::Tensor> su3_kernel(const torch::Tensor& P, const torch::Tensor& par, bool inverse);
   int n_, mu_, bins_;
   torch::Tensor active_, frozen_;  // [L0, L1]
   ConvNet net_{nullptr};
 };
+
+// The eigenphases of SU(3) matrices P [..., 3, 3] (complex, any precision) in the alcove order above, float64
+// [..., 3], in closed form: the roots of the characteristic polynomial lambda^3 - t lambda^2 + conj(t) lambda - 1
+// (t = tr P) by Cardano, polished by Newton on the unit circle; differentiable in P through t.
+torch::Tensor su3_alcove_phases(const torch::Tensor& P);
 
 // The prior (flow.prior): haar (log density 0), plaquette or exact, the gauge-fixed plaquette priors of
 // theories/sun_prior.hpp at the coupling `beta`, whose log density (beta/N) sum Re tr P + const is evaluated
