@@ -441,6 +441,38 @@ TEST_CASE("SU(2) and SU(3) flow layers are gauge equivariant; their log-dets mat
   }
 }
 
+TEST_CASE("SU(2) and SU(3) inference kernels equal the LibTorch formulas layer by layer, forward and inverse",
+          "[sun][flow]") {
+  // Without autograd the layers run flows/spectral_kernel.cpp; set_fused_conv(false) gives the LibTorch ops.
+  torch::NoGradGuard ng;
+  for (int n : {2, 3})
+    for (bool f64 : {true, false}) {
+      auto flow = random_flow(n, 8, 13);
+      if (!f64) flow->to(torch::kFloat32);
+      const auto th = make_sun(n, 2.0);
+      auto x = random_field(th, 3, 17).to(f64 ? torch::kFloat64 : torch::kFloat32);
+      for (std::size_t i = 0; i < flow->num_layers(); ++i) {
+        auto& layer = flow->layer(i);
+        CHECK(layer.runs_in_place(x));
+        for (bool inv : {false, true}) {
+          auto fused = inv ? layer.inverse(x) : layer.forward(x);
+          set_fused_conv(false);
+          CHECK_FALSE(layer.runs_in_place(x));
+          auto ops = inv ? layer.inverse(x) : layer.forward(x);
+          set_fused_conv(true);
+          CAPTURE(n, f64, i, inv);
+          // float64: rounding; float32: the kernel works in float64 from float32 links and net outputs, the
+          // ops in float32.
+          CHECK((fused.first - ops.first).abs().max().item<double>() < (f64 ? 1e-12 : 2e-5));
+          CHECK((fused.second.to(torch::kFloat64) - ops.second.to(torch::kFloat64)).abs().max().item<double>() <
+                (f64 ? 1e-10 : 1e-3));
+          CHECK((fused.first - x).abs().max().item<double>() > 1e-2);  // the layer does move the field
+        }
+        x = layer.forward(x).first;
+      }
+    }
+}
+
 TEST_CASE("SU(2) and SU(3) flows: log q matches a numerical Jacobian of the whole flow, is gauge invariant; "
           "outputs are SU(N); the inverse recovers the prior draw",
           "[sun][flow]") {

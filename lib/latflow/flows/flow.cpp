@@ -389,6 +389,39 @@ const torch::Tensor& ConvNetImpl::neighbours(const std::vector<std::int64_t>& ex
   return nbr;
 }
 
+torch::Tensor ConvNetImpl::forward_at(const torch::Tensor& x, const torch::Tensor& sites) {
+  std::vector<std::int64_t> extents(x.sizes().begin() + 2, x.sizes().end());
+  const auto& nbr = neighbours(extents);
+  const auto B = x.size(0), V = x.numel() / (B * x.size(1)), Vr = sites.numel();
+  const int T = static_cast<int>(taps());
+  const auto act = parse_activation(activation_);
+  const auto ps = params();
+  const auto layers = ps.size() / 2;
+  auto h = x.movedim(1, -1).reshape({B, V, x.size(1)}).contiguous();  // [B, V, C]
+  torch::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_forward_at", [&] {
+    for (std::size_t l = 0; l < layers; ++l) {
+      auto w = ps[2 * l].detach().contiguous(), bias = ps[2 * l + 1].detach().contiguous();
+      const int cout = static_cast<int>(w.size(0)), cin = static_cast<int>(w.size(1));
+      const bool last = l + 1 == layers;
+      out = torch::empty({B, last ? Vr : V, cout}, x.options());
+      for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
+        const scalar_t* in = h.data_ptr<scalar_t>() + b0 * V * cin;
+        if (last)
+          pconv::conv_forward_at<scalar_t>(in, b1 - b0, V, T, nbr.data_ptr<std::int32_t>(),
+                                           sites.data_ptr<std::int32_t>(), Vr, cin, cout, w.data_ptr<scalar_t>(),
+                                           bias.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + b0 * Vr * cout);
+        else
+          pconv::conv_forward<scalar_t>(in, b1 - b0, V, T, nbr.data_ptr<std::int32_t>(), cin, cout,
+                                        w.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), &act, nullptr,
+                                        out.data_ptr<scalar_t>() + b0 * V * cout);
+      });
+      h = out;
+    }
+  });
+  return out;
+}
+
 std::vector<torch::Tensor> ConvNetImpl::params() {
   std::vector<torch::Tensor> out;
   for (auto& c : convs_)

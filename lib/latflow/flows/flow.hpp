@@ -31,6 +31,10 @@ class ConvNetImpl : public torch::nn::Module {
   ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
               const std::string& activation);
   torch::Tensor forward(torch::Tensor x);
+  // Inference with the fused kernels (x [B, C, L...] contiguous, CPU, float32/float64): the net's output at the
+  // flat site indices `sites` (int32, CPU) only, channels last [B, sites, C_out]; the last conv is evaluated
+  // nowhere else.
+  torch::Tensor forward_at(const torch::Tensor& x, const torch::Tensor& sites);
   // An affine coupling layer's update in inference, in place on x [B, L...] (contiguous, CPU, float32/float64;
   // this net's last conv has 2 outputs): pconv::affine_coupling with this net, adding sum s (forward) or -sum s
   // (inverse) to log_det [B] (float64).

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "latflow/core/error.hpp"
+#include "latflow/flows/spectral_kernel.hpp"
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
 
@@ -218,7 +219,38 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int offset, const std::vector<
                                         p.activation));
 }
 
+bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const {
+  return !torch::GradMode::is_enabled() && fused_conv() && x.device().is_cpu() &&
+         (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
+}
+
+void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
+  const spectral::Shape shape{x.size(0), x.size(2), x.size(3), n_};
+  if (!active_sites_.defined()) {
+    c10::InferenceMode normal_tensors(false);
+    active_sites_ = active_.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
+    frozen_u8_ = (frozen_ > 0.5).to(torch::kCPU, torch::kUInt8).contiguous();
+  }
+  auto ctx = torch::empty({shape.batch, n_ == 2 ? 1 : 2, shape.L0, shape.L1}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_context", [&] {
+    spectral::context<scalar_t>(x.data_ptr<scalar_t>(), shape, frozen_u8_.data_ptr<std::uint8_t>(),
+                                ctx.data_ptr<scalar_t>());
+  });
+  auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_update", [&] {
+    spectral::update<scalar_t>(x.data_ptr<scalar_t>(), par.data_ptr<scalar_t>(), shape,
+                               active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_, bins_, inverse,
+                               log_det.data_ptr<double>());
+  });
+}
+
 std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Tensor& x, bool inverse) {
+  if (runs_in_place(x)) {
+    auto y = x.clone(at::MemoryFormat::Contiguous);
+    auto log_det = torch::zeros({x.size(0)}, x.options().dtype(torch::kFloat64));
+    apply_in_place(y, log_det, inverse);
+    return {y, log_det};
+  }
   auto u = SUN::matrices(x);
   auto P = SUN::plaquettes(u);  // [B, L0, L1, N, N]
   auto tr = P.diagonal(0, -2, -1).sum(-1) / n_;  // gauge invariant

@@ -105,6 +105,9 @@ class SpectralCoupling : public CouplingLayer {
   SpectralCoupling(int n, int mu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override { return apply(x, false); }
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override { return apply(y, true); }
+  // Without autograd, on the CPU with the fused nets on: flows/spectral_kernel.hpp.
+  bool runs_in_place(const torch::Tensor& x) const override;
+  void apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) override;
 
  private:
   std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& x, bool inverse);
@@ -114,6 +117,7 @@ class SpectralCoupling : public CouplingLayer {
   std::pair<torch::Tensor, torch::Tensor> su3_kernel(const torch::Tensor& P, const torch::Tensor& par, bool inverse);
   int n_, mu_, bins_;
   torch::Tensor active_, frozen_;  // [L0, L1]
+  torch::Tensor active_sites_, frozen_u8_;  // for the inference kernels: flat indices (int32), mask (uint8)
   ConvNet net_{nullptr};
 };
 

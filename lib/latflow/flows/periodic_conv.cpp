@@ -466,6 +466,14 @@ void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const s
 }
 
 template <class T>
+void conv_forward_at(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                     const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias,
+                     T* out) {
+  gather(in, n, Geo{V, taps, nbr, sites, Vr}, arrange_conv(w, taps, cin, cout, false), bias,
+         Sink<T>{nullptr, nullptr, nullptr, out});
+}
+
+template <class T>
 void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
                    int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb) {
   if (gin)
@@ -1249,6 +1257,8 @@ void affine_coupling_backward(const T* gy, const double* gld, std::int64_t n, co
 #define LATFLOW_INSTANTIATE(T)                                                                                    \
   template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,         \
                                 const T*, const T*, const Act*, T*, T*);                                          \
+  template void conv_forward_at<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*,                \
+                                   const std::int32_t*, std::int64_t, int, int, const T*, const T*, T*);          \
   template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int,   \
                                  int, const T*, const T*, const Act*, T*, T*, T*);                                \
   template void affine_coupling<T>(T*, std::int64_t, const AffineLayer<T>&, bool, double*);                      \

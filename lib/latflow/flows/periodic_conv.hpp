@@ -35,6 +35,13 @@ template <class T>
 void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, int cin, int cout,
                   const T* w, const T* bias, const Act* act, T* pre, T* out);
 
+// conv_forward without activation at the Vr sites `sites` only: out[b, i, :] for the site sites[i], i < Vr
+// (out [n, Vr, cout]); in is [n, V, cin] as above.
+template <class T>
+void conv_forward_at(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                     const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias,
+                     T* out);
+
 // Backward of conv_forward for b in [0, n) from gpre = dL/dpre: gw += dL/dW (W's layout), gb += dL/dbias, and
 // when gin is not null gin = dL/din (overwritten) or, when in_pre is not null (in = in_act(in_pre), the previous
 // layer's output), gin = dL/din_pre. gw and gb null: no parameter gradients (only gin).

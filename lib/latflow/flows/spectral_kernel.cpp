@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: MIT
+#include "latflow/flows/spectral_kernel.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <complex>
+#include <vector>
+
+namespace latflow::spectral {
+namespace {
+
+using C = std::complex<double>;
+constexpr double kTwoPi = 2 * M_PI;
+constexpr double kMinBin = 1e-3, kMinDeriv = 1e-3;  // as gauge.cpp's SplineKnots
+
+template <int N>
+using Mat = std::array<C, N * N>;
+
+template <int N>
+Mat<N> mul(const Mat<N>& a, const Mat<N>& b) {
+  Mat<N> c{};
+  for (int i = 0; i < N; ++i)
+    for (int k = 0; k < N; ++k)
+      for (int j = 0; j < N; ++j) c[i * N + j] += a[i * N + k] * b[k * N + j];
+  return c;
+}
+
+template <int N>
+Mat<N> dagger(const Mat<N>& a) {
+  Mat<N> c;
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) c[i * N + j] = std::conj(a[j * N + i]);
+  return c;
+}
+
+template <int N>
+C trace(const Mat<N>& a) {
+  C t = 0;
+  for (int i = 0; i < N; ++i) t += a[i * N + i];
+  return t;
+}
+
+// The links' real storage [B, 2, L0, L1, N, N, 2].
+template <int N, class T>
+struct Links {
+  T* x;
+  const Shape& s;
+  T* at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
+    x0 = (x0 + s.L0) % s.L0;
+    x1 = (x1 + s.L1) % s.L1;
+    return x + ((((b * 2 + dir) * s.L0 + x0) * s.L1 + x1) * N * N) * 2;
+  }
+  Mat<N> get(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
+    const T* p = at(b, dir, x0, x1);
+    Mat<N> m;
+    for (int i = 0; i < N * N; ++i) m[i] = C(static_cast<double>(p[2 * i]), static_cast<double>(p[2 * i + 1]));
+    return m;
+  }
+  void set(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1, const Mat<N>& m) const {
+    T* p = at(b, dir, x0, x1);
+    for (int i = 0; i < N * N; ++i) {
+      p[2 * i] = static_cast<T>(m[i].real());
+      p[2 * i + 1] = static_cast<T>(m[i].imag());
+    }
+  }
+  // U_P(x) = U_0(x) U_1(x + e0) U_0(x + e1)^+ U_1(x)^+ (SUN::plaquettes).
+  Mat<N> plaquette(std::int64_t b, std::int64_t x0, std::int64_t x1) const {
+    return mul<N>(mul<N>(get(b, 0, x0, x1), get(b, 1, x0 + 1, x1)),
+                  mul<N>(dagger<N>(get(b, 0, x0, x1 + 1)), dagger<N>(get(b, 1, x0, x1))));
+  }
+};
+
+// Knots of a monotone rational-quadratic spline of [lo, hi] from 3K + 1 raw net outputs r(c) (SplineKnots and
+// spline_knots in gauge.cpp / flow.cpp: softmax widths and heights with a floor, softplus slopes).
+struct Spline {
+  int K;
+  std::vector<double> xk, yk, dk;
+  explicit Spline(int bins) : K(bins), xk(bins + 1), yk(bins + 1), dk(bins + 1) {}
+
+  template <class R>
+  void set(const R& r, double lo, double hi) {
+    auto knots = [&](int off, std::vector<double>& k) {
+      double m = r(off);
+      for (int i = 1; i < K; ++i) m = std::max(m, r(off + i));
+      double sum = 0;
+      for (int i = 0; i < K; ++i) sum += std::exp(r(off + i) - m);
+      double c = 0;
+      k[0] = lo;
+      for (int i = 0; i < K - 1; ++i) {
+        c += kMinBin + (1 - K * kMinBin) * (std::exp(r(off + i) - m) / sum);
+        k[i + 1] = c * (hi - lo) + lo;
+      }
+      k[K] = hi;
+    };
+    knots(0, xk);
+    knots(K, yk);
+    const double shift = std::log(std::expm1(1.0 - kMinDeriv));
+    for (int i = 0; i <= K; ++i) {
+      const double z = r(2 * K + i) + shift;
+      dk[i] = kMinDeriv + (z > 20 ? z : std::log1p(std::exp(z)));  // LibTorch's softplus threshold
+    }
+  }
+
+  // rational_quadratic (flow.cpp) at one point: (y, log dy/dv), or for inverse (x, -log dy/dx at x).
+  std::pair<double, double> operator()(double v, bool inverse) const {
+    const std::vector<double>& search = inverse ? yk : xk;
+    int bin = 0;
+    while (bin < K - 1 && search[bin + 1] <= v) ++bin;
+    const double x0 = xk[bin], x1 = xk[bin + 1], y0 = yk[bin], y1 = yk[bin + 1], d0 = dk[bin], d1 = dk[bin + 1];
+    const double w = x1 - x0, h = y1 - y0, s = h / w;
+    double xi;
+    if (!inverse) {
+      xi = std::clamp((v - x0) / w, 0.0, 1.0);
+    } else {
+      const double dy = v - y0, c2 = d1 + d0 - 2 * s;
+      const double a = h * (s - d0) + dy * c2, b = h * d0 - dy * c2, c = -s * dy;
+      const double disc = std::max(b * b - 4 * a * c, 0.0);
+      xi = std::clamp(2 * c / (-b - std::sqrt(disc)), 0.0, 1.0);
+    }
+    const double xi1 = xi * (1 - xi), den = s + (d1 + d0 - 2 * s) * xi1;
+    const double ls = 2 * std::log(s) + std::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) -
+                      2 * std::log(den);
+    if (!inverse) return {y0 + h * (s * xi * xi + d0 * xi1) / den, ls};
+    return {x0 + xi * w, -ls};
+  }
+};
+
+// g / g' for g = sin(3 theta / 2) - Im(t e^{i theta / 2}) (gauge.cpp newton_step), with one sincos: the triple
+// angle from sin and cos of theta / 2.
+double newton_step(double th, C t) {
+  const double s = std::sin(th / 2), c = std::cos(th / 2);
+  const C half = C(c, s) * t;
+  const double g = s * (3 - 4 * s * s) - half.imag(), gp = 1.5 * c * (4 * c * c - 3) - 0.5 * half.real();
+  return std::abs(gp) > 1e-12 ? g / gp : 0.0;
+}
+
+double remainder_2pi(double a) { return a - kTwoPi * std::floor(a / kTwoPi); }
+
+// su3_alcove_phases (gauge.cpp) for one matrix with trace t.
+std::array<double, 3> alcove_phases(C t) {
+  const C a = std::conj(t) - t * t / 3.0, b = t * std::conj(t) / 3.0 - 2.0 / 27 * t * t * t - 1.0;
+  const C disc = std::sqrt(b * b / 4.0 + a * a * a / 27.0);
+  const C cp = -b / 2.0 + disc, cm = -b / 2.0 - disc;
+  const C c3 = std::abs(cp) >= std::abs(cm) ? cp : cm;
+  const bool nonzero = std::abs(c3) > 0;
+  const C c = std::pow(nonzero ? c3 : C(1), 1.0 / 3);
+  std::array<double, 3> phi;
+  for (int k = 0; k < 3; ++k) {
+    const C ck = c * C(std::cos(kTwoPi * k / 3), std::sin(kTwoPi * k / 3));
+    const C mu = nonzero ? ck - a / (3.0 * ck) : C(0);
+    double th = std::arg(mu + t / 3.0);
+    for (int it = 0; it < 3; ++it) th -= std::clamp(newton_step(th, t), -1e-3, 1e-3);
+    phi[k] = remainder_2pi(th + M_PI) - M_PI;
+  }
+  std::sort(phi.begin(), phi.end(), [](double u, double v) { return u > v; });
+  const double m = std::nearbyint((phi[0] + phi[1] + phi[2]) / kTwoPi);
+  if (m > 0.5) phi = {phi[1], phi[2], phi[0] - kTwoPi};
+  if (m < -0.5) phi = {phi[2] + kTwoPi, phi[0], phi[1]};
+  const double mean = (phi[0] + phi[1] + phi[2]) / 3;
+  for (auto& p : phi) p -= mean;
+  return phi;
+}
+
+double log_vandermonde(const std::array<double, 3>& th) {
+  double out = 0;
+  for (int i = 0; i < 3; ++i)
+    for (int j = i + 1; j < 3; ++j) {
+      const double s = std::sin((th[i] - th[j]) / 2);
+      out += std::log(4 * s * s);
+    }
+  return out;
+}
+
+C divided(C num, C den) { return std::abs(den) > 1e-13 ? num / den : C(0); }
+
+// R (P' = R P) and the log-det at one active site; r(c) reads the net's raw outputs there.
+template <class T>
+double kernel(const Mat<2>& P, Spline& sp, const T* par, std::int64_t stride, bool inverse, double eps, Mat<2>& R) {
+  sp.set([&](int c) { return static_cast<double>(par[c * stride]); }, 0, M_PI);
+  const double c = trace<2>(P).real() / 2;
+  double s2 = 0;
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) s2 += std::norm((P[i * 2 + j] - std::conj(P[j * 2 + i])) / 2.0);
+  const double s = std::sqrt(std::max(s2 / 2, eps)), theta = std::atan2(s, c);
+  const auto [h, ls] = sp(theta, inverse);
+  const double d = h - theta, f = std::sin(d) / s;
+  for (int i = 0; i < 4; ++i) R[i] = f * P[i];
+  R[0] += std::cos(d) - f * c;
+  R[3] += std::cos(d) - f * c;
+  return ls + 2 * std::log(std::sin(h)) - 2 * std::log(s);
+}
+
+template <class T>
+double kernel(const Mat<3>& P, Spline& sp, Spline& sp2, const T* par, std::int64_t stride, bool inverse, Mat<3>& R) {
+  const int np = 3 * sp.K + 1;
+  sp.set([&](int c) { return static_cast<double>(par[c * stride]); }, 0, 1);
+  sp2.set([&](int c) { return static_cast<double>(par[(np + c) * stride]); }, 0, 1);
+  const auto th = alcove_phases(trace<3>(P));
+  const double lo = 1e-12;
+  const double w1 = std::clamp((th[0] - th[1]) / kTwoPi, lo, 1 - lo), w2 = std::clamp((th[1] - th[2]) / kTwoPi, lo, 1 - lo);
+  const double v = std::clamp(w2 / (1 - w1), lo, 1 - lo);
+  const auto [w1n, ls1] = sp(w1, inverse);
+  const auto [vn, ls2] = sp2(v, inverse);
+  const double a = kTwoPi * w1n, b = kTwoPi * vn * (1 - w1n), t2 = (b - a) / 3;
+  const std::array<double, 3> thn{t2 + a, t2, t2 - b};
+  C l[3], r[3];
+  for (int k = 0; k < 3; ++k) {
+    l[k] = std::polar(1.0, th[k]);
+    r[k] = std::polar(1.0, thn[k] - th[k]);
+  }
+  const C d12 = divided(r[1] - r[0], l[1] - l[0]), d23 = divided(r[2] - r[1], l[2] - l[1]);
+  const C d123 = divided(d23 - d12, l[2] - l[0]);
+  const C c0 = r[0] - d12 * l[0] + d123 * l[0] * l[1], c1 = d12 - d123 * (l[0] + l[1]), c2 = d123;
+  const Mat<3> P2 = mul<3>(P, P);
+  for (int i = 0; i < 9; ++i) R[i] = c1 * P[i] + c2 * P2[i];
+  for (int i = 0; i < 3; ++i) R[i * 4] += c0;
+  return ls1 + ls2 + std::log(1 - w1n) - std::log(1 - w1) + log_vandermonde(thn) - log_vandermonde(th);
+}
+
+template <int N, class T>
+void update_n(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, int bins,
+              bool inverse, double* log_det) {
+  const Links<N, T> u{x, s};
+  const std::int64_t channels = (N == 2 ? 1 : 2) * (3 * bins + 1);
+  const double eps = sizeof(T) == sizeof(double) ? 1e-150 : 1e-30;  // as su2_kernel's floor on sin theta
+  Spline sp(bins), sp2(bins);
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    double ld = 0;
+    for (std::int64_t i = 0; i < Va; ++i) {
+      const std::int64_t x0 = active[i] / s.L1, x1 = active[i] % s.L1;
+      const Mat<N> P = u.plaquette(b, x0, x1);
+      const T* p = par + (b * Va + i) * channels;
+      Mat<N> R;
+      if constexpr (N == 2)
+        ld += kernel(P, sp, p, 1, inverse, eps, R);
+      else
+        ld += kernel(P, sp, sp2, p, 1, inverse, R);
+      u.set(b, mu, x0, x1, mul<N>(mu == 0 ? R : dagger<N>(R), u.get(b, mu, x0, x1)));
+    }
+    log_det[b] += ld;
+  }
+}
+
+template <int N, class T>
+void context_n(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
+  const Links<N, T> u{const_cast<T*>(x), s};
+  const std::int64_t V = s.L0 * s.L1;
+  const int C_ = N == 2 ? 1 : 2;
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    for (std::int64_t x0 = 0; x0 < s.L0; ++x0)
+      for (std::int64_t x1 = 0; x1 < s.L1; ++x1) {
+        const std::int64_t site = x0 * s.L1 + x1;
+        C t = 0;
+        if (frozen[site]) t = trace<N>(u.plaquette(b, x0, x1)) / static_cast<double>(N);
+        ctx[(b * C_) * V + site] = static_cast<T>(t.real());
+        if (C_ == 2) ctx[(b * C_ + 1) * V + site] = static_cast<T>(t.imag());
+      }
+}
+
+}  // namespace
+
+template <class T>
+void context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
+  if (s.n == 2)
+    context_n<2>(x, s, frozen, ctx);
+  else
+    context_n<3>(x, s, frozen, ctx);
+}
+
+template <class T>
+void update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, int bins,
+            bool inverse, double* log_det) {
+  if (s.n == 2)
+    update_n<2>(x, par, s, active, Va, mu, bins, inverse, log_det);
+  else
+    update_n<3>(x, par, s, active, Va, mu, bins, inverse, log_det);
+}
+
+template void context<float>(const float*, const Shape&, const std::uint8_t*, float*);
+template void context<double>(const double*, const Shape&, const std::uint8_t*, double*);
+template void update<float>(float*, const float*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,
+                            double*);
+template void update<double>(double*, const double*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,
+                             double*);
+
+}  // namespace latflow::spectral
