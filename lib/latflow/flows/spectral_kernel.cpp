@@ -72,11 +72,13 @@ struct Links {
 };
 
 // Knots of a monotone rational-quadratic spline of [lo, hi] from 3K + 1 raw net outputs r(c) (SplineKnots and
-// spline_knots in gauge.cpp / flow.cpp: softmax widths and heights with a floor, softplus slopes).
+// spline_knots in gauge.cpp / flow.cpp: softmax widths and heights with a floor, softplus slopes). The slopes are
+// computed only at the two knots of the bin that is used.
 struct Spline {
   int K;
-  std::vector<double> xk, yk, dk;
-  explicit Spline(int bins) : K(bins), xk(bins + 1), yk(bins + 1), dk(bins + 1) {}
+  std::vector<double> xk, yk, e;
+  std::vector<double> slopes_raw;
+  explicit Spline(int bins) : K(bins), xk(bins + 1), yk(bins + 1), e(bins), slopes_raw(bins + 1) {}
 
   template <class R>
   void set(const R& r, double lo, double hi) {
@@ -84,22 +86,24 @@ struct Spline {
       double m = r(off);
       for (int i = 1; i < K; ++i) m = std::max(m, r(off + i));
       double sum = 0;
-      for (int i = 0; i < K; ++i) sum += std::exp(r(off + i) - m);
+      for (int i = 0; i < K; ++i) sum += e[i] = std::exp(r(off + i) - m);
       double c = 0;
       k[0] = lo;
       for (int i = 0; i < K - 1; ++i) {
-        c += kMinBin + (1 - K * kMinBin) * (std::exp(r(off + i) - m) / sum);
+        c += kMinBin + (1 - K * kMinBin) * (e[i] / sum);
         k[i + 1] = c * (hi - lo) + lo;
       }
       k[K] = hi;
     };
     knots(0, xk);
     knots(K, yk);
-    const double shift = std::log(std::expm1(1.0 - kMinDeriv));
-    for (int i = 0; i <= K; ++i) {
-      const double z = r(2 * K + i) + shift;
-      dk[i] = kMinDeriv + (z > 20 ? z : std::log1p(std::exp(z)));  // LibTorch's softplus threshold
-    }
+    for (int i = 0; i <= K; ++i) slopes_raw[i] = r(2 * K + i);
+  }
+
+  double slope(int i) const {
+    static const double shift = std::log(std::expm1(1.0 - kMinDeriv));
+    const double z = slopes_raw[i] + shift;
+    return kMinDeriv + (z > 20 ? z : std::log1p(std::exp(z)));  // LibTorch's softplus threshold
   }
 
   // rational_quadratic (flow.cpp) at one point: (y, log dy/dv), or for inverse (x, -log dy/dx at x).
@@ -107,7 +111,7 @@ struct Spline {
     const std::vector<double>& search = inverse ? yk : xk;
     int bin = 0;
     while (bin < K - 1 && search[bin + 1] <= v) ++bin;
-    const double x0 = xk[bin], x1 = xk[bin + 1], y0 = yk[bin], y1 = yk[bin + 1], d0 = dk[bin], d1 = dk[bin + 1];
+    const double x0 = xk[bin], x1 = xk[bin + 1], y0 = yk[bin], y1 = yk[bin + 1], d0 = slope(bin), d1 = slope(bin + 1);
     const double w = x1 - x0, h = y1 - y0, s = h / w;
     double xi;
     if (!inverse) {
@@ -145,9 +149,10 @@ std::array<double, 3> alcove_phases(C t) {
   const C c3 = std::abs(cp) >= std::abs(cm) ? cp : cm;
   const bool nonzero = std::abs(c3) > 0;
   const C c = std::pow(nonzero ? c3 : C(1), 1.0 / 3);
+  static const C omega[3] = {C(1), std::polar(1.0, kTwoPi / 3), std::polar(1.0, 2 * kTwoPi / 3)};
   std::array<double, 3> phi;
   for (int k = 0; k < 3; ++k) {
-    const C ck = c * C(std::cos(kTwoPi * k / 3), std::sin(kTwoPi * k / 3));
+    const C ck = c * omega[k];
     const C mu = nonzero ? ck - a / (3.0 * ck) : C(0);
     double th = std::arg(mu + t / 3.0);
     for (int it = 0; it < 3; ++it) th -= std::clamp(newton_step(th, t), -1e-3, 1e-3);
@@ -162,14 +167,15 @@ std::array<double, 3> alcove_phases(C t) {
   return phi;
 }
 
+// log |Delta(e^{i theta})|^2 (gauge.cpp log_vandermonde), one logarithm of the product.
 double log_vandermonde(const std::array<double, 3>& th) {
-  double out = 0;
+  double prod = 1;
   for (int i = 0; i < 3; ++i)
     for (int j = i + 1; j < 3; ++j) {
       const double s = std::sin((th[i] - th[j]) / 2);
-      out += std::log(4 * s * s);
+      prod *= 4 * s * s;
     }
-  return out;
+  return std::log(prod);
 }
 
 C divided(C num, C den) { return std::abs(den) > 1e-13 ? num / den : C(0); }

@@ -70,8 +70,8 @@ class SUN : public Theory {
   static at::Tensor staples(const at::Tensor& u);
   // g(x) U_mu(x) g(x + e_mu)^+ for complex links u and g [B, L0, L1, N, N].
   static at::Tensor gauge_transform(const at::Tensor& u, const at::Tensor& g);
-  // Haar-random SU(N) matrices [shape..., N, N] complex128 (QR of a complex Gaussian with the phases of R's
-  // diagonal moved into Q (Mezzadri 2007), then divided by det^(1/N)).
+  // Haar-random SU(N) matrices [shape..., N, N] complex128: the Q of the QR decomposition of a complex Gaussian
+  // matrix with R's diagonal positive (Gram-Schmidt; Mezzadri 2007), divided by det^(1/N).
   static at::Tensor haar(int n, std::vector<std::int64_t> shape, at::Generator& gen);
   // The nearest unitary matrix (polar part, via SVD) divided by the principal det^(1/N): exact SU(N) for
   // matrices that drifted by rounding.
