@@ -443,7 +443,7 @@ TEST_CASE("SU(2) and SU(3) flow layers are gauge equivariant; their log-dets mat
 
 TEST_CASE("SU(2) and SU(3) inference kernels equal the LibTorch formulas layer by layer, forward and inverse",
           "[sun][flow]") {
-  // Without autograd the layers run flows/spectral_kernel.cpp; set_fused_conv(false) gives the LibTorch ops.
+  // Without autograd the layers run flows/gauge_kernels.cpp; set_fused_conv(false) gives the LibTorch ops.
   torch::NoGradGuard ng;
   for (int n : {2, 3})
     for (bool f64 : {true, false}) {

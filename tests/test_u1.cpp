@@ -218,6 +218,66 @@ TEST_CASE("gauge coupling layers handle the wrap-around: angles at 0, 2 pi and p
   }
 }
 
+TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and for the whole flow, also at the "
+          "wrap-around and for unreduced angles",
+          "[u1][flows]") {
+  // Without autograd the layers run flows/gauge_kernels.cpp; set_fused_conv(false) gives the LibTorch ops.
+  torch::NoGradGuard ng;
+  torch::manual_seed(8);
+  for (const auto& [kernel, loops] : kKernels)
+    for (bool f64 : {true, false}) {
+      CAPTURE(kernel, loops, f64);
+      const auto dtype = f64 ? torch::kFloat64 : torch::kFloat32;
+      // float64: rounding (the NCP inverse's bisection and Newton step: 1e-11); float32: the kernels work in
+      // float64 from float32 angles and net outputs, the ops in float32.
+      const double tol = f64 ? 1e-11 : 1e-4;
+      auto x = random_links(4, 8, 8);
+      x[1].fill_(0.0);                                   // all plaquettes 0
+      x[2].fill_(2 * M_PI - 1e-13);                      // angles just below 2 pi
+      x.index_put_({2, 0, 0, 1}, M_PI);                  // a plaquette at exactly +-pi
+      x[3] += 2 * M_PI * torch::randint(-3, 4, {2, 8, 8}, kF64);  // unreduced angles
+      x = x.to(dtype);
+      for (int mu = 0; mu < 2; ++mu)
+        for (int offset : {0, 3}) {
+          CAPTURE(mu, offset);
+          GaugeCoupling layer(mu, offset, {8, 8}, flow_params(kernel, loops));
+          randomise(layer, 0.4);
+          layer.to(dtype);
+          CHECK(layer.runs_in_place(x));
+          for (bool inv : {false, true}) {
+            CAPTURE(inv);
+            auto fused = inv ? layer.inverse(x) : layer.forward(x);
+            set_fused_conv(false);
+            auto ops = inv ? layer.inverse(x) : layer.forward(x);
+            set_fused_conv(true);
+            CHECK(circle_distance(fused.first.to(torch::kFloat64), ops.first.to(torch::kFloat64)).max().item<double>() < tol);
+            CHECK(fused.first.min().item<double>() >= 0);
+            CHECK(fused.first.max().item<double>() < 2 * M_PI);
+            CHECK((fused.second.to(torch::kFloat64) - ops.second.to(torch::kFloat64)).abs().max().item<double>() <
+                  (f64 ? 1e-9 : 1e-2));
+            CHECK(circle_distance(fused.first.to(torch::kFloat64), x.to(torch::kFloat64)).max().item<double>() > 1e-2);
+          }
+        }
+      LatticeParams lattice;
+      lattice.extents = {8, 8};
+      auto fp = flow_params(kernel, loops);
+      fp.dtype = f64 ? "float64" : "float32";
+      FlowModel model(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(lattice, fp)));
+      randomise(*model, 0.15);
+      auto z = model->draw_prior(4, 21);
+      auto fused = model->forward(z);
+      auto fused_lp = model->log_prob(fused.first);
+      set_fused_conv(false);
+      auto ops = model->forward(z);
+      auto ops_lp = model->log_prob(fused.first);
+      set_fused_conv(true);
+      CHECK(circle_distance(fused.first.to(torch::kFloat64), ops.first.to(torch::kFloat64)).max().item<double>() < 10 * tol);
+      CHECK((fused.second - ops.second).abs().max().item<double>() < (f64 ? 1e-8 : 1e-2));
+      CHECK((fused_lp.first - ops_lp.first).abs().max().item<double>() < (f64 ? 1e-8 : 1e-2));
+      CHECK((fused_lp.first - fused.second).abs().max().item<double>() < (f64 ? 1e-8 : 1e-2));
+    }
+}
+
 TEST_CASE("U(1) flow: gauge equivariant, log q gauge invariant, invertible, identity when fresh", "[u1][flows]") {
   torch::manual_seed(6);
   LatticeParams lattice;

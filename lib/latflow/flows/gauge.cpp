@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "latflow/core/error.hpp"
-#include "latflow/flows/spectral_kernel.hpp"
+#include "latflow/flows/gauge_kernels.hpp"
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
 
@@ -57,6 +57,27 @@ struct SplineKnots {
   }
 };
 
+// Whether a layer's inference kernel (flows/gauge_kernels.hpp) runs for x.
+bool inference_kernel_for(const torch::Tensor& x) {
+  return !torch::GradMode::is_enabled() && fused_conv() && x.device().is_cpu() &&
+         (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
+}
+// Normal tensors even when first made while sampling, since later training passes may hold them.
+torch::Tensor sites_of(const torch::Tensor& mask) {
+  c10::InferenceMode normal_tensors(false);
+  return mask.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
+}
+torch::Tensor bytes_of(const torch::Tensor& mask) {
+  c10::InferenceMode normal_tensors(false);
+  return (mask > 0.5).to(torch::kCPU, torch::kUInt8).contiguous();
+}
+// (y, log|det|) of a layer through its in-place kernel, on a copy of x.
+std::pair<torch::Tensor, torch::Tensor> copy_in_place(CouplingLayer& layer, const torch::Tensor& x, bool inverse) {
+  auto y = x.clone(at::MemoryFormat::Contiguous);
+  auto log_det = torch::zeros({x.size(0)}, x.options().dtype(torch::kFloat64));
+  layer.apply_in_place(y, log_det, inverse);
+  return {y, log_det};
+}
 }  // namespace
 
 GaugeCoupling::GaugeCoupling(int mu, int offset, const std::vector<std::int64_t>& ext, const FlowParams& p)
@@ -142,6 +163,7 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::kernel(const torch::Tenso
 }
 
 std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::apply(const torch::Tensor& x, bool inverse) {
+  if (runs_in_place(x)) return copy_in_place(*this, x, inverse);
   auto plaq = U1::plaquettes(x);
   auto par = parameters_of(plaq);  // frozen plaquettes are the same before and after: same parameters
   auto [moved, log_slope] = kernel(plaq, par, inverse);
@@ -219,38 +241,53 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int offset, const std::vector<
                                         p.activation));
 }
 
-bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const {
-  return !torch::GradMode::is_enabled() && fused_conv() && x.device().is_cpu() &&
-         (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
+
+bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return inference_kernel_for(x); }
+
+void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
+  const gauge_kernels::Shape shape{x.size(0), x.size(2), x.size(3), 1};
+  if (!active_sites_.defined()) {
+    active_sites_ = sites_of(active_);
+    masks_ = {bytes_of(frozen_), bytes_of(frozen_rect0_), bytes_of(frozen_rect1_)};
+  }
+  auto ctx = torch::empty({shape.batch, loops_ ? 6 : 2, shape.L0, shape.L1}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_context", [&] {
+    gauge_kernels::u1_context<scalar_t>(x.data_ptr<scalar_t>(), shape, masks_[0].data_ptr<std::uint8_t>(),
+                                        loops_ ? masks_[1].data_ptr<std::uint8_t>() : nullptr,
+                                        loops_ ? masks_[2].data_ptr<std::uint8_t>() : nullptr,
+                                        ctx.data_ptr<scalar_t>());
+  });
+  auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_update", [&] {
+    gauge_kernels::u1_update<scalar_t>(x.data_ptr<scalar_t>(), par.data_ptr<scalar_t>(), shape,
+                                       active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_,
+                                       kind_ == "spline", components_, inverse, log_det.data_ptr<double>());
+  });
 }
 
+bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const { return inference_kernel_for(x); }
+
 void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
-  const spectral::Shape shape{x.size(0), x.size(2), x.size(3), n_};
+  const gauge_kernels::Shape shape{x.size(0), x.size(2), x.size(3), n_};
   if (!active_sites_.defined()) {
-    c10::InferenceMode normal_tensors(false);
-    active_sites_ = active_.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
-    frozen_u8_ = (frozen_ > 0.5).to(torch::kCPU, torch::kUInt8).contiguous();
+    active_sites_ = sites_of(active_);
+    frozen_u8_ = bytes_of(frozen_);
   }
   auto ctx = torch::empty({shape.batch, n_ == 2 ? 1 : 2, shape.L0, shape.L1}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_context", [&] {
-    spectral::context<scalar_t>(x.data_ptr<scalar_t>(), shape, frozen_u8_.data_ptr<std::uint8_t>(),
+    gauge_kernels::spectral_context<scalar_t>(x.data_ptr<scalar_t>(), shape, frozen_u8_.data_ptr<std::uint8_t>(),
                                 ctx.data_ptr<scalar_t>());
   });
   auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_update", [&] {
-    spectral::update<scalar_t>(x.data_ptr<scalar_t>(), par.data_ptr<scalar_t>(), shape,
+    gauge_kernels::spectral_update<scalar_t>(x.data_ptr<scalar_t>(), par.data_ptr<scalar_t>(), shape,
                                active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_, bins_, inverse,
                                log_det.data_ptr<double>());
   });
 }
 
 std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Tensor& x, bool inverse) {
-  if (runs_in_place(x)) {
-    auto y = x.clone(at::MemoryFormat::Contiguous);
-    auto log_det = torch::zeros({x.size(0)}, x.options().dtype(torch::kFloat64));
-    apply_in_place(y, log_det, inverse);
-    return {y, log_det};
-  }
+  if (runs_in_place(x)) return copy_in_place(*this, x, inverse);
   auto u = SUN::matrices(x);
   auto P = SUN::plaquettes(u);  // [B, L0, L1, N, N]
   auto tr = P.diagonal(0, -2, -1).sum(-1) / n_;  // gauge invariant

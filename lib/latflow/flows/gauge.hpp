@@ -32,6 +32,9 @@ class GaugeCoupling : public CouplingLayer {
   GaugeCoupling(int mu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override;
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override;
+  // Without autograd, on the CPU with the fused nets on: flows/gauge_kernels.hpp.
+  bool runs_in_place(const torch::Tensor& x) const override;
+  void apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) override;
 
  private:
   // The kernel's parameters per plaquette, [B, L0, L1, C], from the frozen plaquettes of x.
@@ -46,6 +49,8 @@ class GaugeCoupling : public CouplingLayer {
   int components_;
   bool loops_;
   torch::Tensor active_, frozen_, frozen_rect0_, frozen_rect1_;  // [L0, L1]
+  torch::Tensor active_sites_;  // for the inference kernels: flat indices (int32) and uint8 frozen, rect0, rect1
+  std::vector<torch::Tensor> masks_;
   ConvNet net_{nullptr};
 };
 
@@ -105,7 +110,7 @@ class SpectralCoupling : public CouplingLayer {
   SpectralCoupling(int n, int mu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override { return apply(x, false); }
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override { return apply(y, true); }
-  // Without autograd, on the CPU with the fused nets on: flows/spectral_kernel.hpp.
+  // Without autograd, on the CPU with the fused nets on: flows/gauge_kernels.hpp.
   bool runs_in_place(const torch::Tensor& x) const override;
   void apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) override;
 

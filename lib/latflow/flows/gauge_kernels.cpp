@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "latflow/flows/spectral_kernel.hpp"
+#include "latflow/flows/gauge_kernels.hpp"
 
 #include <algorithm>
 #include <array>
@@ -7,7 +7,7 @@
 #include <complex>
 #include <vector>
 
-namespace latflow::spectral {
+namespace latflow::gauge_kernels {
 namespace {
 
 using C = std::complex<double>;
@@ -80,8 +80,11 @@ struct Spline {
   std::vector<double> slopes_raw;
   explicit Spline(int bins) : K(bins), xk(bins + 1), yk(bins + 1), e(bins), slopes_raw(bins + 1) {}
 
+  bool periodic = false;  // K slopes, the last knot's equal to the first's (gauge.cpp's circular spline)
+
   template <class R>
-  void set(const R& r, double lo, double hi) {
+  void set(const R& r, double lo, double hi, bool circular = false) {
+    periodic = circular;
     auto knots = [&](int off, std::vector<double>& k) {
       double m = r(off);
       for (int i = 1; i < K; ++i) m = std::max(m, r(off + i));
@@ -97,12 +100,12 @@ struct Spline {
     };
     knots(0, xk);
     knots(K, yk);
-    for (int i = 0; i <= K; ++i) slopes_raw[i] = r(2 * K + i);
+    for (int i = 0; i < (periodic ? K : K + 1); ++i) slopes_raw[i] = r(2 * K + i);
   }
 
   double slope(int i) const {
     static const double shift = std::log(std::expm1(1.0 - kMinDeriv));
-    const double z = slopes_raw[i] + shift;
+    const double z = slopes_raw[periodic && i == K ? 0 : i] + shift;
     return kMinDeriv + (z > 20 ? z : std::log1p(std::exp(z)));  // LibTorch's softplus threshold
   }
 
@@ -139,15 +142,21 @@ double newton_step(double th, C t) {
   return std::abs(gp) > 1e-12 ? g / gp : 0.0;
 }
 
-double remainder_2pi(double a) { return a - kTwoPi * std::floor(a / kTwoPi); }
+// LibTorch's remainder (the sign of the divisor), exact: fmod, then shifted by b.
+double remainder(double a, double b) {
+  const double m = std::fmod(a, b);
+  return m != 0 && ((b < 0) != (m < 0)) ? m + b : m;
+}
+double remainder_2pi(double a) { return remainder(a, kTwoPi); }
+double centred(double a) { return remainder(a + M_PI, kTwoPi) - M_PI; }  // gauge.cpp's centred
 
 // su3_alcove_phases (gauge.cpp) for one matrix with trace t.
 std::array<double, 3> alcove_phases(C t) {
   const C a = std::conj(t) - t * t / 3.0, b = t * std::conj(t) / 3.0 - 2.0 / 27 * t * t * t - 1.0;
   const C disc = std::sqrt(b * b / 4.0 + a * a * a / 27.0);
   const C cp = -b / 2.0 + disc, cm = -b / 2.0 - disc;
-  const C c3 = std::abs(cp) >= std::abs(cm) ? cp : cm;
-  const bool nonzero = std::abs(c3) > 0;
+  const C c3 = std::norm(cp) >= std::norm(cm) ? cp : cm;
+  const bool nonzero = c3 != C(0);
   const C c = std::pow(nonzero ? c3 : C(1), 1.0 / 3);
   static const C omega[3] = {C(1), std::polar(1.0, kTwoPi / 3), std::polar(1.0, 2 * kTwoPi / 3)};
   std::array<double, 3> phi;
@@ -178,7 +187,7 @@ double log_vandermonde(const std::array<double, 3>& th) {
   return std::log(prod);
 }
 
-C divided(C num, C den) { return std::abs(den) > 1e-13 ? num / den : C(0); }
+C divided(C num, C den) { return std::norm(den) > 1e-26 ? num / den : C(0); }  // |den| > 1e-13
 
 // R (P' = R P) and the log-det at one active site; r(c) reads the net's raw outputs there.
 template <class T>
@@ -267,7 +276,7 @@ void context_n(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
 }  // namespace
 
 template <class T>
-void context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
+void spectral_context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
   if (s.n == 2)
     context_n<2>(x, s, frozen, ctx);
   else
@@ -275,19 +284,158 @@ void context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
 }
 
 template <class T>
-void update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, int bins,
-            bool inverse, double* log_det) {
+void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu,
+                     int bins, bool inverse, double* log_det) {
   if (s.n == 2)
     update_n<2>(x, par, s, active, Va, mu, bins, inverse, log_det);
   else
     update_n<3>(x, par, s, active, Va, mu, bins, inverse, log_det);
 }
 
-template void context<float>(const float*, const Shape&, const std::uint8_t*, float*);
-template void context<double>(const double*, const Shape&, const std::uint8_t*, double*);
-template void update<float>(float*, const float*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,
-                            double*);
-template void update<double>(double*, const double*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,
-                             double*);
+// ---------------------------------------------------------------------------------------------------------------
+// U(1)
+namespace {
 
-}  // namespace latflow::spectral
+template <class T>
+struct Angles {
+  const T* x;
+  const Shape& s;
+  std::int64_t at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
+    x0 = (x0 + s.L0) % s.L0;
+    x1 = (x1 + s.L1) % s.L1;
+    return ((b * 2 + dir) * s.L0 + x0) * s.L1 + x1;
+  }
+  // U1::plaquettes: theta_0(x) + theta_1(x + e0) - theta_0(x + e1) - theta_1(x), not reduced.
+  double plaquette(std::int64_t b, std::int64_t x0, std::int64_t x1) const {
+    return (static_cast<double>(x[at(b, 0, x0, x1)]) + static_cast<double>(x[at(b, 1, x0 + 1, x1)])) -
+           static_cast<double>(x[at(b, 0, x0, x1 + 1)]) - static_cast<double>(x[at(b, 1, x0, x1)]);
+  }
+};
+
+// The NCP mixture of gauge.cpp's kernel: h(theta) = sum_k rho_k 2 atan2(alpha_k sin(theta/2), cos(theta/2)) on
+// [-pi, pi] and its slope.
+struct Ncp {
+  int K;
+  std::vector<double> alpha, rho;
+  explicit Ncp(int k) : K(k), alpha(k), rho(k) {}
+  template <class R>
+  void set(const R& r) {
+    constexpr double kMaxLogAlpha = 6.0;  // gauge.cpp
+    double m = r(K);
+    for (int k = 1; k < K; ++k) m = std::max(m, r(K + k));
+    double sum = 0;
+    for (int k = 0; k < K; ++k) {
+      alpha[k] = std::exp(kMaxLogAlpha * std::tanh(r(k) / kMaxLogAlpha));
+      sum += rho[k] = std::exp(r(K + k) - m);
+    }
+    for (auto& v : rho) v /= sum;
+  }
+  double h(double th) const {
+    const double c = std::cos(th / 2), s = std::sin(th / 2);
+    double out = 0;
+    for (int k = 0; k < K; ++k) out += rho[k] * 2 * std::atan2(alpha[k] * s, c);
+    return out;
+  }
+  double slope(double th) const {
+    const double c = std::cos(th / 2), s = std::sin(th / 2);
+    double out = 0;
+    for (int k = 0; k < K; ++k) out += rho[k] * alpha[k] / (c * c + alpha[k] * alpha[k] * s * s);
+    return out;
+  }
+};
+
+}  // namespace
+
+template <class T>
+void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const std::uint8_t* frozen_rect0,
+                const std::uint8_t* frozen_rect1, T* ctx) {
+  const Angles<T> a{x, s};
+  const std::int64_t V = s.L0 * s.L1;
+  const int C = frozen_rect0 ? 6 : 2;
+  std::vector<double> plaq(static_cast<std::size_t>(V));
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    for (std::int64_t x0 = 0; x0 < s.L0; ++x0)
+      for (std::int64_t x1 = 0; x1 < s.L1; ++x1) plaq[x0 * s.L1 + x1] = a.plaquette(b, x0, x1);
+    T* out = ctx + b * C * V;
+    auto put = [&](int channel, std::int64_t site, bool on, double angle) {
+      out[channel * V + site] = on ? static_cast<T>(std::cos(angle)) : T(0);
+      out[(channel + 1) * V + site] = on ? static_cast<T>(std::sin(angle)) : T(0);
+    };
+    for (std::int64_t x0 = 0; x0 < s.L0; ++x0)
+      for (std::int64_t x1 = 0; x1 < s.L1; ++x1) {
+        const std::int64_t site = x0 * s.L1 + x1;
+        put(0, site, frozen[site], plaq[site]);
+        if (!frozen_rect0) continue;
+        put(2, site, frozen_rect0[site], plaq[site] + plaq[((x0 + 1) % s.L0) * s.L1 + x1]);
+        put(4, site, frozen_rect1[site], plaq[site] + plaq[x0 * s.L1 + (x1 + 1) % s.L1]);
+      }
+  }
+}
+
+template <class T>
+void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, bool spline,
+               int components, bool inverse, double* log_det) {
+  const Angles<T> a{x, s};
+  const int K = components;
+  const std::int64_t channels = spline ? 3 * K + 1 : 2 * K + 1, links = 2 * s.L0 * s.L1;
+  const double sign = mu == 0 ? 1.0 : -1.0;
+  Spline sp(K);
+  Ncp ncp(K);
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    double ld = 0;
+    // The active plaquettes hold no other updated link, so each is read before its own link changes.
+    for (std::int64_t i = 0; i < Va; ++i) {
+      const std::int64_t x0 = active[i] / s.L1, x1 = active[i] % s.L1;
+      const double P = a.plaquette(b, x0, x1);
+      const T* p = par + (b * Va + i) * channels;
+      auto r = [&](int c) { return static_cast<double>(p[c]); };
+      double moved, ls;
+      if (spline) {
+        sp.set(r, 0, kTwoPi, true);
+        const double t = r(3 * K);
+        const double v = std::clamp(remainder(inverse ? P - t : P, kTwoPi), 0.0, kTwoPi);
+        const auto [out, l] = sp(v, inverse);
+        moved = inverse ? out : out + t;
+        ls = l;
+      } else {
+        ncp.set(r);
+        const double t = r(2 * K);
+        if (!inverse) {
+          const double th = centred(P);
+          moved = ncp.h(th) + t;
+          ls = std::log(ncp.slope(th));
+        } else {
+          const double target = centred(P - t);
+          double lo = -M_PI, hi = M_PI;
+          for (int it = 0; it < 64; ++it) {
+            const double mid = 0.5 * (lo + hi);
+            (ncp.h(mid) < target ? lo : hi) = mid;
+          }
+          const double root = 0.5 * (lo + hi);
+          moved = root + (target - ncp.h(root)) / ncp.slope(root);
+          ls = -std::log(ncp.slope(moved));
+        }
+      }
+      ld += ls;
+      const std::int64_t l = a.at(b, mu, x0, x1);
+      x[l] = static_cast<T>(static_cast<double>(x[l]) + sign * centred(moved - P));
+    }
+    for (std::int64_t l = b * links; l < (b + 1) * links; ++l)
+      x[l] = static_cast<T>(remainder(static_cast<double>(x[l]), kTwoPi));
+    log_det[b] += ld;
+  }
+}
+
+#define LATFLOW_INSTANTIATE(T)                                                                                    \
+  template void spectral_context<T>(const T*, const Shape&, const std::uint8_t*, T*);                              \
+  template void spectral_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,   \
+                                   double*);                                                                       \
+  template void u1_context<T>(const T*, const Shape&, const std::uint8_t*, const std::uint8_t*, const std::uint8_t*, \
+                              T*);                                                                                 \
+  template void u1_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, bool, int, bool,   \
+                             double*);
+LATFLOW_INSTANTIATE(float)
+LATFLOW_INSTANTIATE(double)
+#undef LATFLOW_INSTANTIATE
+
+}  // namespace latflow::gauge_kernels

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: MIT
+// Inference kernels of the gauge-equivariant coupling layers (torch-free): the U(1) and the SU(2)/SU(3) spectral
+// layers of flows/gauge.hpp without autograd (sampling, log q of given fields) as two passes over the lattice in
+// plain C++, in float64 whatever the storage type. Why: as LibTorch ops a layer is ~150 small ops over [B, L0, L1] tensors, each paying dispatch and
+// allocation; measured with perf on `latflow bench configs/su3_tutorial.ini`, 62% of the time was in libtorch_cpu
+// spread over hundreds of symbols. SpectralCoupling (gauge.cpp) runs these when autograd is off and the fused nets
+// are on (set_fused_conv), the net itself still being the fused ConvNet, evaluated at the active sites only;
+// tests/test_sun.cpp and tests/test_u1.cpp check them against the LibTorch formulas (every layer, forward and
+// inverse, float64 to 1e-12, and float32). GaugeCoupling runs the U(1) kernels in the same way.
+//
+// SU(N) fields are LibTorch's real storage of the links, [B, 2, L0, L1, N, N, 2] (re, im) contiguous, U(1) fields
+// the angles [B, 2, L0, L1]; masks are [L0, L1] row major, non-zero where the site (or loop) is frozen. Plaquette, eigenphases, splines and the update follow the
+// formulas of gauge.hpp (SpectralCoupling) and gauge.cpp (su2_kernel, su3_kernel, su3_alcove_phases).
+#pragma once
+#include <cstdint>
+
+namespace latflow::gauge_kernels {
+
+struct Shape {
+  std::int64_t batch, L0, L1;
+  int n;  // 2 or 3 (SU(N)); unused for U(1)
+};
+
+// The net's input, [B, C, L0, L1]: for SU(2) (C = 1) Re tr P / 2, for SU(3) (C = 2) Re and Im tr P / 3 of the
+// plaquette at each frozen site, 0 elsewhere.
+template <class T>
+void spectral_context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx);
+
+// The layer on x in place: at the Va active sites (flat indices x0 L1 + x1) the link of direction mu moves by R
+// (mu = 0) or R^+ (mu = 1) with P' = R P the spline-moved plaquette (or its inverse); par [B, Va, splines (3 bins
+// + 1)] is the net's output there; log_det[b] += the layer's log|det| (the inverse's with inverse = true).
+template <class T>
+void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu,
+                     int bins, bool inverse, double* log_det);
+
+// U(1). The net's input [B, C, L0, L1]: cos and sin of the plaquette angle at frozen sites (frozen), and with
+// loops also of the 2x1 and 1x2 loops P(x) + P(x + e0), P(x) + P(x + e1) where both plaquettes are frozen
+// (frozen_rect0, frozen_rect1; null without loops, C = 2), 0 elsewhere.
+template <class T>
+void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const std::uint8_t* frozen_rect0,
+                const std::uint8_t* frozen_rect1, T* ctx);
+
+// The U(1) layer on the angles x in place: every angle reduced to [0, 2 pi), and at the Va active sites the link of
+// direction mu moved by +-(h(P) - P) reduced to [-pi, pi) (the sign with which it enters P); h the circular spline
+// (spline = true, `components` bins, par [B, Va, 3K + 1]) or the NCP mixture (par [B, Va, 2K + 1]) followed by the
+// rotation; log_det[b] += sum log h'(P) (the inverse's with inverse = true).
+template <class T>
+void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, bool spline,
+               int components, bool inverse, double* log_det);
+
+}  // namespace latflow::gauge_kernels
