@@ -348,11 +348,13 @@ TEST_CASE("SU(3) eigenphases in closed form equal the eigensolver's, also at deg
   auto X = su3.algebra(torch::randn({64, 8}, torch::TensorOptions().dtype(torch::kFloat64)));
   auto Pv = P0.clone().requires_grad_(false);
   auto eps_t = torch::zeros({64, 1, 1}, torch::kFloat64).requires_grad_(true);
-  auto along = [&](const torch::Tensor& e) { return torch::matmul(torch::matrix_exp(e.to(torch::kComplexDouble) * X), Pv); };
-  auto grad = torch::autograd::grad({su3_alcove_phases(along(eps_t)).mul(torch::tensor({1.0, 2.0, 3.0}, torch::kFloat64)).sum()}, {eps_t})[0];
+  auto along = [&](const torch::Tensor& e) {
+    return torch::matmul(torch::matrix_exp(e.to(torch::kComplexDouble) * X), Pv);
+  };
+  auto w = torch::tensor({1.0, 2.0, 3.0}, torch::kFloat64);
+  auto grad = torch::autograd::grad({(su3_alcove_phases(along(eps_t)) * w).sum()}, {eps_t})[0];
   const double e = 1e-6;
   torch::NoGradGuard ng;
-  auto w = torch::tensor({1.0, 2.0, 3.0}, torch::kFloat64);
   auto fd = ((su3_alcove_phases(along(torch::full({64, 1, 1}, e, torch::kFloat64))) -
               su3_alcove_phases(along(torch::full({64, 1, 1}, -e, torch::kFloat64)))) * w).sum(-1) / (2 * e);
   CHECK((grad.flatten() - fd).abs().max().item<double>() < 1e-6);
@@ -468,7 +470,15 @@ TEST_CASE("SU(2) and SU(3) inference kernels equal the LibTorch formulas layer b
                 (f64 ? 1e-10 : 1e-3));
           CHECK((fused.first - x).abs().max().item<double>() > 1e-2);  // the layer does move the field
         }
-        x = layer.forward(x).first;
+        const int threads = at::get_num_threads();
+        at::set_num_threads(2);  // the kernels split the batch over threads: the same bits
+        auto two = layer.forward(x);
+        at::set_num_threads(1);
+        auto one = layer.forward(x);
+        at::set_num_threads(threads);
+        CHECK(torch::equal(two.first, one.first));
+        CHECK(torch::equal(two.second, one.second));
+        x = one.first;
       }
     }
 }

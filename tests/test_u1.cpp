@@ -237,6 +237,9 @@ TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and
       x.index_put_({2, 0, 0, 1}, M_PI);                  // a plaquette at exactly +-pi
       x[3] += 2 * M_PI * torch::randint(-3, 4, {2, 8, 8}, kF64);  // unreduced angles
       x = x.to(dtype);
+      auto dist = [](const torch::Tensor& a, const torch::Tensor& b) {
+        return circle_distance(a.to(torch::kFloat64), b.to(torch::kFloat64)).max().item<double>();
+      };
       for (int mu = 0; mu < 2; ++mu)
         for (int offset : {0, 3}) {
           CAPTURE(mu, offset);
@@ -250,12 +253,12 @@ TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and
             set_fused_conv(false);
             auto ops = inv ? layer.inverse(x) : layer.forward(x);
             set_fused_conv(true);
-            CHECK(circle_distance(fused.first.to(torch::kFloat64), ops.first.to(torch::kFloat64)).max().item<double>() < tol);
+            CHECK(dist(fused.first, ops.first) < tol);
             CHECK(fused.first.min().item<double>() >= 0);
             CHECK(fused.first.max().item<double>() < 2 * M_PI);
             CHECK((fused.second.to(torch::kFloat64) - ops.second.to(torch::kFloat64)).abs().max().item<double>() <
                   (f64 ? 1e-9 : 1e-2));
-            CHECK(circle_distance(fused.first.to(torch::kFloat64), x.to(torch::kFloat64)).max().item<double>() > 1e-2);
+            CHECK(dist(fused.first, x) > 1e-2);
           }
         }
       LatticeParams lattice;
@@ -265,13 +268,20 @@ TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and
       FlowModel model(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(lattice, fp)));
       randomise(*model, 0.15);
       auto z = model->draw_prior(4, 21);
+      const int threads = at::get_num_threads();
+      at::set_num_threads(1);
       auto fused = model->forward(z);
       auto fused_lp = model->log_prob(fused.first);
+      at::set_num_threads(2);  // the kernels split the batch over threads: the same bits
+      auto two = model->forward(z);
+      at::set_num_threads(threads);
+      CHECK(torch::equal(two.first, fused.first));
+      CHECK(torch::equal(two.second, fused.second));
       set_fused_conv(false);
       auto ops = model->forward(z);
       auto ops_lp = model->log_prob(fused.first);
       set_fused_conv(true);
-      CHECK(circle_distance(fused.first.to(torch::kFloat64), ops.first.to(torch::kFloat64)).max().item<double>() < 10 * tol);
+      CHECK(dist(fused.first, ops.first) < 10 * tol);
       CHECK((fused.second - ops.second).abs().max().item<double>() < (f64 ? 1e-8 : 1e-2));
       CHECK((fused_lp.first - ops_lp.first).abs().max().item<double>() < (f64 ? 1e-8 : 1e-2));
       CHECK((fused_lp.first - fused.second).abs().max().item<double>() < (f64 ? 1e-8 : 1e-2));

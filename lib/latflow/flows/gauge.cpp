@@ -71,6 +71,24 @@ torch::Tensor bytes_of(const torch::Tensor& mask) {
   c10::InferenceMode normal_tensors(false);
   return (mask > 0.5).to(torch::kCPU, torch::kUInt8).contiguous();
 }
+// Runs f(shape, x, ctx, par, log_det) of a gauge kernel on slices of the batch in parallel (at::parallel_for over
+// the samples: each sample's result is independent of the split, so the output is the same for any thread count).
+// x [B, ...], ctx [B, ...], par [B, ...] (undefined: null), log_det [B].
+template <class T, class F>
+void over_samples(torch::Tensor& x, torch::Tensor& ctx, const torch::Tensor& par, torch::Tensor& log_det, int n,
+                       F&& f) {
+  const auto B = x.size(0);
+  const auto per_x = x.numel() / B, per_c = ctx.numel() / B, per_p = par.defined() ? par.numel() / B : 0;
+  T* xp = x.data_ptr<T>();
+  T* cp = ctx.data_ptr<T>();
+  const T* pp = par.defined() ? par.data_ptr<T>() : nullptr;
+  double* lp = log_det.data_ptr<double>();
+  at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+    const gauge_kernels::Shape s{b1 - b0, x.size(2), x.size(3), n};
+    f(s, xp + b0 * per_x, cp + b0 * per_c, pp ? pp + b0 * per_p : pp, lp + b0);
+  });
+}
+
 // (y, log|det|) of a layer through its in-place kernel, on a copy of x.
 std::pair<torch::Tensor, torch::Tensor> copy_in_place(CouplingLayer& layer, const torch::Tensor& x, bool inverse) {
   auto y = x.clone(at::MemoryFormat::Contiguous);
@@ -245,44 +263,46 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int offset, const std::vector<
 bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return inference_kernel_for(x); }
 
 void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
-  const gauge_kernels::Shape shape{x.size(0), x.size(2), x.size(3), 1};
   if (!active_sites_.defined()) {
     active_sites_ = sites_of(active_);
     masks_ = {bytes_of(frozen_), bytes_of(frozen_rect0_), bytes_of(frozen_rect1_)};
   }
-  auto ctx = torch::empty({shape.batch, loops_ ? 6 : 2, shape.L0, shape.L1}, x.options());
+  auto ctx = torch::empty({x.size(0), loops_ ? 6 : 2, x.size(2), x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_context", [&] {
-    gauge_kernels::u1_context<scalar_t>(x.data_ptr<scalar_t>(), shape, masks_[0].data_ptr<std::uint8_t>(),
-                                        loops_ ? masks_[1].data_ptr<std::uint8_t>() : nullptr,
-                                        loops_ ? masks_[2].data_ptr<std::uint8_t>() : nullptr,
-                                        ctx.data_ptr<scalar_t>());
+    over_samples<scalar_t>(x, ctx, {}, log_det, 1, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
+      gauge_kernels::u1_context<scalar_t>(xs, s, masks_[0].data_ptr<std::uint8_t>(),
+                                          loops_ ? masks_[1].data_ptr<std::uint8_t>() : nullptr,
+                                          loops_ ? masks_[2].data_ptr<std::uint8_t>() : nullptr, cs);
+    });
   });
   auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_update", [&] {
-    gauge_kernels::u1_update<scalar_t>(x.data_ptr<scalar_t>(), par.data_ptr<scalar_t>(), shape,
-                                       active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_,
-                                       kind_ == "spline", components_, inverse, log_det.data_ptr<double>());
+    over_samples<scalar_t>(x, ctx, par, log_det, 1, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
+      gauge_kernels::u1_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(),
+                                         mu_, kind_ == "spline", components_, inverse, ld);
+    });
   });
 }
 
 bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const { return inference_kernel_for(x); }
 
 void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
-  const gauge_kernels::Shape shape{x.size(0), x.size(2), x.size(3), n_};
   if (!active_sites_.defined()) {
     active_sites_ = sites_of(active_);
     frozen_u8_ = bytes_of(frozen_);
   }
-  auto ctx = torch::empty({shape.batch, n_ == 2 ? 1 : 2, shape.L0, shape.L1}, x.options());
+  auto ctx = torch::empty({x.size(0), n_ == 2 ? 1 : 2, x.size(2), x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_context", [&] {
-    gauge_kernels::spectral_context<scalar_t>(x.data_ptr<scalar_t>(), shape, frozen_u8_.data_ptr<std::uint8_t>(),
-                                ctx.data_ptr<scalar_t>());
+    over_samples<scalar_t>(x, ctx, {}, log_det, n_, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
+      gauge_kernels::spectral_context<scalar_t>(xs, s, frozen_u8_.data_ptr<std::uint8_t>(), cs);
+    });
   });
   auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_update", [&] {
-    gauge_kernels::spectral_update<scalar_t>(x.data_ptr<scalar_t>(), par.data_ptr<scalar_t>(), shape,
-                               active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_, bins_, inverse,
-                               log_det.data_ptr<double>());
+    over_samples<scalar_t>(x, ctx, par, log_det, n_, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
+      gauge_kernels::spectral_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(),
+                                               active_sites_.numel(), mu_, bins_, inverse, ld);
+    });
   });
 }
 

@@ -213,7 +213,8 @@ double kernel(const Mat<3>& P, Spline& sp, Spline& sp2, const T* par, std::int64
   sp2.set([&](int c) { return static_cast<double>(par[(np + c) * stride]); }, 0, 1);
   const auto th = alcove_phases(trace<3>(P));
   const double lo = 1e-12;
-  const double w1 = std::clamp((th[0] - th[1]) / kTwoPi, lo, 1 - lo), w2 = std::clamp((th[1] - th[2]) / kTwoPi, lo, 1 - lo);
+  const double w1 = std::clamp((th[0] - th[1]) / kTwoPi, lo, 1 - lo);
+  const double w2 = std::clamp((th[1] - th[2]) / kTwoPi, lo, 1 - lo);
   const double v = std::clamp(w2 / (1 - w1), lo, 1 - lo);
   const auto [w1n, ls1] = sp(w1, inverse);
   const auto [vn, ls2] = sp2(v, inverse);

@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: MIT
 // Inference kernels of the gauge-equivariant coupling layers (torch-free): the U(1) and the SU(2)/SU(3) spectral
 // layers of flows/gauge.hpp without autograd (sampling, log q of given fields) as two passes over the lattice in
-// plain C++, in float64 whatever the storage type. Why: as LibTorch ops a layer is ~150 small ops over [B, L0, L1] tensors, each paying dispatch and
-// allocation; measured with perf on `latflow bench configs/su3_tutorial.ini`, 62% of the time was in libtorch_cpu
-// spread over hundreds of symbols. SpectralCoupling (gauge.cpp) runs these when autograd is off and the fused nets
-// are on (set_fused_conv), the net itself still being the fused ConvNet, evaluated at the active sites only;
-// tests/test_sun.cpp and tests/test_u1.cpp check them against the LibTorch formulas (every layer, forward and
-// inverse, float64 to 1e-12, and float32). GaugeCoupling runs the U(1) kernels in the same way.
+// plain C++, in float64 whatever the storage type. Why: as LibTorch ops a layer is ~150 small ops over
+// [B, L0, L1] tensors, each paying dispatch and allocation; measured with perf on `latflow bench
+// configs/su3_tutorial.ini`, 62% of the time was in libtorch_cpu spread over hundreds of symbols. GaugeCoupling
+// and SpectralCoupling (gauge.cpp) run these when autograd is off and the fused nets are on (set_fused_conv), the
+// net itself being the fused ConvNet evaluated at the active sites only (ConvNet::forward_at); tests/test_u1.cpp
+// and tests/test_sun.cpp check them against the LibTorch formulas (every layer, forward and inverse, float64 to
+// rounding, and float32). Each sample's result is independent of the others in the batch.
 //
 // SU(N) fields are LibTorch's real storage of the links, [B, 2, L0, L1, N, N, 2] (re, im) contiguous, U(1) fields
-// the angles [B, 2, L0, L1]; masks are [L0, L1] row major, non-zero where the site (or loop) is frozen. Plaquette, eigenphases, splines and the update follow the
-// formulas of gauge.hpp (SpectralCoupling) and gauge.cpp (su2_kernel, su3_kernel, su3_alcove_phases).
+// the angles [B, 2, L0, L1]; masks are [L0, L1] row major, non-zero where the site (or loop) is frozen. Plaquette,
+// eigenphases, splines and the updates follow the formulas of gauge.hpp and gauge.cpp (GaugeCoupling::kernel,
+// SpectralCoupling::su2_kernel, su3_kernel, su3_alcove_phases).
 #pragma once
 #include <cstdint>
 
