@@ -353,22 +353,30 @@ void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const st
   const Angles<T> a{x, s};
   const std::int64_t V = s.L0 * s.L1;
   const int C = frozen_rect0 ? 6 : 2;
-  std::vector<double> plaq(static_cast<std::size_t>(V));
+  // cos and sin of every plaquette once; those of the loops P(x) + P(x + e) by the angle-addition formulas.
+  std::vector<double> cp(static_cast<std::size_t>(V)), sp(static_cast<std::size_t>(V));
   for (std::int64_t b = 0; b < s.batch; ++b) {
     for (std::int64_t x0 = 0; x0 < s.L0; ++x0)
-      for (std::int64_t x1 = 0; x1 < s.L1; ++x1) plaq[x0 * s.L1 + x1] = a.plaquette(b, x0, x1);
+      for (std::int64_t x1 = 0; x1 < s.L1; ++x1) {
+        const std::int64_t site = x0 * s.L1 + x1;
+        if (!frozen[site] && !frozen_rect0) continue;  // (a loop's frozen plaquettes are frozen sites)
+        const double p = a.plaquette(b, x0, x1);
+        cp[site] = std::cos(p);
+        sp[site] = std::sin(p);
+      }
     T* out = ctx + b * C * V;
-    auto put = [&](int channel, std::int64_t site, bool on, double angle) {
-      out[channel * V + site] = on ? static_cast<T>(std::cos(angle)) : T(0);
-      out[(channel + 1) * V + site] = on ? static_cast<T>(std::sin(angle)) : T(0);
+    auto put = [&](int channel, std::int64_t site, bool on, double c, double sn) {
+      out[channel * V + site] = on ? static_cast<T>(c) : T(0);
+      out[(channel + 1) * V + site] = on ? static_cast<T>(sn) : T(0);
     };
     for (std::int64_t x0 = 0; x0 < s.L0; ++x0)
       for (std::int64_t x1 = 0; x1 < s.L1; ++x1) {
         const std::int64_t site = x0 * s.L1 + x1;
-        put(0, site, frozen[site], plaq[site]);
+        put(0, site, frozen[site], cp[site], sp[site]);
         if (!frozen_rect0) continue;
-        put(2, site, frozen_rect0[site], plaq[site] + plaq[((x0 + 1) % s.L0) * s.L1 + x1]);
-        put(4, site, frozen_rect1[site], plaq[site] + plaq[x0 * s.L1 + (x1 + 1) % s.L1]);
+        const std::int64_t n0 = ((x0 + 1) % s.L0) * s.L1 + x1, n1 = x0 * s.L1 + (x1 + 1) % s.L1;
+        put(2, site, frozen_rect0[site], cp[site] * cp[n0] - sp[site] * sp[n0], sp[site] * cp[n0] + cp[site] * sp[n0]);
+        put(4, site, frozen_rect1[site], cp[site] * cp[n1] - sp[site] * sp[n1], sp[site] * cp[n1] + cp[site] * sp[n1]);
       }
   }
 }
