@@ -10,6 +10,12 @@
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
 
+// at::parallel_for is inline: compiled without OpenMP it runs the kernels' chunks serially whatever run.threads
+// says (lib/CMakeLists.txt links OpenMP).
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#error "latflow's kernels must be compiled with OpenMP (at::parallel_for would be serial)"
+#endif
+
 namespace latflow {
 namespace {
 
