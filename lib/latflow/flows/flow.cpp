@@ -398,7 +398,9 @@ const torch::Tensor& ConvNetImpl::neighbours(const std::vector<std::int64_t>& ex
 torch::Tensor ConvNetImpl::forward_at(const torch::Tensor& x, const torch::Tensor& sites) {
   std::vector<std::int64_t> extents(x.sizes().begin() + 2, x.sizes().end());
   const auto& nbr = neighbours(extents);
-  const auto B = x.size(0), V = x.numel() / (B * x.size(1)), Vr = sites.numel();
+  std::int64_t V = 1;
+  for (auto L : extents) V *= L;
+  const auto B = x.size(0), Vr = sites.numel();
   const int T = static_cast<int>(taps());
   const auto act = parse_activation(activation_);
   const auto ps = params();

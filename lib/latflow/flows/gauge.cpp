@@ -82,8 +82,9 @@ torch::Tensor bytes_of(const torch::Tensor& mask) {
 // x [B, ...], ctx [B, ...], par [B, ...] (undefined: null), log_det [B].
 template <class T, class F>
 void over_samples(torch::Tensor& x, torch::Tensor& ctx, const torch::Tensor& par, torch::Tensor& log_det, int n,
-                       F&& f) {
+                  F&& f) {
   const auto B = x.size(0);
+  if (B == 0) return;
   const auto per_x = x.numel() / B, per_c = ctx.numel() / B, per_p = par.defined() ? par.numel() / B : 0;
   T* xp = x.data_ptr<T>();
   T* cp = ctx.data_ptr<T>();
@@ -265,7 +266,6 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int offset, const std::vector<
                                         p.activation));
 }
 
-
 bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return inference_kernel_for(x); }
 
 void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
@@ -401,8 +401,8 @@ torch::Tensor su3_alcove_phases(const torch::Tensor& P) {
       auto Ck = C * c10::complex<double>(std::cos(2 * M_PI * k / 3), std::sin(2 * M_PI * k / 3));
       auto mu = torch::where(nonzero, Ck - a / (3 * Ck), torch::zeros_like(Ck));
       auto th = torch::angle(mu + tt / 3);
-      // Newton polishes the phases to rounding (Cardano loses digits where roots nearly coincide; there the
-      // phases are determined by t only to ~sqrt(rounding), as for any method that goes through t).
+      // Newton polishes the phases to rounding (Cardano loses digits where roots nearly coincide; a root of
+      // multiplicity m is determined by t only to ~rounding^(1/m), as for any method that goes through t).
       for (int it = 0; it < 3; ++it) th = th - newton_step(th, tt).clamp(-1e-3, 1e-3);
       roots.push_back(th);
     }

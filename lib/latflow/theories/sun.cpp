@@ -100,7 +100,8 @@ at::Tensor SUN::gauge_transform(const at::Tensor& u, const at::Tensor& g) {
 
 at::Tensor SUN::haar(int n, std::vector<std::int64_t> shape, at::Generator& gen) {
   shape.insert(shape.end(), {n, n, 2});
-  auto z = torch::view_as_complex(torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64))).contiguous();
+  auto z = torch::view_as_complex(torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64)))
+               .contiguous();
   // Gram-Schmidt (modified, twice for orthogonality to rounding) on the columns of each Gaussian matrix: the Q of
   // its QR decomposition with R's diagonal real and positive, which is Haar on U(N) (Mezzadri 2007); then the
   // determinant's phase is divided out of every column, which makes it Haar on SU(N).
