@@ -198,6 +198,29 @@ TEST_CASE("SU(N) action and plaquette match a naive site loop; staples close the
     auto sum = torch::real(ua.diagonal(0, -2, -1).sum(-1)).sum({1, 2, 3});
     CHECK(torch::allclose(sum / 4, -S * n / 2.5, 1e-12, 1e-12));
   }
+  // The R x R Wilson loops (R = 2, 3, 4 on 8 x 9) as ordered products of links around each loop.
+  for (int n : {2, 3}) {
+    const std::int64_t L0 = 8, L1 = 9;
+    const auto th = make_sun(n, 2.5, L0, L1);
+    auto x = random_field(th, 1, 9);
+    auto u = SUN::matrices(x)[0];
+    const auto m = th.measure(x).scalars[0];
+    auto U = [&](int mu, std::int64_t a, std::int64_t c) { return u[mu][(a + L0) % L0][(c + L1) % L1]; };
+    for (std::int64_t R = 2; R <= 4; ++R) {
+      double re_tr = 0;
+      for (std::int64_t i = 0; i < L0; ++i)
+        for (std::int64_t j = 0; j < L1; ++j) {
+          auto W = torch::eye(n, torch::TensorOptions().dtype(torch::kComplexDouble));
+          for (std::int64_t k = 0; k < R; ++k) W = torch::mm(W, U(0, i + k, j));
+          for (std::int64_t k = 0; k < R; ++k) W = torch::mm(W, U(1, i + R, j + k));
+          for (std::int64_t k = R - 1; k >= 0; --k) W = torch::mm(W, SUN::dagger(U(0, i + k, j + R)));
+          for (std::int64_t k = R - 1; k >= 0; --k) W = torch::mm(W, SUN::dagger(U(1, i, j + k)));
+          re_tr += torch::real(W.trace()).item<double>();
+        }
+      CAPTURE(n, R);
+      CHECK(std::abs(m[R].item<double>() - re_tr / (L0 * L1 * n)) < 1e-13);  // columns: plaq, action, 2x2, ...
+    }
+  }
 }
 
 TEST_CASE("SU(N) force is -dS/dt along exp(t T_a) on every sampled link and generator", "[sun]") {
