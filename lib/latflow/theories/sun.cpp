@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "latflow/core/error.hpp"
+#include "latflow/theories/sun_prior.hpp"
 
 namespace latflow {
 namespace {
@@ -95,33 +96,12 @@ at::Tensor SUN::haar(int n, std::vector<std::int64_t> shape, at::Generator& gen)
   shape.insert(shape.end(), {n, n, 2});
   auto z = torch::view_as_complex(torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64)))
                .contiguous();
-  // Gram-Schmidt (modified, twice for orthogonality to rounding) on the columns of each Gaussian matrix: the Q of
-  // its QR decomposition with R's diagonal real and positive, which is Haar on U(N) (Mezzadri 2007); then the
-  // determinant's phase is divided out of every column, which makes it Haar on SU(N).
-  using C = c10::complex<double>;
-  C* m = z.data_ptr<C>();
+  // The Q of the QR decomposition of each Gaussian matrix (theories/sun_prior.hpp), divided by det^(1/N).
+  auto* m = reinterpret_cast<std::complex<double>*>(z.data_ptr<c10::complex<double>>());
   const std::int64_t count = z.numel() / (n * n);
   for (std::int64_t k = 0; k < count; ++k) {
-    C* a = m + k * n * n;  // a[i * n + j]: row i, column j
-    for (int j = 0; j < n; ++j) {
-      for (int pass = 0; pass < 2; ++pass)
-        for (int q = 0; q < j; ++q) {
-          C dot = 0;
-          for (int i = 0; i < n; ++i) dot += std::conj(a[i * n + q]) * a[i * n + j];
-          for (int i = 0; i < n; ++i) a[i * n + j] -= dot * a[i * n + q];
-        }
-      double norm = 0;
-      for (int i = 0; i < n; ++i) norm += std::norm(a[i * n + j]);
-      norm = std::sqrt(norm);
-      for (int i = 0; i < n; ++i) a[i * n + j] /= norm;
-    }
-    if (n > 3) continue;
-    const C det = n == 2 ? a[0] * a[3] - a[1] * a[2]
-                         : a[0] * (a[4] * a[8] - a[5] * a[7]) - a[1] * (a[3] * a[8] - a[5] * a[6]) +
-                               a[2] * (a[3] * a[7] - a[4] * a[6]);
-    const double phase = -std::arg(det) / n;
-    const C fix(std::cos(phase), std::sin(phase));
-    for (int i = 0; i < n * n; ++i) a[i] *= fix;
+    gram_schmidt(n, m + k * n * n);
+    if (n <= 3) divide_det_root(n, m + k * n * n);
   }
   if (n <= 3) return z;
   auto phase = torch::angle(torch::linalg_det(z));

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "latflow/theories/sun_prior.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -58,24 +59,34 @@ cplx small_trace(int n, const SmallMatrix& a) {
   return t;
 }
 
-SmallMatrix haar_sun(int n, SplitMix64& rng) {
-  // Gram-Schmidt of the columns of a complex Gaussian matrix (R with a positive diagonal: Haar on U(N)).
-  SmallMatrix q{};
+void gram_schmidt(int n, cplx* q) {
   for (int c = 0; c < n; ++c) {
-    for (int r = 0; r < n; ++r) q[r * n + c] = cplx(gaussian(rng), gaussian(rng));
-    for (int p = 0; p < c; ++p) {
-      cplx dot = 0;
-      for (int r = 0; r < n; ++r) dot += std::conj(q[r * n + p]) * q[r * n + c];
-      for (int r = 0; r < n; ++r) q[r * n + c] -= dot * q[r * n + p];
-    }
+    for (int pass = 0; pass < 2; ++pass)
+      for (int p = 0; p < c; ++p) {
+        cplx dot = 0;
+        for (int r = 0; r < n; ++r) dot += std::conj(q[r * n + p]) * q[r * n + c];
+        for (int r = 0; r < n; ++r) q[r * n + c] -= dot * q[r * n + p];
+      }
     double norm = 0;
     for (int r = 0; r < n; ++r) norm += std::norm(q[r * n + c]);
     norm = std::sqrt(norm);
     for (int r = 0; r < n; ++r) q[r * n + c] /= norm;
   }
-  // Divided by the principal det^(1/N): a centre element times a Haar SU(N) matrix, which is Haar.
-  const cplx phase = std::polar(1.0, -std::arg(determinant(n, q)) / n);
+}
+
+void divide_det_root(int n, cplx* q) {
+  SmallMatrix m{};
+  std::copy(q, q + n * n, m.begin());
+  const cplx phase = std::polar(1.0, -std::arg(determinant(n, m)) / n);
   for (int i = 0; i < n * n; ++i) q[i] *= phase;
+}
+
+SmallMatrix haar_sun(int n, SplitMix64& rng) {
+  SmallMatrix q{};
+  for (int c = 0; c < n; ++c)  // column by column, as the draws were always made
+    for (int r = 0; r < n; ++r) q[r * n + c] = cplx(gaussian(rng), gaussian(rng));
+  gram_schmidt(n, q.data());
+  divide_det_root(n, q.data());
   return q;
 }
 

@@ -46,6 +46,12 @@ SmallMatrix small_dag(int n, const SmallMatrix& a);
 std::complex<double> small_trace(int n, const SmallMatrix& a);
 // A Haar-random SU(N) matrix: Gram-Schmidt of a complex Gaussian (Haar on U(N)), divided by det^(1/N).
 SmallMatrix haar_sun(int n, SplitMix64& rng);
+// The columns of the n x n matrix q (row major, any n) orthonormalised in place by modified Gram-Schmidt, each
+// column twice for orthogonality to rounding: the Q of q = Q R with R's diagonal positive, Haar on U(N) when q is a
+// complex Gaussian matrix (Mezzadri 2007).
+void gram_schmidt(int n, std::complex<double>* q);
+// q (n <= 3, unitary) divided by the principal det^(1/N): a centre element times q, Haar on SU(N) if q is on U(N).
+void divide_det_root(int n, std::complex<double>* q);
 // A draw from exp((beta/N) Re tr U) with respect to Haar (the one-plaquette Boltzmann weight).
 SmallMatrix boltzmann_sun(int n, double beta, SplitMix64& rng);
 
