@@ -681,6 +681,16 @@ void expect_rank_invariant(const TempDir& dir, const std::string& args, const st
   }
 }
 
+// `latflow hmc` on `ranks` ranks whose rank 1 fails before kept trajectory `trajectory` (LATFLOW_FAULT_TRAJECTORY).
+Result run_mpi_failing(int ranks, const std::string& args, const char* trajectory) {
+  setenv("LATFLOW_FAULT_TRAJECTORY", trajectory, 1);
+  setenv("LATFLOW_FAULT_RANK", "1", 1);
+  auto r = run_mpi(ranks, args);
+  unsetenv("LATFLOW_FAULT_TRAJECTORY");
+  unsetenv("LATFLOW_FAULT_RANK");
+  return r;
+}
+
 // A small point for the MPI tests: 11 blocks of 64 proposals (the last one short), commits after every round.
 const char* kMpiConfig =
     "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
@@ -756,11 +766,7 @@ TEST_CASE("hmc: every dataset is bitwise identical for 1, 2 and 3 ranks and afte
   CHECK(io::File::open_read(dir / "h1.h5").read_attr_int("/hmc", "n_md") != 10);
   expect_rank_invariant(dir, "hmc " + cfg, "h", dir / "h1.h5");
   const std::string out = dir / "killed.h5";
-  setenv("LATFLOW_FAULT_TRAJECTORY", "17", 1);
-  setenv("LATFLOW_FAULT_RANK", "1", 1);
-  auto failed = run_mpi(2, "hmc " + cfg + " --output " + out);
-  unsetenv("LATFLOW_FAULT_TRAJECTORY");
-  unsetenv("LATFLOW_FAULT_RANK");
+  auto failed = run_mpi_failing(2, "hmc " + cfg + " --output " + out, "17");
   CAPTURE(failed.out);
   CHECK(failed.code != 0);
   CHECK(failed.out.find("latflow: error: rank 1: injected failure before trajectory 17") != std::string::npos);
@@ -776,6 +782,45 @@ TEST_CASE("hmc: every dataset is bitwise identical for 1, 2 and 3 ranks and afte
   REQUIRE(run("hmc " + cfg + " --output " + ext + " --hmc.trajectories 12").code == 0);
   REQUIRE(run("hmc " + cfg + " --output " + ext + " --resume").code == 0);
   expect_same_datasets(dir / "h1.h5", ext);
+}
+
+TEST_CASE("4D heat bath through the binary: bitwise for 1, 2 and 3 ranks and after a rank failure and resume; "
+          "refusals", "[cli][mpi][hmc]") {
+  TempDir dir;
+  const std::string cfg = dir / "hb.ini";
+  write_file(cfg,
+             "theory = sun\n[lattice]\nextents = 2 4 2 2\n[sun]\nn = 3\nbeta = 5.5\n[flow]\nlayers = 0\n"
+             "[hmc]\nalgorithm = heatbath\noverrelax = 2\nchains = 5\nthermalization = 3\ntrajectories = 20\n"
+             "save_every = 4\n[run]\nseed = 3\ncommit_seconds = 0\n");
+  auto one = run("hmc " + cfg + " --output " + dir / "h1.h5");
+  INFO(one.out);
+  REQUIRE(one.code == 0);
+  CHECK(one.out.find("sweeps (heat bath + 2 overrelaxation)") != std::string::npos);
+  {
+    const auto f = io::File::open_read(dir / "h1.h5");
+    CHECK(f.read_attr_string("/hmc", "algorithm") == "heatbath");
+    CHECK(f.read_attr_int("/hmc", "overrelax") == 2);
+  }
+  expect_rank_invariant(dir, "hmc " + cfg, "h", dir / "h1.h5");
+  const std::string out = dir / "killed.h5";
+  auto failed = run_mpi_failing(2, "hmc " + cfg + " --output " + out, "9");
+  CHECK(failed.code != 0);
+  REQUIRE(fs::exists(out + ".partial"));
+  // The algorithm is part of the run's identity: the partial heat-bath run resumes neither as HMC nor with
+  // another overrelaxation count.
+  expect_error("hmc " + cfg + " --output " + out + " --resume --hmc.algorithm hmc", 2, "hmc.algorithm");
+  expect_error("hmc " + cfg + " --output " + out + " --resume --hmc.overrelax 1", 2, "hmc.overrelax");
+  auto resumed = run_mpi(3, "hmc " + cfg + " --output " + out + " --resume");
+  INFO(resumed.out);
+  REQUIRE(resumed.code == 0);
+  expect_same_datasets(dir / "h1.h5", out);
+  // Refusals: one line naming the key.
+  expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --theory phi4", 2, "hmc.algorithm");
+  expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --hmc.algorithm metropolis", 2, "hmc.algorithm");
+  expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --hmc.check_reversibility true", 2,
+               "hmc.check_reversibility");
+  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --flow.layers 2", 2,
+               "gauge flows are 2-dimensional");
 }
 
 TEST_CASE("mixed chains (hmc.flow_every): bitwise identical for 1, 2 and 3 ranks and after a rank failure and "
@@ -804,11 +849,7 @@ TEST_CASE("mixed chains (hmc.flow_every): bitwise identical for 1, 2 and 3 ranks
   }
   expect_rank_invariant(dir, "hmc " + cfg + mix, "m", dir / "m1.h5");
   const std::string out = dir / "killed.h5";
-  setenv("LATFLOW_FAULT_TRAJECTORY", "13", 1);
-  setenv("LATFLOW_FAULT_RANK", "1", 1);
-  auto failed = run_mpi(2, "hmc " + cfg + mix + " --output " + out);
-  unsetenv("LATFLOW_FAULT_TRAJECTORY");
-  unsetenv("LATFLOW_FAULT_RANK");
+  auto failed = run_mpi_failing(2, "hmc " + cfg + mix + " --output " + out, "13");
   CAPTURE(failed.out);
   CHECK(failed.code != 0);
   REQUIRE(fs::exists(out + ".partial"));

@@ -54,6 +54,7 @@ struct Run {
   int n_md = 0;
 };
 Run run_chains(const Theory& theory, const HmcParams& p, std::uint64_t seed) {
+  torch::InferenceMode inference;  // as latflow hmc runs
   HmcChains hmc(theory, p, seed, 0, p.chains, kF64);
   Run run;
   run.n_md = hmc.thermalize(p.thermalization);
@@ -278,4 +279,112 @@ TEST_CASE("SU(N) HMC reproduces the exact plaquette, 2x2 loop and Polyakov corre
     CHECK((torch::matmul(u, SUN::dagger(u)) - eye).abs().max().item<double>() < 1e-13);
     CHECK((torch::linalg_det(u) - 1).abs().max().item<double>() < 1e-13);
   });
+}
+
+// ---- d = 3, 4 and the heat bath (docs/physics.md "Gauge theory in d dimensions", "Heat bath and
+// overrelaxation"). Errors: Gamma method over the chains as replicas.
+
+namespace {
+
+HmcParams heatbath_params(std::int64_t chains, std::int64_t thermalization, std::int64_t sweeps) {
+  auto p = params("omelyan", chains);
+  p.algorithm = "heatbath";
+  p.overrelax = 1;
+  p.thermalization = thermalization;
+  p.trajectories = sweeps;
+  return p;
+}
+
+std::unique_ptr<Theory> gauge_theory(int n, std::vector<std::int64_t> extents, double beta) {
+  LatticeParams lattice;
+  lattice.extents = std::move(extents);
+  if (n == 1) {
+    U1Params up;
+    up.beta = beta;
+    return std::make_unique<U1>(lattice, up);
+  }
+  SUNParams sp;
+  sp.n = n;
+  sp.beta = beta;
+  return std::make_unique<SUN>(lattice, sp);
+}
+
+}  // namespace
+
+TEST_CASE("heat bath in 2D reproduces the exact plaquette and 2x2 loop of U(1), SU(2), SU(3) (3 sigma)",
+          "[heatbath][physics][u1][sun]") {
+  for (const auto& [n, beta] : {std::pair{1, 2.0}, std::pair{2, 2.0}, std::pair{3, 4.0}}) {
+    const auto theory = gauge_theory(n, {8, 8}, beta);
+    const auto run = run_chains(*theory, heatbath_params(16, 20, 300), 31);
+    const std::int64_t V = 64;
+    const double plaq = n == 1 ? u1_plaquette(V, beta) : sun_plaquette(n, V, beta);
+    const double loop = n == 1 ? u1_wilson_loop(V, beta, 4) : sun_wilson_loop(n, V, beta, 4);
+    for (const auto& [name, exact] : {std::pair{"plaq", plaq}, std::pair{"wilson_2x2", loop}}) {
+      const auto g = analysis::gamma_method(run.series.at(name));
+      CAPTURE(n, beta, name, exact, g.mean, g.error, g.tau_int);
+      CHECK(std::abs(g.mean - exact) < 3 * g.error);
+    }
+    CHECK(run.acceptance == 1.0);
+  }
+}
+
+TEST_CASE("HMC and heat bath agree on the plaquette and 2x2 loop in 3D and 4D (3 sigma); <exp(-dH)> = 1",
+          "[heatbath][physics][u1][sun]") {
+  struct Point {
+    int n;
+    std::vector<std::int64_t> extents;
+    double beta;
+    std::int64_t chains, trajectories;
+  };
+  // U(1) in 4D at beta = 0.8, on the confined side of the transition (beta_c ~ 1.01) away from its metastability.
+  // SU(3) in 4D is in docs/validation.md (HMC from a cold start needs ~10^2 trajectories to relax there).
+  for (const auto& pt : {Point{1, {4, 4, 4}, 1.5, 16, 300}, Point{1, {4, 4, 4, 4}, 0.8, 16, 300},
+                         Point{2, {4, 4, 4}, 3.0, 16, 150}, Point{2, {4, 4, 4, 4}, 2.0, 8, 100},
+                         Point{3, {4, 4, 4}, 6.0, 8, 150}}) {
+    const auto theory = gauge_theory(pt.n, pt.extents, pt.beta);
+    auto hp = params("omelyan", pt.chains);
+    hp.thermalization = 40;
+    hp.trajectories = pt.trajectories;
+    const auto hmc = run_chains(*theory, hp, 41);
+    const auto hb = run_chains(*theory, heatbath_params(pt.chains, 40, pt.trajectories), 43);
+    for (const char* name : {"plaq", "wilson_2x2"}) {
+      const auto a = analysis::gamma_method(hmc.series.at(name)), b = analysis::gamma_method(hb.series.at(name));
+      CAPTURE(pt.n, pt.extents, pt.beta, name, a.mean, a.error, a.tau_int, b.mean, b.error, b.tau_int, hmc.n_md);
+      CHECK(std::abs(a.mean - b.mean) < 3 * std::hypot(a.error, b.error));
+    }
+    const auto e = analysis::gamma_method(hmc.series.at("exp_mdH"));
+    CAPTURE(pt.n, pt.extents, e.mean, e.error, hmc.acceptance);
+    CHECK(std::abs(e.mean - 1) < 3 * e.error);
+  }
+}
+
+TEST_CASE("4D strong coupling: the heat-bath plaquette is the one-plaquette value u(beta) + O(u^5) (3 sigma)",
+          "[heatbath][physics][u1][sun]") {
+  // u = I1/I0 (U(1)), the planar-limit plaquette of SU(N); the first correction is from the cubes around a
+  // plaquette, O(u^5) (below 1e-4 here, a third of the statistical error).
+  for (const auto& [n, beta] : {std::pair{1, 0.2}, std::pair{2, 0.5}, std::pair{3, 1.0}}) {
+    const auto theory = gauge_theory(n, {3, 3, 3, 3}, beta);
+    const auto run = run_chains(*theory, heatbath_params(8, 10, 300), 51);
+    const double u = n == 1 ? std::cyl_bessel_i(1.0, beta) / std::cyl_bessel_i(0.0, beta)
+                            : sun_wilson_loop_infinite(n, beta, 1);
+    const auto g = analysis::gamma_method(run.series.at("plaq"));
+    CAPTURE(n, beta, u, g.mean, g.error, g.tau_int);
+    CHECK(std::abs(g.mean - u) < 3 * g.error);
+    CHECK(g.error < 0.05 * u);  // the test resolves the leading order
+  }
+}
+
+TEST_CASE("4D HMC is reversible; heat-bath chains do not depend on how the chains are split", "[hmc][heatbath][sun]") {
+  const auto su3 = gauge_theory(3, {2, 2, 2, 2}, 5.5);
+  check_reversible(*su3, params("omelyan", 2), 2, 5);
+  const auto u1 = gauge_theory(1, {2, 3, 2, 2}, 1.0);
+  check_reversible(*u1, params("omelyan", 2), 2, 5);
+  const auto p = heatbath_params(5, 0, 0);
+  HmcChains all(*su3, p, 21, 0, 5, kF64), low(*su3, p, 21, 0, 2, kF64), high(*su3, p, 21, 2, 3, kF64);
+  for (std::int64_t t = 0; t < 3; ++t) {
+    all.trajectory(t);
+    low.trajectory(t);
+    high.trajectory(t);
+  }
+  CHECK(torch::equal(all.field(), torch::cat({low.field(), high.field()})));
 }

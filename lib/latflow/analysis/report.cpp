@@ -123,7 +123,8 @@ References read_references(const io::File& f, Report& r) {
     r.has_free_energy_exact = true;
     r.free_energy_exact = e.free_energy;
   }
-  if (r.theory == "u1") {
+  // The U(1) and SU(N) exact values are those of the 2D theory (none in d > 2).
+  if (r.theory == "u1" && r.extents.size() == 2) {
     const std::int64_t V = r.extents[0] * r.extents[1];
     const double plaq = u1_plaquette(V, r.beta);
     refs.exact = {{"plaq", plaq}, {"action_density", -r.beta * plaq}, {"Q", 0.0},
@@ -135,7 +136,7 @@ References read_references(const io::File& f, Report& r) {
     r.has_free_energy_exact = true;
     r.free_energy_exact = u1_free_energy(V, r.beta);
   }
-  if (r.theory == "sun") try {  // character expansion (sun_exact.hpp); F for the normalised Haar measure
+  if (r.theory == "sun" && r.extents.size() == 2) try {  // character expansion (sun_exact.hpp); F for the normalised Haar measure
     const std::int64_t V = r.extents[0] * r.extents[1];
     const double plaq = sun_plaquette(r.colors, V, r.beta);
     refs.exact = {{"plaq", plaq}, {"action_density", -r.beta * plaq}};
@@ -300,6 +301,10 @@ Samples read_imh(const io::File& f, Report& r) {
 // HMC: datasets [T, C] (trajectory-major); each chain is one replica of the Gamma method.
 Samples read_hmc(const io::File& f, Report& r) {
   r.integrator = f.read_attr_string("/hmc", "integrator");
+  if (f.has_attr("/hmc", "algorithm")) {
+    r.algorithm = f.read_attr_string("/hmc", "algorithm");
+    r.overrelax = f.read_attr_int("/hmc", "overrelax");
+  }
   r.n_md = f.read_attr_int("/hmc", "n_md");
   r.trajectory_length = f.read_attr_double("/hmc", "trajectory_length");
   r.acceptance = f.read_attr_double("/hmc", "acceptance");
@@ -388,11 +393,11 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
   r.extents = f.read_attr_ints("/theory", "extents");
   if (r.theory == "u1") {
     r.beta = f.read_attr_double("/theory", "beta");
-    if (r.extents.size() != 2) throw IoError(path + ": a u1 ensemble needs two extents");
+    if (r.extents.size() < 2 || r.extents.size() > 4) throw IoError(path + ": a u1 ensemble needs 2 to 4 extents");
   } else if (r.theory == "sun") {
     r.beta = f.read_attr_double("/theory", "beta");
     r.colors = static_cast<int>(f.read_attr_int("/theory", "n"));
-    if (r.extents.size() != 2) throw IoError(path + ": a sun ensemble needs two extents");
+    if (r.extents.size() < 2 || r.extents.size() > 4) throw IoError(path + ": a sun ensemble needs 2 to 4 extents");
     if (r.colors < 2 || r.colors > 6) throw IoError(path + ": /theory n must be in 2..6");
   } else {
     r.m2 = f.read_attr_double("/theory", "m2");
@@ -420,7 +425,15 @@ std::string format_report(const Report& r) {
   os << b;
   const bool hmc = r.chains_kind();
   const std::string flag = hmc || r.nis_reliable() ? "" : "!";
-  if (hmc) {
+  if (hmc && r.algorithm == "heatbath") {
+    std::snprintf(b, sizeof b,
+                  "%lld chains x %lld sweeps (heat bath + %lld overrelaxation), stored configs %lld; %.1f s, "
+                  "%.3g s per sweep per site",
+                  static_cast<long long>(r.chains), static_cast<long long>(r.trajectories),
+                  static_cast<long long>(r.overrelax), static_cast<long long>(r.configs_stored), r.sampling_seconds,
+                  r.seconds_per_trajectory_per_site);
+    os << b;
+  } else if (hmc) {
     std::snprintf(b, sizeof b,
                   "%lld chains x %lld trajectories (%s, n_md %lld, tau %g), stored configs %lld; %.1f s, "
                   "%.3g s per trajectory per site\n"
@@ -553,6 +566,8 @@ std::string report_json(const Report& r) {
   else
     os << ",\n  \"m2\": " << json::number(r.m2) << ",\n  \"lam\": " << json::number(r.lam)
        << ",\n  \"convention\": \"nohalf\"";
+  if (r.chains_kind() && r.algorithm != "hmc")
+    os << ",\n  \"algorithm\": " << json::string(r.algorithm) << ",\n  \"overrelax\": " << r.overrelax;
   if (r.chains_kind()) {
     os << ",\n  \"integrator\": " << json::string(r.integrator) << ",\n  \"chains\": " << r.chains
        << ",\n  \"trajectories\": " << r.trajectories << ",\n  \"n_md\": " << r.n_md

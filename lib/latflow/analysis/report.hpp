@@ -61,6 +61,8 @@ struct Report {
   std::string weights_hash;
   // HMC ensembles: acceptance above; sampling_seconds is the whole run (thermalisation included).
   std::string integrator;
+  std::string algorithm = "hmc";  // hmc | heatbath (then each "trajectory" is a sweep)
+  std::int64_t overrelax = 0;
   std::int64_t chains = 0, trajectories = 0, n_md = 0;
   double trajectory_length = 0, exp_mdH = 0, exp_mdH_error = 0, seconds_per_trajectory_per_site = 0;
   // Mixed chains (kind "mixed": HMC with a flow IMH step after every flow_every trajectories): the HMC figures

@@ -71,7 +71,7 @@ void Config::validate() {
   for (auto l : lattice.extents) require(l >= 2, "lattice.extents", str(l), "every extent must be >= 2");
   auto& f = flow;
   if (theory == "sun") {
-    require(lattice.dim() == 2, "lattice.extents", join(lattice.extents), "SU(N) gauge theory is 2-dimensional");
+    require(lattice.dim() >= 2, "lattice.extents", join(lattice.extents), "SU(N) gauge theory needs 2 to 4 extents");
     require(sun.n >= 2 && sun.n <= 6, "sun.n", str(sun.n), "must be in 2..6");
     require(std::isfinite(sun.beta) && sun.beta >= 0 && sun.beta <= 200, "sun.beta", str(sun.beta),
             "must be finite and in [0, 200]");
@@ -80,17 +80,17 @@ void Config::validate() {
     require(!f.z2, "flow.z2", "true", "is a phi4 option (SU(N) flows are gauge-equivariant instead)");
     require(!f.loops, "flow.loops", "true", "is a U(1) option");
     for (auto l : lattice.extents)
-      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(lattice.extents),
+      require(l % 4 == 0 || f.layers == 0 || lattice.dim() != 2, "lattice.extents", join(lattice.extents),
               "SU(N) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
   } else if (theory == "u1") {
-    require(lattice.dim() == 2, "lattice.extents", join(lattice.extents), "U(1) gauge theory is 2-dimensional");
+    require(lattice.dim() >= 2, "lattice.extents", join(lattice.extents), "U(1) gauge theory needs 2 to 4 extents");
     require(std::isfinite(u1.beta) && u1.beta >= 0, "u1.beta", str(u1.beta), "must be finite and >= 0");
     if (f.coupling.empty()) f.coupling = "ncp";
     require(f.coupling == "ncp" || f.coupling == "spline", "flow.coupling", f.coupling,
             "U(1) flows take ncp or spline (circular)");
     // The gauge-equivariant masks (active, passive and two frozen plaquette stripes) repeat every 4 sites.
     for (auto l : lattice.extents)
-      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(lattice.extents),
+      require(l % 4 == 0 || f.layers == 0 || lattice.dim() != 2, "lattice.extents", join(lattice.extents),
               "U(1) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
     require(!f.z2, "flow.z2", "true", "is a phi4 option (U(1) flows are gauge-equivariant instead)");
     require(f.ncp_components >= 1 && f.ncp_components <= 64, "flow.ncp_components", str(f.ncp_components),
@@ -125,7 +125,8 @@ void Config::validate() {
           "must be > 0");
   require(f.dtype == "float32" || f.dtype == "float64", "flow.dtype", f.dtype, "must be float32 or float64");
   for (auto l : lattice.extents)
-    require(l % 2 == 0 || f.layers == 0, "lattice.extents", str(l), "checkerboard masks need even extents");
+    require(l % 2 == 0 || f.layers == 0 || (theory != "phi4" && lattice.dim() != 2), "lattice.extents", str(l),
+            "checkerboard masks need even extents");
 
   const auto& t = train;
   require(t.steps >= 0, "train.steps", str(t.steps), "must be >= 0");
@@ -162,6 +163,12 @@ void Config::validate() {
   require(h.trajectories >= 1, "hmc.trajectories", str(h.trajectories), "must be >= 1");
   require(h.save_every >= 0, "hmc.save_every", str(h.save_every), "must be >= 0");
   require(h.flow_every >= 0, "hmc.flow_every", str(h.flow_every), "must be >= 0 (0 = pure HMC)");
+  require(h.algorithm == "hmc" || h.algorithm == "heatbath", "hmc.algorithm", h.algorithm, "must be hmc or heatbath");
+  if (h.algorithm == "heatbath") {
+    require(theory != "phi4", "hmc.algorithm", h.algorithm, "phi4 has no heat bath (u1 and sun have one)");
+    require(!h.check_reversibility, "hmc.check_reversibility", "true", "is an HMC check (hmc.algorithm = heatbath)");
+  }
+  require(h.overrelax >= 0 && h.overrelax <= 100, "hmc.overrelax", str(h.overrelax), "must be in 0..100");
 
   require(ne.steps >= 0 && ne.steps <= 1000000, "ne.steps", str(ne.steps), "must be in 0..1000000 (0 = off)");
   if (ne.steps > 0) {

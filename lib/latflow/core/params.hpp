@@ -94,6 +94,10 @@ struct SampleParams {
 
 // Hybrid Monte Carlo baseline (docs/physics.md "HMC baseline"): B independent chains in the batch dimension.
 struct HmcParams {
+  // hmc: HMC trajectories; heatbath: each "trajectory" is one heat-bath sweep followed by `overrelax`
+  // overrelaxation sweeps (gauge theories; docs/physics.md "Heat bath and overrelaxation"), the n_md keys unused.
+  std::string algorithm = "hmc";
+  int overrelax = 0;
   std::string integrator = "omelyan";  // leapfrog | omelyan (2MN, lambda = 0.1932)
   double trajectory_length = 1.0;      // MD time tau of one trajectory (before the jitter)
   int n_md = 10;                       // MD steps per trajectory at the start; tuned during thermalisation

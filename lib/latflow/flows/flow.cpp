@@ -743,6 +743,9 @@ FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& param
 }
 
 FlowModel make_flow(const Config& cfg) {
+  if (cfg.theory != "phi4" && cfg.lattice.dim() != 2)
+    throw ConfigError("lattice.extents: " + std::to_string(cfg.lattice.dim()) +
+                      " extents, but gauge flows are 2-dimensional for now (latflow hmc runs U(1) and SU(N) in d = 2..4)");
   if (cfg.theory == "sun")
     return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow, cfg.sun.beta)));
   if (cfg.theory == "u1")

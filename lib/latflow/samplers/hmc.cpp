@@ -97,6 +97,16 @@ HmcChains::HmcChains(const Theory& theory, const HmcParams& params, std::uint64_
 TrajectoryResult HmcChains::trajectory(std::int64_t t, bool check_reversibility) {
   torch::NoGradGuard no_grad;
   const auto B = n_chains_;
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  if (params_.algorithm == "heatbath") {
+    // Exact local updates instead of a trajectory: nothing to accept or reject.
+    std::vector<std::uint64_t> streams;
+    for (std::int64_t b = 0; b < B; ++b) streams.push_back(chain_stream(seed_, "heatbath", first_chain_ + b, t));
+    auto x = x_.to(torch::kCPU, torch::kFloat64).contiguous().clone();
+    theory_.heatbath_sweep(x, streams, params_.overrelax);
+    x_ = x.to(options_);
+    return {torch::zeros({B}, f64), torch::ones({B}, torch::kBool)};
+  }
   std::vector<at::Tensor> ps;
   std::vector<double> dts(static_cast<std::size_t>(B)), log_u(static_cast<std::size_t>(B));
   const double dt0 = params_.trajectory_length / n_md_;
@@ -111,7 +121,6 @@ TrajectoryResult HmcChains::trajectory(std::int64_t t, bool check_reversibility)
     log_u[static_cast<std::size_t>(b)] = std::log(uniform01(chain_stream(seed_, "hmc_accept", c, t)));
   }
   auto p0 = torch::cat(ps).to(options_);
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   const auto dt = torch::tensor(dts, f64).to(options_.device());
   auto x = x_.clone(), p = p0.clone();
   const auto H0 = (theory_.kinetic_energy(p0) + theory_.action(x_)).to(torch::kFloat64);
@@ -137,6 +146,10 @@ TrajectoryResult HmcChains::trajectory(std::int64_t t, bool check_reversibility)
 }
 
 int HmcChains::thermalize(std::int64_t n) {
+  if (params_.algorithm == "heatbath") {  // no step size to tune
+    for (std::int64_t t = 0; t < n; ++t) trajectory(t);
+    return n_md_;
+  }
   const std::int64_t tune_until = 3 * n / 4;
   // Under MPI the chains are split over the ranks: the tuning sees all of them, summed in global chain order on
   // the root, so every rank takes the same n_md decisions as a single rank would.
@@ -290,8 +303,11 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
   });
   if (store.complete()) return out;
 
-  log::info("hmc: " + std::to_string(hp.chains) + " chains on " + std::to_string(R) + " rank(s), " + hp.integrator +
-            ", tau = " + std::to_string(hp.trajectory_length) + ", " + std::to_string(hp.thermalization) +
+  const bool heatbath = hp.algorithm == "heatbath";
+  const std::string update = heatbath ? "heat bath + " + std::to_string(hp.overrelax) + " overrelaxation sweep(s)"
+                                      : hp.integrator + ", tau = " + std::to_string(hp.trajectory_length);
+  log::info("hmc: " + std::to_string(hp.chains) + " chains on " + std::to_string(R) + " rank(s), " + update + ", " +
+            std::to_string(hp.thermalization) +
             " thermalisation + " + std::to_string(hp.trajectories) + " trajectories each" +
             (mixed ? ", a flow step (model " + hash + ") after every " + std::to_string(hp.flow_every) : ""));
   const std::vector<std::int64_t> field_shape = [&] {
@@ -306,8 +322,9 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
   } else {
     const int n_md = chains.thermalize(hp.thermalization);
     store.set_thermalized(n_md, to_vector(chains.field()));
-    log::info("hmc: thermalised; n_md = " + std::to_string(n_md) +
-              " (dt = " + std::to_string(hp.trajectory_length / n_md) + ")");
+    if (!heatbath)
+      log::info("hmc: thermalised; n_md = " + std::to_string(n_md) +
+                " (dt = " + std::to_string(hp.trajectory_length / n_md) + ")");
   }
 
   for (std::int64_t i = store.next_trajectory(); i < hp.trajectories; ++i) {
@@ -345,6 +362,10 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
     const double per_site = (t.seconds - t.check_seconds - t.flow_seconds) /
                             (static_cast<double>(hp.thermalization + hp.trajectories) * hp.chains * V);
     f.create_group("/hmc");
+    if (heatbath) {  // only heat-bath files carry these, so HMC files stay as they were
+      f.write_attr("/hmc", "algorithm", hp.algorithm);
+      f.write_attr("/hmc", "overrelax", static_cast<std::int64_t>(hp.overrelax));
+    }
     f.write_attr("/hmc", "integrator", hp.integrator);
     if (hp.integrator == "omelyan") f.write_attr("/hmc", "omelyan_lambda", kOmelyanLambda);
     f.write_attr("/hmc", "n_md", static_cast<std::int64_t>(t.n_md));
@@ -374,7 +395,12 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
       f.write_attr("/hmc", "reversibility_max_dp", t.max_dp);
     }
     char b[256];
-    std::snprintf(b, sizeof b,
+    if (heatbath)
+      std::snprintf(b, sizeof b, "heatbath: %lld x %lld sweeps (heat bath + %d overrelaxation), %.3g s per sweep per "
+                    "site, wrote %s", static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories),
+                    hp.overrelax, per_site, out.c_str());
+    else
+      std::snprintf(b, sizeof b,
                   "hmc: %lld x %lld trajectories, acceptance %.4f, <exp(-dH)> = %.4f +- %.4f, %.3g s per "
                   "trajectory per site, wrote %s",
                   static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories), t.acceptance,

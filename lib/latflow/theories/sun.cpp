@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 #include "latflow/theories/sun.hpp"
 
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "latflow/core/error.hpp"
+#include "latflow/theories/heatbath.hpp"
 #include "latflow/theories/sun_prior.hpp"
 
 namespace latflow {
@@ -40,19 +42,39 @@ at::Tensor make_generators(int n) {
 }
 
 at::Tensor real_trace(const at::Tensor& m) { return torch::real(m.diagonal(0, -2, -1).sum(-1)); }
+
+// The site dimensions 1 .. d of a per-site tensor [B, L0, ..., L_{d-1}, ...].
+std::vector<std::int64_t> site_dims(std::int64_t d) {
+  std::vector<std::int64_t> dims;
+  for (std::int64_t k = 1; k <= d; ++k) dims.push_back(k);
+  return dims;
+}
 }  // namespace
 
 SUN::SUN(const LatticeParams& lattice, const SUNParams& params)
     : extents_(lattice.extents), n_(params.n), beta_(params.beta) {
-  if (extents_.size() != 2) throw ConfigError("lattice.extents: SU(N) gauge theory is 2-dimensional");
+  const auto d = static_cast<int>(extents_.size());
+  if (d < 2 || d > 4) throw ConfigError("lattice.extents: SU(N) gauge theory needs 2 to 4 extents");
   if (n_ < 2) throw ConfigError("sun.n: must be >= 2");
   gen_ = make_generators(n_);
   names_ = {"plaq", "action_density"};
-  const auto half = std::min(extents_[0], extents_[1]) / 2;
+  if (d > 2) {
+    for (int mu = 0; mu < d; ++mu)
+      for (int nu = mu + 1; nu < d; ++nu) names_.push_back("plaq_" + std::to_string(mu) + std::to_string(nu));
+    names_.push_back("poly");
+  }
+  const auto half = *std::min_element(extents_.begin(), extents_.end()) / 2;
   for (std::int64_t r = 2; r <= std::min<std::int64_t>(4, half); ++r) {
     loop_sizes_.push_back(r);
     names_.push_back("wilson_" + std::to_string(r) + "x" + std::to_string(r));
   }
+}
+
+std::vector<std::int64_t> SUN::field_shape() const {
+  std::vector<std::int64_t> shape{static_cast<std::int64_t>(extents_.size())};
+  shape.insert(shape.end(), extents_.begin(), extents_.end());
+  shape.insert(shape.end(), {n_, n_, 2});
+  return shape;
 }
 
 at::Tensor SUN::matrices(const at::Tensor& x) { return torch::view_as_complex(x.contiguous()); }
@@ -68,28 +90,36 @@ at::Tensor SUN::components(const at::Tensor& m) const {
   return -2 * torch::real(torch::einsum("aij,...ji->...a", {g, m}));
 }
 
-at::Tensor SUN::plaquettes(const at::Tensor& u) {
-  // Dims of u: 0 batch, 1 direction, 2 = x0, 3 = x1; after select(1, mu): 1 = x0, 2 = x1.
-  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
-  return torch::matmul(torch::matmul(u0, shift(u1, 1, 1)), torch::matmul(dagger(shift(u0, 1, 2)), dagger(u1)));
+at::Tensor SUN::plaquette(const at::Tensor& u, int mu, int nu) {
+  // Dims of u: 0 batch, 1 direction, 2.. = x0, x1, ...; after select(1, mu): 1 + k = x_k.
+  auto um = u.select(1, mu), un = u.select(1, nu);
+  return torch::matmul(torch::matmul(um, shift(un, 1, 1 + mu)), torch::matmul(dagger(shift(um, 1, 1 + nu)), dagger(un)));
 }
 
 at::Tensor SUN::staples(const at::Tensor& u) {
-  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
-  // mu = 0: U1(x+e0) U0(x+e1)^+ U1(x)^+  +  U1(x+e0-e1)^+ U0(x-e1)^+ U1(x-e1).
-  auto a0 = torch::matmul(torch::matmul(shift(u1, 1, 1), dagger(shift(u0, 1, 2))), dagger(u1)) +
-            shift(torch::matmul(torch::matmul(dagger(shift(u1, 1, 1)), dagger(u0)), u1), -1, 2);
-  // mu = 1: U0(x+e1) U1(x+e0)^+ U0(x)^+  +  U0(x-e0+e1)^+ U1(x-e0)^+ U0(x-e0).
-  auto a1 = torch::matmul(torch::matmul(shift(u0, 1, 2), dagger(shift(u1, 1, 1))), dagger(u0)) +
-            shift(torch::matmul(torch::matmul(dagger(shift(u0, 1, 2)), dagger(u1)), u0), -1, 1);
-  return torch::stack({a0, a1}, 1);
+  const auto d = u.size(1);
+  std::vector<at::Tensor> a;
+  for (std::int64_t mu = 0; mu < d; ++mu) {
+    auto um = u.select(1, mu);
+    at::Tensor sum;
+    for (std::int64_t nu = 0; nu < d; ++nu) {
+      if (nu == mu) continue;
+      auto un = u.select(1, nu);
+      // U_nu(x+e_mu) U_mu(x+e_nu)^+ U_nu(x)^+  +  U_nu(x+e_mu-e_nu)^+ U_mu(x-e_nu)^+ U_nu(x-e_nu).
+      auto s = torch::matmul(torch::matmul(shift(un, 1, 1 + mu), dagger(shift(um, 1, 1 + nu))), dagger(un)) +
+               shift(torch::matmul(torch::matmul(dagger(shift(un, 1, 1 + mu)), dagger(um)), un), -1, 1 + nu);
+      sum = sum.defined() ? sum + s : s;
+    }
+    a.push_back(sum);
+  }
+  return torch::stack(a, 1);
 }
 
 at::Tensor SUN::gauge_transform(const at::Tensor& u, const at::Tensor& g) {
-  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
-  return torch::stack({torch::matmul(torch::matmul(g, u0), dagger(shift(g, 1, 1))),
-                       torch::matmul(torch::matmul(g, u1), dagger(shift(g, 1, 2)))},
-                      1);
+  std::vector<at::Tensor> links;
+  for (std::int64_t mu = 0; mu < u.size(1); ++mu)
+    links.push_back(torch::matmul(torch::matmul(g, u.select(1, mu)), dagger(shift(g, 1, 1 + mu))));
+  return torch::stack(links, 1);
 }
 
 at::Tensor SUN::haar(int n, std::vector<std::int64_t> shape, at::Generator& gen) {
@@ -119,9 +149,16 @@ at::Tensor SUN::action(const at::Tensor& x) const {
   // Re tr U_P = Re tr(A B), A = U_0(x) U_1(x + e0), B = [U_1(x) U_0(x + e1)]^+, summed as sum_ij A_ij B_ji (two
   // matmuls instead of the plaquettes' three).
   auto u = matrices(x);
-  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
-  auto a = torch::matmul(u0, shift(u1, 1, 1)), b = dagger(torch::matmul(u1, shift(u0, 1, 2)));
-  return -(beta_ / n_) * torch::real((a * b.transpose(-2, -1)).sum({-2, -1})).sum({1, 2});
+  const int d = static_cast<int>(extents_.size());
+  at::Tensor sum;  // over planes; one plane in 2D
+  for (int mu = 0; mu < d; ++mu)
+    for (int nu = mu + 1; nu < d; ++nu) {
+      auto um = u.select(1, mu), un = u.select(1, nu);
+      auto a = torch::matmul(um, shift(un, 1, 1 + mu)), b = dagger(torch::matmul(un, shift(um, 1, 1 + nu)));
+      auto s = torch::real((a * b.transpose(-2, -1)).sum({-2, -1})).sum(site_dims(d));
+      sum = sum.defined() ? sum + s : s;
+    }
+  return -(beta_ / n_) * sum;
 }
 
 at::Tensor SUN::force(const at::Tensor& x) const {
@@ -191,46 +228,81 @@ at::Tensor SUN::update_field(const at::Tensor& x, const at::Tensor& p, const at:
 }
 
 at::Tensor SUN::draw_momenta(at::Generator& gen, std::int64_t n) const {
-  return torch::randn({n, 2, extents_[0], extents_[1], n_ * n_ - 1}, gen,
-                      torch::TensorOptions().dtype(torch::kFloat64));
+  std::vector<std::int64_t> shape{n, static_cast<std::int64_t>(extents_.size())};
+  shape.insert(shape.end(), extents_.begin(), extents_.end());
+  shape.push_back(n_ * n_ - 1);
+  return torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64));
 }
 
 at::Tensor SUN::cold_start(std::int64_t n, const at::TensorOptions& options) const {
   auto eye = torch::eye(n_, torch::TensorOptions().dtype(torch::kComplexDouble));
-  auto u = eye.expand({n, 2, extents_[0], extents_[1], n_, n_});
-  return storage(u).to(options);
+  std::vector<std::int64_t> shape{n, static_cast<std::int64_t>(extents_.size())};
+  shape.insert(shape.end(), extents_.begin(), extents_.end());
+  shape.insert(shape.end(), {n_, n_});
+  return storage(eye.expand(shape)).to(options);
+}
+
+void SUN::heatbath_sweep(at::Tensor& x, const std::vector<std::uint64_t>& streams, int overrelax) const {
+  const heatbath::Lattice lattice(extents_);
+  auto* data = reinterpret_cast<std::complex<double>*>(x.data_ptr<double>());
+  const std::int64_t per_config = x[0].numel() / 2;
+  at::parallel_for(0, x.size(0), 1, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t b = begin; b < end; ++b) {
+      SplitMix64 rng(streams[static_cast<std::size_t>(b)]);
+      auto* config = data + b * per_config;
+      heatbath::sun_sweep(config, lattice, n_, beta_, heatbath::Move::kHeatBath, rng);
+      for (int k = 0; k < overrelax; ++k) heatbath::sun_sweep(config, lattice, n_, beta_, heatbath::Move::kOverrelax, rng);
+    }
+  });
 }
 
 Measurement SUN::measure(const at::Tensor& x_in) const {
   auto u = matrices(x_in.to(torch::kFloat64));
-  const double V = static_cast<double>(extents_[0] * extents_[1]);
-  auto u0 = u.select(1, 0), u1 = u.select(1, 1);
+  const int d = static_cast<int>(extents_.size());
+  double V = 1;
+  for (auto l : extents_) V *= static_cast<double>(l);
+  const double planes = d * (d - 1) / 2.0;
   // Re tr(A B) summed over the lattice, without forming A B: sum_ij A_ij B_ji.
   auto traced = [&](const at::Tensor& a, const at::Tensor& b) {
-    return torch::real((a * b.transpose(-2, -1)).sum({-2, -1})).sum({1, 2}) / (V * n_);
+    return torch::real((a * b.transpose(-2, -1)).sum({-2, -1})).sum(site_dims(d)) / (V * n_);
   };
-  // An R x R loop is l0(x) l1(x + R e0) [l1(x) l0(x + R e1)]^+ with l the lines of length R; R = 1: the plaquette.
-  auto loop = [&](const at::Tensor& l0, const at::Tensor& l1, std::int64_t R) {
-    return traced(torch::matmul(l0, shift(l1, R, 1)), dagger(torch::matmul(l1, shift(l0, R, 2))));
+  // An R x R loop in the (mu, nu) plane is l_mu(x) l_nu(x + R e_mu) [l_nu(x) l_mu(x + R e_nu)]^+ with l the
+  // lines of length R; R = 1: the plaquette. Summed over the planes.
+  std::vector<at::Tensor> lines;  // lines of length `len` along each direction, extended one link at a time
+  for (int mu = 0; mu < d; ++mu) lines.push_back(u.select(1, mu));
+  std::vector<at::Tensor> per_plane;
+  auto loops = [&](std::int64_t R, bool keep) {
+    at::Tensor sum;
+    for (int mu = 0; mu < d; ++mu)
+      for (int nu = mu + 1; nu < d; ++nu) {
+        const auto &lm = lines[mu], &ln = lines[nu];
+        auto w = traced(torch::matmul(lm, shift(ln, R, 1 + mu)), dagger(torch::matmul(ln, shift(lm, R, 1 + nu))));
+        if (keep) per_plane.push_back(w);
+        sum = sum.defined() ? sum + w : w;
+      }
+    return sum / planes;
   };
-  auto plaq = loop(u0, u1, 1);
-  std::vector<at::Tensor> cols{plaq, -beta_ * plaq};
-  auto l0 = u0, l1 = u1;  // lines of length `len`, extended one link at a time (loop_sizes_ ascend)
+  auto plaq = loops(1, d > 2);
+  std::vector<at::Tensor> cols{plaq, -beta_ * planes * plaq};
+  cols.insert(cols.end(), per_plane.begin(), per_plane.end());
+  // Polyakov loops along the last direction, one per x = (x0, ..., x_{d-2}) (ordered product over x_{d-1}), and
+  // their correlator along x0.
+  auto ut = u.select(1, d - 1);
+  auto poly = ut.select(d, 0);
+  for (std::int64_t k = 1; k < extents_[d - 1]; ++k) poly = torch::matmul(poly, ut.select(d, k));
+  auto tr = poly.diagonal(0, -2, -1).sum(-1);  // [B, L0, ..., L_{d-2}] complex
+  const auto rest = site_dims(d - 1);
+  // Real and imaginary parts averaged separately: a complex reduction's order depends on the batch size.
+  if (d > 2) cols.push_back(torch::hypot(torch::real(tr).mean(rest), torch::imag(tr).mean(rest)) / n_);
   std::int64_t len = 1;
   for (auto R : loop_sizes_) {
-    for (; len < R; ++len) {
-      l0 = torch::matmul(l0, shift(u0, len, 1));
-      l1 = torch::matmul(l1, shift(u1, len, 2));
-    }
-    cols.push_back(loop(l0, l1, R));
+    for (; len < R; ++len)
+      for (int mu = 0; mu < d; ++mu) lines[mu] = torch::matmul(lines[mu], shift(u.select(1, mu), len, 1 + mu));
+    cols.push_back(loops(R, false));
   }
-  // Polyakov loops along x1, one per x0 (ordered product over x1), and their correlator along x0.
-  auto poly = u1.select(2, 0);
-  for (std::int64_t k = 1; k < extents_[1]; ++k) poly = torch::matmul(poly, u1.select(2, k));
-  auto tr = poly.diagonal(0, -2, -1).sum(-1);  // [B, L0] complex
   std::vector<at::Tensor> corr;
   for (std::int64_t t = 0; t < extents_[0]; ++t)
-    corr.push_back(torch::real(tr * shift(tr, t, 1).conj()).mean(1));
+    corr.push_back(torch::real(tr * shift(tr, t, 1).conj()).mean(rest));
   return {torch::stack(cols, 1), torch::stack(corr, 1)};
 }
 

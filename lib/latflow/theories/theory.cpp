@@ -31,6 +31,10 @@ at::Tensor Theory::cold_start(std::int64_t n, const at::TensorOptions& options) 
   return torch::zeros(shape, options);
 }
 
+void Theory::heatbath_sweep(at::Tensor&, const std::vector<std::uint64_t>&, int) const {
+  throw ConfigError("hmc.algorithm = heatbath: this theory has no heat bath (u1 and sun have one)");
+}
+
 std::unique_ptr<Theory> make_theory(const Config& cfg) {
   if (cfg.theory == "u1") return std::make_unique<U1>(cfg.lattice, cfg.u1);
   if (cfg.theory == "sun") return std::make_unique<SUN>(cfg.lattice, cfg.sun);

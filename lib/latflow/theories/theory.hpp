@@ -45,6 +45,11 @@ class Theory {
   virtual at::Tensor kinetic_energy(const at::Tensor& p) const;  // K(p), [B]; flat: sum p^2 / 2
   // A deterministic start for Markov chains ("cold start"): zero field (identity links for gauge theories).
   virtual at::Tensor cold_start(std::int64_t n, const at::TensorOptions& options) const;
+  // One sweep of exact local updates of every configuration of x ([B, field...], float64, CPU, contiguous, updated
+  // in place): a heat bath, then `overrelax` overrelaxation sweeps (docs/physics.md "Heat bath and
+  // overrelaxation"); configuration b draws its random numbers from the stream seeded by streams[b]. Gauge
+  // theories have one; the default throws ConfigError naming hmc.algorithm.
+  virtual void heatbath_sweep(at::Tensor& x, const std::vector<std::uint64_t>& streams, int overrelax) const;
 };
 
 // The theory of cfg.theory (phi4 | u1 | sun) with cfg's lattice and couplings.
