@@ -121,6 +121,8 @@ const std::vector<Key>& keys() {
                   "hmc | heatbath (u1, sun: one heat-bath sweep + hmc.overrelax overrelaxation sweeps per trajectory)"),
       LATFLOW_KEY("hmc.overrelax", hmc.overrelax, parse_number<int>("hmc.overrelax", v),
                   "heatbath: overrelaxation sweeps after each heat-bath sweep"),
+      LATFLOW_KEY("hmc.start", hmc.start, v,
+                  "a NERSC or ILDG file (4D SU(3)) every chain starts from; empty = cold start (identity links)"),
       LATFLOW_KEY("hmc.n_md", hmc.n_md, parse_number<int>("hmc.n_md", v),
                   "initial MD steps per trajectory (tuned during thermalisation, then frozen)"),
       LATFLOW_KEY("hmc.jitter", hmc.jitter, parse_number<double>("hmc.jitter", v),

@@ -6,17 +6,21 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "latflow/core/error.hpp"
+#include "latflow/io/gauge_formats.hpp"
 #include "latflow/io/h5.hpp"
+#include "latflow/theories/sun_prior.hpp"
 
 namespace fs = std::filesystem;
 using latflow::IoError;
@@ -449,4 +453,102 @@ TEST_CASE("read-only files refuse writes; moved and flushed files behave", "[h5]
   rw.flush();
   CHECK(rw.read_i64("/x") == std::vector<std::int64_t>{1, 2, 3, 4, 5});
   CHECK(File::open_read(tmp.file("other.h5")).list("/").empty());
+}
+
+// ---- NERSC and ILDG (io/gauge_formats.hpp, docs/file-format.md "NERSC and ILDG") ----
+
+namespace {
+
+latflow::io::GaugeConfig random_su3(std::vector<std::int64_t> extents, std::uint64_t seed) {
+  latflow::SplitMix64 rng(seed);
+  latflow::io::GaugeConfig u{extents, {}, ""};
+  std::int64_t links = 4;
+  for (auto l : extents) links *= l;
+  for (std::int64_t k = 0; k < links; ++k) {
+    const auto m = latflow::haar_sun(3, rng);
+    u.links.insert(u.links.end(), m.begin(), m.end());
+  }
+  return u;
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+}  // namespace
+
+TEST_CASE("NERSC and ILDG: bitwise round trips, the two-row format, header checks, corrupt files", "[h5][gauge]") {
+  TempDir dir;
+  const auto u = random_su3({2, 3, 4, 5}, 9);  // all extents different: a transposed site order cannot pass
+  // Independent plaquette: identity links give 1, and a random field gives about 0.
+  auto unit = u;
+  for (std::size_t l = 0; l < unit.links.size(); ++l) unit.links[l] = (l % 9) % 4 == 0 ? 1.0 : 0.0;
+  CHECK(latflow::io::mean_plaquette(unit) == Approx(1.0).epsilon(1e-15));
+  CHECK(latflow::io::mean_link_trace(unit) == Approx(1.0).epsilon(1e-15));
+  CHECK(std::abs(latflow::io::mean_plaquette(u)) < 0.05);
+
+  const std::string nersc = dir.file("a.nersc"), ildg = dir.file("a.ildg");
+  write_bytes(nersc, latflow::io::nersc_bytes(u, "test", 7));
+  write_bytes(ildg, latflow::io::ildg_bytes(u, "a"));
+  for (const auto& path : {nersc, ildg}) {
+    const auto v = latflow::io::read_gauge_file(path);
+    CAPTURE(path);
+    CHECK(v.extents == u.extents);
+    CHECK(v.links == u.links);  // bitwise
+  }
+  const auto bytes = latflow::io::nersc_bytes(u, "test", 7);
+  const auto data = bytes.find("END_HEADER\n") + 11;
+  CHECK(bytes.size() - data == 2 * 3 * 4 * 5 * 4 * 9 * 16);
+
+  // The two-row format: the third row is rebuilt as the conjugate cross product (to rounding). Written here from
+  // the three-row file by dropping every third row of each matrix and fixing the header and checksum.
+  std::string two_rows = bytes.substr(data), header = bytes.substr(0, data);
+  {
+    std::string kept;
+    for (std::size_t m = 0; m < two_rows.size() / 144; ++m) kept += two_rows.substr(m * 144, 96);
+    two_rows = kept;
+    std::vector<double> values(two_rows.size() / 8);
+    for (std::size_t k = 0; k < values.size(); ++k) {
+      std::uint64_t bits = 0;
+      for (int b = 0; b < 8; ++b) bits = (bits << 8) | static_cast<unsigned char>(two_rows[k * 8 + b]);
+      std::memcpy(&values[k], &bits, 8);
+    }
+    std::ostringstream sum;
+    sum << std::hex << latflow::io::nersc_checksum(values);
+    header.replace(header.find("4D_SU3_GAUGE_3x3"), 16, "4D_SU3_GAUGE");
+    const auto c = header.find("CHECKSUM = ") + 11;
+    header.replace(c, header.find('\n', c) - c, sum.str());
+  }
+  write_bytes(dir.file("b.nersc"), header + two_rows);
+  const auto w = latflow::io::read_gauge_file(dir.file("b.nersc"));
+  double worst = 0;
+  for (std::size_t k = 0; k < u.links.size(); ++k) worst = std::max(worst, std::abs(w.links[k] - u.links[k]));
+  CHECK(worst < 1e-14);
+
+  // Corruption: one line naming the file and what is wrong.
+  auto expect_io_error = [&](const std::string& content, const std::string& needle) {
+    write_bytes(dir.file("bad.nersc"), content);
+    try {
+      latflow::io::read_gauge_file(dir.file("bad.nersc"));
+      FAIL("no error for " << needle);
+    } catch (const latflow::IoError& e) {
+      const std::string what = e.what();
+      CAPTURE(what, needle);
+      CHECK(what.find("bad.nersc") != std::string::npos);
+      CHECK(what.find(needle) != std::string::npos);
+      CHECK(what.find('\n') == std::string::npos);
+    }
+  };
+  std::string flipped = bytes;
+  flipped[data + 100] = static_cast<char>(flipped[data + 100] ^ 0x10);
+  expect_io_error(flipped, "checksum mismatch");
+  expect_io_error(bytes.substr(0, bytes.size() - 8), "truncated");
+  std::string plaq = bytes;
+  const auto p = plaq.find("PLAQUETTE = ") + 12;
+  plaq.replace(p, 3, plaq.substr(p, 1) == "-" ? "0.5" : "0.9");
+  expect_io_error(plaq, "header PLAQUETTE");
+  std::string type = bytes;
+  type.replace(type.find("4D_SU3_GAUGE_3x3"), 16, "4D_SU2_GAUGE_3x3");
+  expect_io_error(type, "DATATYPE");
+  expect_io_error("hello", "neither a NERSC file");
 }

@@ -168,6 +168,9 @@ void Config::validate() {
     require(theory != "phi4", "hmc.algorithm", h.algorithm, "phi4 has no heat bath (u1 and sun have one)");
     require(!h.check_reversibility, "hmc.check_reversibility", "true", "is an HMC check (hmc.algorithm = heatbath)");
   }
+  if (!h.start.empty())
+    require(theory == "sun" && sun.n == 3 && lattice.dim() == 4, "hmc.start", h.start,
+            "a NERSC/ILDG start is a 4D SU(3) configuration (theory = sun, sun.n = 3, four extents)");
   require(h.overrelax >= 0 && h.overrelax <= 100, "hmc.overrelax", str(h.overrelax), "must be in 0..100");
 
   require(ne.steps >= 0 && ne.steps <= 1000000, "ne.steps", str(ne.steps), "must be in 0..1000000 (0 = off)");

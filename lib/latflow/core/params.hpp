@@ -98,6 +98,8 @@ struct HmcParams {
   // overrelaxation sweeps (gauge theories; docs/physics.md "Heat bath and overrelaxation"), the n_md keys unused.
   std::string algorithm = "hmc";
   int overrelax = 0;
+  // A NERSC or ILDG file (4D SU(3)) every chain starts from instead of the cold start; empty = cold start.
+  std::string start;
   std::string integrator = "omelyan";  // leapfrog | omelyan (2MN, lambda = 0.1932)
   double trajectory_length = 1.0;      // MD time tau of one trajectory (before the jitter)
   int n_md = 10;                       // MD steps per trajectory at the start; tuned during thermalisation

@@ -18,6 +18,7 @@
 #include "latflow/core/seed.hpp"
 #include "latflow/flows/checkpoint.hpp"
 #include "latflow/io/ensemble.hpp"
+#include "latflow/io/gauge_formats.hpp"
 #include "latflow/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
 #include "latflow/samplers/hmc_store.hpp"
@@ -315,6 +316,16 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
     s.insert(s.end(), field_dims.begin(), field_dims.end());
     return s;
   }();
+  if (!hp.start.empty() && !store.thermalized()) {
+    // Every chain starts from the imported configuration (verified on read; docs/file-format.md).
+    const auto u = io::read_gauge_file(hp.start);
+    if (u.extents != cfg.lattice.extents)
+      throw ConfigError("hmc.start = " + hp.start + ": its lattice is not lattice.extents");
+    const auto links = torch::view_as_real(
+        torch::from_blob(const_cast<std::complex<double>*>(u.links.data()),
+                         {static_cast<std::int64_t>(u.links.size())}, torch::kComplexDouble));
+    chains.set_field(links.reshape(field_dims).unsqueeze(0).expand(field_shape).contiguous().to(options));
+  }
   if (store.thermalized()) {
     auto x = store.resume_field();
     chains.set_field(torch::tensor(x, torch::kFloat64).view(field_shape).to(options));

@@ -46,6 +46,7 @@ std::string hmc_identity(const Config& cfg, const std::string& weights_hash) {
      << "hmc.chains = " << h.chains << "\n"
      << "hmc.thermalization = " << h.thermalization << "\n"
      << "hmc.save_every = " << h.save_every << "\n";
+  if (!h.start.empty()) os << "hmc.start = " << h.start << "\n";
   // Only a heat-bath run has algorithm lines, so HMC files of earlier versions resume.
   if (h.algorithm != "hmc") os << "hmc.algorithm = " << h.algorithm << "\nhmc.overrelax = " << h.overrelax << "\n";
   if (h.flow_every > 0) os << "hmc.flow_every = " << h.flow_every << "\nflow.weights_hash = " << weights_hash << "\n";
