@@ -39,7 +39,7 @@ commands:
   sample CONFIG.ini    sample with the trained flow: independence Metropolis ensemble -> run.output (HDF5)
   hmc CONFIG.ini       HMC baseline: hmc.chains chains in the batch -> run.output (HDF5), then analyse it
   analyze FILE.h5      print the analysis table of an ensemble and write it as JSON [--json OUT] [--S 1.5]
-  compare FLOW.h5 HMC.h5  flow versus HMC: errors, tau_int, effective samples per second, cost with training
+  compare FLOW.h5 HMC.h5  flow (or heat bath) versus HMC: errors, tau_int, eff. samples per second, cost
   bench CONFIG.ini     training steps/s and proposals/s of the config's flow [--batches 64,1024] [--repeats 5]
   bench-hmc CONFIG.ini HMC trajectories/s x sites on L^d lattices [--sizes 8,16,32,64] [--repeats 5]
   export FILE.h5       the stored 4D SU(3) configurations as NERSC or ILDG files [--format nersc] [--out DIR]
@@ -93,9 +93,9 @@ const std::map<std::string, std::string>& command_help() {
                   "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
                   "example: latflow analyze runs/tutorial.h5 --S 2\n"},
       {"compare", "usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]\n"
-                  "Flow (IMH, or a mixed chain of HMC and flow steps) versus HMC on the same physics: estimates,\n"
-                  "tau_int, effective samples per second and the cost per effective sample with the flow's\n"
-                  "training counted (default JSON FLOW_vs_hmc.json).\n"
+                  "Flow (IMH, or a mixed chain of HMC and flow steps) or heat bath versus HMC on the same physics:\n"
+                  "estimates, tau_int, effective samples per second and the cost per effective sample with the\n"
+                  "flow's training counted (default JSON FLOW_vs_hmc.json).\n"
                   "  --json OUT  the JSON report's path\n"
                   "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
                   "example: latflow compare runs/tutorial.h5 runs/hmc_tutorial.h5\n"},

@@ -814,6 +814,12 @@ TEST_CASE("4D heat bath through the binary: bitwise for 1, 2 and 3 ranks and aft
   INFO(resumed.out);
   REQUIRE(resumed.code == 0);
   expect_same_datasets(dir / "h1.h5", out);
+  // latflow compare puts a heat-bath run beside HMC (no training counted).
+  REQUIRE(run("hmc " + cfg + " --hmc.algorithm hmc --output " + dir / "hmc.h5").code == 0);
+  auto cmp = run("compare " + dir / "h1.h5" + " " + dir / "hmc.h5");
+  INFO(cmp.out);
+  CHECK(cmp.code == 0);
+  CHECK(cmp.out.find("heat bath " + dir / "h1.h5" + ": 5 chains x 20 sweeps") != std::string::npos);
   // Refusals: one line naming the key.
   expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --theory phi4", 2, "hmc.algorithm");
   expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --hmc.algorithm metropolis", 2, "hmc.algorithm");

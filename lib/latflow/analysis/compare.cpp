@@ -42,11 +42,13 @@ std::string pm(double v, double e) {
 
 Comparison compare_ensembles(const std::string& a, const std::string& b, double gamma_S) {
   Report ra = analyze_ensemble(a, gamma_S), rb = analyze_ensemble(b, gamma_S);
-  // The flow side is an IMH ensemble or a mixed chain (HMC with flow steps); the other is pure HMC.
-  if (ra.kind == "hmc" && rb.kind != "hmc") std::swap(ra, rb);
-  if ((ra.kind != "imh" && ra.kind != "mixed") || rb.kind != "hmc")
-    throw IoError(a + ", " + b + ": compare needs one flow ensemble (imh or mixed) and one hmc ensemble, got " +
-                  ra.kind + " and " + rb.kind);
+  // The challenger is an IMH ensemble, a mixed chain (HMC with flow steps) or a heat-bath run; the other is
+  // pure HMC.
+  auto pure_hmc = [](const Report& r) { return r.kind == "hmc" && r.algorithm == "hmc"; };
+  if (pure_hmc(ra) && !pure_hmc(rb)) std::swap(ra, rb);
+  if (pure_hmc(ra) || !pure_hmc(rb))
+    throw IoError(a + ", " + b + ": compare needs one hmc ensemble and one flow (imh or mixed) or heat-bath "
+                  "ensemble, got " + ra.kind + " (" + ra.algorithm + ") and " + rb.kind + " (" + rb.algorithm + ")");
   if (ra.theory != rb.theory || ra.extents != rb.extents || ra.physics() != rb.physics())
     throw ConfigError(ra.path + " and " + rb.path + " are different physics (" + ra.theory + " " + ra.physics() +
                       " vs " + rb.theory + " " + rb.physics() + ", or different extents)");
@@ -76,11 +78,16 @@ std::string format_comparison(const Comparison& c) {
   char b[640];
   std::string ext;
   for (std::size_t i = 0; i < c.flow.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(c.flow.extents[i]);
-  const bool mixed = c.flow.kind == "mixed";
+  const bool mixed = c.flow.kind == "mixed", heatbath = c.flow.algorithm == "heatbath";
   std::snprintf(b, sizeof b, "compare: %s on %s, %s\n", c.flow.theory.c_str(), ext.c_str(),
                 c.flow.physics().c_str());
   os << b;
-  if (mixed)
+  if (heatbath)
+    std::snprintf(b, sizeof b, "  heat bath %s: %lld chains x %lld sweeps in %.1f s (heat bath + %lld overrelaxation)\n",
+                  c.flow.path.c_str(), static_cast<long long>(c.flow.chains),
+                  static_cast<long long>(c.flow.trajectories), c.flow.sampling_seconds,
+                  static_cast<long long>(c.flow.overrelax));
+  else if (mixed)
     std::snprintf(b, sizeof b,
                   "  mixed %s: %lld chains x %lld trajectories in %.1f s, a flow step after every %lld (flow "
                   "acceptance %.4f, %.0f%% of the time), training %.0f s (%lld steps)\n",
@@ -102,7 +109,7 @@ std::string format_comparison(const Comparison& c) {
                 c.hmc.acceptance);
   os << b;
   std::snprintf(b, sizeof b, "%-15s %-22s %-22s %6s %-15s %-15s %10s %10s %12s %10s %9s %11s\n", "observable",
-                mixed ? "mixed (HMC + flow)" : "flow (IMH)", "HMC", "dev", "tau flow", "tau HMC", "eff/s flow", "eff/s HMC", "s/eff flow+T",
+                heatbath ? "heat bath" : mixed ? "mixed (HMC + flow)" : "flow (IMH)", "HMC", "dev", "tau flow", "tau HMC", "eff/s flow", "eff/s HMC", "s/eff flow+T",
                 "s/eff HMC", "HMC/flow", "break-even");
   os << b << std::string(170, '-') << "\n";
   for (const auto& r : c.rows) {
@@ -115,12 +122,13 @@ std::string format_comparison(const Comparison& c) {
                   num(r.break_even, "%.3g").c_str());
     os << b;
   }
-  os << (mixed ? "\ntau: in trajectories of one chain (mixed and HMC); eff/s"
+  os << (heatbath ? "\n\"flow\" is the heat bath (no training); tau: in sweeps (heat bath) and trajectories (HMC) of one chain; eff/s"
+        : mixed ? "\ntau: in trajectories of one chain (mixed and HMC); eff/s"
                 : "\ntau: flow in IMH proposals, HMC in trajectories of one chain; eff/s")
      << " = N/(2 tau_int) per second of "
         "generation, N = all proposals or all chains' trajectories;\ns/eff flow+T: (training + generation) seconds per effective sample; HMC/flow: the cost ratio "
         "(> 1: the flow is cheaper\nwith its training counted); break-even: effective samples after which it is.\n";
-  if (!mixed && !c.flow.chain_reliable())
+  if (!mixed && !heatbath && !c.flow.chain_reliable())
     os << "! the flow's IMH chain has only " << static_cast<long long>(c.flow.proposals / (2 * c.flow.tau_acc))
        << " independent steps by N / (2 tau_acc): its errors, tau_int and costs are not reliable.\n";
   for (const auto* side : {&c.flow, &c.hmc})
@@ -148,6 +156,9 @@ std::string comparison_json(const Comparison& c) {
   if (c.flow.theory == "u1" || c.flow.theory == "sun") os << ",\n  \"beta\": " << json::number(c.flow.beta);
   if (c.flow.theory == "sun") os << ",\n  \"n\": " << c.flow.colors;
   os << ",\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"kind\": " << json::string(c.flow.kind);
+  if (c.flow.algorithm != "hmc")
+    os << ", \"algorithm\": " << json::string(c.flow.algorithm) << ", \"chains\": " << c.flow.chains
+       << ", \"sweeps\": " << c.flow.trajectories << ", \"overrelax\": " << c.flow.overrelax;
   if (mixed)
     os << ", \"chains\": " << c.flow.chains << ", \"trajectories\": " << c.flow.trajectories
        << ", \"flow_every\": " << c.flow.flow_every << ", \"flow_acceptance\": " << json::number(c.flow.flow_acceptance)

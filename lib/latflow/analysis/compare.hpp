@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// `latflow compare`: a flow ensemble (IMH, or a mixed chain of HMC and flow steps) against an HMC ensemble of the
-// same physics. Per observable: the two estimates, their tau_int (in proposals or trajectories), effective samples N_eff = N / (2 tau_int) per second of
+// `latflow compare`: a flow ensemble (IMH, or a mixed chain of HMC and flow steps), or a heat-bath run, against an
+// HMC ensemble of the same physics. Per observable: the two estimates, their tau_int (in proposals or trajectories), effective samples N_eff = N / (2 tau_int) per second of
 // generation, and the cost per effective sample, with the flow's training time counted separately and amortised
 // over this ensemble; plus the break-even number of effective samples beyond which the flow, training included,
 // is cheaper. Torch-free.
