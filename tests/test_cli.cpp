@@ -988,6 +988,36 @@ TEST_CASE("non-equilibrium proposals: bitwise identical for 1, 2 and 3 ranks and
   CHECK(a.read_f64("/proposals/action") != b.read_f64("/proposals/action"));
 }
 
+TEST_CASE("non-equilibrium proposals in 4D (from Haar, no flow layers) agree with the heat bath within 3 sigma",
+          "[cli][ne]") {
+  TempDir dir;
+  for (const char* theory : {"u1", "sun"}) {
+    const std::string cfg = dir / (std::string(theory) + ".ini");
+    write_file(cfg, std::string("theory = ") + theory +
+                        "\n[lattice]\nextents = 2 2 2 2\n[u1]\nbeta = 0.5\n[sun]\nn = 2\nbeta = 0.8\n[flow]\nlayers = 0\n"
+                        "[hmc]\nchains = 8\nthermalization = 20\ntrajectories = 400\nn_md = 4\noverrelax = 1\n"
+                        "[sample]\nproposals = 1200\nblock = 300\n[run]\nseed = 5\n");
+    const std::string parameter = std::string(theory) + ".beta";
+    auto ne = run("sample " + cfg + " --ne.steps 30 --ne.parameter " + parameter + " --ne.start 0 --output " +
+                  dir / "ne.h5");
+    INFO(ne.out);
+    REQUIRE(ne.code == 0);
+    auto hb = run("hmc " + cfg + " --hmc.algorithm heatbath --output " + dir / "hb.h5");
+    REQUIRE(hb.code == 0);
+    const auto a = analysis::analyze_ensemble(dir / "ne.h5"), b = analysis::analyze_ensemble(dir / "hb.h5");
+    REQUIRE(a.nis_reliable());
+    for (const char* name : {"plaq", "plaq_03", "poly"}) {
+      const auto *x = a.row(name), *y = b.row(name);
+      REQUIRE(x);
+      REQUIRE(y);
+      CAPTURE(theory, name, x->nis, x->nis_error, y->value, y->error, a.ess_fraction);
+      CHECK(std::abs(x->nis - y->value) < 3 * std::hypot(x->nis_error, y->error));
+    }
+    fs::remove(dir / "ne.h5");
+    fs::remove(dir / "hb.h5");
+  }
+}
+
 TEST_CASE("non-equilibrium proposals are exact: F (Jarzynski) and observables within 3 sigma of the exact values "
           "for 1, 2 and 10 steps (free field, U(1), SU(2))", "[cli][ne]") {
   TempDir dir;

@@ -743,9 +743,11 @@ FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& param
 }
 
 FlowModel make_flow(const Config& cfg) {
-  if (cfg.theory != "phi4" && cfg.lattice.dim() != 2)
+  // In d = 3, 4 only the parameter-free Haar model exists (the start of non-equilibrium proposals).
+  if (cfg.theory != "phi4" && cfg.lattice.dim() != 2 && (cfg.flow.layers > 0 || cfg.flow.prior != "haar"))
     throw ConfigError("lattice.extents: " + std::to_string(cfg.lattice.dim()) +
-                      " extents, but gauge flows are 2-dimensional for now (latflow hmc runs U(1) and SU(N) in d = 2..4)");
+                      " extents, but gauge flows are 2-dimensional for now (in d = 3, 4: flow.layers = 0 with the "
+                      "haar prior; latflow hmc runs U(1) and SU(N) in d = 2..4)");
   if (cfg.theory == "sun")
     return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow, cfg.sun.beta)));
   if (cfg.theory == "u1")

@@ -235,7 +235,9 @@ torch::Tensor U1FlowImpl::prior_log_prob(const torch::Tensor& z) const {
 torch::Tensor U1FlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
   if (!plaquette_prior_) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
-    auto z = torch::rand({batch, 2, extents_[0], extents_[1]}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+    std::vector<std::int64_t> shape{batch, static_cast<std::int64_t>(extents_.size())};
+    shape.insert(shape.end(), extents_.begin(), extents_.end());
+    auto z = torch::rand(shape, gen, torch::TensorOptions().dtype(torch::kFloat64));
     return (z * kTwoPi).to(device_, dtype_);
   }
   auto z = torch::empty({batch, 2, extents_[0], extents_[1]}, torch::TensorOptions().dtype(torch::kFloat64));
@@ -493,7 +495,9 @@ torch::Tensor SUNFlowImpl::prior_log_prob(const torch::Tensor& z) const {
 torch::Tensor SUNFlowImpl::draw_prior(std::int64_t batch, std::uint64_t stream_seed) const {
   if (!plaquette_prior_) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed);
-    return SUN::storage(SUN::haar(n_, {batch, 2, extents_[0], extents_[1]}, gen)).to(device_, dtype_);
+    std::vector<std::int64_t> shape{batch, static_cast<std::int64_t>(extents_.size())};
+    shape.insert(shape.end(), extents_.begin(), extents_.end());
+    return SUN::storage(SUN::haar(n_, shape, gen)).to(device_, dtype_);
   }
   auto z = torch::empty({batch, 2, extents_[0], extents_[1], n_, n_, 2}, torch::TensorOptions().dtype(torch::kFloat64));
   const std::int64_t per = z[0].numel();
