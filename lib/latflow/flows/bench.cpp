@@ -115,27 +115,30 @@ void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, in
   torch::set_num_threads(cfg.run.threads);
   const int d = cfg.lattice.dim();
   const auto& hp = cfg.hmc;
-  const int forces = hp.integrator == "leapfrog" ? hp.n_md + 1 : 2 * hp.n_md + 1;
+  const bool heatbath = hp.algorithm == "heatbath";
+  // The last column: per force evaluation (HMC) or per sweep, overrelaxation sweeps included (heat bath).
+  const int forces = heatbath ? 1 + hp.overrelax : hp.integrator == "leapfrog" ? hp.n_md + 1 : 2 * hp.n_md + 1;
   const std::string physics = cfg.theory == "u1"    ? "u1 beta = " + std::to_string(cfg.u1.beta)
                               : cfg.theory == "sun" ? "su(" + std::to_string(cfg.sun.n) + ") beta = " +
                                                           std::to_string(cfg.sun.beta)
                                                     : "phi4 m2 = " + std::to_string(cfg.phi4.m2_nohalf) +
                                                        ", lam = " + std::to_string(cfg.phi4.lam_nohalf);
-  std::printf("bench-hmc: %s, %dD L^%d, %s with n_md %d fixed (%d force evaluations), "
-              "%lld chains, float64, %d thread(s), median of %d rounds\n",
-              physics.c_str(), d, d, hp.integrator.c_str(), hp.n_md, forces,
-              static_cast<long long>(hp.chains), cfg.run.threads, repeats);
+  const std::string update = heatbath ? "heat bath + " + std::to_string(hp.overrelax) + " overrelaxation sweeps"
+                                      : hp.integrator + " with n_md " + std::to_string(hp.n_md) + " fixed (" +
+                                            std::to_string(forces) + " force evaluations)";
+  std::printf("bench-hmc: %s, %dD L^%d, %s, %lld chains, float64, %d thread(s), median of %d rounds\n",
+              physics.c_str(), d, d, update.c_str(), static_cast<long long>(hp.chains), cfg.run.threads, repeats);
   std::printf("%6s %10s %16s %18s %22s %20s\n", "L", "sites", "s/trajectory", "chain-traj/s", "chain-traj x sites/s",
-              "ns/site/force eval");
+              heatbath ? "ns/site/sweep" : "ns/site/force eval");
   for (auto L : sizes) {
     Config at_size = cfg;
     at_size.lattice.extents.assign(static_cast<std::size_t>(d), L);
     const auto& lat = at_size.lattice;
     const auto theory = make_theory(at_size);
     HmcChains chains(*theory, hp, cfg.run.seed, 0, hp.chains, torch::TensorOptions().dtype(torch::kFloat64));
-    // Enough trajectories per round for ~10^6 site-updates, at least 2.
+    // Enough trajectories per round for ~10^6 / d site-updates, at least 2.
     const double sites = static_cast<double>(lat.volume());
-    const auto per_round = std::max<std::int64_t>(2, static_cast<std::int64_t>(1e6 / (sites * hp.chains)));
+    const auto per_round = std::max<std::int64_t>(2, static_cast<std::int64_t>(2e6 / (d * sites * hp.chains)));
     std::int64_t t = 0;
     chains.trajectory(t++);  // warm-up
     std::vector<double> secs;
@@ -147,6 +150,7 @@ void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, in
     const double s_traj = median(secs), chain_traj = hp.chains / s_traj;
     std::printf("%6lld %10.0f %16.4g %18.4g %22.4g %20.3g\n", static_cast<long long>(L), sites, s_traj, chain_traj,
                 chain_traj * sites, 1e9 * s_traj / (hp.chains * sites * forces));
+    std::fflush(stdout);
   }
 }
 
