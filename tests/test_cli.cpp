@@ -988,7 +988,8 @@ TEST_CASE("non-equilibrium proposals: bitwise identical for 1, 2 and 3 ranks and
   CHECK(a.read_f64("/proposals/action") != b.read_f64("/proposals/action"));
 }
 
-TEST_CASE("non-equilibrium proposals in 4D (from Haar, no flow layers) agree with the heat bath within 3 sigma",
+TEST_CASE("non-equilibrium proposals in 4D (from Haar, no flow layers; HMC or heat-bath steps) agree with the heat "
+          "bath within 3 sigma",
           "[cli][ne]") {
   TempDir dir;
   for (const char* theory : {"u1", "sun"}) {
@@ -998,10 +999,16 @@ TEST_CASE("non-equilibrium proposals in 4D (from Haar, no flow layers) agree wit
                         "[hmc]\nchains = 8\nthermalization = 20\ntrajectories = 400\nn_md = 4\noverrelax = 1\n"
                         "[sample]\nproposals = 1200\nblock = 300\n[run]\nseed = 5\n");
     const std::string parameter = std::string(theory) + ".beta";
-    auto ne = run("sample " + cfg + " --ne.steps 30 --ne.parameter " + parameter + " --ne.start 0 --output " +
+    // SU(2) anneals with heat-bath sweeps as its Monte Carlo steps, U(1) with HMC trajectories.
+    const std::string update = std::string(theory) == "sun" ? " --hmc.algorithm heatbath" : "";
+    auto ne = run("sample " + cfg + update + " --ne.steps 30 --ne.parameter " + parameter + " --ne.start 0 --output " +
                   dir / "ne.h5");
     INFO(ne.out);
     REQUIRE(ne.code == 0);
+    if (!update.empty()) {
+      CHECK(ne.out.find("heat-bath acceptance 1.0000") != std::string::npos);
+      CHECK(io::File::open_read(dir / "ne.h5").read_attr_string("/ne", "algorithm") == "heatbath");
+    }
     auto hb = run("hmc " + cfg + " --hmc.algorithm heatbath --output " + dir / "hb.h5");
     REQUIRE(hb.code == 0);
     const auto a = analysis::analyze_ensemble(dir / "ne.h5"), b = analysis::analyze_ensemble(dir / "hb.h5");

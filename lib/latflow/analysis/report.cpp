@@ -273,6 +273,10 @@ Samples read_imh(const io::File& f, Report& r) {
     r.ne_parameter = f.read_attr_string("/ne", "parameter");
     r.ne_start = f.read_attr_double("/ne", "start");
     r.ne_n_md = f.read_attr_int("/ne", "n_md");
+    if (f.has_attr("/ne", "algorithm")) {
+      r.algorithm = f.read_attr_string("/ne", "algorithm");
+      r.overrelax = f.read_attr_int("/ne", "overrelax");
+    }
     const auto W = f.read_f64("/proposals/work");
     if (W.size() != s.log_w.size()) throw IoError(path + ": /proposals/work and /proposals/log_w differ in length");
     double sum = 0, sum2 = 0;
@@ -466,11 +470,13 @@ std::string format_report(const Report& r) {
                   r.ess_fraction, static_cast<long long>(r.proposals));
     os << b;
     if (r.ne_steps > 0) {
+      const std::string update = r.algorithm == "heatbath"
+                                     ? "one heat-bath sweep + " + std::to_string(r.overrelax) + " overrelaxation"
+                                     : "one HMC trajectory (n_md " + std::to_string(r.ne_n_md) + ")";
       std::snprintf(b, sizeof b,
-                    "non-equilibrium: %lld steps of %s from %g to the target, one HMC trajectory (n_md %lld) each; "
-                    "work W %.4g, spread %.4g\n",
-                    static_cast<long long>(r.ne_steps), r.ne_parameter.c_str(), r.ne_start,
-                    static_cast<long long>(r.ne_n_md), r.work_mean, r.work_std);
+                    "non-equilibrium: %lld steps of %s from %g to the target, %s each; work W %.4g, spread %.4g\n",
+                    static_cast<long long>(r.ne_steps), r.ne_parameter.c_str(), r.ne_start, update.c_str(),
+                    r.work_mean, r.work_std);
       os << b;
     }
     os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
@@ -600,6 +606,8 @@ std::string report_json(const Report& r) {
     if (r.ne_steps > 0)
       os << ",\n  \"ne\": {\"steps\": " << r.ne_steps << ", \"parameter\": " << json::string(r.ne_parameter)
          << ", \"start\": " << json::number(r.ne_start) << ", \"n_md\": " << r.ne_n_md
+         << (r.algorithm == "hmc" ? "" : ", \"algorithm\": " + json::string(r.algorithm) +
+                                             ", \"overrelax\": " + std::to_string(r.overrelax))
          << ", \"work_mean\": " << json::number(r.work_mean) << ", \"work_std\": " << json::number(r.work_std) << "}";
   }
   if (!r.sector_observable.empty())

@@ -152,6 +152,10 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
       f.write_attr("/ne", "trajectory_length", cfg.hmc.trajectory_length);
       f.write_attr("/ne", "n_md", static_cast<std::int64_t>(cfg.hmc.n_md));
       f.write_attr("/ne", "jitter", cfg.hmc.jitter);
+      if (cfg.hmc.algorithm != "hmc") {  // each step's update: a heat-bath sweep + overrelax sweeps
+        f.write_attr("/ne", "algorithm", cfg.hmc.algorithm);
+        f.write_attr("/ne", "overrelax", static_cast<std::int64_t>(cfg.hmc.overrelax));
+      }
     }
   });
   const int R = mpi::size();
@@ -175,9 +179,9 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
     double counts[2] = {static_cast<double>(protocol->hmc_accepted), static_cast<double>(protocol->hmc_trajectories)};
     mpi::allreduce_sum(counts, 2);
     char b[256];
-    std::snprintf(b, sizeof b, "sampling: %lld non-equilibrium steps per proposal (%s from %g), HMC acceptance %.4f",
+    std::snprintf(b, sizeof b, "sampling: %lld non-equilibrium steps per proposal (%s from %g), %s acceptance %.4f",
                   static_cast<long long>(cfg.ne.steps), cfg.ne.parameter.c_str(), cfg.ne.start,
-                  counts[1] > 0 ? counts[0] / counts[1] : 0.0);
+                  cfg.hmc.algorithm == "heatbath" ? "heat-bath" : "HMC", counts[1] > 0 ? counts[0] / counts[1] : 0.0);
     log::info(b);
   }
   mpi::barrier();

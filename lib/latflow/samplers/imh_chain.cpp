@@ -55,6 +55,9 @@ std::string sample_identity(const Config& cfg, const std::string& weights_hash) 
        << "hmc.trajectory_length = " << cfg.hmc.trajectory_length << "\n"
        << "hmc.n_md = " << cfg.hmc.n_md << "\n"
        << "hmc.jitter = " << cfg.hmc.jitter << "\n";
+    // Only heat-bath protocols have these lines, so files of earlier versions resume.
+    if (cfg.hmc.algorithm != "hmc")
+      os << "hmc.algorithm = " << cfg.hmc.algorithm << "\nhmc.overrelax = " << cfg.hmc.overrelax << "\n";
   }
   return os.str();
 }
