@@ -425,7 +425,7 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
                    "--hmc.thermalization 10 --hmc.chains 4 --hmc.save_every 0");
   REQUIRE(other.code == 0);
   expect_error("compare " + out + " " + dir / "other.h5", 2, "different physics");
-  expect_error("compare " + out + " " + out, 3, "one flow ensemble (imh or mixed) and one hmc");
+  expect_error("compare " + out + " " + out, 3, "one hmc ensemble and one flow (imh or mixed) or heat-bath");
 
   // A checkpoint made with other parameters is refused, naming the key.
   expect_error("train " + cfg + " --flow.layers 4", 2, "flow.layers");
@@ -814,6 +814,16 @@ TEST_CASE("4D heat bath through the binary: bitwise for 1, 2 and 3 ranks and aft
   INFO(resumed.out);
   REQUIRE(resumed.code == 0);
   expect_same_datasets(dir / "h1.h5", out);
+  // Export of the stored configurations (5 chains x 5 saves); existing files are refused unless --overwrite.
+  auto ex = run("export " + dir / "h1.h5" + " --out " + dir / "nersc");
+  INFO(ex.out);
+  REQUIRE(ex.code == 0);
+  CHECK(ex.out.find("export: 25 configuration(s)") != std::string::npos);
+  expect_error("export " + dir / "h1.h5" + " --out " + dir / "nersc", 3, "exists; refusing to overwrite");
+  CHECK(run("export " + dir / "h1.h5" + " --out " + dir / "nersc --overwrite").code == 0);
+  expect_error("export " + dir / "h1.h5" + " --format lime --out " + dir / "y", 2, "--format = lime");
+  expect_error("export " + dir / "missing.h5", 3, "missing.h5");
+  expect_error("import " + dir / "h1.h5", 3, "neither a NERSC file");
   // latflow compare puts a heat-bath run beside HMC (no training counted).
   REQUIRE(run("hmc " + cfg + " --hmc.algorithm hmc --output " + dir / "hmc.h5").code == 0);
   auto cmp = run("compare " + dir / "h1.h5" + " " + dir / "hmc.h5");
@@ -1366,7 +1376,8 @@ TEST_CASE("SU(N) exact plaquette prior through the binary: every proposal accept
 }
 
 TEST_CASE("every command answers --help with its usage and an example, exit 0", "[cli]") {
-  for (const std::string cmd : {"run", "train", "sample", "hmc", "analyze", "compare", "bench", "bench-hmc", "keys"}) {
+  for (const std::string cmd :
+       {"run", "train", "sample", "hmc", "analyze", "compare", "bench", "bench-hmc", "export", "import", "keys"}) {
     auto r = run(cmd + " --help");
     CAPTURE(cmd, r.out);
     CHECK(r.code == 0);
