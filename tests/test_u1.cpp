@@ -180,7 +180,7 @@ TEST_CASE("gauge coupling layers: log-det equals the autograd Jacobian's, invers
     for (int mu = 0; mu < 2; ++mu) {
       for (int offset : {0, 3}) {
         CAPTURE(kernel, loops, mu, offset);
-        GaugeCoupling layer(mu, offset, {4, 8}, flow_params(kernel, loops));
+        GaugeCoupling layer(mu, 1 - mu, offset, {4, 8}, flow_params(kernel, loops));
         layer.to(torch::kFloat64);
         randomise(layer, 0.4);
         auto x = random_links(1, 4, 8);
@@ -200,7 +200,7 @@ TEST_CASE("gauge coupling layers handle the wrap-around: angles at 0, 2 pi and p
   torch::manual_seed(5);
   for (const auto& [kernel, loops] : kKernels) {
     CAPTURE(kernel, loops);
-    GaugeCoupling layer(0, 1, {4, 4}, flow_params(kernel, loops));
+    GaugeCoupling layer(0, 1, 1, {4, 4}, flow_params(kernel, loops));
     layer.to(torch::kFloat64);
     randomise(layer, 0.4);
     auto x = random_links(2, 4, 4);
@@ -243,7 +243,7 @@ TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and
       for (int mu = 0; mu < 2; ++mu)
         for (int offset : {0, 3}) {
           CAPTURE(mu, offset);
-          GaugeCoupling layer(mu, offset, {8, 8}, flow_params(kernel, loops));
+          GaugeCoupling layer(mu, 1 - mu, offset, {8, 8}, flow_params(kernel, loops));
           randomise(layer, 0.4);
           layer.to(dtype);
           CHECK(layer.runs_in_place(x));

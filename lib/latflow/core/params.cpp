@@ -90,9 +90,10 @@ void Config::validate() {
             "U(1) flows take ncp or spline (circular)");
     // The gauge-equivariant masks (active, passive and two frozen plaquette stripes) repeat every 4 sites.
     for (auto l : lattice.extents)
-      require(l % 4 == 0 || f.layers == 0 || lattice.dim() != 2, "lattice.extents", join(lattice.extents),
+      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(lattice.extents),
               "U(1) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
     require(!f.z2, "flow.z2", "true", "is a phi4 option (U(1) flows are gauge-equivariant instead)");
+    require(!f.loops || lattice.dim() == 2 || f.layers == 0, "flow.loops", "true", "the 2x1 loop features are 2D only");
     require(f.ncp_components >= 1 && f.ncp_components <= 64, "flow.ncp_components", str(f.ncp_components),
             "must be in 1..64");
   } else {

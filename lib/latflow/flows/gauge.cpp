@@ -29,13 +29,13 @@ at::Tensor shift(const at::Tensor& t, std::int64_t by, std::int64_t dim) { retur
 // Angles reduced to [-pi, pi).
 at::Tensor centred(const at::Tensor& a) { return torch::remainder(a + M_PI, kTwoPi) - M_PI; }
 
-// Mask [L0, L1] of the sites whose coordinate along `axis`, minus `offset`, is one of `residues` mod 4.
+// Mask [L0, ..., L_{d-1}] of the sites whose coordinate along `axis`, minus `offset`, is one of `residues` mod 4.
 torch::Tensor stripes(const std::vector<std::int64_t>& ext, int axis, int offset, std::vector<int> residues) {
   auto c = torch::arange(ext[axis], torch::kInt64);
   auto r = torch::remainder(c - offset, 4);
   auto m = torch::zeros_like(c, torch::kBool);
   for (int v : residues) m = m | (r == v);
-  std::vector<std::int64_t> shape{1, 1};
+  std::vector<std::int64_t> shape(ext.size(), 1);
   shape[axis] = ext[axis];
   return m.view(shape).expand(ext).to(torch::kFloat64).contiguous();
 }
@@ -45,8 +45,8 @@ int kernel_channels(const FlowParams& p) {
 }
 
 void require_period_four(const std::vector<std::int64_t>& ext) {
-  if (ext.size() != 2 || ext[0] % 4 || ext[1] % 4)
-    throw ConfigError("lattice.extents: gauge-equivariant masks have period 4; extents must be multiples of 4");
+  for (auto l : ext)
+    if (l % 4) throw ConfigError("lattice.extents: gauge-equivariant masks have period 4; extents must be multiples of 4");
 }
 
 // Monotone rational-quadratic spline parameters (K widths, K heights, K + 1 knot slopes) from raw net outputs
@@ -105,11 +105,32 @@ std::pair<torch::Tensor, torch::Tensor> copy_in_place(CouplingLayer& layer, cons
 }
 }  // namespace
 
-GaugeCoupling::GaugeCoupling(int mu, int offset, const std::vector<std::int64_t>& ext, const FlowParams& p)
-    : mu_(mu), kind_(p.coupling), components_(p.coupling == "spline" ? p.spline_bins : p.ncp_components),
-      loops_(p.loops) {
+GaugeCoupling::GaugeCoupling(int mu, int nu, int offset, const std::vector<std::int64_t>& ext, const FlowParams& p)
+    : mu_(mu), nu_(nu), dim_(static_cast<int>(ext.size())), kind_(p.coupling),
+      components_(p.coupling == "spline" ? p.spline_bins : p.ncp_components), loops_(p.loops) {
   require_period_four(ext);
-  const int nu = 1 - mu;  // the stripes run along mu, stacked along nu
+  if (dim_ != 2) {
+    if (loops_) throw ConfigError("flow.loops: the 2x1 loop features are 2D only");
+    // Plane (mu, nu): the plaquette at y holds the mu-links at y and y + e_nu; it is active at y_nu = offset,
+    // passive at offset - 1, frozen at the other two residues. A plane (mu, rho) holds the mu-links at y and
+    // y + e_rho, both updated when y_nu = offset. Planes without mu are never touched.
+    std::vector<torch::Tensor> frozen;
+    for (int a = 0; a < dim_; ++a)
+      for (int b = a + 1; b < dim_; ++b) {
+        if ((a == mu && b == nu) || (a == nu && b == mu))
+          frozen.push_back(stripes(ext, nu, offset, {1, 2}));
+        else if (a == mu || b == mu)
+          frozen.push_back(stripes(ext, nu, offset, {1, 2, 3}));
+        else
+          frozen.push_back(torch::ones(ext, torch::kFloat64));
+      }
+    active_ = register_buffer("active", stripes(ext, nu, offset, {0}));
+    frozen_planes_ = register_buffer("frozen_planes", torch::stack(frozen));
+    net_ = register_module("net", ConvNet(dim_, 2 * static_cast<int>(frozen.size()), p.hidden, kernel_channels(p),
+                                          p.kernel, p.activation));
+    return;
+  }
+  // 2D: the stripes run along mu, stacked along nu = 1 - mu.
   auto active = stripes(ext, nu, offset, {0});
   auto frozen = stripes(ext, nu, offset, {1, 2});
   active_ = register_buffer("active", active);
@@ -189,6 +210,28 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::kernel(const torch::Tenso
 
 std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::apply(const torch::Tensor& x, bool inverse) {
   if (runs_in_place(x)) return copy_in_place(*this, x, inverse);
+  if (dim_ != 2) {
+    // Context: cos and sin of the frozen plaquettes of every plane; the same before and after the update.
+    std::vector<torch::Tensor> ctx;
+    torch::Tensor plaq;
+    int k = 0;
+    for (int a = 0; a < dim_; ++a)
+      for (int b = a + 1; b < dim_; ++b, ++k) {
+        auto P = U1::plaquette(x, a, b);
+        if ((a == mu_ && b == nu_) || (a == nu_ && b == mu_)) plaq = P;
+        ctx.push_back(torch::cos(P) * frozen_planes_[k]);
+        ctx.push_back(torch::sin(P) * frozen_planes_[k]);
+      }
+    auto par = net_->forward(torch::stack(ctx, 1)).movedim(1, -1);
+    auto [moved, log_slope] = kernel(plaq, par, inverse);
+    // theta_mu(x) enters the plane's plaquette P_ab(x) (a < b) with sign +1 if mu = a, -1 if mu = b.
+    auto dp = centred(moved - plaq) * active_ * (mu_ < nu_ ? 1.0 : -1.0);
+    std::vector<torch::Tensor> dlink;
+    for (int d = 0; d < dim_; ++d) dlink.push_back(d == mu_ ? dp : torch::zeros_like(dp));
+    std::vector<std::int64_t> sites;
+    for (int d = 1; d <= dim_; ++d) sites.push_back(d);
+    return {torch::remainder(x + torch::stack(dlink, 1), kTwoPi), (log_slope * active_).sum(sites)};
+  }
   auto plaq = U1::plaquettes(x);
   auto par = parameters_of(plaq);  // frozen plaquettes are the same before and after: same parameters
   auto [moved, log_slope] = kernel(plaq, par, inverse);
@@ -213,9 +256,18 @@ U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params, d
         extents_, beta, params.prior == "exact" ? U1PlaquettePrior::Kind::exact : U1PlaquettePrior::Kind::independent);
   else if (!params.prior.empty() && params.prior != "haar")
     throw ConfigError("flow.prior = " + params.prior + ": U(1) flows take haar, plaquette or exact");
-  // Layer i updates direction i % 2 on the stripe offset (i / 2) % 4: eight layers visit every link once.
+  // Layer i updates direction mu through the (mu, nu) plane, (mu, nu) = pairs[i % |pairs|], on the stripe offset
+  // (i / |pairs|) % 4. 2D: pairs (0, 1), (1, 0), eight layers visit every link once; d dimensions: d (d - 1)
+  // ordered pairs, 4 d (d - 1) layers visit every link d - 1 times (once per plane).
+  std::vector<std::pair<int, int>> pairs;
+  const int d = static_cast<int>(extents_.size());
+  for (int mu = 0; mu < d; ++mu)
+    for (int nu = 0; nu < d; ++nu)
+      if (nu != mu) pairs.emplace_back(mu, nu);
+  const int np = static_cast<int>(pairs.size());
   for (int i = 0; i < params.layers; ++i)
-    add_layer(std::make_shared<GaugeCoupling>(i % 2, (i / 2) % 4, extents_, params));
+    add_layer(std::make_shared<GaugeCoupling>(pairs[i % np].first, pairs[i % np].second, (i / np) % 4, extents_,
+                                              params));
   this->to(dtype_);
 }
 
@@ -268,7 +320,7 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int offset, const std::vector<
                                         p.activation));
 }
 
-bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return inference_kernel_for(x); }
+bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x); }
 
 void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
   if (!active_sites_.defined()) {

@@ -29,7 +29,10 @@ namespace latflow {
 
 class GaugeCoupling : public CouplingLayer {
  public:
-  GaugeCoupling(int mu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
+  // Updates the links of direction mu at x_nu = offset mod 4 through their plaquettes in the (mu, nu) plane. In
+  // d = 3, 4 the context is every plaquette of every plane that contains no updated link (docs/physics.md
+  // "Gauge-equivariant flows"); the inference kernels and the 2x1 loop features are 2D only.
+  GaugeCoupling(int mu, int nu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override;
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override;
   // Without autograd, on the CPU with the fused nets on: flows/gauge_kernels.hpp.
@@ -44,11 +47,12 @@ class GaugeCoupling : public CouplingLayer {
   std::pair<torch::Tensor, torch::Tensor> kernel(const torch::Tensor& plaq, const torch::Tensor& par, bool inverse);
   std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& x, bool inverse);
 
-  int mu_;
+  int mu_, nu_, dim_;
   std::string kind_;
   int components_;
   bool loops_;
-  torch::Tensor active_, frozen_, frozen_rect0_, frozen_rect1_;  // [L0, L1]
+  torch::Tensor active_, frozen_, frozen_rect0_, frozen_rect1_;  // [L0, ..., L_{d-1}]; 2D: frozen, rect0, rect1
+  torch::Tensor frozen_planes_;  // d > 2: [d(d-1)/2, L0, ..., L_{d-1}], one frozen mask per plane (a < b)
   torch::Tensor active_sites_;  // for the inference kernels: flat indices (int32) and uint8 frozen, rect0, rect1
   std::vector<torch::Tensor> masks_;
   ConvNet net_{nullptr};
