@@ -836,7 +836,7 @@ TEST_CASE("4D heat bath through the binary: bitwise for 1, 2 and 3 ranks and aft
   expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --hmc.check_reversibility true", 2,
                "hmc.check_reversibility");
   expect_error("train " + cfg + " --output " + dir / "x.h5" + " --flow.layers 2", 2,
-               "SU(N) flows and the plaquette priors are 2-dimensional");
+               "masks have period 4");
 }
 
 TEST_CASE("mixed chains (hmc.flow_every): bitwise identical for 1, 2 and 3 ranks and after a rank failure and "

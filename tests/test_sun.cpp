@@ -17,8 +17,10 @@
 #include "latflow/flows/gauge.hpp"
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/sun_exact.hpp"
+#include "support/torch_support.hpp"
 
 using namespace latflow;
+using latflow::testing::numerical_log_det;
 
 namespace {
 
@@ -403,36 +405,6 @@ FlowModel random_flow(int n, int layers, std::uint64_t seed) {
   // amplified ~1000x per layer and the inverse of the whole flow loses its digits.
   for (auto& p : flow->parameters()) p.add_(0.15 * torch::randn_like(p));
   return flow;
-}
-
-// Local coordinates of y around y0, per link: the algebra components of y y0^+ (antihermitian part; exact to
-// third order, so central differences are accurate to O(eps^2)).
-torch::Tensor local(const SUN& th, const torch::Tensor& y, const torch::Tensor& y0) {
-  auto d = torch::matmul(SUN::matrices(y), SUN::dagger(SUN::matrices(y0)));
-  return th.components(d).flatten();
-}
-
-// log|det| of a map of SU(N) fields by finite differences along every generator of every link (left-invariant
-// frame on both sides: the Haar measure is Lebesgue measure there up to the same constant).
-double numerical_log_det(const SUN& th, const std::function<torch::Tensor(const torch::Tensor&)>& f,
-                         const torch::Tensor& x) {
-  const double eps = 1e-5;
-  auto y0 = f(x);
-  auto gens = th.generators();
-  const auto links = x.size(1) * x.size(2) * x.size(3);
-  const int n = th.colors(), G = n * n - 1;
-  auto J = torch::zeros({links * G, links * G}, torch::kFloat64);
-  auto u = SUN::matrices(x);
-  for (std::int64_t l = 0; l < links; ++l)
-    for (int a = 0; a < G; ++a) {
-      auto shifted = [&](double t) {
-        auto v = u.clone().view({links, n, n});
-        v[l] = torch::mm(torch::matrix_exp(t * gens[a]), v[l]);
-        return f(SUN::storage(v.view(u.sizes())));
-      };
-      J.select(1, l * G + a).copy_((local(th, shifted(eps), y0) - local(th, shifted(-eps), y0)) / (2 * eps));
-    }
-  return std::get<1>(torch::linalg_slogdet(J)).item<double>();
 }
 
 }  // namespace

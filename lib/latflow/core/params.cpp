@@ -80,7 +80,7 @@ void Config::validate() {
     require(!f.z2, "flow.z2", "true", "is a phi4 option (SU(N) flows are gauge-equivariant instead)");
     require(!f.loops, "flow.loops", "true", "is a U(1) option");
     for (auto l : lattice.extents)
-      require(l % 4 == 0 || f.layers == 0 || lattice.dim() != 2, "lattice.extents", join(lattice.extents),
+      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(lattice.extents),
               "SU(N) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
   } else if (theory == "u1") {
     require(lattice.dim() >= 2, "lattice.extents", join(lattice.extents), "U(1) gauge theory needs 2 to 4 extents");

@@ -743,13 +743,10 @@ FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& param
 }
 
 FlowModel make_flow(const Config& cfg) {
-  // In d = 3, 4: U(1) coupling layers on the Haar prior; for SU(N) only the parameter-free Haar model (the start
-  // of non-equilibrium proposals).
-  if (cfg.theory != "phi4" && cfg.lattice.dim() != 2 &&
-      ((cfg.theory == "sun" && cfg.flow.layers > 0) || cfg.flow.prior != "haar"))
-    throw ConfigError("lattice.extents: " + std::to_string(cfg.lattice.dim()) +
-                      " extents, but SU(N) flows and the plaquette priors are 2-dimensional for now (in d = 3, 4: "
-                      "U(1) layers or flow.layers = 0, with the haar prior; latflow hmc runs any d)");
+  // In d = 3, 4 gauge flows start from the Haar prior (the plaquette priors are 2D).
+  if (cfg.theory != "phi4" && cfg.lattice.dim() != 2 && cfg.flow.prior != "haar")
+    throw ConfigError("flow.prior = " + cfg.flow.prior + ": the plaquette priors are 2-dimensional (lattice.extents "
+                      "has " + std::to_string(cfg.lattice.dim()) + " entries); use haar");
   if (cfg.theory == "sun")
     return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow, cfg.sun.beta)));
   if (cfg.theory == "u1")

@@ -40,6 +40,34 @@ torch::Tensor stripes(const std::vector<std::int64_t>& ext, int axis, int offset
   return m.view(shape).expand(ext).to(torch::kFloat64).contiguous();
 }
 
+// d > 2: one frozen mask per plane (a < b), [d(d-1)/2, L0, ...], for the links of direction mu at x_nu = offset
+// mod 4. Plane (mu, nu): the plaquette at y holds the mu-links at y and y + e_nu; it is active at y_nu = offset,
+// passive at offset - 1, frozen at the other two residues. A plane (mu, rho) holds the mu-links at y and
+// y + e_rho, both updated when y_nu = offset: frozen elsewhere. Planes without mu are never touched.
+torch::Tensor frozen_planes(const std::vector<std::int64_t>& ext, int mu, int nu, int offset) {
+  const int d = static_cast<int>(ext.size());
+  std::vector<torch::Tensor> frozen;
+  for (int a = 0; a < d; ++a)
+    for (int b = a + 1; b < d; ++b) {
+      if ((a == mu && b == nu) || (a == nu && b == mu))
+        frozen.push_back(stripes(ext, nu, offset, {1, 2}));
+      else if (a == mu || b == mu)
+        frozen.push_back(stripes(ext, nu, offset, {1, 2, 3}));
+      else
+        frozen.push_back(torch::ones(ext, torch::kFloat64));
+    }
+  return torch::stack(frozen);
+}
+
+// All (mu, nu) with mu != nu in lexicographic order: (0, 1), (1, 0) in 2D.
+std::vector<std::pair<int, int>> ordered_pairs(int d) {
+  std::vector<std::pair<int, int>> pairs;
+  for (int mu = 0; mu < d; ++mu)
+    for (int nu = 0; nu < d; ++nu)
+      if (nu != mu) pairs.emplace_back(mu, nu);
+  return pairs;
+}
+
 int kernel_channels(const FlowParams& p) {
   return p.coupling == "spline" ? 3 * p.spline_bins + 1 : 2 * p.ncp_components + 1;
 }
@@ -111,23 +139,10 @@ GaugeCoupling::GaugeCoupling(int mu, int nu, int offset, const std::vector<std::
   require_period_four(ext);
   if (dim_ != 2) {
     if (loops_) throw ConfigError("flow.loops: the 2x1 loop features are 2D only");
-    // Plane (mu, nu): the plaquette at y holds the mu-links at y and y + e_nu; it is active at y_nu = offset,
-    // passive at offset - 1, frozen at the other two residues. A plane (mu, rho) holds the mu-links at y and
-    // y + e_rho, both updated when y_nu = offset. Planes without mu are never touched.
-    std::vector<torch::Tensor> frozen;
-    for (int a = 0; a < dim_; ++a)
-      for (int b = a + 1; b < dim_; ++b) {
-        if ((a == mu && b == nu) || (a == nu && b == mu))
-          frozen.push_back(stripes(ext, nu, offset, {1, 2}));
-        else if (a == mu || b == mu)
-          frozen.push_back(stripes(ext, nu, offset, {1, 2, 3}));
-        else
-          frozen.push_back(torch::ones(ext, torch::kFloat64));
-      }
     active_ = register_buffer("active", stripes(ext, nu, offset, {0}));
-    frozen_planes_ = register_buffer("frozen_planes", torch::stack(frozen));
-    net_ = register_module("net", ConvNet(dim_, 2 * static_cast<int>(frozen.size()), p.hidden, kernel_channels(p),
-                                          p.kernel, p.activation));
+    frozen_planes_ = register_buffer("frozen_planes", frozen_planes(ext, mu, nu, offset));
+    net_ = register_module("net", ConvNet(dim_, 2 * static_cast<int>(frozen_planes_.size(0)), p.hidden,
+                                          kernel_channels(p), p.kernel, p.activation));
     return;
   }
   // 2D: the stripes run along mu, stacked along nu = 1 - mu.
@@ -259,11 +274,7 @@ U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params, d
   // Layer i updates direction mu through the (mu, nu) plane, (mu, nu) = pairs[i % |pairs|], on the stripe offset
   // (i / |pairs|) % 4. 2D: pairs (0, 1), (1, 0), eight layers visit every link once; d dimensions: d (d - 1)
   // ordered pairs, 4 d (d - 1) layers visit every link d - 1 times (once per plane).
-  std::vector<std::pair<int, int>> pairs;
-  const int d = static_cast<int>(extents_.size());
-  for (int mu = 0; mu < d; ++mu)
-    for (int nu = 0; nu < d; ++nu)
-      if (nu != mu) pairs.emplace_back(mu, nu);
+  const auto pairs = ordered_pairs(static_cast<int>(extents_.size()));
   const int np = static_cast<int>(pairs.size());
   for (int i = 0; i < params.layers; ++i)
     add_layer(std::make_shared<GaugeCoupling>(pairs[i % np].first, pairs[i % np].second, (i / np) % 4, extents_,
@@ -307,17 +318,16 @@ torch::Tensor U1FlowImpl::finish(const torch::Tensor& x) const { return torch::r
 namespace latflow {
 
 // ---------------------------------------------------------------------------------------------------------------
-SpectralCoupling::SpectralCoupling(int n, int mu, int offset, const std::vector<std::int64_t>& ext,
+SpectralCoupling::SpectralCoupling(int n, int mu, int nu, int offset, const std::vector<std::int64_t>& ext,
                                    const FlowParams& p)
-    : n_(n), mu_(mu), bins_(p.spline_bins) {
+    : n_(n), mu_(mu), nu_(nu), dim_(static_cast<int>(ext.size())), bins_(p.spline_bins) {
   require_period_four(ext);
-  const int nu = 1 - mu;
   active_ = register_buffer("active", stripes(ext, nu, offset, {0}));
-  frozen_ = register_buffer("frozen", stripes(ext, nu, offset, {1, 2}));
-  // SU(2): tr P / 2 is real (one channel), one spline; SU(3): Re and Im tr P / 3, two splines.
-  const int splines = n == 2 ? 1 : 2;
-  net_ = register_module("net", ConvNet(2, n == 2 ? 1 : 2, p.hidden, splines * (3 * p.spline_bins + 1), p.kernel,
-                                        p.activation));
+  frozen_ = register_buffer("frozen", dim_ == 2 ? stripes(ext, nu, offset, {1, 2}) : frozen_planes(ext, mu, nu, offset));
+  // SU(2): tr P / 2 is real (one channel per plane), one spline; SU(3): Re and Im tr P / 3, two splines.
+  const int splines = n == 2 ? 1 : 2, planes = dim_ * (dim_ - 1) / 2;
+  net_ = register_module("net", ConvNet(dim_, (n == 2 ? 1 : 2) * planes, p.hidden,
+                                        splines * (3 * p.spline_bins + 1), p.kernel, p.activation));
 }
 
 bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x); }
@@ -344,7 +354,7 @@ void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, boo
   });
 }
 
-bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const { return inference_kernel_for(x); }
+bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x); }
 
 void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
   if (!active_sites_.defined()) {
@@ -369,22 +379,42 @@ void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, 
 std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Tensor& x, bool inverse) {
   if (runs_in_place(x)) return copy_in_place(*this, x, inverse);
   auto u = SUN::matrices(x);
-  auto P = SUN::plaquettes(u);  // [B, L0, L1, N, N]
-  auto tr = P.diagonal(0, -2, -1).sum(-1) / n_;  // gauge invariant
-  auto ctx = n_ == 2 ? (torch::real(tr) * frozen_).unsqueeze(1)
-                     : torch::stack({torch::real(tr) * frozen_, torch::imag(tr) * frozen_}, 1);
-  auto par = net_->forward(ctx).permute({0, 2, 3, 1});
+  torch::Tensor P, ctx;  // the (mu, nu) plaquettes [B, L0, ..., N, N]; the context [B, channels, L0, ...]
+  if (dim_ == 2) {
+    P = SUN::plaquettes(u);
+    auto tr = P.diagonal(0, -2, -1).sum(-1) / n_;  // gauge invariant
+    ctx = n_ == 2 ? (torch::real(tr) * frozen_).unsqueeze(1)
+                  : torch::stack({torch::real(tr) * frozen_, torch::imag(tr) * frozen_}, 1);
+  } else {
+    std::vector<torch::Tensor> channels;
+    int k = 0;
+    for (int a = 0; a < dim_; ++a)
+      for (int b = a + 1; b < dim_; ++b, ++k) {
+        auto Pab = SUN::plaquette(u, a, b);
+        if ((a == mu_ && b == nu_) || (a == nu_ && b == mu_)) P = Pab;
+        auto tr = Pab.diagonal(0, -2, -1).sum(-1) / n_;
+        channels.push_back(torch::real(tr) * frozen_[k]);
+        if (n_ != 2) channels.push_back(torch::imag(tr) * frozen_[k]);
+      }
+    ctx = torch::stack(channels, 1);
+  }
+  auto par = net_->forward(ctx).movedim(1, -1);
   auto [R, ld] = n_ == 2 ? su2_kernel(P, par, inverse) : su3_kernel(P, par, inverse);
-  // P' = R P with R a function of P (it commutes with P): U_0 <- R U_0 or U_1 <- R^+ U_1 on the active links
-  // (P' P^+ = R, P'^+ P = R^+) makes the new active plaquette P'.
-  auto step = mu_ == 0 ? R : SUN::dagger(R);
+  // P' = R P with R a function of P (it commutes with P): U_mu <- R U_mu if mu comes first in the plaquette
+  // (mu < nu), U_mu <- R^+ U_mu if it comes last (P' P^+ = R, P'^+ P = R^+), makes the new active plaquette P'.
+  auto step = mu_ < nu_ ? R : SUN::dagger(R);
   auto eye = torch::eye(n_, torch::TensorOptions().dtype(P.scalar_type()).device(P.device()));
   auto on = active_ > 0.5;
   step = torch::where(on.unsqueeze(-1).unsqueeze(-1), step.to(P.scalar_type()), eye);
   auto moved = torch::matmul(step, u.select(1, mu_));
-  auto y = torch::stack({mu_ == 0 ? moved : u.select(1, 0), mu_ == 1 ? moved : u.select(1, 1)}, 1);
+  std::vector<torch::Tensor> links;
+  std::vector<std::int64_t> sites;
+  for (int d = 0; d < dim_; ++d) {
+    links.push_back(d == mu_ ? moved : u.select(1, d));
+    sites.push_back(d + 1);
+  }
   ld = torch::where(on, ld, torch::zeros_like(ld));
-  return {SUN::storage(y).to(x.scalar_type()), ld.sum({1, 2})};
+  return {SUN::storage(torch::stack(links, 1)).to(x.scalar_type()), ld.sum(sites)};
 }
 
 std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su2_kernel(const torch::Tensor& P, const torch::Tensor& par,
@@ -527,9 +557,12 @@ SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& 
   } else if (!params.prior.empty() && params.prior != "haar") {
     throw ConfigError("flow.prior = " + params.prior + ": SU(N) flows take haar, plaquette or exact");
   }
-  for (int i = 0; i < params.layers; ++i) {
-    add_layer(std::make_shared<SpectralCoupling>(n, i % 2, (i / 2) % 4, extents_, params));
-  }
+  // The layer order of U1FlowImpl: ordered pairs (mu, nu), then the stripe offsets.
+  const auto pairs = ordered_pairs(static_cast<int>(extents_.size()));
+  const int np = static_cast<int>(pairs.size());
+  for (int i = 0; i < params.layers; ++i)
+    add_layer(std::make_shared<SpectralCoupling>(n, pairs[i % np].first, pairs[i % np].second, (i / np) % 4,
+                                                 extents_, params));
   this->to(dtype_);
 }
 

@@ -111,7 +111,9 @@ class U1FlowImpl : public FlowModelImpl {
 // et al.: the alcove is that cell; the map is a bijection of it, but not built to be smooth across its edges.)
 class SpectralCoupling : public CouplingLayer {
  public:
-  SpectralCoupling(int n, int mu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
+  // Updates the links of direction mu at x_nu = offset mod 4 through their (mu, nu) plaquettes; in d = 3, 4 the
+  // context is the traces of every plaquette that holds no updated link, as for GaugeCoupling.
+  SpectralCoupling(int n, int mu, int nu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override { return apply(x, false); }
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override { return apply(y, true); }
   // Without autograd, on the CPU with the fused nets on: flows/gauge_kernels.hpp.
@@ -124,8 +126,8 @@ class SpectralCoupling : public CouplingLayer {
   // site, from P and the net output.
   std::pair<torch::Tensor, torch::Tensor> su2_kernel(const torch::Tensor& P, const torch::Tensor& par, bool inverse);
   std::pair<torch::Tensor, torch::Tensor> su3_kernel(const torch::Tensor& P, const torch::Tensor& par, bool inverse);
-  int n_, mu_, bins_;
-  torch::Tensor active_, frozen_;  // [L0, L1]
+  int n_, mu_, nu_, dim_, bins_;
+  torch::Tensor active_, frozen_;  // [L0, ..., L_{d-1}]; d > 2: frozen_ is [d(d-1)/2, L0, ...], one mask per plane
   torch::Tensor active_sites_, frozen_u8_;  // for the inference kernels: flat indices (int32), mask (uint8)
   ConvNet net_{nullptr};
 };
