@@ -483,7 +483,8 @@ TEST_CASE("U(1) flows in 4D: identity when fresh; log q gauge invariant, transla
   CHECK_THROWS_AS(GaugeCoupling(0, 1, 0, {4, 6, 4}, p), ConfigError);
 }
 
-TEST_CASE("SU(2) and SU(3) spectral layers in 3D and 4D: log-det equals a numerical Jacobian (3D), inverse, gauge "
+TEST_CASE("SU(2) and SU(3) spectral layers in 3D and 4D: log-det equals a numerical Jacobian (not 4D SU(3)), "
+          "inverse, gauge "
           "equivariant, only the chosen links move",
           "[sun][nd][flows]") {
   torch::NoGradGuard no_grad;
@@ -517,7 +518,7 @@ TEST_CASE("SU(2) and SU(3) spectral layers in 3D and 4D: log-det equals a numeri
     auto [yg, ldg] = layer.forward(gauge(x));
     CHECK((yg - gauge(y)).abs().max().item<double>() < 1e-11);
     CHECK(ldg.item<double>() == Approx(ld.item<double>()).margin(1e-11));
-    if (d == 3) {
+    if (d == 3 || c.n == 2) {  // 4D SU(3) would be an 8192 x 8192 Jacobian; 4D SU(2) is 3072 (17 s)
       const double num = numerical_log_det(th, [&](const torch::Tensor& v) { return layer.forward(v).first; }, x);
       CHECK(std::abs(num - ld.item<double>()) < 1e-6);
     }

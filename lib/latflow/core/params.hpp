@@ -27,12 +27,12 @@ struct Phi4Params {
   void resolve(int dim);  // converts exactly; throws ConfigError on bad values
 };
 
-// 2D U(1) lattice gauge theory (docs/physics.md "U(1) gauge theory"): S = -beta sum_P cos theta_P.
+// U(1) lattice gauge theory in d = 2..4 (docs/physics.md "U(1) gauge theory"): S = -beta sum_P cos theta_P.
 struct U1Params {
   double beta = 2.0;
 };
 
-// 2D SU(N) lattice gauge theory (docs/physics.md "SU(N) gauge theory"): S = -(beta/N) sum_P Re tr U_P.
+// SU(N) lattice gauge theory in d = 2..4 (docs/physics.md "SU(N) gauge theory"): S = -(beta/N) sum_P Re tr U_P.
 struct SUNParams {
   int n = 2;  // N, 2..6
   double beta = 2.0;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Gauge-equivariant flows for 2D U(1) (Kanwar et al., PRL 125 (2020) 121601). Links are angles [B, 2, L0, L1]; the
-// prior is uniform (Haar) on [0, 2 pi) per link.
+// Gauge-equivariant flows for U(1) (Kanwar et al., PRL 125 (2020) 121601) and SU(2), SU(3) in d = 2..4. Links are
+// angles [B, d, L0, ..., L_{d-1}] (U(1)); the prior is uniform (Haar) on [0, 2 pi) per link. The description below
+// is the 2D case; in d = 3, 4 the context holds every plane (docs/physics.md "Gauge-equivariant flows").
 //
 // A coupling layer updates the links of one direction mu on the stripe x_nu = offset (mod 4), nu != mu. Each such
 // link sits in exactly one plaquette of that stripe (the "active" plaquettes; the other plaquette containing it, on
