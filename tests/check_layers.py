@@ -7,7 +7,9 @@
   include neither <torch/...>, <ATen/...>, <c10/...> nor, through latflow headers, anything that does;
 - <hdf5.h> is included only by lib/latflow/io/h5.cpp; <mpi.h> only by lib/latflow/parallel/mpi.cpp and by h5.cpp
   (parallel HDF5's MPI-IO driver takes an MPI communicator);
-- Boost.Program_options only in apps/.
+- Boost.Program_options only in apps/;
+- lib/latflow/kernels/ (the latflow_kernels library) is torch-free and includes no latflow header outside
+  kernels/; lib/latflow/core/ includes no latflow header outside core/ (the bottom layers depend on nothing above).
 
   /usr/bin/python3 tests/check_layers.py [SOURCE_DIR]
 
@@ -53,6 +55,7 @@ def main():
     with open(os.path.join(lib, "CMakeLists.txt")) as f:
         cm = f.read()
     base = re.search(r"add_library\(latflow_base STATIC(.*?)\)", cm, re.S).group(1).split()
+    base += re.search(r"add_library\(latflow_kernels STATIC(.*?)\)", cm, re.S).group(1).split()
     torch_free = set()
     for src in base:
         for ext in (".cpp", ".hpp"):
@@ -74,6 +77,11 @@ def main():
             bad.append(f"{p}: includes {via[0]}, which reaches LibTorch (torch-free code)")
     only = {"hdf5.h": ["lib/latflow/io/h5.cpp"], "mpi.h": ["lib/latflow/parallel/mpi.cpp", "lib/latflow/io/h5.cpp"]}
     for p, incs in sorted(files.items()):
+        for folder in ("kernels", "core"):
+            if p.startswith(f"lib/latflow/{folder}/"):
+                for _, i in incs:
+                    if i.startswith("latflow/") and not i.startswith(f"latflow/{folder}/"):
+                        bad.append(f"{p}: includes {i}, above the {folder}/ layer")
         for _, i in incs:
             if i in only and p not in only[i]:
                 bad.append(f"{p}: includes <{i}>, which only {' and '.join(only[i])} may include")

@@ -10,7 +10,7 @@
 
 #include "latflow/core/error.hpp"
 #include "latflow/flows/flow.hpp"
-#include "latflow/flows/periodic_conv.hpp"
+#include "latflow/kernels/periodic_conv.hpp"
 #include "latflow/theories/theory.hpp"
 
 using namespace latflow;
@@ -32,6 +32,7 @@ FlowParams params(const std::string& coupling, bool z2 = false) {
 
 using testing::autograd_logdet;
 using testing::randomise;
+using testing::use_fused;
 
 // N(0, s^2) weights give conv outputs that grow as the square root of the fan-in, 3^d taps: in 4D they are 3 times
 // the 2D ones, and random splines that steep are inverted only to ~1e-9 or not at all (a trained flow is far
@@ -280,7 +281,7 @@ TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradie
         auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype));
         auto probe = torch::randn({5, c.cout}, torch::TensorOptions().dtype(dtype));
         auto run = [&](bool fused) {
-          set_fused_conv(fused);
+          use_fused(*net, fused);
           auto xv = x.clone().requires_grad_(true);
           net->zero_grad();
           auto y = net->forward(xv);
@@ -293,7 +294,7 @@ TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradie
           return out;
         };
         auto fused = run(true), ops = run(false);
-        set_fused_conv(true);
+        use_fused(*net, true);
         const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
         REQUIRE(fused.size() == ops.size());
         for (std::size_t i = 0; i < fused.size(); ++i) {
@@ -312,7 +313,7 @@ TEST_CASE("an affine coupling's kernels equal its LibTorch formulas in value and
   torch::manual_seed(37);
   // On the CPU with fused nets an AffineCoupling runs pconv's kernels (the first conv shared between c and -c, the
   // last evaluated at the active sites only, samples in blocks of 16): in place without autograd, as one node with
-  // a hand-written backward with autograd. set_fused_conv(false) gives the LibTorch formulas, the reference.
+  // a hand-written backward with autograd. use_fused(layer, false) gives the LibTorch formulas, the reference.
   struct Case {
     std::vector<int64_t> ext;
     int kernel;
@@ -348,10 +349,10 @@ TEST_CASE("an affine coupling's kernels equal its LibTorch formulas in value and
             auto close = [&](const torch::Tensor& a, const torch::Tensor& ref, double scale) {
               return (a.to(torch::kFloat64) - ref.to(torch::kFloat64)).abs().max().item<double>() < tol * scale;
             };
-            set_fused_conv(false);
+            use_fused(layer, false);
             auto [y_ref, ld_ref] = layer.forward(x);
             auto [x_ref, ldi_ref] = layer.inverse(y_ref.detach());
-            set_fused_conv(true);
+            use_fused(layer, true);
             {
               torch::NoGradGuard no_grad;  // the inference kernel
               auto [y, ld] = layer.forward(x);
@@ -381,8 +382,9 @@ TEST_CASE("an affine coupling's kernels equal its LibTorch formulas in value and
             // order: measured up to 2e-5 of the largest element; a wrong formula is off by far more).
             // Not in float32 with leaky_relu: there Winograd's rounding flips the kink's derivative (1 or 0.01) of
             // the odd value next to 0 (gradients off by up to 3e-3 of their largest element, measured), so that
-            // combination runs the direct convolutions (float64 checks Winograd's backward with every activation).
-            pconv::set_winograd(!(dtype == torch::kFloat32 && c.act == "leaky_relu"));
+            // combination runs the direct convolutions (float64 checks Winograd's backward with every activation;
+            // tests/test_kernels.cpp checks this shipped default against float64 with a norm-wise tolerance).
+            const bool winograd = !(dtype == torch::kFloat32 && c.act == "leaky_relu");
             auto wy = torch::arange(x.numel(), torch::kFloat64).reshape(x.sizes()).cos();
             auto wl = torch::arange(x.size(0), torch::kFloat64).sin();
             struct Loss {
@@ -393,7 +395,7 @@ TEST_CASE("an affine coupling's kernels equal its LibTorch formulas in value and
                                 Loss{true, true, false}}) {
                 CAPTURE(inverse, loss.y, loss.ld, loss.weights);
                 auto run = [&](bool fused, torch::Dtype dt) {
-                  set_fused_conv(fused);
+                  use_fused(layer, fused, winograd);
                   layer.to(dt);
                   for (auto& q : layer.parameters()) q.requires_grad_(loss.weights);
                   layer.zero_grad();
@@ -410,7 +412,7 @@ TEST_CASE("an affine coupling's kernels equal its LibTorch formulas in value and
                   return out;
                 };
                 auto truth = run(false, torch::kFloat64), node = run(true, dtype), ops = run(false, dtype);
-                set_fused_conv(true);
+                use_fused(layer, true);
                 layer.to(dtype);
                 for (auto& q : layer.parameters()) q.requires_grad_(true);
                 REQUIRE(node.size() == truth.size());
@@ -428,7 +430,6 @@ TEST_CASE("an affine coupling's kernels equal its LibTorch formulas in value and
                 }
               }
             }
-            pconv::set_winograd(true);
           }
         }
       }

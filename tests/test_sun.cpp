@@ -21,6 +21,7 @@
 
 using namespace latflow;
 using latflow::testing::numerical_log_det;
+using latflow::testing::use_fused;
 
 namespace {
 
@@ -440,7 +441,7 @@ TEST_CASE("SU(2) and SU(3) flow layers are gauge equivariant; their log-dets mat
 
 TEST_CASE("SU(2) and SU(3) inference kernels equal the LibTorch formulas layer by layer, forward and inverse",
           "[sun][flow]") {
-  // Without autograd the layers run flows/gauge_kernels.cpp; set_fused_conv(false) gives the LibTorch ops.
+  // Without autograd the layers run kernels/gauge_kernels.cpp; use_fused(layer, false) gives the LibTorch ops.
   torch::NoGradGuard ng;
   for (int n : {2, 3})
     for (bool f64 : {true, false}) {
@@ -453,10 +454,10 @@ TEST_CASE("SU(2) and SU(3) inference kernels equal the LibTorch formulas layer b
         CHECK(layer.runs_in_place(x));
         for (bool inv : {false, true}) {
           auto fused = inv ? layer.inverse(x) : layer.forward(x);
-          set_fused_conv(false);
+          use_fused(layer, false);
           CHECK_FALSE(layer.runs_in_place(x));
           auto ops = inv ? layer.inverse(x) : layer.forward(x);
-          set_fused_conv(true);
+          use_fused(layer, true);
           CAPTURE(n, f64, i, inv);
           // float64: rounding; float32: the kernel works in float64 from float32 links and net outputs, the
           // ops in float32.

@@ -65,6 +65,7 @@ FlowParams flow_params(const std::string& kernel, bool loops) {
 
 using testing::autograd_logdet;
 using testing::randomise;
+using testing::use_fused;
 
 const std::vector<std::pair<std::string, bool>> kKernels{{"ncp", false}, {"ncp", true}, {"spline", false},
                                                          {"spline", true}};
@@ -221,7 +222,7 @@ TEST_CASE("gauge coupling layers handle the wrap-around: angles at 0, 2 pi and p
 TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and for the whole flow, also at the "
           "wrap-around and for unreduced angles",
           "[u1][flows]") {
-  // Without autograd the layers run flows/gauge_kernels.cpp; set_fused_conv(false) gives the LibTorch ops.
+  // Without autograd the layers run kernels/gauge_kernels.cpp; use_fused(layer, false) gives the LibTorch ops.
   torch::NoGradGuard ng;
   torch::manual_seed(8);
   for (const auto& [kernel, loops] : kKernels)
@@ -250,9 +251,9 @@ TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and
           for (bool inv : {false, true}) {
             CAPTURE(inv);
             auto fused = inv ? layer.inverse(x) : layer.forward(x);
-            set_fused_conv(false);
+            use_fused(layer, false);
             auto ops = inv ? layer.inverse(x) : layer.forward(x);
-            set_fused_conv(true);
+            use_fused(layer, true);
             CHECK(dist(fused.first, ops.first) < tol);
             CHECK(fused.first.min().item<double>() >= 0);
             CHECK(fused.first.max().item<double>() < 2 * M_PI);
@@ -277,10 +278,10 @@ TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and
       at::set_num_threads(threads);
       CHECK(torch::equal(two.first, fused.first));
       CHECK(torch::equal(two.second, fused.second));
-      set_fused_conv(false);
+      use_fused(*model, false);
       auto ops = model->forward(z);
       auto ops_lp = model->log_prob(fused.first);
-      set_fused_conv(true);
+      use_fused(*model, true);
       CHECK(dist(fused.first, ops.first) < 10 * tol);
       CHECK((fused.second - ops.second).abs().max().item<double>() < (f64 ? 1e-8 : 1e-2));
       CHECK((fused_lp.first - ops_lp.first).abs().max().item<double>() < (f64 ? 1e-8 : 1e-2));

@@ -6,11 +6,20 @@
 #include <cstdint>
 #include <functional>
 
+#include "latflow/flows/flow.hpp"
 #include "latflow/theories/sun.hpp"
 
 namespace latflow::testing {
 
 // Fresh coupling layers are the identity (zero-initialised last conv): give every parameter a N(0, scale^2) value.
+// The kernels (fused = true, the default) or the LibTorch ops (the reference) for every net of m; Winograd on or off.
+inline void use_fused(torch::nn::Module& m, bool fused, bool winograd = true) {
+  pconv::KernelPolicy policy;
+  policy.fused = fused;
+  policy.winograd = winograd;
+  set_kernel_policy(m, policy);
+}
+
 inline void randomise(torch::nn::Module& m, double scale) {
   torch::NoGradGuard g;
   for (auto& p : m.parameters()) p.normal_(0, scale);

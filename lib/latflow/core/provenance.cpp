@@ -6,8 +6,6 @@
 #include <cstdlib>
 #include <ctime>
 
-#include "latflow/parallel/mpi.hpp"
-
 namespace latflow {
 
 std::string iso_time_utc() {
@@ -19,7 +17,7 @@ std::string iso_time_utc() {
   return buf;
 }
 
-Provenance Provenance::collect(const std::string& command_line) {
+Provenance Provenance::collect(const std::string& command_line, int ranks) {
   Provenance p;
   p.program_version = LATFLOW_VERSION;
   p.git_hash = LATFLOW_GIT_HASH;
@@ -30,7 +28,7 @@ Provenance Provenance::collect(const std::string& command_line) {
   const char* user = std::getenv("USER");
   p.user = user ? user : "";
   p.command_line = command_line;
-  p.ranks = mpi::size();
+  p.ranks = ranks;
   return p;
 }
 

@@ -13,7 +13,8 @@ struct Provenance {
   std::string user;
   std::string command_line;
   int ranks = 1;
-  static Provenance collect(const std::string& command_line);
+  // ranks: the run's MPI size (core/ knows nothing of MPI).
+  static Provenance collect(const std::string& command_line, int ranks);
 };
 
 std::string iso_time_utc();

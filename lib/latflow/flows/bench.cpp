@@ -65,8 +65,13 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   };
   // Enough samples per round that one round takes a measurable time at every batch size.
   auto steps_for = [](std::int64_t B) { return std::max<std::int64_t>(1, 4096 / B); };
+  auto use = [&](bool fused) {
+    pconv::KernelPolicy policy;
+    policy.fused = fused;
+    set_kernel_policy(*model, policy);
+  };
   for (bool fused : backends) {  // warm-up
-    set_fused_conv(fused);
+    use(fused);
     for (auto B : batches) {
       train_step(B);
       propose(B);
@@ -75,7 +80,7 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   for (int r = 0; r < repeats; ++r) {
     for (auto B : batches) {
       for (bool fused : backends) {
-        set_fused_conv(fused);
+        use(fused);
         const auto n = steps_for(B);
         auto t0 = std::chrono::steady_clock::now();
         for (std::int64_t i = 0; i < n; ++i) train_step(B);
@@ -86,7 +91,7 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
       }
     }
   }
-  set_fused_conv(true);
+  use(true);
   std::int64_t n_params = 0;
   for (const auto& p : model->parameters()) n_params += p.numel();
   std::string ext;

@@ -10,7 +10,7 @@
 
 #include "latflow/core/error.hpp"
 #include "latflow/flows/gauge.hpp"
-#include "latflow/flows/periodic_conv.hpp"
+#include "latflow/kernels/periodic_conv.hpp"
 
 // at::parallel_for is inline: compiled without OpenMP it runs the kernels' chunks serially whatever run.threads
 // says (lib/CMakeLists.txt links OpenMP).
@@ -65,8 +65,6 @@ torch::nn::AnyModule make_conv(int dim, int in, int out, int kernel) {
 
 torch::Dtype parse_dtype(const std::string& s) { return s == "float64" ? torch::kFloat64 : torch::kFloat32; }
 
-bool g_fused_conv = true;
-
 // Config::validate admits only these names; a ConvNet built around it (tests, benchmarks) gets the same check.
 pconv::Act parse_activation(const std::string& a) {
   if (a == "leaky_relu") return pconv::Act::leaky_relu;
@@ -90,7 +88,7 @@ void for_chunks(std::int64_t n, F&& f, std::int64_t chunks = 0) {
   });
 }
 
-// The whole periodic conv net as one autograd node (kernels in periodic_conv.cpp). Arguments: the input
+// The whole periodic conv net as one autograd node (kernels in lib/latflow/kernels). Arguments: the input
 // [B, C, L...], the parameters (w0, b0, w1, b1, ...) in LibTorch's Conv layout, the geometry.
 struct FusedGeometry {
   torch::Tensor nbr;  // int32 [V * taps], pconv::neighbour_table
@@ -98,6 +96,7 @@ struct FusedGeometry {
   int taps;
   pconv::Act act;
   bool differentiable;  // a backward pass can follow: keep what it needs (values before the activations)
+  pconv::Isa isa;
 };
 
 // [B, V, C] channels-last -> [B, C, L...] contiguous, with L... taken from like = [B, C', L...].
@@ -133,7 +132,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
                                         geo.nbr.data_ptr<std::int32_t>(), cin, cout, wk.data_ptr<scalar_t>(),
                                         bias.data_ptr<scalar_t>(), last ? nullptr : &geo.act,
                                         pre.defined() ? pre.data_ptr<scalar_t>() + off : nullptr,
-                                        out.data_ptr<scalar_t>() + off);
+                                        out.data_ptr<scalar_t>() + off, geo.isa);
         });
         pres.push_back(pre);
         acts.push_back(out);
@@ -148,6 +147,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
     ctx->saved_data["geo_taps"] = static_cast<std::int64_t>(geo.taps);
     ctx->saved_data["geo_act"] = static_cast<std::int64_t>(geo.act);
     ctx->saved_data["geo_V"] = geo.V;
+    ctx->saved_data["geo_isa"] = static_cast<std::int64_t>(geo.isa);
     ctx->saved_data["x_sizes"] = x.sizes().vec();
     return result;
   }
@@ -160,6 +160,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
     const auto nbr = ctx->saved_data["geo_nbr"].toTensor();
     const int taps = static_cast<int>(ctx->saved_data["geo_taps"].toInt());
     const auto act = static_cast<pconv::Act>(ctx->saved_data["geo_act"].toInt());
+    const auto isa = static_cast<pconv::Isa>(ctx->saved_data["geo_isa"].toInt());
     const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
     const auto layers = static_cast<std::int64_t>(params.size() / 2);
     const auto B = acts[0].size(0), V = ctx->saved_data["geo_V"].toInt();
@@ -184,7 +185,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
               nbr.data_ptr<std::int32_t>(), cin, cout, wc.data_ptr<scalar_t>(),
               l > 0 ? pres[l - 1].data_ptr<scalar_t>() + b0 * V * cin : nullptr, &act,
               need_gin ? gin.data_ptr<scalar_t>() + b0 * V * cin : nullptr,
-              need_gw ? gw[c].data_ptr<scalar_t>() : nullptr, need_gw ? gb[c].data_ptr<scalar_t>() : nullptr);
+              need_gw ? gw[c].data_ptr<scalar_t>() : nullptr, need_gw ? gb[c].data_ptr<scalar_t>() : nullptr, isa);
         });
         if (need_gw) {
           grads[1 + 2 * l] = gw.sum(0).view(w.sizes());
@@ -202,9 +203,10 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
 template <class T>
 pconv::AffineLayer<T> affine_layer(const std::vector<std::int64_t>& extents, std::int64_t taps,
                                    const torch::Tensor& nbr, const std::vector<torch::Tensor>& params,
-                                   pconv::Act act, bool z2, const torch::Tensor& active) {
+                                   pconv::Act act, bool z2, const torch::Tensor& active,
+                                   const pconv::KernelPolicy& policy) {
   pconv::AffineLayer<T> ly{extents, static_cast<int>(taps), nbr.data_ptr<std::int32_t>(), {}, act, z2,
-                           active.data_ptr<std::int32_t>(), active.numel()};
+                           active.data_ptr<std::int32_t>(), active.numel(), policy};
   for (std::size_t l = 0; l < params.size(); l += 2)
     ly.net.push_back({params[l].data_ptr<T>(), params[l + 1].data_ptr<T>(), static_cast<int>(params[l].size(1)),
                       static_cast<int>(params[l].size(0))});
@@ -224,6 +226,7 @@ struct AffineNodeSetup {
   pconv::Act act;
   bool z2, inverse;
   std::vector<torch::Tensor>* tapes;  // the net's tapes, reused once no graph holds them
+  pconv::KernelPolicy policy;
 };
 
 // A tape of at least n values of the given options: one of `pool` that only the pool holds (its graph is gone),
@@ -254,7 +257,7 @@ class FusedAffineCoupling : public torch::autograd::Function<FusedAffineCoupling
     torch::Tensor tape;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling_forward", [&] {
       const auto ly = affine_layer<scalar_t>(setup.extents, setup.taps, setup.nbr, p, setup.act, setup.z2,
-                                             setup.active);
+                                             setup.active, setup.policy);
       const auto per = pconv::affine_tape_size(ly, 1);
       tape = pooled_tape(*setup.tapes, B * per, x.options());
       for_chunks(
@@ -277,6 +280,8 @@ class FusedAffineCoupling : public torch::autograd::Function<FusedAffineCoupling
     ctx->saved_data["act"] = static_cast<std::int64_t>(setup.act);
     ctx->saved_data["z2"] = setup.z2;
     ctx->saved_data["inverse"] = setup.inverse;
+    ctx->saved_data["winograd"] = setup.policy.winograd;
+    ctx->saved_data["isa"] = static_cast<std::int64_t>(setup.policy.isa);
     ctx->saved_data["chunks"] = chunks;
     ctx->saved_data["x_sizes"] = x.sizes().vec();
     return {y, log_det};
@@ -294,6 +299,9 @@ class FusedAffineCoupling : public torch::autograd::Function<FusedAffineCoupling
     const auto extents = ctx->saved_data["extents"].toIntVector();
     const auto chunks = ctx->saved_data["chunks"].toInt();
     const bool inverse = ctx->saved_data["inverse"].toBool();
+    pconv::KernelPolicy policy;
+    policy.winograd = ctx->saved_data["winograd"].toBool();
+    policy.isa = static_cast<pconv::Isa>(ctx->saved_data["isa"].toInt());
     const auto B = x_sizes[0];
     auto gy = grad_out[0].defined() ? grad_out[0].contiguous() : torch::zeros(x_sizes, tape.options());
     auto gld = grad_out[1].defined() ? grad_out[1].to(torch::kFloat64).contiguous() : torch::Tensor();
@@ -307,7 +315,8 @@ class FusedAffineCoupling : public torch::autograd::Function<FusedAffineCoupling
       const auto ly = affine_layer<scalar_t>(extents, ctx->saved_data["taps"].toInt(),
                                              ctx->saved_data["nbr"].toTensor(), p,
                                              static_cast<pconv::Act>(ctx->saved_data["act"].toInt()),
-                                             ctx->saved_data["z2"].toBool(), ctx->saved_data["active"].toTensor());
+                                             ctx->saved_data["z2"].toBool(), ctx->saved_data["active"].toTensor(),
+                                             policy);
       const auto per = pconv::affine_tape_size(ly, 1);
       // Weights held constant (path-gradient training evaluates log q at fixed weights): no parameter gradients.
       if (need_gp) gp = torch::zeros({chunks, pconv::affine_param_count(ly)}, tape.options());
@@ -338,8 +347,14 @@ class FusedAffineCoupling : public torch::autograd::Function<FusedAffineCoupling
 
 }  // namespace
 
-void set_fused_conv(bool on) { g_fused_conv = on; }
-bool fused_conv() { return g_fused_conv; }
+void set_kernel_policy(torch::nn::Module& model, const pconv::KernelPolicy& policy) {
+  pconv::resolve(policy.isa);  // refuses an instruction set this CPU lacks, before any kernel runs
+  if (auto* net = dynamic_cast<ConvNetImpl*>(&model)) net->set_policy(policy);
+  for (const auto& m : model.modules(/*include_self=*/false))  // (a model on the stack has no shared_ptr to itself)
+    if (auto* net = m->as<ConvNetImpl>()) net->set_policy(policy);
+}
+
+void ConvNetImpl::set_policy(const pconv::KernelPolicy& policy) { policy_ = policy; }
 
 // ---------------------------------------------------------------------------------------------------------------
 ConvNetImpl::ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
@@ -369,7 +384,7 @@ torch::Tensor ConvNetImpl::wrap_pad(const torch::Tensor& x) const {
 }
 
 torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
-  const bool fusable = g_fused_conv && x.device().is_cpu() &&
+  const bool fusable = policy_.fused && x.device().is_cpu() &&
                        (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
   if (fusable) return forward_fused(x);
   for (std::size_t i = 0; i < convs_.size(); ++i) {
@@ -418,11 +433,12 @@ torch::Tensor ConvNetImpl::forward_at(const torch::Tensor& x, const torch::Tenso
         if (last)
           pconv::conv_forward_at<scalar_t>(in, b1 - b0, V, T, nbr.data_ptr<std::int32_t>(),
                                            sites.data_ptr<std::int32_t>(), Vr, cin, cout, w.data_ptr<scalar_t>(),
-                                           bias.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + b0 * Vr * cout);
+                                           bias.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + b0 * Vr * cout,
+                                           policy_.isa);
         else
           pconv::conv_forward<scalar_t>(in, b1 - b0, V, T, nbr.data_ptr<std::int32_t>(), cin, cout,
                                         w.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), &act, nullptr,
-                                        out.data_ptr<scalar_t>() + b0 * V * cout);
+                                        out.data_ptr<scalar_t>() + b0 * V * cout, policy_.isa);
       });
       h = out;
     }
@@ -450,7 +466,8 @@ void ConvNetImpl::affine_coupling(torch::Tensor& x, const torch::Tensor& active,
   const auto V = x[0].numel(), B = x.size(0);
   const auto p = detached_contiguous(params());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling", [&] {
-    const auto ly = affine_layer<scalar_t>(extents, taps(), nbr, p, parse_activation(activation_), z2, active);
+    const auto ly =
+        affine_layer<scalar_t>(extents, taps(), nbr, p, parse_activation(activation_), z2, active, policy_);
     for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
       pconv::affine_coupling<scalar_t>(x.data_ptr<scalar_t>() + b0 * V, b1 - b0, ly, inverse,
                                        log_det.data_ptr<double>() + b0);
@@ -465,7 +482,7 @@ std::pair<torch::Tensor, torch::Tensor> ConvNetImpl::affine_coupling_node(const 
   auto out = FusedAffineCoupling::apply(
       x, at::TensorList(params()),
       AffineNodeSetup{extents, taps(), neighbours(extents), active, parse_activation(activation_), z2, inverse,
-                      &tapes_});
+                      &tapes_, policy_});
   return {out[0], out[1]};
 }
 
@@ -480,7 +497,7 @@ torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
   for (const auto& p : ps) differentiable = differentiable || (torch::GradMode::is_enabled() && p.requires_grad());
   return FusedConvNet::apply(x, at::TensorList(ps),
                              FusedGeometry{nbr, V, static_cast<int>(taps()), parse_activation(activation_),
-                                           differentiable});
+                                           differentiable, policy_.isa});
 }
 
 torch::Tensor checkerboard(const std::vector<std::int64_t>& extents, int parity, torch::TensorOptions opt) {
@@ -520,7 +537,7 @@ std::pair<torch::Tensor, torch::Tensor> AffineCoupling::scale_shift(const torch:
 
 // Whether the kernels can run this layer on x (with or without autograd).
 bool AffineCoupling::runs_as_node(const torch::Tensor& x) const {
-  return fused_conv() && x.device().is_cpu() &&
+  return net_->policy().fused && x.device().is_cpu() &&
          (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64) &&
          x.sizes().slice(1) == active_.sizes().slice(1);
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "latflow/core/params.hpp"
+#include "latflow/kernels/policy.hpp"
 
 namespace latflow {
 
@@ -22,10 +23,11 @@ namespace latflow {
 //   fused (default on the CPU, float32/float64): the whole net is one autograd node running the hand-written
 //     kernels of periodic_conv.hpp, forward and backward (2-3x faster per training step on the tutorial nets,
 //     docs/benchmarks.md "latflow against PyTorch, L = 8");
-//   LibTorch ops (other devices and dtypes, or set_fused_conv(false)): explicit wrap padding followed by
+//   LibTorch ops (other devices and dtypes, or a policy with fused = false): explicit wrap padding followed by
 //     unpadded convolutions (identical to circular padding and measurably faster;
 //     docs/design.md "Fused kernels").
 // The fused path supports first derivatives only (all that reverse-KL training and the Jacobian tests need).
+// Which path, and which instruction set, is the net's KernelPolicy (set_kernel_policy for a whole model).
 class ConvNetImpl : public torch::nn::Module {
  public:
   ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
@@ -44,6 +46,8 @@ class ConvNetImpl : public torch::nn::Module {
   // [B, L...] (CPU, float32/float64), log|det| [B] in float64.
   std::pair<torch::Tensor, torch::Tensor> affine_coupling_node(const torch::Tensor& x, const torch::Tensor& active,
                                                                bool z2, bool inverse);
+  const pconv::KernelPolicy& policy() const { return policy_; }
+  void set_policy(const pconv::KernelPolicy& policy);
 
  private:
   const torch::Tensor& neighbours(const std::vector<std::int64_t>& extents);
@@ -58,11 +62,13 @@ class ConvNetImpl : public torch::nn::Module {
   // (int32 tensors, so that an autograd graph holds a reference to the one its backward needs).
   std::map<std::vector<std::int64_t>, torch::Tensor> neighbours_;
   std::vector<torch::Tensor> tapes_;  // affine_coupling_node's, reused across training steps
+  pconv::KernelPolicy policy_;
 };
-// Process-wide choice of ConvNet implementation (true: fused kernels where possible); for benchmarks and tests.
-void set_fused_conv(bool on);
-bool fused_conv();
 TORCH_MODULE(ConvNet);
+
+// Sets the kernel policy of every ConvNet in `model` (a flow, a layer or a net): the fused kernels or the LibTorch
+// ops, Winograd or not, the instruction set. Throws std::invalid_argument for an instruction set the CPU lacks.
+void set_kernel_policy(torch::nn::Module& model, const pconv::KernelPolicy& policy);
 
 // One coupling layer: sites of one checkerboard parity are frozen and condition the update of the others.
 class CouplingLayer : public torch::nn::Module {

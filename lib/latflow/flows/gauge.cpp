@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "latflow/core/error.hpp"
-#include "latflow/flows/gauge_kernels.hpp"
+#include "latflow/kernels/gauge_kernels.hpp"
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
 
@@ -91,9 +91,9 @@ struct SplineKnots {
   }
 };
 
-// Whether a layer's inference kernel (flows/gauge_kernels.hpp) runs for x.
-bool inference_kernel_for(const torch::Tensor& x) {
-  return !torch::GradMode::is_enabled() && fused_conv() && x.device().is_cpu() &&
+// Whether a layer's inference kernel (kernels/gauge_kernels.hpp) runs for x.
+bool inference_kernel_for(const torch::Tensor& x, const ConvNet& net) {
+  return !torch::GradMode::is_enabled() && net->policy().fused && x.device().is_cpu() &&
          (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
 }
 // Normal tensors even when first made while sampling, since later training passes may hold them.
@@ -330,7 +330,7 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int nu, int offset, const std:
                                         splines * (3 * p.spline_bins + 1), p.kernel, p.activation));
 }
 
-bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x); }
+bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x, net_); }
 
 void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
   if (!active_sites_.defined()) {
@@ -354,7 +354,7 @@ void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, boo
   });
 }
 
-bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x); }
+bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x, net_); }
 
 void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
   if (!active_sites_.defined()) {

@@ -36,7 +36,7 @@ class GaugeCoupling : public CouplingLayer {
   GaugeCoupling(int mu, int nu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override;
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override;
-  // Without autograd, on the CPU with the fused nets on: flows/gauge_kernels.hpp.
+  // Without autograd, on the CPU with the fused nets on: kernels/gauge_kernels.hpp.
   bool runs_in_place(const torch::Tensor& x) const override;
   void apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) override;
 
@@ -117,7 +117,7 @@ class SpectralCoupling : public CouplingLayer {
   SpectralCoupling(int n, int mu, int nu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override { return apply(x, false); }
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override { return apply(y, true); }
-  // Without autograd, on the CPU with the fused nets on: flows/gauge_kernels.hpp.
+  // Without autograd, on the CPU with the fused nets on: kernels/gauge_kernels.hpp.
   bool runs_in_place(const torch::Tensor& x) const override;
   void apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) override;
 

@@ -298,7 +298,7 @@ std::string hmc_job(const Config& cfg, const std::string& command_line) {
   layout.identity = hmc_identity(cfg, hash);
   layout.flow_steps = mixed;
   HmcStore store(cfg, layout, c0, nc, [&](io::File& f) {
-    io::write_header(f, cfg, Provenance::collect(command_line), mixed ? "mixed" : "hmc");
+    io::write_header(f, cfg, Provenance::collect(command_line, mpi::size()), mixed ? "mixed" : "hmc");
     io::write_references(f, cfg);
     if (mixed) write_model_group(f, cfg, meta, hash);
   });

@@ -140,7 +140,7 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
   layout.work = ne;
   layout.identity = sample_identity(cfg, hash);
   ImhChain chain(cfg, layout, [&](io::File& f) {
-    io::write_header(f, cfg, Provenance::collect(command_line), "imh");
+    io::write_header(f, cfg, Provenance::collect(command_line, mpi::size()), "imh");
     io::write_references(f, cfg);
     write_model_group(f, cfg, meta, hash);
     if (ne) {

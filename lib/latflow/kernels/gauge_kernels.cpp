@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "latflow/flows/gauge_kernels.hpp"
+#include "latflow/kernels/gauge_kernels.hpp"
 
 #include <algorithm>
 #include <array>

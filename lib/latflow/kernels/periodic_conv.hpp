@@ -5,8 +5,14 @@
 // overhead (dispatch, autograd nodes, allocation, padding copies) rather than in arithmetic; measured with perf
 // on `latflow bench configs/tutorial.ini`: 48% in oneDNN's conv kernels, 30% libtorch_cpu, 10% malloc/free.
 // These kernels run a whole net (every conv, its periodic wrap and its activation) as one autograd node, with a
-// hand-written backward; flow.cpp wraps them (ConvNetImpl, fused path) and tests/test_flows.cpp checks values
-// and gradients against the LibTorch net in float64.
+// hand-written backward; flow.cpp wraps them (ConvNetImpl, fused path). tests/test_kernels.cpp checks them
+// against naive scalar loops for every instruction set the CPU has, tests/test_flows.cpp against the LibTorch net.
+//
+// Files (lib/latflow/kernels, the library latflow_kernels, torch-free): simd.hpp/.cpp the vector types and the
+// instruction-set dispatch; direct.cpp the gather convolutions and their weight gradients; winograd.cpp
+// Winograd's minimal filtering; lane_math.hpp/.cpp activations, exp of float lanes and elementwise passes;
+// affine.cpp the fused affine coupling; gauge_kernels.* the 2D gauge layers' inference; policy.hpp the
+// per-model KernelPolicy (which kernels, which instruction set).
 //
 // Layout: activations channels-last [n, V, C] (V = lattice sites in row-major order); weights in LibTorch's layout
 // [C_out, C_in, taps] with taps in the row-major order of the kernel window; the periodic neighbour of site s at tap
@@ -22,6 +28,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "latflow/kernels/policy.hpp"
+
 namespace latflow::pconv {
 
 enum class Act { leaky_relu, tanh, silu };
@@ -33,21 +41,22 @@ std::vector<std::int32_t> neighbour_table(const std::vector<std::int64_t>& exten
 // act is null; pre is written only when not null (what the backward needs).
 template <class T>
 void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, int cin, int cout,
-                  const T* w, const T* bias, const Act* act, T* pre, T* out);
+                  const T* w, const T* bias, const Act* act, T* pre, T* out, Isa isa = Isa::best);
 
 // conv_forward without activation at the Vr sites `sites` only: out[b, i, :] for the site sites[i], i < Vr
 // (out [n, Vr, cout]); in is [n, V, cin] as above.
 template <class T>
 void conv_forward_at(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
                      const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias,
-                     T* out);
+                     T* out, Isa isa = Isa::best);
 
 // Backward of conv_forward for b in [0, n) from gpre = dL/dpre: gw += dL/dW (W's layout), gb += dL/dbias, and
 // when gin is not null gin = dL/din (overwritten) or, when in_pre is not null (in = in_act(in_pre), the previous
 // layer's output), gin = dL/din_pre. gw and gb null: no parameter gradients (only gin).
 template <class T>
 void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
-                   int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb);
+                   int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb,
+                   Isa isa = Isa::best);
 
 // One conv of a net: weights [cout, cin, taps] (LibTorch's layout), bias [cout].
 template <class T>
@@ -76,6 +85,7 @@ struct AffineLayer {
   bool z2;
   const std::int32_t* active;
   std::int64_t Va;
+  KernelPolicy policy;  // winograd and isa are read (fused is the caller's choice)
 };
 
 // Inference (no autograd): the layer in place on n samples x [n, V], logdet[b] += its log|det| (float64 sums).
@@ -98,9 +108,5 @@ void affine_coupling_backward(const T* gy, const double* gld, std::int64_t n, co
                               bool inverse, const T* tape, T* gx, T* gparams);
 template <class T>
 std::int64_t affine_param_count(const AffineLayer<T>& layer);
-
-// Process-wide: use Winograd's filtering in the affine coupling kernels where it applies (default true); for
-// tests and benchmarks.
-void set_winograd(bool on);
 
 }  // namespace latflow::pconv

@@ -1,0 +1,370 @@
+// SPDX-License-Identifier: MIT
+// Direct periodic convolutions: the gather kernels (lanes over output channels, or over input channels for few
+// outputs), their weight gradients, and the public conv_forward / conv_forward_at / conv_backward.
+#include <algorithm>
+
+#include "latflow/kernels/conv_detail.hpp"
+
+namespace latflow::pconv {
+
+std::vector<std::int32_t> neighbour_table(const std::vector<std::int64_t>& extents, int kernel) {
+  const int d = static_cast<int>(extents.size());
+  std::int64_t V = 1, taps = 1;
+  for (auto L : extents) V *= L;
+  for (int mu = 0; mu < d; ++mu) taps *= kernel;
+  const int half = kernel / 2;
+  std::vector<std::int32_t> nbr(static_cast<std::size_t>(V * taps));
+  std::vector<std::int64_t> x(d), a(d);
+  for (std::int64_t s = 0; s < V; ++s) {
+    for (int mu = d - 1, r = static_cast<int>(s); mu >= 0; --mu) {
+      x[mu] = r % extents[mu];
+      r /= static_cast<int>(extents[mu]);
+    }
+    for (std::int64_t t = 0; t < taps; ++t) {
+      for (int mu = d - 1, r = static_cast<int>(t); mu >= 0; --mu) {
+        a[mu] = r % kernel;
+        r /= kernel;
+      }
+      std::int64_t idx = 0;
+      for (int mu = 0; mu < d; ++mu) {
+        const auto L = extents[mu];
+        idx = idx * L + (((x[mu] + a[mu] - half) % L) + L) % L;
+      }
+      nbr[s * taps + t] = static_cast<std::int32_t>(idx);
+    }
+  }
+  return nbr;
+}
+
+namespace {
+
+template <class T, int W, int SB>
+__attribute__((always_inline)) inline void gather_rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+                                                       const T* M, int kout, const T* bias, const Sink<T>& sink) {
+  using V_t = vec_t<T, W>;
+  const int taps = g.taps;
+  const std::int64_t koutP = round_up(kout, W);
+  const T* base[SB];
+  const std::int32_t* ns[SB];
+  row_starts<SB>(in, row, g, kin, base, ns);
+  for (std::int64_t c0 = 0; c0 < koutP; c0 += W) {
+    T init[W];
+    for (int j = 0; j < W; ++j) init[j] = (bias && c0 + j < kout) ? bias[c0 + j] : T(0);
+    V_t acc[SB];
+    for (int q = 0; q < SB; ++q) acc[q] = load<W>(init);
+    for (int t = 0; t < taps; ++t) {
+      const int tt = mirrored ? taps - 1 - t : t;
+      const T* src[SB];
+      for (int q = 0; q < SB; ++q) src[q] = base[q] + static_cast<std::int64_t>(ns[q][tt]) * kin;
+      const T* Mt = M + static_cast<std::int64_t>(t) * kin * koutP + c0;
+      for (int k = 0; k < kin; ++k) {
+        const V_t m = load<W>(Mt + k * koutP);
+        for (int q = 0; q < SB; ++q) acc[q] += src[q][k] * m;
+      }
+    }
+    const int valid = static_cast<int>(std::min<std::int64_t>(W, kout - c0));
+    for (int q = 0; q < SB; ++q) sink.template put<W>((row.r + q) * kout + c0, c0, acc[q], valid);
+  }
+}
+
+// The same gather for few outputs (kout <= 4) and kin a multiple of 8: lanes run over the input channels instead
+// (a contiguous load of in[b, nbr(s, t), k : k + 8] against a row of Md [taps, KO, kin]) and each output is a
+// horizontal sum at the end; this does kout instead of 8 multiply-adds per (tap, 8 inputs) -- the last conv of a
+// net (2 outputs) and the input-gradient of the first (1 output) cost 4-8x less than in gather_conv.
+template <class T, int KO, int SB>
+__attribute__((always_inline)) inline void dot_rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+                                                    const T* Md, int kout, const T* bias, const Sink<T>& sink) {
+  using V_t = vec_t<T, 8>;
+  const int taps = g.taps;
+  const T* src0[SB];
+  const std::int32_t* ns[SB];
+  row_starts<SB>(in, row, g, kin, src0, ns);
+  V_t acc[SB][KO];
+  for (int q = 0; q < SB; ++q)
+    for (int c = 0; c < KO; ++c) acc[q][c] = V_t{};
+  for (int t = 0; t < taps; ++t) {
+    const int tt = mirrored ? taps - 1 - t : t;
+    const T* src[SB];
+    for (int q = 0; q < SB; ++q) src[q] = src0[q] + static_cast<std::int64_t>(ns[q][tt]) * kin;
+    for (int k0 = 0; k0 < kin; k0 += 8) {
+      V_t m[KO];
+      for (int c = 0; c < KO; ++c) m[c] = load<8>(Md + (static_cast<std::int64_t>(t) * KO + c) * kin + k0);
+      for (int q = 0; q < SB; ++q) {
+        const V_t v = load<8>(src[q] + k0);
+        for (int c = 0; c < KO; ++c) acc[q][c] += v * m[c];
+      }
+    }
+  }
+  for (int q = 0; q < SB; ++q) {
+    T res[KO];
+    for (int c = 0; c < KO; ++c) {
+      T sum = bias && c < kout ? bias[c] : T(0);
+      for (int j = 0; j < 8; ++j) sum += acc[q][c][j];
+      res[c] = sum;
+    }
+    sink.put((row.r + q) * kout, 0, res, kout);
+  }
+}
+
+// The two row kernels as policies of one driver: SB rows at a time, then the remainder one by one.
+template <class T, int W>
+struct ChannelLanes {
+  static constexpr int SB = 8;  // 8 accumulators: 8 of the 16 AVX registers (16 for doubles at W = 8: some spill)
+  template <int S>
+  __attribute__((always_inline)) static void rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+                                                  const T* M, int kout, const T* bias, const Sink<T>& sink) {
+    gather_rows<T, W, S>(in, row, g, mirrored, kin, M, kout, bias, sink);
+  }
+};
+template <class T, int KO>
+struct InputLanes {
+  static constexpr int SB = 8 / KO;  // SB x KO = 8 accumulators
+  template <int S>
+  __attribute__((always_inline)) static void rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+                                                  const T* M, int kout, const T* bias, const Sink<T>& sink) {
+    dot_rows<T, KO, S>(in, row, g, mirrored, kin, M, kout, bias, sink);
+  }
+};
+
+template <class T, class Kernel>
+__attribute__((always_inline)) inline void gather_conv(const T* in, std::int64_t n, const Geo& g, bool mirrored,
+                                                       int kin, const T* M, int kout, const T* bias,
+                                                       const Sink<T>& sink) {
+  constexpr int SB = Kernel::SB;
+  const std::int64_t rows = n * g.Vr;
+  Row row{0, 0, 0};
+  for (; row.r + SB <= rows; row.advance(SB, g.Vr))
+    Kernel::template rows<SB>(in, row, g, mirrored, kin, M, kout, bias, sink);
+  for (; row.r < rows; row.advance(1, g.Vr)) Kernel::template rows<1>(in, row, g, mirrored, kin, M, kout, bias, sink);
+}
+
+// gw[t, ci0 + c, c0 : c0 + W] += sum_{b, s} in[b, nbr(s, t), ci0 + c] gP[b, s, c0 : c0 + W] for c < CB, with gP the
+// output gradient padded to coutP channels and gw [taps, cin, coutP]. CB x RB accumulators (RB = 8 / CB
+// consecutive rows summed separately) stay in registers for the whole sweep over the rows and hide the FMA latency.
+template <class T, int W, int CB>
+__attribute__((always_inline)) inline void weight_grad_block(const T* in, const T* gP, std::int64_t n,
+                                                             std::int64_t V, int taps, const std::int32_t* nbr,
+                                                             int cin, int ci0, std::int64_t coutP, int t,
+                                                             std::int64_t c0, T* gw) {
+  using V_t = vec_t<T, W>;
+  constexpr int RB = 8 / CB;
+  V_t acc[CB][RB];
+  for (int c = 0; c < CB; ++c)
+    for (int q = 0; q < RB; ++q) acc[c][q] = V_t{};
+  for (std::int64_t b = 0; b < n; ++b) {
+    const T* inb = in + b * V * cin + ci0;
+    const T* gb = gP + b * V * coutP + c0;
+    std::int64_t s = 0;
+    for (; s + RB <= V; s += RB) {
+      for (int q = 0; q < RB; ++q) {
+        const T* x = inb + static_cast<std::int64_t>(nbr[(s + q) * taps + t]) * cin;
+        const V_t g = load<W>(gb + (s + q) * coutP);
+        for (int c = 0; c < CB; ++c) acc[c][q] += x[c] * g;
+      }
+    }
+    for (; s < V; ++s) {
+      const T* x = inb + static_cast<std::int64_t>(nbr[s * taps + t]) * cin;
+      const V_t g = load<W>(gb + s * coutP);
+      for (int c = 0; c < CB; ++c) acc[c][0] += x[c] * g;
+    }
+  }
+  for (int c = 0; c < CB; ++c) {
+    V_t sum = acc[c][0];
+    for (int q = 1; q < RB; ++q) sum += acc[c][q];
+    T* row = gw + (static_cast<std::int64_t>(t) * cin + ci0 + c) * coutP + c0;
+    store<W>(row, load<W>(row) + sum);
+  }
+}
+
+template <class T, int W>
+__attribute__((always_inline)) inline void weight_grad(const T* in, const T* gP, std::int64_t n, std::int64_t V,
+                                                       int taps, const std::int32_t* nbr, int cin, std::int64_t coutP,
+                                                       T* gw) {
+  for (std::int64_t c0 = 0; c0 < coutP; c0 += W)
+    for (int t = 0; t < taps; ++t) {
+      int ci = 0;
+      for (; ci + 8 <= cin; ci += 8) weight_grad_block<T, W, 8>(in, gP, n, V, taps, nbr, cin, ci, coutP, t, c0, gw);
+      for (; ci + 4 <= cin; ci += 4) weight_grad_block<T, W, 4>(in, gP, n, V, taps, nbr, cin, ci, coutP, t, c0, gw);
+      for (; ci + 2 <= cin; ci += 2) weight_grad_block<T, W, 2>(in, gP, n, V, taps, nbr, cin, ci, coutP, t, c0, gw);
+      for (; ci < cin; ++ci) weight_grad_block<T, W, 1>(in, gP, n, V, taps, nbr, cin, ci, coutP, t, c0, gw);
+    }
+}
+
+// The weight gradient for few outputs (KO >= cout, cin a multiple of 8), lanes over the input channels:
+// gwd[t, c, k0 : k0 + 8] = sum_{b, s} in[b, nbr(s, t), k0 : k0 + 8] gP[b, s, c], gP [rows, KO] zero-padded,
+// gwd [taps, KO, cin]; RB consecutive rows in separate accumulators.
+template <class T, int KO>
+__attribute__((always_inline)) inline void weight_grad_dot(const T* in, const T* gP, std::int64_t n, std::int64_t V,
+                                                           int taps, const std::int32_t* nbr, int cin, T* gwd) {
+  using V_t = vec_t<T, 8>;
+  constexpr int RB = 8 / KO;
+  for (int t = 0; t < taps; ++t)
+    for (int k0 = 0; k0 < cin; k0 += 8) {
+      V_t acc[RB][KO];
+      for (int q = 0; q < RB; ++q)
+        for (int c = 0; c < KO; ++c) acc[q][c] = V_t{};
+      for (std::int64_t b = 0; b < n; ++b) {
+        const T* inb = in + b * V * cin + k0;
+        const T* gb = gP + b * V * KO;
+        std::int64_t s = 0;
+        for (; s + RB <= V; s += RB)
+          for (int q = 0; q < RB; ++q) {
+            const V_t v = load<8>(inb + static_cast<std::int64_t>(nbr[(s + q) * taps + t]) * cin);
+            for (int c = 0; c < KO; ++c) acc[q][c] += v * gb[(s + q) * KO + c];
+          }
+        for (; s < V; ++s) {
+          const V_t v = load<8>(inb + static_cast<std::int64_t>(nbr[s * taps + t]) * cin);
+          for (int c = 0; c < KO; ++c) acc[0][c] += v * gb[s * KO + c];
+        }
+      }
+      for (int c = 0; c < KO; ++c) {
+        V_t sum = acc[0][c];
+        for (int q = 1; q < RB; ++q) sum += acc[q][c];
+        store<8>(gwd + (static_cast<std::int64_t>(t) * KO + c) * cin + k0, sum);
+      }
+    }
+}
+
+// Weights [cout, cin, taps] (LibTorch's layout, flattened) -> [taps, cin, coutP], zero-padded to W lanes; with
+// transpose, -> [taps, cout, cinP] (the weights of the transposed convolution).
+template <class T>
+std::vector<T> arrange(const T* w, int taps, int cin, int cout, bool transpose, int W) {
+  const int rows = transpose ? cout : cin, cols = transpose ? cin : cout;
+  const std::int64_t colsP = round_up(cols, W);
+  std::vector<T> m(static_cast<std::size_t>(taps * rows * colsP), T(0));
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int t = 0; t < taps; ++t) {
+        const T v = w[(static_cast<std::int64_t>(co) * cin + ci) * taps + t];
+        const int r = transpose ? co : ci, c = transpose ? ci : co;
+        m[static_cast<std::size_t>((static_cast<std::int64_t>(t) * rows + r) * colsP + c)] = v;
+      }
+  return m;
+}
+
+// Weights [cout, cin, taps] -> Md [taps, KO, kin] for dot_conv (rows c >= kout zero): the rows are the output
+// channels (ci of the transposed convolution when transpose) and the columns the inputs.
+template <class T>
+std::vector<T> arrange_dot(const T* w, int taps, int cin, int cout, bool transpose, int KO) {
+  const int kin = transpose ? cout : cin;
+  std::vector<T> m(static_cast<std::size_t>(taps * KO * kin), T(0));
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int t = 0; t < taps; ++t) {
+        const int c = transpose ? ci : co, k = transpose ? co : ci;
+        m[static_cast<std::size_t>((static_cast<std::int64_t>(t) * KO + c) * kin + k)] =
+            w[(static_cast<std::int64_t>(co) * cin + ci) * taps + t];
+      }
+  return m;
+}
+
+// A conv's weights (or, mirrored, those of its transpose) arranged for the kernel that will run it: lanes over the
+// output channels (W = 4 or 8, gather_rows), or for at most 4 outputs and inputs a multiple of 8 lanes over the
+// inputs (KO = 1, 2 or 4 outputs, dot_rows).
+}  // namespace
+
+template <class T>
+Arranged<T> arrange_conv(const T* w, int taps, int cin, int cout, bool mirrored) {
+  Arranged<T> a{mirrored, mirrored ? cout : cin, mirrored ? cin : cout, 0, 0, {}};
+  if (a.kout <= 4 && a.kin % 8 == 0) {
+    a.KO = a.kout <= 1 ? 1 : a.kout <= 2 ? 2 : 4;
+    a.m = arrange_dot(w, taps, cin, cout, mirrored, a.KO);
+  } else {
+    a.W = lanes(a.kout);
+    a.m = arrange(w, taps, cin, cout, mirrored, a.W);
+  }
+  return a;
+}
+
+// The convolution arranged in a, of n samples of in, into sink.
+template <class T>
+void gather(const T* in, std::int64_t n, const Geo& g, const Arranged<T>& a, const T* bias, const Sink<T>& sink,
+            Isa isa) {
+  const T* m = a.m.data();
+  with_isa(isa, [&]() LATFLOW_KERNEL {
+    if (a.KO == 1) gather_conv<T, InputLanes<T, 1>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
+    if (a.KO == 2) gather_conv<T, InputLanes<T, 2>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
+    if (a.KO == 4) gather_conv<T, InputLanes<T, 4>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
+    if (a.KO) return;
+    if (a.W == 4)
+      gather_conv<T, ChannelLanes<T, 4>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
+    else
+      gather_conv<T, ChannelLanes<T, 8>>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sink);
+  });
+}
+
+template <class T>
+void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, int cin, int cout,
+                  const T* w, const T* bias, const Act* act, T* pre, T* out, Isa isa) {
+  gather(in, n, Geo{V, taps, nbr, nullptr, V}, arrange_conv(w, taps, cin, cout, false), bias,
+         Sink<T>{act, pre, nullptr, out}, isa);
+}
+
+template <class T>
+void conv_forward_at(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                     const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias,
+                     T* out, Isa isa) {
+  gather(in, n, Geo{V, taps, nbr, sites, Vr}, arrange_conv(w, taps, cin, cout, false), bias,
+         Sink<T>{nullptr, nullptr, nullptr, out}, isa);
+}
+
+template <class T>
+void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                   int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb, Isa isa) {
+  if (gin)
+    gather(gpre, n, Geo{V, taps, nbr, nullptr, V}, arrange_conv(w, taps, cin, cout, true),
+           static_cast<const T*>(nullptr), Sink<T>{in_pre ? in_act : nullptr, nullptr, in_pre, gin}, isa);
+  if (!gw) return;  // the parameters are constants here (path-gradient training: log q at fixed weights)
+  const bool dot = cout <= 4 && cin % 8 == 0;
+  const int W = dot ? (cout <= 1 ? 1 : cout <= 2 ? 2 : 4) : lanes(cout);  // padded width of gP
+  const std::int64_t coutP = round_up(cout, W), rows = n * V;
+  std::vector<T> gP(static_cast<std::size_t>(rows * coutP), T(0));
+  std::vector<double> bias_sum(static_cast<std::size_t>(cout), 0.0);  // (float sums of 10^3 terms lose digits)
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (int c = 0; c < cout; ++c) {
+      gP[static_cast<std::size_t>(r * coutP + c)] = gpre[r * cout + c];
+      bias_sum[static_cast<std::size_t>(c)] += gpre[r * cout + c];
+    }
+  for (int c = 0; c < cout; ++c) gb[c] += static_cast<T>(bias_sum[static_cast<std::size_t>(c)]);
+  std::vector<T> gwp(static_cast<std::size_t>(taps * cin * coutP), T(0));
+  if (dot) {  // gwp [taps, coutP, cin]
+    with_isa(isa, [&]() LATFLOW_KERNEL {
+      if (W == 1) weight_grad_dot<T, 1>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
+      if (W == 2) weight_grad_dot<T, 2>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
+      if (W == 4) weight_grad_dot<T, 4>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
+    });
+    for (int co = 0; co < cout; ++co)
+      for (int ci = 0; ci < cin; ++ci)
+        for (int t = 0; t < taps; ++t)
+          gw[(static_cast<std::int64_t>(co) * cin + ci) * taps + t] +=
+              gwp[static_cast<std::size_t>((static_cast<std::int64_t>(t) * coutP + co) * cin + ci)];
+    return;
+  }
+  with_isa(isa, [&]() LATFLOW_KERNEL {
+    if (W == 4)  // gwp [taps, cin, coutP]
+      weight_grad<T, 4>(in, gP.data(), n, V, taps, nbr, cin, coutP, gwp.data());
+    else
+      weight_grad<T, 8>(in, gP.data(), n, V, taps, nbr, cin, coutP, gwp.data());
+  });
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int t = 0; t < taps; ++t)
+        gw[(static_cast<std::int64_t>(co) * cin + ci) * taps + t] +=
+            gwp[static_cast<std::size_t>((static_cast<std::int64_t>(t) * cin + ci) * coutP + co)];
+}
+
+
+#define LATFLOW_INSTANTIATE(T)                                                                                    \
+  template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,         \
+                                const T*, const T*, const Act*, T*, T*, Isa);                                     \
+  template void conv_forward_at<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*,                \
+                                   const std::int32_t*, std::int64_t, int, int, const T*, const T*, T*, Isa);     \
+  template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int,   \
+                                 int, const T*, const T*, const Act*, T*, T*, T*, Isa);                           \
+  template Arranged<T> arrange_conv<T>(const T*, int, int, int, bool);                                            \
+  template void gather<T>(const T*, std::int64_t, const Geo&, const Arranged<T>&, const T*, const Sink<T>&, Isa);
+LATFLOW_INSTANTIATE(float)
+LATFLOW_INSTANTIATE(double)
+#undef LATFLOW_INSTANTIATE
+
+}  // namespace latflow::pconv

@@ -1,0 +1,460 @@
+// SPDX-License-Identifier: MIT
+// The torch-free kernels of lib/latflow/kernels against naive scalar loops in float64, for every instruction set
+// this CPU runs (each forced in turn through KernelPolicy::isa): periodic convolutions and their gradients, the
+// fused affine coupling (inference, training forward, hand-written backward against central differences), Winograd
+// against the direct convolution, the float exp/tanh lanes over their whole range, and the shipped default (float32,
+// leaky_relu, Winograd) gradient against float64 with a stated tolerance. tests/test_flows.cpp checks the same
+// kernels against the LibTorch nets.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "latflow/kernels/lane_math.hpp"
+#include "latflow/kernels/periodic_conv.hpp"
+
+using namespace latflow::pconv;
+
+namespace {
+
+using Ext = std::vector<std::int64_t>;
+
+std::vector<Isa> isas_to_test() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::baseline, Isa::x86_64_v3, Isa::x86_64_v4}) {
+    if (isa_supported(isa))
+      out.push_back(isa);
+    else
+      WARN(std::string("instruction set ") + isa_name(isa) + " not run: this CPU or build lacks it");
+  }
+  return out;
+}
+
+std::vector<double> randn(std::size_t n, std::uint64_t seed, double scale = 1) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> g(0, scale);
+  std::vector<double> v(n);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
+
+template <class T>
+std::vector<T> cast(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+std::int64_t volume(const Ext& e) {
+  std::int64_t V = 1;
+  for (auto L : e) V *= L;
+  return V;
+}
+
+double act_value(double v, const Act* act) {
+  if (!act) return v;
+  switch (*act) {
+    case Act::leaky_relu: return v > 0 ? v : 0.01 * v;
+    case Act::tanh: return std::tanh(v);
+    case Act::silu: return v / (1 + std::exp(-v));
+  }
+  return v;
+}
+
+// out[b, s, co] = act(bias[co] + sum_{t, ci} w[co, ci, t] in[b, nbr(s, t), ci]), the definition.
+std::vector<double> naive_conv(const std::vector<double>& in, std::int64_t n, std::int64_t V, int taps,
+                               const std::vector<std::int32_t>& nbr, int cin, int cout, const double* w,
+                               const double* bias, const Act* act) {
+  std::vector<double> out(static_cast<std::size_t>(n * V * cout));
+  for (std::int64_t b = 0; b < n; ++b)
+    for (std::int64_t s = 0; s < V; ++s)
+      for (int co = 0; co < cout; ++co) {
+        double v = bias ? bias[co] : 0;
+        for (int t = 0; t < taps; ++t)
+          for (int ci = 0; ci < cin; ++ci)
+            v += w[(co * cin + ci) * taps + t] * in[(b * V + nbr[s * taps + t]) * cin + ci];
+        out[(b * V + s) * cout + co] = act_value(v, act);
+      }
+  return out;
+}
+
+double max_rel(const std::vector<double>& a, const std::vector<double>& ref) {
+  double scale = 1, err = 0;
+  for (double r : ref) scale = std::max(scale, std::abs(r));
+  for (std::size_t i = 0; i < a.size(); ++i) err = std::max(err, std::abs(a[i] - ref[i]));
+  return err / scale;
+}
+
+template <class T>
+std::vector<double> widen(const std::vector<T>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+// An affine coupling layer with its parameters in one flat vector (each conv's weight [cout, cin, taps], then its
+// bias: the layout of affine_coupling_backward's gparams).
+struct AffineCase {
+  Ext ext;
+  int kernel;
+  std::vector<int> hidden;
+  Act act;
+  bool z2;
+};
+
+struct AffineSetup {
+  AffineCase c;
+  std::int64_t V;
+  int taps;
+  std::vector<std::int32_t> nbr, active;
+  std::vector<int> widths;  // 1, hidden..., 2
+  std::vector<double> params;
+
+  explicit AffineSetup(const AffineCase& ac, std::uint64_t seed) : c(ac) {
+    V = volume(c.ext);
+    taps = 1;
+    for (std::size_t i = 0; i < c.ext.size(); ++i) taps *= c.kernel;
+    nbr = neighbour_table(c.ext, c.kernel);
+    for (std::int64_t s = 0; s < V; ++s) {  // the sites of even checkerboard parity are updated
+      std::int64_t r = s, parity = 0;
+      for (auto it = c.ext.rbegin(); it != c.ext.rend(); ++it) {
+        parity += r % *it;
+        r /= *it;
+      }
+      if (parity % 2 == 0) active.push_back(static_cast<std::int32_t>(s));
+    }
+    widths = {1};
+    widths.insert(widths.end(), c.hidden.begin(), c.hidden.end());
+    widths.push_back(2);
+    std::size_t n = 0;
+    for (std::size_t l = 0; l + 1 < widths.size(); ++l) n += widths[l] * widths[l + 1] * taps + widths[l + 1];
+    params = randn(n, seed, 0.3);
+  }
+  template <class T>
+  AffineLayer<T> layer(const std::vector<T>& p, KernelPolicy policy) const {
+    AffineLayer<T> ly{c.ext, taps, nbr.data(), {}, c.act, c.z2, active.data(), static_cast<std::int64_t>(active.size()),
+                      policy};
+    std::size_t off = 0;
+    for (std::size_t l = 0; l + 1 < widths.size(); ++l) {
+      const int cin = widths[l], cout = widths[l + 1];
+      ly.net.push_back({p.data() + off, p.data() + off + cin * cout * taps, cin, cout});
+      off += cin * cout * taps + cout;
+    }
+    return ly;
+  }
+  // The layer by the definition (periodic_conv.hpp AffineLayer), in float64: x in place, logdet[b] added.
+  void naive(const std::vector<double>& p, std::vector<double>& x, std::int64_t n, bool inverse,
+             std::vector<double>& logdet) const {
+    auto net = [&](std::vector<double> h) {
+      std::size_t off = 0;
+      for (std::size_t l = 0; l + 1 < widths.size(); ++l) {
+        const int cin = widths[l], cout = widths[l + 1];
+        const bool last = l + 2 == widths.size();
+        h = naive_conv(h, n, V, taps, nbr, cin, cout, p.data() + off, p.data() + off + cin * cout * taps,
+                       last ? nullptr : &c.act);
+        off += cin * cout * taps + cout;
+      }
+      return h;  // [n, V, 2]
+    };
+    std::vector<double> cf = x, cm(x.size());
+    for (std::int64_t b = 0; b < n; ++b)
+      for (auto a : active) cf[b * V + a] = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) cm[i] = -cf[i];
+    const auto hp = net(cf);
+    const auto hm = c.z2 ? net(cm) : hp;
+    for (std::int64_t b = 0; b < n; ++b)
+      for (auto a : active) {
+        const auto k = static_cast<std::size_t>(b * V + a);
+        const double s_raw = c.z2 ? 0.5 * (hp[2 * k] + hm[2 * k]) : hp[2 * k];
+        const double t = c.z2 ? 0.5 * (hp[2 * k + 1] - hm[2 * k + 1]) : hp[2 * k + 1];
+        const double s = std::tanh(s_raw);
+        x[k] = inverse ? (x[k] - t) * std::exp(-s) : x[k] * std::exp(s) + t;
+        logdet[static_cast<std::size_t>(b)] += inverse ? -s : s;
+      }
+  }
+};
+
+const std::vector<AffineCase>& affine_cases() {
+  static const std::vector<AffineCase> cases{
+      {{8, 8}, 3, {8, 8}, Act::tanh, true},       // Winograd F(4x4, 3x3), dual_dot (C = 8), z2
+      {{6, 6}, 3, {8, 8}, Act::silu, false},      // Winograd F(2x2, 3x3), without z2
+      {{8, 8}, 3, {5, 8}, Act::leaky_relu, true},  // channels not a multiple of 8 in a hidden layer
+      {{5, 5}, 3, {6}, Act::tanh, true},           // odd extents: direct convs; C = 6: half_sum_difference
+      {{4, 4, 4}, 3, {8}, Act::silu, true},        // 3D
+      {{6, 4}, 1, {4}, Act::tanh, false},          // 1x1 kernels
+      {{4, 6}, 3, {}, Act::tanh, true},            // the net is one conv
+  };
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("instruction sets: best resolves to one the CPU has; an absent one is refused", "[kernels]") {
+  CHECK(isa_supported(resolve(Isa::best)));
+  CHECK(resolve(Isa::best) != Isa::best);
+  CHECK(resolve(Isa::baseline) == Isa::baseline);
+  for (Isa isa : {Isa::x86_64_v3, Isa::x86_64_v4})
+    if (!isa_supported(isa)) CHECK_THROWS_AS(resolve(isa), std::invalid_argument);
+}
+
+TEST_CASE("periodic conv forward, forward_at and backward equal the naive loops", "[kernels]") {
+  struct Case {
+    Ext ext;
+    int kernel, cin, cout;
+  };
+  const std::vector<Case> cases{{{7}, 3, 1, 8},     {{4, 6}, 3, 3, 5},   {{8, 8}, 3, 8, 2},  {{6, 5}, 3, 16, 1},
+                                {{4, 4}, 3, 16, 16}, {{3, 4, 2}, 3, 5, 4}, {{5, 5}, 5, 2, 9}, {{2, 3, 2, 3}, 3, 8, 4},
+                                {{6, 6}, 1, 4, 3}};
+  const Act acts[] = {Act::leaky_relu, Act::tanh, Act::silu};
+  for (Isa isa : isas_to_test())
+    for (const auto& c : cases) {
+      const std::int64_t V = volume(c.ext), n = 3;
+      int taps = 1;
+      for (std::size_t i = 0; i < c.ext.size(); ++i) taps *= c.kernel;
+      const auto nbr = neighbour_table(c.ext, c.kernel);
+      const auto in = randn(static_cast<std::size_t>(n * V * c.cin), 1);
+      const auto w = randn(static_cast<std::size_t>(c.cout * c.cin * taps), 2);
+      const auto bias = randn(static_cast<std::size_t>(c.cout), 3);
+      for (int a = -1; a < 3; ++a) {
+        const Act* act = a < 0 ? nullptr : &acts[a];
+        CAPTURE(isa_name(isa), c.ext, c.kernel, c.cin, c.cout, a);
+        const auto ref = naive_conv(in, n, V, taps, nbr, c.cin, c.cout, w.data(), bias.data(), act);
+        std::vector<double> out(ref.size()), pre(ref.size());
+        conv_forward<double>(in.data(), n, V, taps, nbr.data(), c.cin, c.cout, w.data(), bias.data(), act, pre.data(),
+                     out.data(), isa);
+        CHECK(max_rel(out, ref) < 1e-13);
+        CHECK(max_rel(pre, naive_conv(in, n, V, taps, nbr, c.cin, c.cout, w.data(), bias.data(), nullptr)) < 1e-13);
+        // float32: rounding of sums of cin * taps products
+        auto outf = std::vector<float>(ref.size());
+        const auto inf = cast<float>(in), wf = cast<float>(w), bf = cast<float>(bias);
+        conv_forward<float>(inf.data(), n, V, taps, nbr.data(), c.cin, c.cout, wf.data(), bf.data(), act, nullptr,
+                     outf.data(), isa);
+        CHECK(max_rel(widen(outf), ref) < 1e-5);
+      }
+      // At a subset of sites, no activation.
+      std::vector<std::int32_t> sites;
+      for (std::int64_t s = V - 1; s >= 0; s -= 3) sites.push_back(static_cast<std::int32_t>(s));
+      const auto Vr = static_cast<std::int64_t>(sites.size());
+      const auto all = naive_conv(in, n, V, taps, nbr, c.cin, c.cout, w.data(), bias.data(), nullptr);
+      std::vector<double> at(static_cast<std::size_t>(n * Vr * c.cout));
+      conv_forward_at<double>(in.data(), n, V, taps, nbr.data(), sites.data(), Vr, c.cin, c.cout, w.data(), bias.data(),
+                      at.data(), isa);
+      std::vector<double> at_ref;
+      for (std::int64_t b = 0; b < n; ++b)
+        for (auto s : sites)
+          for (int co = 0; co < c.cout; ++co) at_ref.push_back(all[(b * V + s) * c.cout + co]);
+      CHECK(max_rel(at, at_ref) < 1e-13);
+      // Backward: gin = sum over the outputs that see each input, gw, gb; and gin through the activation of the
+      // previous layer (in = act(in_pre)).
+      const auto gpre = randn(static_cast<std::size_t>(n * V * c.cout), 4);
+      std::vector<double> gin_ref(in.size(), 0.0), gw_ref(w.size(), 0.0), gb_ref(bias.size(), 0.0);
+      for (std::int64_t b = 0; b < n; ++b)
+        for (std::int64_t s = 0; s < V; ++s)
+          for (int co = 0; co < c.cout; ++co) {
+            const double g = gpre[(b * V + s) * c.cout + co];
+            gb_ref[co] += g;
+            for (int t = 0; t < taps; ++t)
+              for (int ci = 0; ci < c.cin; ++ci) {
+                const auto src = (b * V + nbr[s * taps + t]) * c.cin + ci;
+                gin_ref[src] += w[(co * c.cin + ci) * taps + t] * g;
+                gw_ref[(co * c.cin + ci) * taps + t] += in[src] * g;
+              }
+          }
+      std::vector<double> gin(in.size()), gw(w.size(), 0.0), gb(bias.size(), 0.0);
+      conv_backward<double>(in.data(), gpre.data(), n, V, taps, nbr.data(), c.cin, c.cout, w.data(), nullptr, nullptr,
+                    gin.data(), gw.data(), gb.data(), isa);
+      CAPTURE(isa_name(isa), c.ext, c.kernel, c.cin, c.cout);
+      CHECK(max_rel(gin, gin_ref) < 1e-13);
+      CHECK(max_rel(gw, gw_ref) < 1e-13);
+      CHECK(max_rel(gb, gb_ref) < 1e-13);
+      const Act tanh_act = Act::tanh;
+      conv_backward<double>(in.data(), gpre.data(), n, V, taps, nbr.data(), c.cin, c.cout, w.data(), in.data(), &tanh_act,
+                    gin.data(), nullptr, nullptr, isa);
+      for (std::size_t i = 0; i < gin_ref.size(); ++i) gin_ref[i] *= 1 - std::tanh(in[i]) * std::tanh(in[i]);
+      CHECK(max_rel(gin, gin_ref) < 1e-13);
+    }
+}
+
+TEST_CASE("fused affine coupling equals its definition; training forward equals inference", "[kernels]") {
+  for (Isa isa : isas_to_test())
+    for (std::size_t k = 0; k < affine_cases().size(); ++k) {
+      const AffineSetup S(affine_cases()[k], 10 + k);
+      const std::int64_t n = 37;  // more than two blocks of 16
+      const auto x0 = randn(static_cast<std::size_t>(n * S.V), 20 + k);
+      for (bool winograd : {true, false})
+        for (bool inverse : {false, true}) {
+          CAPTURE(isa_name(isa), k, winograd, inverse);
+          KernelPolicy policy;
+          policy.winograd = winograd;
+          policy.isa = isa;
+          auto ref = x0;
+          std::vector<double> ld_ref(static_cast<std::size_t>(n), 0.0);
+          S.naive(S.params, ref, n, inverse, ld_ref);
+          const auto ly = S.layer(S.params, policy);
+          auto x = x0;
+          std::vector<double> ld(static_cast<std::size_t>(n), 0.0);
+          affine_coupling(x.data(), n, ly, inverse, ld.data());
+          CHECK(max_rel(x, ref) < 1e-12);
+          CHECK(max_rel(ld, ld_ref) < 1e-12);
+          auto xt = x0;
+          std::vector<double> ldt(static_cast<std::size_t>(n), 0.0);
+          std::vector<double> tape(static_cast<std::size_t>(affine_tape_size(ly, n)));
+          affine_coupling_forward(xt.data(), n, ly, inverse, ldt.data(), tape.data());
+          CHECK(xt == x);  // the same arithmetic, bit for bit
+          CHECK(ldt == ld);
+          // float32 against the float64 definition
+          const auto pf = cast<float>(S.params);
+          auto xf = cast<float>(x0);
+          std::vector<double> ldf(static_cast<std::size_t>(n), 0.0);
+          affine_coupling(xf.data(), n, S.layer(pf, policy), inverse, ldf.data());
+          CHECK(max_rel(widen(xf), ref) < 2e-5);
+          CHECK(max_rel(ldf, ld_ref) < 2e-5);
+        }
+    }
+}
+
+TEST_CASE("fused affine coupling backward equals central differences of the definition", "[kernels]") {
+  // L = sum gy . y + sum gld . logdet on 3 samples, in float64; differences with step 1e-6 (error ~1e-9).
+  for (Isa isa : isas_to_test())
+    for (std::size_t k = 0; k < affine_cases().size(); ++k) {
+      const AffineSetup S(affine_cases()[k], 30 + k);
+      const std::int64_t n = 3;
+      const auto x0 = randn(static_cast<std::size_t>(n * S.V), 40 + k);
+      const auto gy = randn(x0.size(), 50 + k), gld = randn(static_cast<std::size_t>(n), 60 + k);
+      for (bool inverse : {false, true}) {
+        CAPTURE(isa_name(isa), k, inverse);
+        KernelPolicy policy;
+        policy.isa = isa;
+        const auto loss = [&](const std::vector<double>& p, const std::vector<double>& x) {
+          auto y = x;
+          std::vector<double> ld(static_cast<std::size_t>(n), 0.0);
+          S.naive(p, y, n, inverse, ld);
+          double L = 0;
+          for (std::size_t i = 0; i < y.size(); ++i) L += gy[i] * y[i];
+          for (std::size_t b = 0; b < ld.size(); ++b) L += gld[b] * ld[b];
+          return L;
+        };
+        const auto ly = S.layer(S.params, policy);
+        auto x = x0;
+        std::vector<double> ld(static_cast<std::size_t>(n), 0.0);
+        std::vector<double> tape(static_cast<std::size_t>(affine_tape_size(ly, n)));
+        affine_coupling_forward(x.data(), n, ly, inverse, ld.data(), tape.data());
+        std::vector<double> gx(x0.size()), gp(static_cast<std::size_t>(affine_param_count(ly)), 0.0);
+        affine_coupling_backward(gy.data(), gld.data(), n, ly, inverse, tape.data(), gx.data(), gp.data());
+        const double h = 1e-6;
+        std::vector<double> gx_fd(x0.size()), gp_fd(gp.size());
+        for (std::size_t i = 0; i < x0.size(); ++i) {
+          auto xp = x0, xm = x0;
+          xp[i] += h;
+          xm[i] -= h;
+          gx_fd[i] = (loss(S.params, xp) - loss(S.params, xm)) / (2 * h);
+        }
+        for (std::size_t i = 0; i < gp.size(); ++i) {
+          auto pp = S.params, pm = S.params;
+          pp[i] += h;
+          pm[i] -= h;
+          gp_fd[i] = (loss(pp, x0) - loss(pm, x0)) / (2 * h);
+        }
+        CHECK(max_rel(gx, gx_fd) < 1e-7);
+        CHECK(max_rel(gp, gp_fd) < 1e-7);
+      }
+    }
+}
+
+TEST_CASE("the shipped default (float32, leaky_relu, Winograd) trains with float64's gradient", "[kernels]") {
+  // The tutorial's layer shape: 8x8, 3x3 kernels, hidden 8 8, z2. Winograd's rounding can flip the kink of
+  // leaky_relu for values next to 0 (derivative 1 or 0.01), so the check is norm-wise: |g32 - g64| / |g64| below
+  // 1e-3 for dL/dx and dL/dparameters (measured 1.0e-6 and 5.6e-7 here, no kink flipped; a flip in one unit costs
+  // at most about 1e-2 of the norm; a wrong formula gives O(1)).
+  const AffineSetup S({{8, 8}, 3, {8, 8}, Act::leaky_relu, true}, 77);
+  const std::int64_t n = 64;
+  const auto x0 = randn(static_cast<std::size_t>(n * S.V), 78);
+  const auto gy = randn(x0.size(), 79), gld = randn(static_cast<std::size_t>(n), 80);
+  auto norm_rel = [](const std::vector<double>& a, const std::vector<double>& ref) {
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      num += (a[i] - ref[i]) * (a[i] - ref[i]);
+      den += ref[i] * ref[i];
+    }
+    return std::sqrt(num / den);
+  };
+  for (Isa isa : isas_to_test())
+    for (bool inverse : {false, true}) {
+      CAPTURE(isa_name(isa), inverse);
+      KernelPolicy exact;  // float64 direct convolutions: the reference
+      exact.winograd = false;
+      KernelPolicy shipped;  // the default policy (Winograd on) in float32
+      shipped.isa = isa;
+      auto grads = [&](auto zero, const KernelPolicy& policy) {
+        using T = decltype(zero);
+        const auto p = cast<T>(S.params);
+        const auto ly = S.layer(p, policy);
+        auto x = cast<T>(x0);
+        const auto gyT = cast<T>(gy);
+        std::vector<double> ld(static_cast<std::size_t>(n), 0.0);
+        std::vector<T> tape(static_cast<std::size_t>(affine_tape_size(ly, n)));
+        affine_coupling_forward(x.data(), n, ly, inverse, ld.data(), tape.data());
+        std::vector<T> gx(x.size()), gp(static_cast<std::size_t>(affine_param_count(ly)), T(0));
+        affine_coupling_backward(gyT.data(), gld.data(), n, ly, inverse, tape.data(), gx.data(), gp.data());
+        return std::make_pair(widen(gx), widen(gp));
+      };
+      const auto ref = grads(0.0, exact);
+      const auto f32 = grads(0.0f, shipped);
+      const double ex = norm_rel(f32.first, ref.first), ep = norm_rel(f32.second, ref.second);
+      CAPTURE(ex, ep);
+      CHECK(ex < 1e-3);
+      CHECK(ep < 1e-3);
+    }
+}
+
+TEST_CASE("every instruction set gives the same values to rounding", "[kernels]") {
+  const auto isas = isas_to_test();
+  const AffineSetup S(affine_cases()[0], 90);
+  const std::int64_t n = 20;
+  const auto x0 = randn(static_cast<std::size_t>(n * S.V), 91);
+  std::vector<std::vector<double>> results;
+  for (Isa isa : isas) {
+    KernelPolicy policy;
+    policy.isa = isa;
+    auto x = x0;
+    std::vector<double> ld(static_cast<std::size_t>(n), 0.0);
+    affine_coupling(x.data(), n, S.layer(S.params, policy), false, ld.data());
+    x.insert(x.end(), ld.begin(), ld.end());
+    results.push_back(x);
+  }
+  for (std::size_t i = 1; i < results.size(); ++i) {
+    CAPTURE(isa_name(isas[i]));
+    CHECK(max_rel(results[i], results[0]) < 1e-13);  // FMA contraction changes the last bits only
+  }
+}
+
+TEST_CASE("exp and tanh lanes are accurate over their whole range", "[kernels]") {
+  // exp_lanes: x clamped to [-87, 88], relative error within a few 1e-7 (the float rounding of x * log2(e) and of
+  // the degree-7 polynomial; measured 9.2e-8); tanh by 1 - 2 / (1 + exp(2a)): absolute error within a few 1e-7
+  // (measured 1.8e-7), and exp(s) 7.6e-8.
+  std::vector<float> x;
+  for (double v = -100; v <= 100; v += 1.0 / 512) x.push_back(static_cast<float>(v));
+  for (Isa isa : isas_to_test()) {
+    CAPTURE(isa_name(isa));
+    std::vector<float> e(x.size());
+    exp_floats(x.data(), static_cast<std::int64_t>(x.size()), e.data(), isa);
+    double worst = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const double ref = std::exp(std::clamp(static_cast<double>(x[i]), -87.0, 88.0));
+      worst = std::max(worst, std::abs(e[i] - ref) / ref);
+      REQUIRE(std::isfinite(e[i]));
+    }
+    CAPTURE(worst);
+    CHECK(worst < 5e-7);
+    std::vector<float> s(x.size()), ex(x.size());
+    tanh_and_exp(x.data(), static_cast<std::int64_t>(x.size()), false, s.data(), ex.data(), isa);
+    double worst_t = 0, worst_e = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      worst_t = std::max(worst_t, std::abs(s[i] - std::tanh(static_cast<double>(x[i]))));
+      worst_e = std::max(worst_e, std::abs(ex[i] - std::exp(static_cast<double>(s[i]))) / std::exp(double(s[i])));
+    }
+    CAPTURE(worst_t, worst_e);
+    CHECK(worst_t < 5e-7);
+    CHECK(worst_e < 5e-7);
+  }
+}
