@@ -226,28 +226,50 @@ class Autocovariance {
   std::vector<double> gamma_;
 };
 
+// Constant series: no fluctuation, so no error and no autocorrelation.
+GammaResult constant_series(double mean, std::size_t n) {
+  GammaResult res;
+  res.mean = mean;
+  res.n = static_cast<long>(n);
+  res.error = 0;
+  res.error_of_error = 0;
+  res.tau_int = 0.5;
+  res.tau_int_error = 0;
+  res.window = 0;
+  res.window_found = true;
+  res.variance = 0;
+  res.rho = {1.0};
+  res.tau_int_of_w = {0.5};
+  return res;
+}
+
+// Automatic windowing: assume rho(t) ~ exp(-t/tau), infer tau from tau_int(W),
+// tau_W = S / ln((2 tau_int + 1)/(2 tau_int - 1)), and stop at the first W where the derivative of the
+// estimated total error (systematic exp(-W/tau) versus statistical sqrt(W/N)) turns positive:
+// g(W) = exp(-W/tau_W) - tau_W / sqrt(W N) < 0. tau_int(W) <= 1/2 means tau_W -> 0 and g(W) < 0: stop.
+// Returns (W, whether the criterion was met); W = w_max when it was not.
+std::pair<std::size_t, bool> automatic_window(Autocovariance& gamma, std::size_t w_max, double S, double nd) {
+  const double g0 = gamma(0);
+  double gint = 0;  // tau_int(W) - 1/2 from the uncorrected Gamma, as in Wolff's UWerr
+  for (std::size_t w = 1; w <= w_max; ++w) {
+    gint += gamma(w) / g0;
+    if (gint <= 0) return {w, true};
+    const double tau_w = S / std::log((gint + 1) / gint);
+    const double g = std::exp(-static_cast<double>(w) / tau_w) - tau_w / std::sqrt(static_cast<double>(w) * nd);
+    if (g < 0) return {w, true};
+  }
+  return {w_max, false};
+}
+
 // Primary analysis of one series (possibly the projection of a derived quantity). `scale` is the magnitude of
 // the values entering the series, used only to recognise a constant series.
 GammaResult analyse(const Replicas& replicas, const GammaOptions& opt, double scale) {
   const Moments mom = moments(replicas);
   const double nd = static_cast<double>(mom.n);
+  if (mom.gamma0 == 0 || is_roundoff(mom.gamma0, scale)) return constant_series(mom.mean, mom.n);
   GammaResult res;
   res.mean = mom.mean;
   res.n = static_cast<long>(mom.n);
-
-  if (mom.gamma0 == 0 || is_roundoff(mom.gamma0, scale)) {
-    // Constant series: no fluctuation, so no error and no autocorrelation.
-    res.error = 0;
-    res.error_of_error = 0;
-    res.tau_int = 0.5;
-    res.tau_int_error = 0;
-    res.window = 0;
-    res.window_found = true;
-    res.variance = 0;
-    res.rho = {1.0};
-    res.tau_int_of_w = {0.5};
-    return res;
-  }
 
   std::size_t min_len = replicas[0].size();
   std::size_t max_len = 0;
@@ -266,32 +288,7 @@ GammaResult analyse(const Replicas& replicas, const GammaOptions& opt, double sc
     for (std::size_t i = 0; i < replicas[r].size(); ++i) dev[r][i] = replicas[r][i] - mom.mean;
   }
   Autocovariance gamma(dev, w_max);
-  const double g0 = gamma(0);
-
-  // Automatic windowing: assume rho(t) ~ exp(-t/tau), infer tau from tau_int(W),
-  // tau_W = S / ln((2 tau_int + 1)/(2 tau_int - 1)), and stop at the first W where the derivative of the
-  // estimated total error (systematic exp(-W/tau) versus statistical sqrt(W/N)) turns positive:
-  // g(W) = exp(-W/tau_W) - tau_W / sqrt(W N) < 0. tau_int(W) <= 1/2 means tau_W -> 0 and g(W) < 0: stop.
-  std::size_t window = 0;
-  bool found = false;
-  double gint = 0;  // tau_int(W) - 1/2 from the uncorrected Gamma, as in Wolff's UWerr
-  for (std::size_t w = 1; w <= w_max; ++w) {
-    gint += gamma(w) / g0;
-    if (gint <= 0) {
-      window = w;
-      found = true;
-      break;
-    }
-    const double tau_w = opt.S / std::log((gint + 1) / gint);
-    const double g =
-        std::exp(-static_cast<double>(w) / tau_w) - tau_w / std::sqrt(static_cast<double>(w) * nd);
-    if (g < 0) {
-      window = w;
-      found = true;
-      break;
-    }
-  }
-  if (!found) window = w_max;
+  auto [window, found] = automatic_window(gamma, w_max, opt.S, nd);
 
   // Keep rho and tau_int(W) somewhat beyond the window so plots show the plateau (UWerr uses 2W).
   const std::size_t last = found ? std::min(w_max, 2 * window + 20) : w_max;

@@ -419,17 +419,12 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
   return r;
 }
 
-std::string format_report(const Report& r) {
-  std::ostringstream os;
+namespace {
+
+// The lines about how a Markov-chain ensemble (HMC, heat bath, mixed) was made.
+void format_chains_header(std::ostringstream& os, const Report& r) {
   char b[512];
-  std::string ext;
-  for (std::size_t i = 0; i < r.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(r.extents[i]);
-  std::snprintf(b, sizeof b, "%s: %s ensemble, %s on %s, %s\n", r.path.c_str(), r.kind.c_str(),
-                r.theory.c_str(), ext.c_str(), r.physics().c_str());
-  os << b;
-  const bool hmc = r.chains_kind();
-  const std::string flag = hmc || r.nis_reliable() ? "" : "!";
-  if (hmc && r.algorithm == "heatbath") {
+  if (r.algorithm == "heatbath") {
     std::snprintf(b, sizeof b,
                   "%lld chains x %lld sweeps (heat bath + %lld overrelaxation), stored configs %lld; %.1f s, "
                   "%.3g s per sweep per site",
@@ -437,7 +432,7 @@ std::string format_report(const Report& r) {
                   static_cast<long long>(r.overrelax), static_cast<long long>(r.configs_stored), r.sampling_seconds,
                   r.seconds_per_trajectory_per_site);
     os << b;
-  } else if (hmc) {
+  } else {
     std::snprintf(b, sizeof b,
                   "%lld chains x %lld trajectories (%s, n_md %lld, tau %g), stored configs %lld; %.1f s, "
                   "%.3g s per trajectory per site\n"
@@ -461,39 +456,48 @@ std::string format_report(const Report& r) {
                     static_cast<long long>(r.train_steps), r.train_seconds, r.weights_hash.c_str());
       os << b;
     }
-  } else {
-    std::snprintf(b, sizeof b,
-                  "proposals %lld, stored configs %lld; training %lld steps, %.0f s; sampling %.1f s\n"
-                  "IMH acceptance %.4f   tau_acc %.3f   Kish ESS/N %.4f (N = %lld)\n",
-                  static_cast<long long>(r.proposals), static_cast<long long>(r.configs_stored),
-                  static_cast<long long>(r.train_steps), r.train_seconds, r.sampling_seconds, r.acceptance, r.tau_acc,
-                  r.ess_fraction, static_cast<long long>(r.proposals));
-    os << b;
-    if (r.ne_steps > 0) {
-      const std::string update = r.algorithm == "heatbath"
-                                     ? "one heat-bath sweep + " + std::to_string(r.overrelax) + " overrelaxation"
-                                     : "one HMC trajectory (n_md " + std::to_string(r.ne_n_md) + ")";
-      std::snprintf(b, sizeof b,
-                    "non-equilibrium: %lld steps of %s from %g to the target, %s each; work W %.4g, spread %.4g\n",
-                    static_cast<long long>(r.ne_steps), r.ne_parameter.c_str(), r.ne_start, update.c_str(),
-                    r.work_mean, r.work_std);
-      os << b;
-    }
-    os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
-    if (r.has_free_energy_exact) {
-      // An exact sampler (flow.prior = exact) gives weights equal up to float64 rounding (a zero or ~1e-13
-      // error): below a relative 1e-10 the difference is rounding, shown as such rather than in sigmas.
-      const double rounding = 1e-10 * std::max(1.0, std::abs(r.free_energy_exact));
-      if (r.free_energy_error > rounding)
-        std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
-                      (r.free_energy - r.free_energy_exact) / r.free_energy_error);
-      else
-        std::snprintf(b, sizeof b, "   exact %.6f   (difference %.1e; the weights are equal to rounding)", r.free_energy_exact,
-                      r.free_energy - r.free_energy_exact);
-      os << b;
-    }
   }
-  os << "\n\n";
+}
+
+// The lines about how an IMH ensemble was made, and its free energy.
+void format_imh_header(std::ostringstream& os, const Report& r, const std::string& flag) {
+  char b[512];
+  std::snprintf(b, sizeof b,
+                "proposals %lld, stored configs %lld; training %lld steps, %.0f s; sampling %.1f s\n"
+                "IMH acceptance %.4f   tau_acc %.3f   Kish ESS/N %.4f (N = %lld)\n",
+                static_cast<long long>(r.proposals), static_cast<long long>(r.configs_stored),
+                static_cast<long long>(r.train_steps), r.train_seconds, r.sampling_seconds, r.acceptance, r.tau_acc,
+                r.ess_fraction, static_cast<long long>(r.proposals));
+  os << b;
+  if (r.ne_steps > 0) {
+    const std::string update = r.algorithm == "heatbath"
+                                   ? "one heat-bath sweep + " + std::to_string(r.overrelax) + " overrelaxation"
+                                   : "one HMC trajectory (n_md " + std::to_string(r.ne_n_md) + ")";
+    std::snprintf(b, sizeof b,
+                  "non-equilibrium: %lld steps of %s from %g to the target, %s each; work W %.4g, spread %.4g\n",
+                  static_cast<long long>(r.ne_steps), r.ne_parameter.c_str(), r.ne_start, update.c_str(),
+                  r.work_mean, r.work_std);
+    os << b;
+  }
+  os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
+  if (r.has_free_energy_exact) {
+    // An exact sampler (flow.prior = exact) gives weights equal up to float64 rounding (a zero or ~1e-13
+    // error): below a relative 1e-10 the difference is rounding, shown as such rather than in sigmas.
+    const double rounding = 1e-10 * std::max(1.0, std::abs(r.free_energy_exact));
+    if (r.free_energy_error > rounding)
+      std::snprintf(b, sizeof b, "   exact %.6f   (%.1f sigma)", r.free_energy_exact,
+                    (r.free_energy - r.free_energy_exact) / r.free_energy_error);
+    else
+      std::snprintf(b, sizeof b, "   exact %.6f   (difference %.1e; the weights are equal to rounding)", r.free_energy_exact,
+                    r.free_energy - r.free_energy_exact);
+    os << b;
+  }
+}
+
+// The observable table.
+void format_rows(std::ostringstream& os, const Report& r, const std::string& flag) {
+  char b[512];
+  const bool hmc = r.chains_kind();
   std::snprintf(b, sizeof b, "%-15s %-20s %-14s %-20s %-24s %s\n", "observable", hmc ? "HMC chains" : "IMH chain",
                 "tau_int", hmc ? "" : "NIS (reweighted)", "exact/reference", "dev");
   os << b << std::string(104, '-') << "\n";
@@ -515,6 +519,12 @@ std::string format_report(const Report& r) {
                   hmc ? "" : (fmt(row.nis, row.nis_error) + flag).c_str(), ref.c_str(), dev.c_str());
     os << b;
   }
+}
+
+// How the errors were made, and the warnings about what is not reliable.
+void format_notes(std::ostringstream& os, const Report& r) {
+  char b[512];
+  const bool hmc = r.chains_kind();
   if (hmc)
     std::snprintf(b, sizeof b,
                   "\nErrors: Gamma method (Wolff 2004, S = %.2f) over the %lld chains as replicas; tau_int in "
@@ -556,6 +566,27 @@ std::string format_report(const Report& r) {
                   r.ess_fraction * static_cast<double>(r.proposals), Report::kMinEffectiveSamples);
     os << b;
   }
+}
+
+}  // namespace
+
+std::string format_report(const Report& r) {
+  std::ostringstream os;
+  char b[512];
+  std::string ext;
+  for (std::size_t i = 0; i < r.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(r.extents[i]);
+  std::snprintf(b, sizeof b, "%s: %s ensemble, %s on %s, %s\n", r.path.c_str(), r.kind.c_str(),
+                r.theory.c_str(), ext.c_str(), r.physics().c_str());
+  os << b;
+  const bool hmc = r.chains_kind();
+  const std::string flag = hmc || r.nis_reliable() ? "" : "!";
+  if (hmc)
+    format_chains_header(os, r);
+  else
+    format_imh_header(os, r, flag);
+  os << "\n\n";
+  format_rows(os, r, flag);
+  format_notes(os, r);
   return os.str();
 }
 

@@ -267,28 +267,17 @@ void forward_block(const Plan<T>& P, T* xb, std::int64_t nb, bool inverse, doubl
   }
 }
 
-// gy, gld -> gx for the block whose forward pass is B, adding the parameter gradients to gparams (when not null).
-// The buffers: gs [nb, V, 2] (the last conv's output gradient, zero off the active sites), ga and gb
-// [copies, nb, V, width] (gradients of the hidden values), gc [copies, nb, V].
+// The backward of the affine update of the block: gx = dL/dx through the update (frozen sites pass through; their
+// dependence through c is added later) and gs = dL/d(the last conv's outputs): with z2 the s part [nb, V] and the
+// t part after it, else [nb, V, 2]; zero off the active sites.
 template <class T>
-void backward_block(const Plan<T>& P, const T* gy, const double* gld, std::int64_t nb, bool inverse,
-                    const Pass<T>& B, T* gx, T* gparams, T* gs, T* ga, T* gb, T* gc) {
+void affine_update_backward(const Plan<T>& P, const T* gy, const double* gld, std::int64_t nb, bool inverse,
+                            const Pass<T>& B, T* gx, T* gs) {
   const auto& ly = P.ly;
-  const Isa isa = P.isa;
-  const auto& net = ly.net;
-  const std::int64_t V = P.V, Va = ly.Va, C = P.C;
-  const int L = P.L, taps = ly.taps;
-  const std::int64_t nv = nb * V;
-  const Act* act = &ly.act;
-  auto gw = [&](int l) { return gparams ? gparams + P.w_off[static_cast<std::size_t>(l)] : nullptr; };
-  auto gbias = [&](int l) {
-    const auto& c = net[static_cast<std::size_t>(l)];
-    return gparams ? gparams + P.w_off[static_cast<std::size_t>(l)] + c.cout * c.cin * taps : nullptr;
-  };
+  const std::int64_t V = P.V, Va = ly.Va, nv = nb * V;
   // The affine update: y_a = x_a e + t, log|det| = sum s (forward) or y_a = (x_a - t) e, -sum s (inverse), with
   // e = exp(+-s), s = tanh(s_raw); frozen sites pass through (their dependence through c is added at the end).
   std::copy(gy, gy + nv, gx);
-  // gs: with z2 the s part [nb, V] and the t part after it, else [nb, V, 2]; zero off the active sites.
   std::fill(gs, gs + 2 * nv, T(0));
   for (std::int64_t b = 0; b < nb; ++b) {
     const T gl = gld ? static_cast<T>(gld[b]) : T(0);
@@ -307,6 +296,27 @@ void backward_block(const Plan<T>& P, const T* gy, const double* gld, std::int64
       }
     }
   }
+}
+
+// gy, gld -> gx for the block whose forward pass is B, adding the parameter gradients to gparams (when not null).
+// The buffers: gs [nb, V, 2] (the last conv's output gradient, zero off the active sites), ga and gb
+// [copies, nb, V, width] (gradients of the hidden values), gc [copies, nb, V].
+template <class T>
+void backward_block(const Plan<T>& P, const T* gy, const double* gld, std::int64_t nb, bool inverse,
+                    const Pass<T>& B, T* gx, T* gparams, T* gs, T* ga, T* gb, T* gc) {
+  const auto& ly = P.ly;
+  const Isa isa = P.isa;
+  const auto& net = ly.net;
+  const std::int64_t V = P.V, Va = ly.Va, C = P.C;
+  const int L = P.L, taps = ly.taps;
+  const std::int64_t nv = nb * V;
+  const Act* act = &ly.act;
+  auto gw = [&](int l) { return gparams ? gparams + P.w_off[static_cast<std::size_t>(l)] : nullptr; };
+  auto gbias = [&](int l) {
+    const auto& c = net[static_cast<std::size_t>(l)];
+    return gparams ? gparams + P.w_off[static_cast<std::size_t>(l)] + c.cout * c.cin * taps : nullptr;
+  };
+  affine_update_backward(P, gy, gld, nb, inverse, B, gx, gs);
   // The last conv. Its input h [copies, nb, V, C] is the last hidden layer, or c when the net is one conv.
   const T* h = L > 1 ? B.h[static_cast<std::size_t>(L - 2)] : B.c;
   const T* h_pre = L > 1 ? B.pre[static_cast<std::size_t>(L - 2)] : nullptr;
