@@ -64,60 +64,68 @@ void Phi4Params::resolve(int dim) {
     require(m2_nohalf > 0, "phi4.m2", str(m2), "the free field (lam = 0) needs m2 > 0 to be normalisable");
 }
 
-void Config::validate() {
-  require(theory == "phi4" || theory == "u1" || theory == "sun", "theory", theory, "must be phi4, u1 or sun");
-  require(!lattice.extents.empty() && lattice.extents.size() <= 4, "lattice.extents", str(lattice.extents.size()),
+namespace {
+
+// The theory, the lattice and the flow couplings that each theory takes.
+void validate_physics(Config& c) {
+  auto& f = c.flow;
+  require(c.theory == "phi4" || c.theory == "u1" || c.theory == "sun", "theory", c.theory, "must be phi4, u1 or sun");
+  require(!c.lattice.extents.empty() && c.lattice.extents.size() <= 4, "lattice.extents", str(c.lattice.extents.size()),
           "needs 1 to 4 extents");
-  for (auto l : lattice.extents) require(l >= 2, "lattice.extents", str(l), "every extent must be >= 2");
-  auto& f = flow;
-  if (theory == "sun") {
-    require(lattice.dim() >= 2, "lattice.extents", join(lattice.extents), "SU(N) gauge theory needs 2 to 4 extents");
-    require(sun.n >= 2 && sun.n <= 6, "sun.n", str(sun.n), "must be in 2..6");
-    require(std::isfinite(sun.beta) && sun.beta >= 0 && sun.beta <= 200, "sun.beta", str(sun.beta),
+  for (auto l : c.lattice.extents) require(l >= 2, "lattice.extents", str(l), "every extent must be >= 2");
+  if (c.theory == "sun") {
+    require(c.lattice.dim() >= 2, "lattice.extents", join(c.lattice.extents), "SU(N) gauge theory needs 2 to 4 extents");
+    require(c.sun.n >= 2 && c.sun.n <= 6, "sun.n", str(c.sun.n), "must be in 2..6");
+    require(std::isfinite(c.sun.beta) && c.sun.beta >= 0 && c.sun.beta <= 200, "sun.beta", str(c.sun.beta),
             "must be finite and in [0, 200]");
     if (f.coupling.empty()) f.coupling = "spectral";
     require(f.coupling == "spectral", "flow.coupling", f.coupling, "SU(N) flows take spectral");
     require(!f.z2, "flow.z2", "true", "is a phi4 option (SU(N) flows are gauge-equivariant instead)");
     require(!f.loops, "flow.loops", "true", "is a U(1) option");
-    for (auto l : lattice.extents)
-      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(lattice.extents),
+    for (auto l : c.lattice.extents)
+      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(c.lattice.extents),
               "SU(N) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
-  } else if (theory == "u1") {
-    require(lattice.dim() >= 2, "lattice.extents", join(lattice.extents), "U(1) gauge theory needs 2 to 4 extents");
-    require(std::isfinite(u1.beta) && u1.beta >= 0, "u1.beta", str(u1.beta), "must be finite and >= 0");
+  } else if (c.theory == "u1") {
+    require(c.lattice.dim() >= 2, "lattice.extents", join(c.lattice.extents), "U(1) gauge theory needs 2 to 4 extents");
+    require(std::isfinite(c.u1.beta) && c.u1.beta >= 0, "u1.beta", str(c.u1.beta), "must be finite and >= 0");
     if (f.coupling.empty()) f.coupling = "ncp";
     require(f.coupling == "ncp" || f.coupling == "spline", "flow.coupling", f.coupling,
             "U(1) flows take ncp or spline (circular)");
     // The gauge-equivariant masks (active, passive and two frozen plaquette stripes) repeat every 4 sites.
-    for (auto l : lattice.extents)
-      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(lattice.extents),
+    for (auto l : c.lattice.extents)
+      require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(c.lattice.extents),
               "U(1) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
     require(!f.z2, "flow.z2", "true", "is a phi4 option (U(1) flows are gauge-equivariant instead)");
-    require(!f.loops || lattice.dim() == 2 || f.layers == 0, "flow.loops", "true", "the 2x1 loop features are 2D only");
+    require(!f.loops || c.lattice.dim() == 2 || f.layers == 0, "flow.loops", "true", "the 2x1 loop features are 2D only");
     require(f.ncp_components >= 1 && f.ncp_components <= 64, "flow.ncp_components", str(f.ncp_components),
             "must be in 1..64");
   } else {
-    phi4.resolve(lattice.dim());
+    c.phi4.resolve(c.lattice.dim());
     if (f.coupling.empty()) f.coupling = "affine";
     require(f.coupling == "affine" || f.coupling == "spline", "flow.coupling", f.coupling,
             "phi4 flows take affine or spline");
     require(!f.loops, "flow.loops", "true", "is a U(1) option");
   }
-  if (f.prior.empty()) f.prior = theory == "phi4" ? "normal" : "haar";
-  if (theory == "phi4")
+}
+
+// The flow architecture and prior.
+void validate_flow(Config& c) {
+  auto& f = c.flow;
+  if (f.prior.empty()) f.prior = c.theory == "phi4" ? "normal" : "haar";
+  if (c.theory == "phi4")
     require(f.prior == "normal" || f.prior == "fourier", "flow.prior", f.prior, "phi4 flows take normal or fourier");
-  else if (theory == "u1")
+  else if (c.theory == "u1")
     require(f.prior == "haar" || f.prior == "plaquette" || f.prior == "exact", "flow.prior", f.prior,
             "U(1) flows take haar, plaquette or exact");
   else if (f.prior != "haar")
-    require((f.prior == "plaquette" || f.prior == "exact") && sun.n <= 3, "flow.prior", f.prior,
+    require((f.prior == "plaquette" || f.prior == "exact") && c.sun.n <= 3, "flow.prior", f.prior,
             "SU(N) flows take haar, or plaquette or exact for N = 2, 3");
-  if (theory == "u1" && f.prior != "haar")
-    require(u1.beta <= 500, "u1.beta", str(u1.beta), "the plaquette and exact priors need beta <= 500");
+  if (c.theory == "u1" && f.prior != "haar")
+    require(c.u1.beta <= 500, "u1.beta", str(c.u1.beta), "the plaquette and exact priors need beta <= 500");
   require(f.layers >= 0 && f.layers <= 1000, "flow.layers", str(f.layers), "must be in 0..1000");
   for (int h : f.hidden) require(h >= 1 && h <= 4096, "flow.hidden", str(h), "channels must be in 1..4096");
   require(f.kernel >= 1 && f.kernel % 2 == 1, "flow.kernel", str(f.kernel), "must be odd and >= 1");
-  for (auto l : lattice.extents)
+  for (auto l : c.lattice.extents)
     require(f.kernel / 2 <= l, "flow.kernel", str(f.kernel), "the kernel half-width exceeds a lattice extent");
   require(f.activation == "leaky_relu" || f.activation == "tanh" || f.activation == "silu", "flow.activation",
           f.activation, "must be leaky_relu, tanh or silu");
@@ -125,11 +133,14 @@ void Config::validate() {
   require(f.spline_bound > 0 && std::isfinite(f.spline_bound), "flow.spline_bound", str(f.spline_bound),
           "must be > 0");
   require(f.dtype == "float32" || f.dtype == "float64", "flow.dtype", f.dtype, "must be float32 or float64");
-  for (auto l : lattice.extents)
-    require(l % 2 == 0 || f.layers == 0 || (theory != "phi4" && lattice.dim() != 2), "lattice.extents", str(l),
+  for (auto l : c.lattice.extents)
+    require(l % 2 == 0 || f.layers == 0 || (c.theory != "phi4" && c.lattice.dim() != 2), "lattice.extents", str(l),
             "checkerboard masks need even extents");
+}
 
-  const auto& t = train;
+// Training and sampling.
+void validate_training(Config& c) {
+  const auto& t = c.train;
   require(t.steps >= 0, "train.steps", str(t.steps), "must be >= 0");
   require(t.batch >= 2, "train.batch", str(t.batch), "must be >= 2");
   require(t.lr > 0 && std::isfinite(t.lr), "train.lr", str(t.lr), "must be > 0");
@@ -147,10 +158,13 @@ void Config::validate() {
   require(t.eval_samples >= 2, "train.eval_samples", str(t.eval_samples), "must be >= 2");
   require(t.max_bad_steps >= 1, "train.max_bad_steps", str(t.max_bad_steps), "must be >= 1");
 
-  require(sample.proposals >= 1, "sample.proposals", str(sample.proposals), "must be >= 1");
-  require(sample.block >= 1, "sample.block", str(sample.block), "must be >= 1");
+  require(c.sample.proposals >= 1, "sample.proposals", str(c.sample.proposals), "must be >= 1");
+  require(c.sample.block >= 1, "sample.block", str(c.sample.block), "must be >= 1");
+}
 
-  const auto& h = hmc;
+// HMC and heat bath.
+void validate_hmc(Config& c) {
+  const auto& h = c.hmc;
   require(h.integrator == "leapfrog" || h.integrator == "omelyan", "hmc.integrator", h.integrator,
           "must be leapfrog or omelyan");
   require(h.trajectory_length > 0 && std::isfinite(h.trajectory_length), "hmc.trajectory_length",
@@ -166,38 +180,51 @@ void Config::validate() {
   require(h.flow_every >= 0, "hmc.flow_every", str(h.flow_every), "must be >= 0 (0 = pure HMC)");
   require(h.algorithm == "hmc" || h.algorithm == "heatbath", "hmc.algorithm", h.algorithm, "must be hmc or heatbath");
   if (h.algorithm == "heatbath") {
-    require(theory != "phi4", "hmc.algorithm", h.algorithm, "phi4 has no heat bath (u1 and sun have one)");
+    require(c.theory != "phi4", "hmc.algorithm", h.algorithm, "phi4 has no heat bath (u1 and sun have one)");
     require(!h.check_reversibility, "hmc.check_reversibility", "true", "is an HMC check (hmc.algorithm = heatbath)");
   }
   if (!h.start.empty())
-    require(theory == "sun" && sun.n == 3 && lattice.dim() == 4, "hmc.start", h.start,
+    require(c.theory == "sun" && c.sun.n == 3 && c.lattice.dim() == 4, "hmc.start", h.start,
             "a NERSC/ILDG start is a 4D SU(3) configuration (theory = sun, sun.n = 3, four extents)");
   require(h.overrelax >= 0 && h.overrelax <= 100, "hmc.overrelax", str(h.overrelax), "must be in 0..100");
+}
 
-  require(ne.steps >= 0 && ne.steps <= 1000000, "ne.steps", str(ne.steps), "must be in 0..1000000 (0 = off)");
-  if (ne.steps > 0) {
-    const bool ok = theory == "u1"    ? ne.parameter == "u1.beta"
-                    : theory == "sun" ? ne.parameter == "sun.beta"
-                                      : (ne.parameter == "phi4.lam" ||
-                                         ne.parameter == (phi4.convention == "hopping" ? "phi4.kappa" : "phi4.m2"));
-    require(ok, "ne.parameter", ne.parameter.empty() ? "''" : ne.parameter,
-            theory == "phi4" ? (phi4.convention == "hopping" ? "phi4 protocols move phi4.lam or phi4.kappa"
+// The non-equilibrium protocol, the run settings and the reference values.
+void validate_ne_and_run(Config& c) {
+  require(c.ne.steps >= 0 && c.ne.steps <= 1000000, "ne.steps", str(c.ne.steps), "must be in 0..1000000 (0 = off)");
+  if (c.ne.steps > 0) {
+    const bool ok = c.theory == "u1"    ? c.ne.parameter == "u1.beta"
+                    : c.theory == "sun" ? c.ne.parameter == "sun.beta"
+                                      : (c.ne.parameter == "phi4.lam" ||
+                                         c.ne.parameter == (c.phi4.convention == "hopping" ? "phi4.kappa" : "phi4.m2"));
+    require(ok, "ne.parameter", c.ne.parameter.empty() ? "''" : c.ne.parameter,
+            c.theory == "phi4" ? (c.phi4.convention == "hopping" ? "phi4 protocols move phi4.lam or phi4.kappa"
                                                              : "phi4 protocols move phi4.m2 or phi4.lam")
-                             : "the protocol moves " + theory + ".beta");
-    require_finite(ne.start, "ne.start");
-    ne_stage(*this, 0);  // the start must be valid physics too (the protocol is linear between two valid points)
+                             : "the protocol moves " + c.theory + ".beta");
+    require_finite(c.ne.start, "ne.start");
+    ne_stage(c, 0);  // the start must be valid physics too (the protocol is linear between two valid points)
   }
 
-  require(!run.output.empty(), "run.output", "''", "must not be empty");
-  require(run.commit_seconds >= 0, "run.commit_seconds", str(run.commit_seconds), "must be >= 0");
-  require(!(run.resume && run.overwrite), "run.resume", "true", "contradicts run.overwrite = true");
-  require(run.threads >= 1 && run.threads <= 1024, "run.threads", str(run.threads), "must be in 1..1024");
-  require(run.device == "cpu" || run.device.rfind("cuda", 0) == 0, "run.device", run.device,
+  require(!c.run.output.empty(), "run.output", "''", "must not be empty");
+  require(c.run.commit_seconds >= 0, "run.commit_seconds", str(c.run.commit_seconds), "must be >= 0");
+  require(!(c.run.resume && c.run.overwrite), "run.resume", "true", "contradicts run.overwrite = true");
+  require(c.run.threads >= 1 && c.run.threads <= 1024, "run.threads", str(c.run.threads), "must be in 1..1024");
+  require(c.run.device == "cpu" || c.run.device.rfind("cuda", 0) == 0, "run.device", c.run.device,
           "must be cpu or cuda[:N]");
-  require(run.gamma_S > 0 && std::isfinite(run.gamma_S), "run.gamma_S", str(run.gamma_S), "must be > 0");
-  for (const auto& [name, ref] : reference)
+  require(c.run.gamma_S > 0 && std::isfinite(c.run.gamma_S), "run.gamma_S", str(c.run.gamma_S), "must be > 0");
+  for (const auto& [name, ref] : c.reference)
     require(std::isfinite(ref.value) && ref.error >= 0, "reference." + name, str(ref.value),
             "needs a finite value and an error >= 0");
+}
+
+}  // namespace
+
+void Config::validate() {
+  validate_physics(*this);
+  validate_flow(*this);
+  validate_training(*this);
+  validate_hmc(*this);
+  validate_ne_and_run(*this);
 }
 
 }  // namespace latflow
