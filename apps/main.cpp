@@ -197,80 +197,67 @@ void analyze_and_print(const std::string& file, double S, const std::string& jso
   std::cout << "JSON: " << json << "\n";
 }
 
-int dispatch(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help") {
-    std::cout << kUsage;
-    return argc < 2 ? 2 : 0;
+// latflow analyze FILE.h5: the analysis table and its JSON.
+int analyze_command(int argc, char** argv) {
+  auto a = split_args(argc, argv, {"json", "S"});
+  if (a.positional.size() != 1 || !a.overrides.empty()) throw ConfigError("usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]");
+  const double S = gamma_S_option(a);
+  analyze_and_print(a.positional[0], S, a.local.count("json") ? a.local["json"] : json_path_for(a.positional[0]));
+  return 0;
+}
+
+// latflow compare FLOW.h5 HMC.h5: one physics point by two samplers.
+int compare_command(int argc, char** argv) {
+  auto a = split_args(argc, argv, {"json", "S"});
+  if (a.positional.size() != 2 || !a.overrides.empty())
+    throw ConfigError("usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]");
+  const double S = gamma_S_option(a);
+  auto c = analysis::compare_ensembles(a.positional[0], a.positional[1], S);
+  std::filesystem::path def(c.flow.path);
+  def.replace_filename(def.stem().string() + "_vs_hmc.json");
+  const std::string json = a.local.count("json") ? a.local["json"] : def.string();
+  if (log::is_root()) {
+    std::cout << analysis::format_comparison(c);
+    write_file_atomic(json, analysis::comparison_json(c));
+    std::cout << "JSON: " << json << "\n";
   }
-  const std::string cmd = argv[1];
-  if (cmd == "--version") {
-    std::cout << "latflow " << LATFLOW_VERSION_STRING << "\n";
-    return 0;
+  return 0;
+}
+
+// latflow export FILE.h5: the stored configurations as NERSC or ILDG files.
+int export_command(int argc, char** argv) {
+  auto a = split_args(argc, argv, {"format", "out"});
+  const bool overwrite = a.overrides.size() == 2 && a.overrides[0] == "--run.overwrite";
+  if (a.positional.size() != 1 || !(a.overrides.empty() || overwrite))
+    throw ConfigError("usage: latflow export FILE.h5 [--format nersc|ildg] [--out DIR] [--overwrite]");
+  const auto& h5 = a.positional[0];
+  const std::string dir = a.local.count("out") ? a.local["out"] : std::filesystem::path(h5).parent_path().string();
+  if (!log::is_root()) return 0;
+  const auto files = io::export_ensemble(h5, a.local.count("format") ? a.local["format"] : "nersc", dir, overwrite);
+  std::cout << "export: " << files.size() << " configuration(s)" << (files.empty() ? "" : ", e.g. " + files[0])
+            << "\n";
+  return 0;
+}
+
+// latflow import FILE...: reads and verifies NERSC/ILDG files.
+int import_command(int argc, char** argv) {
+  auto a = split_args(argc, argv, {});
+  if (a.positional.empty() || !a.overrides.empty()) throw ConfigError("usage: latflow import FILE [FILE ...]");
+  for (const auto& path : a.positional) {
+    const auto u = io::read_gauge_file(path);
+    char b[512];
+    std::snprintf(b, sizeof b, "%s: %s, SU(3) %lldx%lldx%lldx%lld, plaquette %.15g, link trace %.15g\n",
+                  path.c_str(),
+                  u.format == "nersc" ? "NERSC (checksum, plaquette, link trace verified)" : "ILDG (no checksum)", static_cast<long long>(u.extents[0]), static_cast<long long>(u.extents[1]),
+                  static_cast<long long>(u.extents[2]), static_cast<long long>(u.extents[3]),
+                  io::mean_plaquette(u), io::mean_link_trace(u));
+    if (log::is_root()) std::cout << b;
   }
-  for (int i = 2; i < argc; ++i)
-    if (std::string(argv[i]) == "-h" || std::string(argv[i]) == "--help") {
-      const auto it = command_help().find(cmd);
-      if (it == command_help().end()) throw ConfigError("unknown command '" + cmd + "' (try latflow --help)");
-      std::cout << it->second;
-      return 0;
-    }
-  if (cmd == "keys") {
-    std::cout << cli::keys_text();
-    return 0;
-  }
-  if (cmd == "analyze") {
-    auto a = split_args(argc, argv, {"json", "S"});
-    if (a.positional.size() != 1 || !a.overrides.empty()) throw ConfigError("usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]");
-    const double S = gamma_S_option(a);
-    analyze_and_print(a.positional[0], S, a.local.count("json") ? a.local["json"] : json_path_for(a.positional[0]));
-    return 0;
-  }
-  if (cmd == "compare") {
-    auto a = split_args(argc, argv, {"json", "S"});
-    if (a.positional.size() != 2 || !a.overrides.empty())
-      throw ConfigError("usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]");
-    const double S = gamma_S_option(a);
-    auto c = analysis::compare_ensembles(a.positional[0], a.positional[1], S);
-    std::filesystem::path def(c.flow.path);
-    def.replace_filename(def.stem().string() + "_vs_hmc.json");
-    const std::string json = a.local.count("json") ? a.local["json"] : def.string();
-    if (log::is_root()) {
-      std::cout << analysis::format_comparison(c);
-      write_file_atomic(json, analysis::comparison_json(c));
-      std::cout << "JSON: " << json << "\n";
-    }
-    return 0;
-  }
-  if (cmd == "export") {
-    auto a = split_args(argc, argv, {"format", "out"});
-    const bool overwrite = a.overrides.size() == 2 && a.overrides[0] == "--run.overwrite";
-    if (a.positional.size() != 1 || !(a.overrides.empty() || overwrite))
-      throw ConfigError("usage: latflow export FILE.h5 [--format nersc|ildg] [--out DIR] [--overwrite]");
-    const auto& h5 = a.positional[0];
-    const std::string dir = a.local.count("out") ? a.local["out"] : std::filesystem::path(h5).parent_path().string();
-    if (!log::is_root()) return 0;
-    const auto files = io::export_ensemble(h5, a.local.count("format") ? a.local["format"] : "nersc", dir, overwrite);
-    std::cout << "export: " << files.size() << " configuration(s)" << (files.empty() ? "" : ", e.g. " + files[0])
-              << "\n";
-    return 0;
-  }
-  if (cmd == "import") {
-    auto a = split_args(argc, argv, {});
-    if (a.positional.empty() || !a.overrides.empty()) throw ConfigError("usage: latflow import FILE [FILE ...]");
-    for (const auto& path : a.positional) {
-      const auto u = io::read_gauge_file(path);
-      char b[512];
-      std::snprintf(b, sizeof b, "%s: %s, SU(3) %lldx%lldx%lldx%lld, plaquette %.15g, link trace %.15g\n",
-                    path.c_str(),
-                    u.format == "nersc" ? "NERSC (checksum, plaquette, link trace verified)" : "ILDG (no checksum)", static_cast<long long>(u.extents[0]), static_cast<long long>(u.extents[1]),
-                    static_cast<long long>(u.extents[2]), static_cast<long long>(u.extents[3]),
-                    io::mean_plaquette(u), io::mean_link_trace(u));
-      if (log::is_root()) std::cout << b;
-    }
-    return 0;
-  }
-  if (cmd != "run" && cmd != "train" && cmd != "sample" && cmd != "bench" && cmd != "bench-hmc" && cmd != "hmc")
-    throw ConfigError("unknown command '" + cmd + "' (try latflow --help)");
+  return 0;
+}
+
+// The commands that run a config: train, sample, run, hmc, bench, bench-hmc.
+int config_command(const std::string& cmd, int argc, char** argv) {
   auto a = split_args(argc, argv, {"batches", "repeats", "sizes"});
   if (a.positional.size() != 1) throw ConfigError("usage: latflow " + cmd + " CONFIG.ini [--section.key VALUE ...]");
   Config cfg = cli::load_config(a.positional[0], a.overrides, command_line(argc, argv));
@@ -317,6 +304,36 @@ int dispatch(int argc, char** argv) {
     }
   }
   return 0;
+}
+
+int dispatch(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "--version") {
+    std::cout << "latflow " << LATFLOW_VERSION_STRING << "\n";
+    return 0;
+  }
+  for (int i = 2; i < argc; ++i)
+    if (std::string(argv[i]) == "-h" || std::string(argv[i]) == "--help") {
+      const auto it = command_help().find(cmd);
+      if (it == command_help().end()) throw ConfigError("unknown command '" + cmd + "' (try latflow --help)");
+      std::cout << it->second;
+      return 0;
+    }
+  if (cmd == "keys") {
+    std::cout << cli::keys_text();
+    return 0;
+  }
+  if (cmd == "analyze") return analyze_command(argc, argv);
+  if (cmd == "compare") return compare_command(argc, argv);
+  if (cmd == "export") return export_command(argc, argv);
+  if (cmd == "import") return import_command(argc, argv);
+  if (cmd != "run" && cmd != "train" && cmd != "sample" && cmd != "bench" && cmd != "bench-hmc" && cmd != "hmc")
+    throw ConfigError("unknown command '" + cmd + "' (try latflow --help)");
+  return config_command(cmd, argc, argv);
 }
 
 // LibTorch allocates and frees activation buffers of a few MB on every call. With glibc's defaults those are
