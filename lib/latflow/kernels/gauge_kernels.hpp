@@ -4,7 +4,7 @@
 // plain C++, in float64 whatever the storage type. Why: as LibTorch ops a layer is ~150 small ops over
 // [B, L0, L1] tensors, each paying dispatch and allocation; measured with perf on `latflow bench
 // configs/su3_tutorial.ini`, 62% of the time was in libtorch_cpu spread over hundreds of symbols. GaugeCoupling
-// and SpectralCoupling (gauge.cpp) run these when autograd is off and the fused nets are on (set_fused_conv), the
+// and SpectralCoupling (gauge.cpp) run these when autograd is off and the net's KernelPolicy has fused on, the
 // net itself being the fused ConvNet evaluated at the active sites only (ConvNet::forward_at); tests/test_u1.cpp
 // and tests/test_sun.cpp check them against the LibTorch formulas (every layer, forward and inverse, float64 to
 // rounding, and float32). Each sample's result is independent of the others in the batch.
