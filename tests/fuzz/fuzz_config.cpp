@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
-// libFuzzer target: the CLI's INI parser (apps/config_parse.cpp) on arbitrary text. Any input must either give a
+// Fuzz target: the CLI's INI parser (apps/config_parse.cpp) on arbitrary text. Any input must either give a
 // validated Config or throw a latflow::Error (ConfigError/IoError); anything else (another exception, a crash,
 // undefined behaviour, a leak) is a finding. The first line of the input, if it starts with "--", is split into
-// command-line overrides, so the override path is fuzzed as well.
+// command-line overrides, so the override path is fuzzed as well. Built for libFuzzer (LATFLOW_FUZZ=ON) or with
+// the replay driver replay_main.cpp (the normal build, ctest label fuzz).
 #include <cstddef>
 #include <cstdint>
 #include <sstream>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "config_parse.hpp"
+#include "fuzz_support.hpp"
 #include "latflow/core/error.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -24,6 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     auto cfg = latflow::cli::parse_config(text, "fuzz.ini", overrides, "fuzz");
     (void)cfg;
+    ++latflow::fuzz::accepted;
   } catch (const latflow::Error&) {
   }
   return 0;

@@ -1,25 +1,22 @@
 // SPDX-License-Identifier: MIT
-// libFuzzer target: the HDF5 ensemble reader behind `latflow analyze` (analysis::analyze_ensemble) on arbitrary
+// Fuzz target: the HDF5 ensemble reader behind `latflow analyze` (analysis::analyze_ensemble) on arbitrary
 // file contents. The bytes go to a temporary file; reading it must either succeed or throw a latflow::Error.
-#include <unistd.h>
-
+// Built for libFuzzer (LATFLOW_FUZZ=ON) or with the replay driver replay_main.cpp (the normal build).
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <string>
 
+#include "fuzz_support.hpp"
 #include "latflow/analysis/report.hpp"
 #include "latflow/core/error.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static const std::string path = "/tmp/latflow_fuzz_ensemble_" + std::to_string(::getpid()) + ".h5";
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) return 0;
-  std::fwrite(data, 1, size, f);
-  std::fclose(f);
+  const std::string path = latflow::fuzz::input_file(data, size, "h5");
+  if (path.empty()) return 0;
   try {
     auto r = latflow::analysis::analyze_ensemble(path);
     (void)r;
+    ++latflow::fuzz::accepted;
   } catch (const latflow::Error&) {
   }
   return 0;

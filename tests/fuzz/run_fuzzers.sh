@@ -1,9 +1,10 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # Builds the libFuzzer targets in build-fuzz (clang, ASan + UBSan) and runs each for SECONDS (default 180), nice'd,
-# from seed corpora: configs/*.ini for the config parser, tiny ensembles and a checkpoint made with build/bin/latflow
-# (the normal build) for the readers. Prints executions and findings per target; crashing inputs are kept in
-# $OUT/artifacts. Usage: tests/fuzz/run_fuzzers.sh [SECONDS] [OUT=/tmp/latflow_fuzz]
+# from seed corpora: configs/*.ini for the config parser, tiny ensembles and a checkpoint that make_seeds.sh makes
+# with build/bin/latflow (the normal build) for the readers. Prints executions and findings per target; crashing
+# inputs are kept in $OUT/artifacts. Usage: tests/fuzz/run_fuzzers.sh [SECONDS] [OUT=/tmp/latflow_fuzz]
+# (The normal build's ctest entries with label fuzz replay the same corpora without libFuzzer: replay_main.cpp.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_EACH=${1:-180}
@@ -17,18 +18,9 @@ if [ ! -f build-fuzz/build.ninja ]; then
 fi
 nice ninja -C build-fuzz $(for t in ${TARGETS:-config ensemble checkpoint}; do echo fuzz_$t; done)
 
-mkdir -p "$OUT"/{seedgen,config,ensemble,checkpoint,artifacts}
+mkdir -p "$OUT"/{config,artifacts}
 cp configs/*.ini "$OUT/config/"
-(
-  cd "$OUT/seedgen"
-  rm -f tiny*
-  printf '[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n[train]\nsteps = 4\nbatch = 16\nlog_every = 2\ncheckpoint_every = 2\n[sample]\nproposals = 20\nblock = 20\n[hmc]\nchains = 1\nthermalization = 2\ntrajectories = 5\nsave_every = 5\n[run]\noutput = tiny.h5\n' >t.ini
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-  "$OLDPWD/$LATFLOW" run t.ini >/dev/null
-  "$OLDPWD/$LATFLOW" hmc t.ini --output tinyhmc.h5 >/dev/null
-  cp tiny.h5 tinyhmc.h5 ../ensemble/
-  cp tiny.h5.ckpt ../checkpoint/
-)
+tests/fuzz/make_seeds.sh "$LATFLOW" "$OUT"
 # LibTorch and Open MPI keep global allocations for the life of the process: not our leaks, and not per input.
 export ASAN_OPTIONS=detect_leaks=0:detect_container_overflow=0
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
