@@ -4,26 +4,33 @@
 #include <algorithm>
 #include <limits>
 #include <cmath>
-#include <filesystem>
 #include <sstream>
 
 #include "latflow/analysis/gamma.hpp"
 #include "latflow/core/error.hpp"
-#include "latflow/io/durable.hpp"
 #include "latflow/core/log.hpp"
-#include "latflow/core/provenance.hpp"
 #include "latflow/parallel/mpi.hpp"
 
 namespace latflow {
 namespace {
 
-// Datasets that ranks write in parallel are uncompressed: with parallel HDF5 1.10.8 (Debian 12) a second
-// collective write into an extended, deflate-filtered dataset hung in our tests, and uncompressed chunks go
-// straight through MPI-IO without being routed through one owner rank per chunk. (Random float mantissas
-// compress poorly anyway.)
-constexpr int kDeflate = 0;
-
 std::string observable_dset(const std::string& name) { return "/chains/observables/" + name; }
+
+io::PartialSpec partial_spec(const Config& cfg, const HmcLayout& layout) {
+  io::PartialSpec s;
+  s.kind = layout.flow_steps ? "mixed" : "hmc";
+  s.identity = layout.identity;
+  s.log_prefix = "hmc";
+  s.count_key = "hmc.trajectories";
+  s.unit = "trajectories";
+  s.count_group = "/chains";
+  s.count_attr = "committed_trajectories";
+  s.requested = cfg.hmc.trajectories;
+  s.foreign = ": not a resumable " + s.kind + " ensemble of latflow hmc" +
+              (layout.flow_steps ? " (hmc.flow_every > 0)" : "");
+  s.foreign_complete = s.foreign;
+  return s;
+}
 
 }  // namespace
 
@@ -57,154 +64,90 @@ HmcStore::HmcStore(const Config& cfg, const HmcLayout& layout, std::int64_t c0, 
                    const std::function<void(io::File&)>& write_header)
     : cfg_(cfg),
       layout_(layout),
-      out_(cfg.run.output),
-      partial_(cfg.run.output + ".partial"),
+      ens_(cfg.run, partial_spec(cfg, layout)),
       C_(cfg.hmc.chains),
       c0_(c0),
       nc_(nc),
       T_(cfg.hmc.trajectories) {
   scalars_.resize(layout_.observable_names.size());
-  // state: committed trajectories, thermalised, n_md, state slot, complete
-  std::int64_t state[5] = {0, 0, 0, 1, 0};
-  double earlier[5] = {0, 0, 0, 0, 0};  // seconds, check seconds, max dx, max dp, flow seconds of earlier sessions
-  if (mpi::rank() == 0) {
-    setup_root(write_header);
-    state[0] = committed_;
-    state[1] = thermalized_;
-    state[2] = n_md_;
-    state[3] = slot_;
-    state[4] = complete_;
-    earlier[0] = totals_.seconds;
-    earlier[1] = totals_.check_seconds;
-    earlier[2] = totals_.max_dx;
-    earlier[3] = totals_.max_dp;
-    earlier[4] = totals_.flow_seconds;
-  }
-  mpi::broadcast(state, 5);
+  ens_.open(write_header, [&](io::File& f) { create(f); }, [&](io::File& f) { return resume(f); });
+  // The root read the committed state (resume() ran there). state: committed trajectories, thermalised, n_md,
+  // state slot.
+  std::int64_t state[4] = {committed_, thermalized_, n_md_, slot_};
+  // seconds, check seconds, max dx, max dp, flow seconds of earlier sessions
+  double earlier[5] = {totals_.seconds, totals_.check_seconds, totals_.max_dx, totals_.max_dp, totals_.flow_seconds};
+  mpi::broadcast(state, 4);
   mpi::broadcast(earlier, 5);
   committed_ = trajectories_ = resumed_from_ = state[0];
   thermalized_ = state[1] != 0;
   n_md_ = static_cast<int>(state[2]);
   slot_ = state[3];
-  complete_ = state[4] != 0;
+  complete_ = ens_.complete();
   totals_.seconds = earlier[0];
   totals_.check_seconds = earlier[1];
   totals_.max_dx = earlier[2];
   totals_.max_dp = earlier[3];
   totals_.flow_seconds = earlier[4];
-  if (!complete_) file_ = io::File::open_parallel(partial_);
-  t0_ = last_commit_ = std::chrono::steady_clock::now();
 }
 
 HmcStore::~HmcStore() = default;
 
-void HmcStore::setup_root(const std::function<void(io::File&)>& write_header) {
-  const bool resume = cfg_.run.resume;
-  refuse_existing_output(out_, partial_, resume, cfg_.run.overwrite);
-  const std::string kind = layout_.flow_steps ? "mixed" : "hmc";
-  auto check_identity = [&](io::File& f, const std::string& path) {
-    if (!f.has_attr("/", "resume_identity") || f.read_attr_string("/", "kind") != kind)
-      throw IoError(path + ": not a resumable " + kind + " ensemble of latflow hmc" +
-                    (layout_.flow_steps ? " (hmc.flow_every > 0)" : ""));
-    const auto diff = first_difference(f.read_attr_string("/", "resume_identity"), layout_.identity);
-    if (!diff.empty())
-      throw ConfigError(path + " was written with other parameters (" + diff +
-                        "); resume with the same ones, or pass --overwrite to start afresh");
-  };
-  if (resume && !file_exists(partial_) && file_exists(out_)) {
-    std::int64_t stored = 0;
-    {
-      auto f = io::File::open_read(out_);
-      check_identity(f, out_);
-      stored = f.read_attr_int("/chains", "committed_trajectories");
-    }
-    if (T_ < stored)
-      throw ConfigError("hmc.trajectories = " + std::to_string(T_) + " is fewer than the " +
-                        std::to_string(stored) + " trajectories in " + out_);
-    if (T_ == stored) {
-      log::info("hmc: " + out_ + " is complete with " + std::to_string(stored) + " trajectories; nothing to do");
-      complete_ = true;
-      return;
-    }
-    std::error_code ec;
-    std::filesystem::rename(out_, partial_, ec);
-    if (ec) throw IoError(out_ + ": cannot rename to " + partial_ + " (" + ec.message() + ")");
-  }
-  const std::uint64_t C = static_cast<std::uint64_t>(C_);
+std::string HmcStore::resume(io::File& f) {
+  thermalized_ = f.read_attr_int("/chains", "thermalized") != 0;
+  committed_ = thermalized_ ? f.read_attr_int("/chains", "committed_trajectories") : 0;
+  ens_.refuse_fewer(committed_, f.path(), true);
+  const auto rows = static_cast<std::uint64_t>(committed_);
+  for (const auto& name : layout_.observable_names) f.resize(observable_dset(name), rows);
+  for (const char* d : {"/chains/observables/correlator", "/chains/dH", "/chains/accepted"}) f.resize(d, rows);
+  if (layout_.flow_steps) f.resize("/chains/flow_accepted", rows);
   const std::int64_t se = cfg_.hmc.save_every;
-  if (resume && file_exists(partial_)) {
-    auto f = io::File::open_write(partial_);
-    check_identity(f, partial_);
-    thermalized_ = f.read_attr_int("/chains", "thermalized") != 0;
-    committed_ = thermalized_ ? f.read_attr_int("/chains", "committed_trajectories") : 0;
-    if (T_ < committed_)
-      throw ConfigError("hmc.trajectories = " + std::to_string(T_) + " is fewer than the " +
-                        std::to_string(committed_) + " committed trajectories in " + partial_);
-    const auto rows = static_cast<std::uint64_t>(committed_);
-    for (const auto& name : layout_.observable_names) f.resize(observable_dset(name), rows);
-    for (const char* d : {"/chains/observables/correlator", "/chains/dH", "/chains/accepted"}) f.resize(d, rows);
-    if (layout_.flow_steps) f.resize("/chains/flow_accepted", rows);
-    if (se > 0) {
-      f.resize("/configs/field", rows / static_cast<std::uint64_t>(se));
-      f.resize("/configs/trajectory", rows / static_cast<std::uint64_t>(se));
-    }
-    if (thermalized_) {
-      n_md_ = static_cast<int>(f.read_attr_int("/chains", "n_md"));
-      slot_ = f.read_attr_int("/chains", "state_slot");
-      totals_.seconds = f.read_attr_double("/chains", "seconds");
-      totals_.check_seconds = f.read_attr_double("/chains", "check_seconds");
-      totals_.max_dx = f.read_attr_double("/chains", "max_dx");
-      totals_.max_dp = f.read_attr_double("/chains", "max_dp");
-      if (layout_.flow_steps) totals_.flow_seconds = f.read_attr_double("/chains", "flow_seconds");
-    }
-    f.write_attr("/chains", "committed_trajectories", committed_);
-    f.write_attr("/", "status", "running");
-    f.flush();
-    log::info("hmc: resuming " + partial_ + (thermalized_ ? " after " + std::to_string(committed_) +
-                                                                " trajectories"
-                                                          : " from the start (it was still thermalising)"));
-    return;
+  if (se > 0) {
+    f.resize("/configs/field", rows / static_cast<std::uint64_t>(se));
+    f.resize("/configs/trajectory", rows / static_cast<std::uint64_t>(se));
   }
-  if (resume) log::info("hmc: no interrupted run at " + partial_ + "; starting afresh");
+  if (thermalized_) {
+    n_md_ = static_cast<int>(f.read_attr_int("/chains", "n_md"));
+    slot_ = f.read_attr_int("/chains", "state_slot");
+    totals_.seconds = f.read_attr_double("/chains", "seconds");
+    totals_.check_seconds = f.read_attr_double("/chains", "check_seconds");
+    totals_.max_dx = f.read_attr_double("/chains", "max_dx");
+    totals_.max_dp = f.read_attr_double("/chains", "max_dp");
+    if (layout_.flow_steps) totals_.flow_seconds = f.read_attr_double("/chains", "flow_seconds");
+  }
+  f.write_attr("/chains", "committed_trajectories", committed_);
+  return thermalized_ ? " after " + std::to_string(committed_) + " trajectories"
+                      : " from the start (it was still thermalising)";
+}
 
-  // A fresh OUTPUT.partial is built under a temporary name and renamed into place once its header and empty
-  // datasets are on disk, so a kill during its creation never leaves an unreadable OUTPUT.partial.
-  ensure_parent_dir(out_);
-  const std::string tmp = partial_ + ".tmp";
-  {
-    auto f = io::File::create(tmp, true);
-    write_header(f);
-    f.write_attr("/", "resume_identity", layout_.identity);
-    const auto L0 = static_cast<std::uint64_t>(layout_.L0);
-    const std::uint64_t chunk = std::max<std::uint64_t>(1, std::min<std::uint64_t>(256, 16384 / (C * L0)));
-    for (const auto& name : layout_.observable_names)
-      f.create_extendible(observable_dset(name), io::DType::F64, {C}, chunk, kDeflate);
-    f.create_extendible("/chains/observables/correlator", io::DType::F64, {C, L0}, chunk, kDeflate);
-    f.create_extendible("/chains/dH", io::DType::F64, {C}, chunk, kDeflate);
-    f.create_extendible("/chains/accepted", io::DType::U8, {C}, chunk, kDeflate);
-    if (layout_.flow_steps) f.create_extendible("/chains/flow_accepted", io::DType::U8, {C}, chunk, kDeflate);
-    std::string names;
-    for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
-    f.write_attr("/chains/observables", "names", names);
-    std::vector<std::uint64_t> row{C};
-    row.insert(row.end(), layout_.field_shape.begin(), layout_.field_shape.end());
-    if (se > 0) {
-      f.create_extendible("/configs/field", io::DType::F64, row, 4, kDeflate);
-      f.create_extendible("/configs/trajectory", io::DType::I64, {}, 64, kDeflate);
-    }
-    f.create_extendible("/resume/field", io::DType::F64, row, 1, kDeflate);
-    f.resize("/resume/field", 2);
-    f.write_attr("/chains", "thermalized", std::int64_t{0});
-    f.write_attr("/chains", "committed_trajectories", std::int64_t{0});
-    f.write_attr("/", "status", "running");
-    f.flush();
+void HmcStore::create(io::File& f) const {
+  const std::uint64_t C = static_cast<std::uint64_t>(C_);
+  const auto L0 = static_cast<std::uint64_t>(layout_.L0);
+  const std::uint64_t chunk = std::max<std::uint64_t>(1, std::min<std::uint64_t>(256, 16384 / (C * L0)));
+  const int deflate = io::kParallelDeflate;
+  for (const auto& name : layout_.observable_names)
+    f.create_extendible(observable_dset(name), io::DType::F64, {C}, chunk, deflate);
+  f.create_extendible("/chains/observables/correlator", io::DType::F64, {C, L0}, chunk, deflate);
+  f.create_extendible("/chains/dH", io::DType::F64, {C}, chunk, deflate);
+  f.create_extendible("/chains/accepted", io::DType::U8, {C}, chunk, deflate);
+  if (layout_.flow_steps) f.create_extendible("/chains/flow_accepted", io::DType::U8, {C}, chunk, deflate);
+  std::string names;
+  for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
+  f.write_attr("/chains/observables", "names", names);
+  std::vector<std::uint64_t> row{C};
+  row.insert(row.end(), layout_.field_shape.begin(), layout_.field_shape.end());
+  if (cfg_.hmc.save_every > 0) {
+    f.create_extendible("/configs/field", io::DType::F64, row, 4, deflate);
+    f.create_extendible("/configs/trajectory", io::DType::I64, {}, 64, deflate);
   }
-  commit_file(tmp, partial_);
+  f.create_extendible("/resume/field", io::DType::F64, row, 1, deflate);
+  f.resize("/resume/field", 2);
+  f.write_attr("/chains", "thermalized", std::int64_t{0});
+  f.write_attr("/chains", "committed_trajectories", std::int64_t{0});
 }
 
 std::vector<double> HmcStore::resume_field() {
   // Independent read of this rank's columns of the committed state slot.
-  const auto row = file_->read_f64("/resume/field", static_cast<std::uint64_t>(slot_), 1);
+  const auto row = ens_.file().read_f64("/resume/field", static_cast<std::uint64_t>(slot_), 1);
   const auto V = layout_.V;
   return {row.begin() + c0_ * V, row.begin() + (c0_ + nc_) * V};
 }
@@ -242,16 +185,13 @@ void HmcStore::add(const HmcRow& row) {
     config_traj_.push_back(cfg_.hmc.thermalization + trajectories_ - 1);
   }
   std::uint8_t now = 0;
-  if (mpi::rank() == 0) {
-    const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_commit_).count();
-    now = trajectories_ == T_ || since >= cfg_.run.commit_seconds;
-  }
+  if (mpi::rank() == 0) now = trajectories_ == T_ || ens_.commit_due();
   mpi::broadcast(&now, 1);
   if (now) commit();
 }
 
 void HmcStore::commit() {
-  io::File& f = *file_;
+  io::File& f = ens_.file();
   const bool root = mpi::rank() == 0;
   const auto T = static_cast<std::uint64_t>(trajectories_);
   const std::vector<io::RowRange> rows{{static_cast<std::uint64_t>(committed_), static_cast<std::uint64_t>(rows_)}};
@@ -285,28 +225,25 @@ void HmcStore::commit() {
   // The chains' current state into the slot the last commit does not reference.
   const std::int64_t slot = 1 - slot_;
   f.write_rows("/resume/field", {{static_cast<std::uint64_t>(slot), 1}}, io::DType::F64, x_.data(), cols);
-  f.flush();
-  // Attribute values must be equal on every rank: reduce the reversibility figures first.
-  double figures[3] = {max_dx_, max_dp_, check_seconds_};
-  mpi::allreduce_max(figures, 3);
-  // Wall time and flow-step time as the root measured them.
-  double seconds[2] = {
-      totals_.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(),
-      totals_.flow_seconds + flow_seconds_};
-  mpi::broadcast(seconds, 2);
-  f.write_attr("/chains", "n_md", static_cast<std::int64_t>(n_md_));
-  f.write_attr("/chains", "state_slot", slot);
-  f.write_attr("/chains", "seconds", seconds[0]);
-  if (layout_.flow_steps) f.write_attr("/chains", "flow_seconds", seconds[1]);
-  f.write_attr("/chains", "check_seconds", totals_.check_seconds + figures[2]);
-  f.write_attr("/chains", "max_dx", std::max(totals_.max_dx, figures[0]));
-  f.write_attr("/chains", "max_dp", std::max(totals_.max_dp, figures[1]));
-  f.write_attr("/chains", "thermalized", std::int64_t{1});
-  f.write_attr("/chains", "committed_trajectories", trajectories_);
-  f.flush();
+  ens_.commit([&](io::File&) {
+    // Attribute values must be equal on every rank: reduce the reversibility figures first.
+    double figures[3] = {max_dx_, max_dp_, check_seconds_};
+    mpi::allreduce_max(figures, 3);
+    // Wall time and flow-step time as the root measured them.
+    double seconds[2] = {totals_.seconds + ens_.session_seconds(), totals_.flow_seconds + flow_seconds_};
+    mpi::broadcast(seconds, 2);
+    f.write_attr("/chains", "n_md", static_cast<std::int64_t>(n_md_));
+    f.write_attr("/chains", "state_slot", slot);
+    f.write_attr("/chains", "seconds", seconds[0]);
+    if (layout_.flow_steps) f.write_attr("/chains", "flow_seconds", seconds[1]);
+    f.write_attr("/chains", "check_seconds", totals_.check_seconds + figures[2]);
+    f.write_attr("/chains", "max_dx", std::max(totals_.max_dx, figures[0]));
+    f.write_attr("/chains", "max_dp", std::max(totals_.max_dp, figures[1]));
+    f.write_attr("/chains", "thermalized", std::int64_t{1});
+    f.write_attr("/chains", "committed_trajectories", trajectories_);
+  });
   slot_ = slot;
   committed_ = trajectories_;
-  last_commit_ = std::chrono::steady_clock::now();
   for (auto& s : scalars_) s.clear();
   corr_.clear();
   dH_.clear();
@@ -320,10 +257,7 @@ void HmcStore::commit() {
 void HmcStore::finish(const std::function<void(io::File&, const HmcTotals&)>& write_summary) {
   if (complete_) return;
   if (trajectories_ > committed_ || rows_ > 0) commit();
-  file_.reset();  // collective close
-  mpi::barrier();
-  if (mpi::rank() == 0) {
-    auto f = io::File::open_write(partial_);
+  ens_.finish([&](io::File& f) {
     HmcTotals t;
     t.n_md = n_md_;
     t.seconds = f.read_attr_double("/chains", "seconds");
@@ -362,12 +296,7 @@ void HmcStore::finish(const std::function<void(io::File&, const HmcTotals&)>& wr
       t.flow_acceptance = t.flow_proposals > 0 ? static_cast<double>(n_flow_acc) / static_cast<double>(t.flow_proposals) : 0;
     }
     write_summary(f, t);
-    f.write_attr("/", "finished", iso_time_utc());
-    f.write_attr("/", "status", "complete");
-    f.flush();
-  }
-  if (mpi::rank() == 0) commit_file(partial_, out_);
-  mpi::barrier();
+  });
 }
 
 }  // namespace latflow

@@ -7,24 +7,24 @@
 // parallel-HDF5 writes; nothing is gathered on the root but the n_md tuning's acceptance sum (one double per
 // chain per thermalisation trajectory) and one commit byte per trajectory.
 //
-// Write protocol: as for the IMH chain (imh_chain.hpp). Rows are buffered and written at commits (every
-// run.commit_seconds and at the end); a commit writes the rows, the chains' current fields into the state slot
-// not referenced by the last commit (/resume/field has two slots, so a torn write never hits the committed
-// state), flushes, and only then advances the /chains attributes committed_trajectories, committed_configs,
-// state_slot, n_md. The first commit is made right after thermalisation (a crash before it redoes the
+// Write protocol: as for the IMH chain (imh_chain.hpp; the shared part is io::PartialEnsemble). Rows are buffered
+// and written at commits (every run.commit_seconds and at the end); a commit writes the rows, the chains' current
+// fields into the state slot not referenced by the last commit (/resume/field has two slots, so a torn write
+// never hits the committed state), flushes, and only then advances the /chains attributes
+// committed_trajectories, state_slot, n_md (the stored configurations follow from committed_trajectories and
+// hmc.save_every). The first commit is made right after thermalisation (a crash before it redoes the
 // thermalisation, which is cheap and keeps the tuning state out of the file). A resume truncates the uncommitted
 // tail, reloads the fields and n_md, and continues with the next trajectory: bitwise the uninterrupted run.
 // Mixed chains (HmcLayout::flow_steps, kind "mixed") add /chains/flow_accepted and the flow steps' seconds.
 #pragma once
-#include <chrono>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "latflow/core/params.hpp"
 #include "latflow/io/h5.hpp"
+#include "latflow/io/partial_ensemble.hpp"
 
 namespace latflow {
 
@@ -81,21 +81,22 @@ class HmcStore {
   void finish(const std::function<void(io::File&, const HmcTotals&)>& write_summary);
 
  private:
-  void setup_root(const std::function<void(io::File&)>& write_header);
   void commit();
+  // The callbacks of io::PartialEnsemble::open: the empty datasets of a fresh file; on a resume (root), the
+  // truncation of the uncommitted tail and the state (n_md, state slot, earlier sessions' figures) it restores.
+  void create(io::File& f) const;
+  std::string resume(io::File& f);
 
   const Config& cfg_;
   HmcLayout layout_;
-  std::string out_, partial_;
+  io::PartialEnsemble ens_;  // OUTPUT.partial and its protocol; its parallel file is open on every rank
   std::int64_t C_, c0_, nc_, T_;
   bool complete_ = false, thermalized_ = false;
   int n_md_ = 0;
   std::int64_t slot_ = 1;  // state slot of the last commit
   std::int64_t committed_ = 0, trajectories_ = 0, resumed_from_ = 0;
-  std::optional<io::File> file_;
   HmcTotals totals_;  // seconds, check figures of earlier sessions (from the file)
   double check_seconds_ = 0, max_dx_ = 0, max_dp_ = 0, flow_seconds_ = 0;
-  std::chrono::steady_clock::time_point t0_, last_commit_;
 
   // Buffers since the last commit (this rank's columns).
   std::vector<std::vector<double>> scalars_;  // per observable, [rows * nc]

@@ -3,25 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <sstream>
 
-#include "latflow/core/error.hpp"
-#include "latflow/io/durable.hpp"
-#include "latflow/core/log.hpp"
-#include "latflow/core/provenance.hpp"
 #include "latflow/core/seed.hpp"
-#include "latflow/io/ensemble.hpp"
 #include "latflow/parallel/mpi.hpp"
 
 namespace latflow {
 namespace {
-
-// Datasets that ranks write in parallel are uncompressed: with parallel HDF5 1.10.8 (Debian 12) a second
-// collective write into an extended, deflate-filtered dataset hung in our tests, and uncompressed chunks go
-// straight through MPI-IO without being routed through one owner rank per chunk. (Random float mantissas
-// compress poorly anyway.)
-constexpr int kDeflate = 0;
 
 const char* const kPerProposal[] = {"/proposals/log_q", "/proposals/action", "/proposals/log_w",
                                     "/proposals/observables/correlator"};
@@ -33,6 +21,22 @@ void add_range(std::vector<io::RowRange>& ranges, std::uint64_t row0, std::uint6
     ranges.back().rows += n;
   else
     ranges.push_back({row0, n});
+}
+
+io::PartialSpec partial_spec(const Config& cfg, const ImhLayout& layout) {
+  io::PartialSpec s;
+  s.kind = "imh";
+  s.identity = layout.identity;
+  s.log_prefix = "sampling";
+  s.count_key = "sample.proposals";
+  s.unit = "proposals";
+  s.count_group = "/chain";
+  s.count_attr = "committed_proposals";
+  s.requested = cfg.sample.proposals;
+  s.foreign = ": not a resumable ensemble of latflow sample";
+  s.foreign_complete = ": not an ensemble of latflow sample that can be extended";
+  s.differs_complete = " was sampled with other parameters ({}); cannot extend it";
+  return s;
 }
 
 }  // namespace
@@ -65,139 +69,79 @@ std::string sample_identity(const Config& cfg, const std::string& weights_hash) 
 ImhChain::ImhChain(const Config& cfg, const ImhLayout& layout, const std::function<void(io::File&)>& write_header)
     : cfg_(cfg),
       layout_(layout),
-      out_(cfg.run.output),
-      partial_(cfg.run.output + ".partial"),
+      ens_(cfg.run, partial_spec(cfg, layout)),
       N_(cfg.sample.proposals),
       block_(cfg.sample.block),
       n_blocks_((cfg.sample.proposals + cfg.sample.block - 1) / cfg.sample.block) {
   scalars_.resize(layout_.observable_names.size());
-  // The root prepares the file serially (HDF5 cannot write the variable-length header strings in parallel)
-  // and tells the others where the committed data ends; then every rank opens it through MPI-IO.
-  std::int64_t state[3] = {0, 0, 0};  // committed proposals, committed configurations, nothing to do
-  if (mpi::rank() == 0) {
-    setup_root(write_header);
-    state[0] = committed_props_;
-    state[1] = committed_cfgs_;
-    state[2] = complete_ ? 1 : 0;
-  }
-  mpi::broadcast(state, 3);
-  committed_props_ = props_ = state[0];
-  committed_cfgs_ = cfgs_ = state[1];
-  complete_ = state[2] != 0;
+  ens_.open(write_header, [&](io::File& f) { create(f); }, [&](io::File& f) { return resume(f); });
+  // The root knows where the committed data ends (resume() ran there).
+  std::int64_t state[2] = {committed_props_, committed_cfgs_};
+  mpi::broadcast(state, 2);
+  complete_ = ens_.complete();
+  committed_props_ = props_ = complete_ ? ens_.stored() : state[0];
+  committed_cfgs_ = cfgs_ = complete_ ? 0 : state[1];
   resumed_from_ = committed_props_;
   next_block_ = complete_ ? n_blocks_ : committed_props_ / block_;
-  if (!complete_) file_ = io::File::open_parallel(partial_);
-  t0_ = last_commit_ = std::chrono::steady_clock::now();
 }
 
 ImhChain::~ImhChain() = default;
 
-void ImhChain::setup_root(const std::function<void(io::File&)>& write_header) {
-  const bool resume = cfg_.run.resume;
-  refuse_existing_output(out_, partial_, resume, cfg_.run.overwrite);
-  if (resume && !file_exists(partial_) && file_exists(out_)) {
-    // Extending a complete ensemble: it becomes OUTPUT.partial again until the extension is complete.
-    std::int64_t stored = 0;
-    {
-      auto f = io::File::open_read(out_);
-      if (!f.has_attr("/", "resume_identity") || f.read_attr_string("/", "kind") != "imh")
-        throw IoError(out_ + ": not an ensemble of latflow sample that can be extended");
-      const auto diff = first_difference(f.read_attr_string("/", "resume_identity"), layout_.identity);
-      if (!diff.empty())
-        throw ConfigError(out_ + " was sampled with other parameters (" + diff + "); cannot extend it");
-      stored = f.read_attr_int("/chain", "committed_proposals");
-    }
-    if (N_ < stored)
-      throw ConfigError("sample.proposals = " + std::to_string(N_) + " is fewer than the " +
-                        std::to_string(stored) + " proposals in " + out_);
-    if (N_ == stored) {
-      log::info("sampling: " + out_ + " is complete with " + std::to_string(stored) + " proposals; nothing to do");
-      complete_ = true;
-      committed_props_ = stored;
-      return;
-    }
-    std::error_code ec;
-    std::filesystem::rename(out_, partial_, ec);
-    if (ec) throw IoError(out_ + ": cannot rename to " + partial_ + " (" + ec.message() + ")");
+std::string ImhChain::resume(io::File& f) {
+  const std::int64_t P = f.read_attr_int("/chain", "committed_proposals");
+  const std::int64_t C = f.read_attr_int("/chain", "committed_configs");
+  ens_.refuse_fewer(P, f.path(), true);
+  // Continue after the last whole block; a short last block is made again when more proposals are asked
+  // for (its stream then fills a longer block).
+  const std::int64_t Q = (P % block_ == 0 || P == N_) ? P : P / block_ * block_;
+  std::int64_t nc = 0;
+  if (C > 0) {
+    const auto props = f.read_i64("/configs/proposal", 0, C);
+    nc = std::lower_bound(props.begin(), props.end(), Q) - props.begin();
   }
-  if (resume && file_exists(partial_)) {
-    auto f = io::File::open_write(partial_);
-    if (!f.has_attr("/", "resume_identity") || f.read_attr_string("/", "kind") != "imh")
-      throw IoError(partial_ + ": not a resumable ensemble of latflow sample");
-    const auto diff = first_difference(f.read_attr_string("/", "resume_identity"), layout_.identity);
-    if (!diff.empty())
-      throw ConfigError(partial_ + " was written with other parameters (" + diff +
-                        "); resume with the same ones, or pass --overwrite to start afresh");
-    const std::int64_t P = f.read_attr_int("/chain", "committed_proposals");
-    const std::int64_t C = f.read_attr_int("/chain", "committed_configs");
-    if (N_ < P)
-      throw ConfigError("sample.proposals = " + std::to_string(N_) + " is fewer than the " + std::to_string(P) +
-                        " committed proposals in " + partial_);
-    // Continue after the last whole block; a short last block is made again when more proposals are asked
-    // for (its stream then fills a longer block).
-    const std::int64_t Q = (P % block_ == 0 || P == N_) ? P : P / block_ * block_;
-    std::int64_t nc = 0;
-    if (C > 0) {
-      const auto props = f.read_i64("/configs/proposal", 0, C);
-      nc = std::lower_bound(props.begin(), props.end(), Q) - props.begin();
-    }
-    // Drop the uncommitted tail (and the configurations of dropped proposals).
-    for (const char* d : kPerProposal) f.resize(d, static_cast<std::uint64_t>(Q));
-    if (layout_.work) f.resize("/proposals/work", static_cast<std::uint64_t>(Q));
-    for (const auto& name : layout_.observable_names)
-      f.resize("/proposals/observables/" + name, static_cast<std::uint64_t>(Q));
-    for (const char* d : kChain) f.resize(d, static_cast<std::uint64_t>(Q));
-    f.resize("/configs/field", static_cast<std::uint64_t>(nc));
-    f.resize("/configs/proposal", static_cast<std::uint64_t>(nc));
-    if (Q > 0) {
-      cur_prop_ = f.read_i64("/chain/proposal", Q - 1, 1)[0];
-      cur_cfg_ = f.read_i64("/chain/config", Q - 1, 1)[0];
-      cur_lw_ = f.read_f64("/proposals/log_w", static_cast<std::uint64_t>(cur_prop_), 1)[0];
-      for (auto a : f.read_u8("/chain/accepted", 0, Q)) n_acc_ += a;
-    }
-    if (f.has_attr("/chain", "sampling_seconds")) seconds_before_ = f.read_attr_double("/chain", "sampling_seconds");
-    f.write_attr("/chain", "committed_proposals", Q);
-    f.write_attr("/chain", "committed_configs", nc);
-    f.write_attr("/", "status", "running");
-    f.flush();
-    committed_props_ = Q;
-    committed_cfgs_ = nc;
-    log::info("sampling: resuming " + partial_ + " after " + std::to_string(Q) + " proposals");
-    return;
+  // Drop the uncommitted tail (and the configurations of dropped proposals).
+  for (const char* d : kPerProposal) f.resize(d, static_cast<std::uint64_t>(Q));
+  if (layout_.work) f.resize("/proposals/work", static_cast<std::uint64_t>(Q));
+  for (const auto& name : layout_.observable_names)
+    f.resize("/proposals/observables/" + name, static_cast<std::uint64_t>(Q));
+  for (const char* d : kChain) f.resize(d, static_cast<std::uint64_t>(Q));
+  f.resize("/configs/field", static_cast<std::uint64_t>(nc));
+  f.resize("/configs/proposal", static_cast<std::uint64_t>(nc));
+  if (Q > 0) {
+    cur_prop_ = f.read_i64("/chain/proposal", Q - 1, 1)[0];
+    cur_cfg_ = f.read_i64("/chain/config", Q - 1, 1)[0];
+    cur_lw_ = f.read_f64("/proposals/log_w", static_cast<std::uint64_t>(cur_prop_), 1)[0];
+    for (auto a : f.read_u8("/chain/accepted", 0, Q)) n_acc_ += a;
   }
-  if (resume) log::info("sampling: no interrupted run at " + partial_ + "; starting afresh");
+  if (f.has_attr("/chain", "sampling_seconds")) seconds_before_ = f.read_attr_double("/chain", "sampling_seconds");
+  f.write_attr("/chain", "committed_proposals", Q);
+  f.write_attr("/chain", "committed_configs", nc);
+  committed_props_ = Q;
+  committed_cfgs_ = nc;
+  return " after " + std::to_string(Q) + " proposals";
+}
 
-  // A fresh OUTPUT.partial is built under a temporary name and renamed into place once its header and empty
-  // datasets are on disk, so a kill during its creation never leaves an unreadable OUTPUT.partial.
-  ensure_parent_dir(out_);
-  const std::string tmp = partial_ + ".tmp";
-  {
-    auto f = io::File::create(tmp, true);
-    write_header(f);
-    f.write_attr("/", "resume_identity", layout_.identity);
-    const auto chunk = static_cast<std::uint64_t>(block_);
-    for (const char* d : {"/proposals/log_q", "/proposals/action", "/proposals/log_w"})
-      f.create_extendible(d, io::DType::F64, {}, chunk, kDeflate);
-    if (layout_.work) f.create_extendible("/proposals/work", io::DType::F64, {}, chunk, kDeflate);
-    for (const auto& name : layout_.observable_names)
-      f.create_extendible("/proposals/observables/" + name, io::DType::F64, {}, chunk, kDeflate);
-    f.create_extendible("/proposals/observables/correlator", io::DType::F64, {static_cast<std::uint64_t>(layout_.L0)},
-                        chunk, kDeflate);
-    std::string names;
-    for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
-    f.write_attr("/proposals/observables", "names", names);
-    f.create_extendible("/chain/proposal", io::DType::I64, {}, chunk, kDeflate);
-    f.create_extendible("/chain/config", io::DType::I64, {}, chunk, kDeflate);
-    f.create_extendible("/chain/accepted", io::DType::U8, {}, chunk, kDeflate);
-    f.create_extendible("/configs/field", layout_.float32_fields ? io::DType::F32 : io::DType::F64,
-                        layout_.field_shape, 64, kDeflate);
-    f.create_extendible("/configs/proposal", io::DType::I64, {}, 64, kDeflate);
-    f.write_attr("/chain", "committed_proposals", std::int64_t{0});
-    f.write_attr("/chain", "committed_configs", std::int64_t{0});
-    f.write_attr("/", "status", "running");
-    f.flush();
-  }
-  commit_file(tmp, partial_);
+void ImhChain::create(io::File& f) const {
+  const auto chunk = static_cast<std::uint64_t>(block_);
+  const int deflate = io::kParallelDeflate;
+  for (const char* d : {"/proposals/log_q", "/proposals/action", "/proposals/log_w"})
+    f.create_extendible(d, io::DType::F64, {}, chunk, deflate);
+  if (layout_.work) f.create_extendible("/proposals/work", io::DType::F64, {}, chunk, deflate);
+  for (const auto& name : layout_.observable_names)
+    f.create_extendible("/proposals/observables/" + name, io::DType::F64, {}, chunk, deflate);
+  f.create_extendible("/proposals/observables/correlator", io::DType::F64, {static_cast<std::uint64_t>(layout_.L0)},
+                      chunk, deflate);
+  std::string names;
+  for (const auto& n : layout_.observable_names) names += (names.empty() ? "" : " ") + n;
+  f.write_attr("/proposals/observables", "names", names);
+  f.create_extendible("/chain/proposal", io::DType::I64, {}, chunk, deflate);
+  f.create_extendible("/chain/config", io::DType::I64, {}, chunk, deflate);
+  f.create_extendible("/chain/accepted", io::DType::U8, {}, chunk, deflate);
+  f.create_extendible("/configs/field", layout_.float32_fields ? io::DType::F32 : io::DType::F64,
+                      layout_.field_shape, 64, deflate);
+  f.create_extendible("/configs/proposal", io::DType::I64, {}, 64, deflate);
+  f.write_attr("/chain", "committed_proposals", std::int64_t{0});
+  f.write_attr("/chain", "committed_configs", std::int64_t{0});
 }
 
 void ImhChain::add_round(const ImhBlock& mine) {
@@ -238,8 +182,7 @@ void ImhChain::add_round(const ImhBlock& mine) {
       accepted_.push_back(accept);
       flags[i] = accept;
     }
-    const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_commit_).count();
-    flags[n_round] = round_end == N_ || since >= cfg_.run.commit_seconds;
+    flags[n_round] = round_end == N_ || ens_.commit_due();
   }
   mpi::broadcast(flags.data(), static_cast<std::int64_t>(flags.size()));
 
@@ -277,7 +220,7 @@ void ImhChain::add_round(const ImhBlock& mine) {
 }
 
 void ImhChain::commit() {
-  io::File& f = *file_;
+  io::File& f = ens_.file();
   const bool root = mpi::rank() == 0;
   const auto P = static_cast<std::uint64_t>(props_), C = static_cast<std::uint64_t>(cfgs_);
   for (const char* d : kPerProposal) f.resize(d, P);
@@ -308,18 +251,15 @@ void ImhChain::commit() {
     f.write_rows("/configs/field", cfg_rows_, io::DType::F64, cfg_x_.data());
   }
   f.write_rows("/configs/proposal", cfg_rows_, io::DType::I64, cfg_prop_.data());
-  // The data reaches the file before the committed lengths say it exists.
-  f.flush();
-  const auto now = std::chrono::steady_clock::now();
-  double seconds = seconds_before_ + std::chrono::duration<double>(now - t0_).count();
-  mpi::broadcast(&seconds, 1);  // attributes must be written with the same value on every rank
-  f.write_attr("/chain", "committed_proposals", props_);
-  f.write_attr("/chain", "committed_configs", cfgs_);
-  f.write_attr("/chain", "sampling_seconds", seconds);
-  f.flush();
+  ens_.commit([&](io::File&) {
+    double seconds = seconds_before_ + ens_.session_seconds();
+    mpi::broadcast(&seconds, 1);  // attributes must be written with the same value on every rank
+    f.write_attr("/chain", "committed_proposals", props_);
+    f.write_attr("/chain", "committed_configs", cfgs_);
+    f.write_attr("/chain", "sampling_seconds", seconds);
+  });
   committed_props_ = props_;
   committed_cfgs_ = cfgs_;
-  last_commit_ = now;
   prop_rows_.clear();
   log_q_.clear();
   S_.clear();
@@ -338,22 +278,14 @@ void ImhChain::commit() {
 double ImhChain::finish() {
   if (complete_) return 0;
   if (props_ > committed_props_) commit();
-  const double session = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-  file_.reset();  // collective close
-  mpi::barrier();
+  const double session = ens_.session_seconds();
   double acceptance = 0;
-  if (mpi::rank() == 0) {
-    auto f = io::File::open_write(partial_);
+  ens_.finish([&](io::File& f) {
     acceptance = static_cast<double>(n_acc_ - 1) / static_cast<double>(std::max<std::int64_t>(N_ - 1, 1));
     f.write_attr("/chain", "acceptance", acceptance);
     f.write_attr("/chain", "sampling_seconds", seconds_before_ + session);
     f.write_attr("/chain", "proposals_per_second", static_cast<double>(N_ - resumed_from_) / session);
-    f.write_attr("/", "finished", iso_time_utc());
-    f.write_attr("/", "status", "complete");
-    f.flush();
-  }
-  if (mpi::rank() == 0) commit_file(partial_, out_);
-  mpi::barrier();
+  });
   return acceptance;
 }
 

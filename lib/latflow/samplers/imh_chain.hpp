@@ -8,23 +8,23 @@
 // /configs/field, and writes its own proposals' rows and its own accepted fields with collective parallel-HDF5
 // writes into the one file. No field ever travels to the root.
 //
-// Write protocol (crash safety). The ensemble is OUTPUT.partial until it is complete. Rows are buffered in
-// memory and written at commits (every run.commit_seconds, and at the end): the datasets are extended, the rows
-// written, the file flushed, and only then do the /chain attributes committed_proposals and committed_configs
-// advance (and the file is flushed again). Everything past the committed lengths is garbage from an interrupted
-// commit. A resume truncates it, restores the chain state (current proposal, its log-weight, its configuration
-// row, the acceptance count) from the committed data, and continues with the next block: as every random number
-// is keyed by a global index, the result is bitwise the uninterrupted run's.
+// Write protocol (crash safety; the part shared with the HMC store is io::PartialEnsemble). The ensemble is
+// OUTPUT.partial until it is complete. Rows are buffered in memory and written at commits (every
+// run.commit_seconds, and at the end): the datasets are extended, the rows written, the file flushed, and only
+// then do the /chain attributes committed_proposals and committed_configs advance (and the file is flushed
+// again). Everything past the committed lengths is garbage from an interrupted commit. A resume truncates it,
+// restores the chain state (current proposal, its log-weight, its configuration row, the acceptance count) from
+// the committed data, and continues with the next block: as every random number is keyed by a global index, the
+// result is bitwise the uninterrupted run's.
 #pragma once
-#include <chrono>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "latflow/core/params.hpp"
 #include "latflow/io/h5.hpp"
+#include "latflow/io/partial_ensemble.hpp"
 
 namespace latflow {
 
@@ -68,14 +68,16 @@ class ImhChain {
 
  private:
   void commit();
-  void setup_root(const std::function<void(io::File&)>& write_header);
+  // The callbacks of io::PartialEnsemble::open: the empty datasets of a fresh file; on a resume (root), the
+  // truncation of the uncommitted tail and the chain state restored from the committed data.
+  void create(io::File& f) const;
+  std::string resume(io::File& f);
 
   const Config& cfg_;
   ImhLayout layout_;
-  std::string out_, partial_;
+  io::PartialEnsemble ens_;  // OUTPUT.partial and its protocol; its parallel file is open on every rank
   std::int64_t N_, block_, n_blocks_, next_block_ = 0, resumed_from_ = 0;
   bool complete_ = false;  // resume found the output complete already
-  std::optional<io::File> file_;  // the parallel file, open on every rank
 
   // Committed and buffered extents.
   std::int64_t committed_props_ = 0, props_ = 0;   // proposals
@@ -84,7 +86,6 @@ class ImhChain {
   double cur_lw_ = 0;
   std::int64_t cur_prop_ = -1, cur_cfg_ = -1, n_acc_ = 0;
   double seconds_before_ = 0;  // sampling time of earlier sessions
-  std::chrono::steady_clock::time_point t0_, last_commit_;
 
   // Buffers since the last commit. Per proposal (this rank's blocks).
   std::vector<io::RowRange> prop_rows_;
