@@ -23,10 +23,9 @@
 // counted and listed, not failed; a new child goes on with the next input. (After a call through a garbage
 // pointer the unwinder stops early; then the raw words of the live stack are searched for a return address into a
 // function whose name contains a --known-crash MARK.) The ensemble smoke passes --known-hang
-// libhdf5: HDF5 1.10.8 loops forever on some corrupt files (tests/fuzz/hdf5_findings). The checkpoint smoke passes
-// --known-crash InputArchive9load_from: LibTorch 1.13's archive reader (torch::serialize::InputArchive::load_from,
-// which latflow gives nothing but the path) segfaults on some corrupt archives. latflow can stop neither. Every
-// other crash and timeout still fails.
+// libhdf5: HDF5 1.10.8 loops forever on some corrupt files (tests/fuzz/hdf5_findings), which latflow cannot stop.
+// (The checkpoint smoke passed --known-crash InputArchive9load_from for LibTorch's archive reader until latflow
+// checked the zip CRCs before it.) Every other crash and timeout still fails.
 //
 // A failure ends the run by the signal of the input (status 1 where the inputs run in a child). Exit status 1 also
 // if no seed was accepted (see fuzz_support.hpp), 2 on a bad command line or a missing seed path.

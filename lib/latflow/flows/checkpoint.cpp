@@ -14,6 +14,7 @@
 #include "latflow/core/error.hpp"
 #include "latflow/core/log.hpp"
 #include "latflow/io/h5.hpp"
+#include "latflow/io/zip_check.hpp"
 
 namespace latflow {
 namespace fs = std::filesystem;
@@ -109,6 +110,7 @@ CheckpointMeta load_one(const std::string& path, FlowModel& model, torch::optim:
   CheckpointMeta meta;
   std::string stored_weights_hash, stored_optimizer_hash;
   try {
+    io::verify_zip_archive(path);  // before LibTorch's reader, which crashes on some corrupted archives
     torch::serialize::InputArchive archive;
     archive.load_from(path);
     c10::IValue v;
@@ -166,7 +168,7 @@ CheckpointMeta load_one(const std::string& path, FlowModel& model, torch::optim:
     throw IoError(path + ": unreadable or incompatible checkpoint (" + short_what(e) + ")");
   }
   if (!weights_finite(model)) throw IoError(path + ": checkpoint holds non-finite weights");
-  // LibTorch does not check the zip records' CRCs: the stored hashes catch corrupted tensor data.
+  // The zip CRCs are checked above; the stored hashes also catch data that was corrupted before it was written.
   // (Checkpoints written before the hashes existed have none and are accepted as they are.)
   if (!stored_weights_hash.empty() && stored_weights_hash != model_hash(model))
     throw IoError(path + ": checkpoint is corrupted (the weights do not match their stored hash)");
