@@ -12,7 +12,7 @@
 # times its ConvNet implementations "fused" and "ops" on the same model) and one
 # `pytorch_reference.py CONFIG --batches BATCHES --repeats 1 --threads 1` per padding in PADS: "circular"
 # (padding_mode='circular', what a PyTorch user writes) and "wrap" (explicit wrap padding + unpadded convs, the
-# faster formulation latflow's ops path also uses). Both programs time the same protocol (bench.cpp): warm-up,
+# faster formulation latflow's ops path also uses). Both programs time the same protocol (jobs/bench.cpp): warm-up,
 # max(1, 4096 / B) training steps and proposal rounds per timed round.
 # Environment: LATFLOW (binary, default build/bin/latflow), PYTHON (default /usr/bin/python3),
 # PADS (default "circular wrap").

@@ -14,7 +14,7 @@ torch.optim.Adam. It reads latflow's INI files and builds the same architecture 
                                 circular-spline kernel of the active plaquettes conditioned on the frozen plaquettes
                                 [and 2x1 / 1x2 loops]), uniform prior on [0, 2 pi), angles reduced at the end;
   lib/latflow/theories/{phi4,u1}.cpp   actions and the observables of Theory::measure;
-  lib/latflow/flows/bench.cpp   the timing protocol of `latflow bench`.
+  lib/latflow/jobs/bench.cpp    the timing protocol of `latflow bench`.
 
 Nets run in flow.dtype; prior log-density, log q, actions and log weights are accumulated in float64, like latflow.
 Only the forward (sampling) direction is implemented: it is all that training by reverse KL and making proposals
@@ -476,7 +476,7 @@ def make_theory(c):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Benchmark: the protocol of `latflow bench` (lib/latflow/flows/bench.cpp).
+# Benchmark: the protocol of `latflow bench` (lib/latflow/jobs/bench.cpp).
 def bench(c, batches, repeats, threads):
     torch.set_num_threads(threads)
     theory = make_theory(c)

@@ -22,7 +22,7 @@
 #include "latflow/core/log.hpp"
 #include "latflow/io/durable.hpp"
 #include "latflow/io/gauge_formats.hpp"
-#include "latflow/jobs.hpp"
+#include "latflow/jobs/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
 
 using namespace latflow;

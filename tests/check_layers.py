@@ -3,13 +3,16 @@
 """The include rules of docs/design.md "Library layers", checked on the source tree (a ctest entry, label fast):
 
 - LibTorch stays out of the torch-free code: the sources of the latflow_base target (read from lib/CMakeLists.txt),
-  their headers, the ensemble stores (samplers/imh_chain.*, samplers/hmc_store.*), lib/latflow/jobs.hpp and apps/
-  include neither <torch/...>, <ATen/...>, <c10/...> nor, through latflow headers, anything that does;
+  their headers, the ensemble stores (samplers/imh_chain.*, samplers/hmc_store.*), the CLI's job interface
+  (lib/latflow/jobs/jobs.hpp, and flows/train_history.hpp that it includes) and apps/ include neither
+  <torch/...>, <ATen/...>, <c10/...> nor, through latflow headers, anything that does;
 - <hdf5.h> is included only by lib/latflow/io/h5.cpp; <mpi.h> only by lib/latflow/parallel/mpi.cpp and by h5.cpp
   (parallel HDF5's MPI-IO driver takes an MPI communicator);
 - Boost.Program_options only in apps/;
 - lib/latflow/kernels/ (the latflow_kernels library) is torch-free and includes no latflow header outside
-  kernels/; lib/latflow/core/ includes no latflow header outside core/ (the bottom layers depend on nothing above).
+  kernels/; lib/latflow/core/ includes no latflow header outside core/ (the bottom layers depend on nothing above);
+- the job functions sit on top: no header of lib/latflow/jobs/ is included elsewhere in lib/, and flows/ includes
+  nothing from samplers/.
 
   /usr/bin/python3 tests/check_layers.py [SOURCE_DIR]
 
@@ -65,7 +68,8 @@ def main():
     for stem in ("samplers/imh_chain", "samplers/hmc_store"):
         for ext in (".cpp", ".hpp"):
             torch_free.add(os.path.join("lib/latflow", stem + ext))
-    torch_free.add("lib/latflow/jobs.hpp")
+    torch_free.add("lib/latflow/jobs/jobs.hpp")
+    torch_free.add("lib/latflow/flows/train_history.hpp")
     torch_free |= {p for p in files if p.startswith("apps/")}
 
     bad = []
@@ -82,6 +86,14 @@ def main():
                 for _, i in incs:
                     if i.startswith("latflow/") and not i.startswith(f"latflow/{folder}/"):
                         bad.append(f"{p}: includes {i}, above the {folder}/ layer")
+        if p.startswith("lib/latflow/") and not p.startswith("lib/latflow/jobs/"):
+            for _, i in incs:
+                if i.startswith("latflow/jobs/"):
+                    bad.append(f"{p}: includes {i}, a job header, below the jobs/ layer")
+        if p.startswith("lib/latflow/flows/"):
+            for _, i in incs:
+                if i.startswith("latflow/samplers/"):
+                    bad.append(f"{p}: includes {i}: flows/ does not depend on samplers/")
         for _, i in incs:
             if i in only and p not in only[i]:
                 bad.append(f"{p}: includes <{i}>, which only {' and '.join(only[i])} may include")

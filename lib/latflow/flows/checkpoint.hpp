@@ -16,9 +16,9 @@
 #include <string>
 
 #include "latflow/flows/flow.hpp"
+#include "latflow/flows/train_history.hpp"
 #include "latflow/io/h5.hpp"
 #include "latflow/io/durable.hpp"
-#include "latflow/jobs.hpp"
 
 namespace latflow {
 

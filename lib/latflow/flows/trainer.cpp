@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Reverse-KL training, checkpoints, and resume.
+// Reverse-KL training, checkpoints, and resume: the Trainer of trainer.hpp and its helpers.
+#include "latflow/flows/trainer.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -12,10 +14,11 @@
 
 #include "latflow/analysis/weights.hpp"
 #include "latflow/core/error.hpp"
+#include "latflow/core/faults.hpp"
 #include "latflow/core/log.hpp"
 #include "latflow/core/seed.hpp"
 #include "latflow/flows/checkpoint.hpp"
-#include "latflow/jobs.hpp"
+#include "latflow/io/zip_check.hpp"
 #include "latflow/parallel/mpi.hpp"
 #include "latflow/theories/theory.hpp"
 
@@ -45,6 +48,7 @@ CheckpointMeta load_weights_from(const std::string& path, FlowModel& model, cons
   if (!file_exists(path)) throw IoError(path + ": train.init_from checkpoint not found");
   CheckpointMeta meta;
   try {
+    io::verify_zip_archive(path);  // before LibTorch's reader, which crashes on some corrupted archives
     torch::serialize::InputArchive archive;
     archive.load_from(path);
     c10::IValue v;
@@ -189,318 +193,306 @@ KLObjective reverse_kl_objective(FlowModelImpl& model, const Theory& theory, con
 
 namespace {
 
-class Progress {
- public:
-  Progress(std::int64_t total) : total_(total), tty_(log::stdout_is_tty()) {}
-  void update(std::int64_t step, double elapsed, const std::string& stats, bool log_line) {
-    if (!log::is_root()) return;
-    const double eta = step > 0 ? elapsed / step * (total_ - step) : 0;
-    std::ostringstream os;
-    os << "step " << std::setw(6) << step << "/" << total_ << "  " << stats << "  " << log::format_seconds(elapsed)
-       << " (eta " << log::format_seconds(eta) << ")";
-    if (tty_) {
-      const int width = 24, filled = static_cast<int>(width * step / std::max<std::int64_t>(total_, 1));
-      std::printf("\r[%s%s] %s\033[K", std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
-                  os.str().c_str());
-      std::fflush(stdout);
-      if (step == total_) std::printf("\n");
-    } else if (log_line) {
-      log::info(os.str());
-    }
-  }
-  void finish() {
-    if (tty_ && log::is_root()) std::printf("\n");
-  }
-
- private:
-  std::int64_t total_;
-  bool tty_;
-};
-
-}  // namespace
-
-TrainSummary train_job(const Config& cfg) {
-  // Non-equilibrium sampling starts from the flow of the protocol's start physics: that is what is trained.
-  if (cfg.ne.steps > 0) return train_job(ne_stage(cfg, 0));
-  torch::set_num_threads(cfg.run.threads);
-  const auto& tp = cfg.train;
-  // Data-parallel over the MPI ranks: every rank holds the whole model, makes its share of the batch, and the
-  // gradients are summed with one MPI_Allreduce per step, so the ranks apply the same update and stay identical
-  // (checked by a weight hash at every checkpoint). Only the root writes checkpoints and prints.
-  const int R = mpi::size(), rank = mpi::rank();
-  const bool root = rank == 0;
+// The first sample of this rank's share [B r / R, B (r + 1) / R) of each batch of B samples over R ranks.
+std::int64_t share_begin(const TrainParams& tp, int R, int rank) {
   if (tp.batch < R)
     throw ConfigError("train.batch = " + std::to_string(tp.batch) + ": smaller than the " + std::to_string(R) +
                       " MPI ranks it is split over");
-  const std::int64_t lo = tp.batch * rank / R, hi = tp.batch * (rank + 1) / R;
-  const auto theory_ptr = make_theory(cfg);
-  const Theory& theory = *theory_ptr;
+  return tp.batch * rank / R;
+}
+
+FlowModel initial_flow(const Config& cfg) {
   // The initial weights come from the run seed (LibTorch's default generator is not seeded reproducibly).
   torch::manual_seed(derive_seed(cfg.run.seed, "init", 0));
   FlowModel model = make_flow(cfg);
   model->to_device(torch::Device(cfg.run.device));
-  torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(tp.lr));
+  return model;
+}
 
-  const std::string ckpt = cfg.checkpoint_path();
-  CheckpointMeta meta;
-  meta.model_identity = model_identity(cfg);
-  meta.training_identity = training_identity(cfg);
-  if (checkpoint_exists(ckpt) && !tp.restart) {
-    auto stored = load_checkpoint(ckpt, model, &opt, meta.model_identity);
-    // Reusing a complete checkpoint does not depend on the step count; continuing one does (cosine schedule).
-    auto without_steps = [](const std::string& id) {
-      const auto at = id.find("train.steps = ");
-      return at == std::string::npos ? id : id.substr(0, at) + id.substr(id.find('\n', at) + 1);
-    };
-    const bool complete = stored.step >= tp.steps;
-    auto diff = complete ? first_difference(without_steps(stored.training_identity), without_steps(meta.training_identity))
-                         : first_difference(stored.training_identity, meta.training_identity);
-    if (!diff.empty())
-      throw ConfigError("checkpoint " + ckpt + " was made with other parameters (" + diff +
-                        "); pass --retrain to train from scratch, or set run.checkpoint");
-    meta.step = stored.step;
-    meta.train_seconds = stored.train_seconds;
-    meta.history = stored.history;
-    meta.lr_scale = stored.lr_scale;
-    meta.interval_sums = stored.interval_sums;
-    meta.interval_steps = stored.interval_steps;
+}  // namespace
+
+Trainer::Trainer(const Config& cfg)
+    : cfg_(cfg),
+      tp_(cfg.train),
+      ranks_(mpi::size()),
+      rank_(mpi::rank()),
+      root_(rank_ == 0),
+      lo_(share_begin(cfg.train, ranks_, rank_)),
+      hi_(cfg.train.batch * (rank_ + 1) / ranks_),
+      theory_(make_theory(cfg)),
+      model_(initial_flow(cfg)),
+      opt_(model_->parameters(), torch::optim::AdamOptions(cfg.train.lr)),
+      ckpt_(cfg.checkpoint_path()) {
+  meta_.model_identity = model_identity(cfg);
+  meta_.training_identity = training_identity(cfg);
+}
+
+void Trainer::check_training_identity(const CheckpointMeta& stored) const {
+  // Reusing a complete checkpoint does not depend on the step count; continuing one does (cosine schedule).
+  auto without_steps = [](const std::string& id) {
+    const auto at = id.find("train.steps = ");
+    return at == std::string::npos ? id : id.substr(0, at) + id.substr(id.find('\n', at) + 1);
+  };
+  const bool complete = stored.step >= tp_.steps;
+  auto diff = complete ? first_difference(without_steps(stored.training_identity),
+                                          without_steps(meta_.training_identity))
+                       : first_difference(stored.training_identity, meta_.training_identity);
+  if (!diff.empty())
+    throw ConfigError("checkpoint " + ckpt_ + " was made with other parameters (" + diff +
+                      "); pass --retrain to train from scratch, or set run.checkpoint");
+}
+
+bool Trainer::resume() {
+  if (checkpoint_exists(ckpt_) && !tp_.restart) {
+    auto stored = load_checkpoint(ckpt_, model_, &opt_, meta_.model_identity);
+    check_training_identity(stored);
+    meta_.step = stored.step;
+    meta_.train_seconds = stored.train_seconds;
+    meta_.history = stored.history;
+    meta_.lr_scale = stored.lr_scale;
+    meta_.interval_sums = stored.interval_sums;
+    meta_.interval_steps = stored.interval_steps;
     // Training is complete only with its final evaluation recorded (a kill during that evaluation leaves a
-    // checkpoint of the last step without it): otherwise fall through, and the evaluation below is made.
-    const bool final_eval_missing = tp.eval_every > 0 && (meta.history.eval_step.empty() ||
-                                                          meta.history.eval_step.back() != meta.step);
-    if (meta.step < tp.steps) {
-      log::info("training: resuming " + ckpt + " at step " + std::to_string(meta.step));
+    // checkpoint of the last step without it): otherwise the evaluation is made by finish().
+    const bool final_eval_missing = tp_.eval_every > 0 && (meta_.history.eval_step.empty() ||
+                                                           meta_.history.eval_step.back() != meta_.step);
+    if (meta_.step < tp_.steps) {
+      log::info("training: resuming " + ckpt_ + " at step " + std::to_string(meta_.step));
     } else if (final_eval_missing) {
-      log::info("training: checkpoint " + ckpt + " is trained but lacks its final evaluation; evaluating");
+      log::info("training: checkpoint " + ckpt_ + " is trained but lacks its final evaluation; evaluating");
     } else {
-      log::info("training: checkpoint " + ckpt + " is trained (" + std::to_string(meta.step) + " steps, " +
-                log::format_seconds(meta.train_seconds) + "); reusing it, weights " + model->weights_hash());
-      return {meta.step, meta.train_seconds, true, model->weights_hash(), meta.history};
+      log::info("training: checkpoint " + ckpt_ + " is trained (" + std::to_string(meta_.step) + " steps, " +
+                log::format_seconds(meta_.train_seconds) + "); reusing it, weights " + model_->weights_hash());
+      return true;
     }
-  } else if (!tp.init_from.empty()) {
-    const auto source = load_weights_from(tp.init_from, model, meta.model_identity);
+  } else if (!tp_.init_from.empty()) {
+    const auto source = load_weights_from(tp_.init_from, model_, meta_.model_identity);
     // The source's training is part of what this model cost.
-    meta.train_seconds = source.train_seconds;
-    log::info("training: starting from the weights of " + tp.init_from + " (" + std::to_string(source.step) +
+    meta_.train_seconds = source.train_seconds;
+    log::info("training: starting from the weights of " + tp_.init_from + " (" + std::to_string(source.step) +
               " steps, " + log::format_seconds(source.train_seconds) + " of training, counted here)");
   }
+  return false;
+}
 
-  const auto params = model->parameters();
-  const bool path_gradient = tp.gradient == "path";
-  std::int64_t n_params = 0;
-  for (const auto& p : params) n_params += p.numel();
-  log::info("training: " + std::to_string(n_params) + " parameters, " + std::to_string(tp.steps) +
-            " steps of batch " + std::to_string(tp.batch) + ", " + tp.gradient + " gradient, checkpoint " + ckpt);
+void Trainer::begin() {
+  params_ = model_->parameters();
+  for (const auto& p : params_) n_params_ += p.numel();
+  log::info("training: " + std::to_string(n_params_) + " parameters, " + std::to_string(tp_.steps) +
+            " steps of batch " + std::to_string(tp_.batch) + ", " + tp_.gradient + " gradient, checkpoint " + ckpt_);
+  t0_ = std::chrono::steady_clock::now();
+  base_seconds_ = meta_.train_seconds;
+  good_state_ = serialize_state(model_, opt_);
+  step_ = meta_.step;
+  if (!trainable() && step_ < tp_.steps) log::info("training: the model has no parameters; nothing to train");
+}
 
-  const auto t0 = std::chrono::steady_clock::now();
-  const double base_seconds = meta.train_seconds;
-  double eval_seconds = 0;  // evaluations are not training: the clock excludes them
-  auto elapsed = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - eval_seconds;
-  };
-  // The step of this session's last evaluation, on every rank (the history is kept by the root only, so it
-  // cannot decide for the others whether the final evaluation is due: a collective that all ranks must join).
-  std::int64_t last_eval_step = -1;
-  auto evaluate = [&](std::int64_t step) {
-    last_eval_step = step;
-    const double trained_seconds = base_seconds + elapsed();
-    const auto te = std::chrono::steady_clock::now();
-    std::vector<double> lw;
-    {
-      torch::InferenceMode guard;
-      // Chunk i of the evaluation sample is made by rank i mod R; a round's gather is in chunk order.
-      const std::int64_t chunk = 1000, n_chunks = (tp.eval_samples + chunk - 1) / chunk;
-      for (std::int64_t first = 0; first < n_chunks; first += R) {
-        std::vector<double> mine;
-        if (const std::int64_t i = first + rank; i < n_chunks) {
-          const auto n = std::min(chunk, tp.eval_samples - i * chunk);
-          auto [x, log_q] =
-              model->sample(n, derive_seed(cfg.run.seed, "eval", static_cast<std::uint64_t>(step) * 1000003 + i));
-          auto w = (-(theory.action(x.to(torch::kFloat64)) + log_q)).to(torch::kCPU).contiguous();
-          mine.assign(w.data_ptr<double>(), w.data_ptr<double>() + n);
-        }
-        const auto all = mpi::gather(mine);
-        lw.insert(lw.end(), all.begin(), all.end());
-      }
-    }
-    if (!root) {
-      eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-      return;
-    }
-    auto& h = meta.history;
-    h.eval_step.push_back(step);
-    h.eval_wall_seconds.push_back(trained_seconds);
-    h.eval_ess.push_back(analysis::kish_ess_fraction(lw));
-    h.eval_acceptance.push_back(analysis::imh_acceptance_estimate(lw));
-    eval_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-    std::ostringstream os;
-    os << std::fixed << std::setprecision(4) << "eval   step " << step << ": Kish ESS/N " << h.eval_ess.back()
-       << ", IMH acceptance " << h.eval_acceptance.back() << " on " << tp.eval_samples << " proposals";
-    if (log::stdout_is_tty() && log::is_root()) std::printf("\r\033[K");
-    log::info(os.str());
-  };
-  Progress progress(tp.steps);
-  std::string good_state = serialize_state(model, opt);
-  double& lr_scale = meta.lr_scale;  // stored in the checkpoint, so a resume after a roll-back continues exactly
-  std::int64_t bad_in_a_row = 0;
-  int rollbacks_in_a_row = 0;  // without a good step in between
+double Trainer::elapsed() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count() - eval_seconds_;
+}
+
+bool Trainer::out_of_time() {
+  std::uint8_t out_of_time = tp_.max_minutes > 0 && elapsed() > 60.0 * tp_.max_minutes;
+  if (tp_.max_minutes > 0) mpi::broadcast(&out_of_time, 1);
+  if (out_of_time)
+    log::info("training: wall-clock budget train.max_minutes = " + std::to_string(tp_.max_minutes) +
+              " reached at step " + std::to_string(step_));
+  return out_of_time;
+}
+
+bool Trainer::train_step() {
+  const std::int64_t s = step_++;
+  const double lr = learning_rate(tp_, s) * meta_.lr_scale;
+  for (auto& group : opt_.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+  const auto [objective, log_q, S] = reverse_kl_objective(
+      *model_, *theory_, draw_batch(model_, cfg_.run.seed, s, lo_, hi_), tp_.gradient == "path");
+  // This rank's part of the batch mean; the allreduce completes it.
+  auto loss_part = objective.sum() / static_cast<double>(tp_.batch);
+  if (faults::poisoned_loss(s)) loss_part = loss_part * std::numeric_limits<double>::quiet_NaN();
+  opt_.zero_grad();
+  const double local_loss = loss_part.item<double>();
+  if (std::isfinite(local_loss)) loss_part.backward();
+  // Every rank sees the same summed loss and gradients, hence takes the same decisions below.
+  const double loss = allreduce_gradients(params_, local_loss);
+  if (!std::isfinite(loss) || !all_finite(params_, true)) {
+    skip_bad_step();
+    return false;
+  }
+  bad_in_a_row_ = 0;
+  rollbacks_in_a_row_ = 0;
+  if (tp_.clip > 0) torch::nn::utils::clip_grad_norm_(params_, tp_.clip);
+  opt_.step();
+  if (s == faults::nan_weight_step()) {  // tests the guard that keeps non-finite weights out of checkpoints
+    torch::NoGradGuard no_grad;
+    params_.front().view(-1)[0].fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  record_batch(loss, -(S + log_q));
+  const bool log_now = step_ % tp_.log_every == 0 || step_ == tp_.steps;
+  if (log_now && !close_interval(lr)) return false;
+  if (log_now || log::stdout_is_tty()) show_progress(log_now);
+  return true;
+}
+
+void Trainer::roll_back() {
+  restore_state(good_state_, model_, opt_);
+  meta_.lr_scale *= 0.5;  // stored in the checkpoint, so a resume after a roll-back continues exactly
+}
+
+// A step with a non-finite loss or gradient is skipped: its update is never applied. Persistent failures roll back
+// to the last good state with a smaller learning rate, and stop training when roll-backs do not help.
+void Trainer::skip_bad_step() {
   constexpr int kMaxRollbacks = 3;
-  // Interval accumulators for the history, kept in the checkpoint's metadata.
-  double& acc_loss = meta.interval_sums[0];
-  double& acc_ess = meta.interval_sums[1];
-  double& acc_acc = meta.interval_sums[2];
-  double& acc_var = meta.interval_sums[3];
-  std::int64_t& acc_n = meta.interval_steps;
+  const std::int64_t s = step_ - 1;
+  if (++bad_in_a_row_ < tp_.max_bad_steps) return;
+  if (++rollbacks_in_a_row_ > kMaxRollbacks)
+    throw NumericalError("training: non-finite loss or gradients at step " + std::to_string(s) + " persist after " +
+                         std::to_string(kMaxRollbacks) +
+                         " roll-backs with lower learning rates; last good checkpoint " + ckpt_);
+  roll_back();
+  bad_in_a_row_ = 0;
+  log::warn("training: non-finite values at step " + std::to_string(s) + "; rolled back, learning-rate scale now " +
+            std::to_string(meta_.lr_scale));
+}
 
-  bool saved_now = false;  // the state is in the checkpoint already (no second save of the same step)
-  auto checkpoint = [&](std::int64_t step) {
-    // Never a checkpoint with non-finite weights: roll back to the last good state first (every rank alike).
-    if (!weights_finite(model)) {
-      restore_state(good_state, model, opt);
-      lr_scale *= 0.5;
-      log::warn("training: non-finite weights at step " + std::to_string(step) + "; rolled back before the checkpoint");
-    }
-    const std::string hash = model->weights_hash();
-    if (!mpi::all_equal(hash_purpose(hash)))
-      throw NumericalError("training: the model weights differ between MPI ranks at step " + std::to_string(step) +
-                           " (this rank: " + hash + ")");
-    meta.step = step;
-    meta.train_seconds = base_seconds + elapsed();
-    if (root) save_checkpoint(ckpt, model, &opt, meta);
-    saved_now = true;
-  };
-
-  // Fault injection for tests: LATFLOW_FAULT_NAN_STEPS="a,b-c" poisons the loss of those steps with NaN.
-  std::vector<std::pair<std::int64_t, std::int64_t>> poisoned;
-  if (const char* env = std::getenv("LATFLOW_FAULT_NAN_STEPS")) {
-    std::istringstream is(env);
-    std::string item;
-    while (std::getline(is, item, ',')) {
-      auto dash = item.find('-');
-      const auto a = std::stoll(item.substr(0, dash));
-      poisoned.emplace_back(a, dash == std::string::npos ? a : std::stoll(item.substr(dash + 1)));
-    }
+// Adds the step to the history interval's running sums: the batch statistics on the root, from the whole batch's
+// log-weights (gathered in sample order).
+void Trainer::record_batch(double loss, const torch::Tensor& log_weights) {
+  auto lw_t = log_weights.to(torch::kCPU).contiguous();
+  const std::vector<double> lw =
+      mpi::gather(std::vector<double>(lw_t.data_ptr<double>(), lw_t.data_ptr<double>() + lw_t.numel()));
+  auto& sums = meta_.interval_sums;  // loss, Kish ESS/N, acceptance estimate, var log w
+  if (root_) {
+    sums[0] += loss;
+    sums[1] += analysis::kish_ess_fraction(lw);
+    sums[2] += analysis::imh_acceptance_estimate(lw);
+    sums[3] += torch::tensor(lw, torch::kFloat64).var().item<double>();
   }
-  auto is_poisoned = [&](std::int64_t s) {
-    return std::any_of(poisoned.begin(), poisoned.end(), [s](auto r) { return s >= r.first && s <= r.second; });
-  };
-  // LATFLOW_FAULT_NAN_WEIGHT_STEP=s: a weight becomes NaN right after the update of step s (tests the guard that
-  // keeps non-finite weights out of checkpoints).
-  const char* nan_weight_env = std::getenv("LATFLOW_FAULT_NAN_WEIGHT_STEP");
-  const std::int64_t nan_weight_step = nan_weight_env ? std::stoll(nan_weight_env) : -1;
+  ++meta_.interval_steps;
+}
 
-  std::int64_t step = meta.step;
-  // A model without parameters (flow.layers = 0 with a fixed prior) has nothing to train: it is checkpointed as it is.
-  if (n_params == 0 && step < tp.steps) log::info("training: the model has no parameters; nothing to train");
-  for (; step < tp.steps && n_params > 0; ++step) {
-    saved_now = false;
-    // The root's clock decides for all ranks, which must stop at the same step.
-    std::uint8_t out_of_time = tp.max_minutes > 0 && elapsed() > 60.0 * tp.max_minutes;
-    if (tp.max_minutes > 0) mpi::broadcast(&out_of_time, 1);
-    if (out_of_time) {
-      log::info("training: wall-clock budget train.max_minutes = " + std::to_string(tp.max_minutes) +
-                " reached at step " + std::to_string(step));
-      break;
-    }
-    const double lr = learning_rate(tp, step) * lr_scale;
-    for (auto& group : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-
-    const auto [objective, log_q, S] =
-        reverse_kl_objective(*model, theory, draw_batch(model, cfg.run.seed, step, lo, hi), path_gradient);
-    // This rank's part of the batch mean; the allreduce completes it.
-    auto loss_part = objective.sum() / static_cast<double>(tp.batch);
-    if (is_poisoned(step)) loss_part = loss_part * std::numeric_limits<double>::quiet_NaN();
-    opt.zero_grad();
-    const double local_loss = loss_part.item<double>();
-    if (std::isfinite(local_loss)) loss_part.backward();
-    // Every rank sees the same summed loss and gradients, hence takes the same decisions below.
-    const double loss_value = allreduce_gradients(params, local_loss);
-    bool ok = std::isfinite(loss_value) && all_finite(params, true);
-    if (!ok) {
-      // Skip the step: its update is never applied. Persistent failures roll back to the last good state with a
-      // smaller learning rate.
-      if (++bad_in_a_row >= tp.max_bad_steps) {
-        if (++rollbacks_in_a_row > kMaxRollbacks)
-          throw NumericalError("training: non-finite loss or gradients at step " + std::to_string(step) +
-                               " persist after " + std::to_string(kMaxRollbacks) +
-                               " roll-backs with lower learning rates; last good checkpoint " + ckpt);
-        restore_state(good_state, model, opt);
-        lr_scale *= 0.5;
-        bad_in_a_row = 0;
-        log::warn("training: non-finite values at step " + std::to_string(step) +
-                  "; rolled back, learning-rate scale now " + std::to_string(lr_scale));
-      }
-      continue;
-    }
-    bad_in_a_row = 0;
-    rollbacks_in_a_row = 0;
-    if (tp.clip > 0) torch::nn::utils::clip_grad_norm_(params, tp.clip);
-    opt.step();
-    if (step == nan_weight_step) {
-      torch::NoGradGuard no_grad;
-      params.front().view(-1)[0].fill_(std::numeric_limits<double>::quiet_NaN());
-    }
-
-    // The batch statistics of the history, on the root from the whole batch's log-weights (in sample order).
-    auto lw_t = (-(S + log_q)).to(torch::kCPU).contiguous();
-    const std::vector<double> lw =
-        mpi::gather(std::vector<double>(lw_t.data_ptr<double>(), lw_t.data_ptr<double>() + lw_t.numel()));
-    if (root) {
-      acc_loss += loss_value;
-      acc_ess += analysis::kish_ess_fraction(lw);
-      acc_acc += analysis::imh_acceptance_estimate(lw);
-      acc_var += torch::tensor(lw, torch::kFloat64).var().item<double>();
-    }
-    ++acc_n;
-
-    const bool log_now = (step + 1) % tp.log_every == 0 || step + 1 == tp.steps;
-    if (log_now) {
-      if (!all_finite(params, false)) {
-        restore_state(good_state, model, opt);
-        lr_scale *= 0.5;
-        log::warn("training: non-finite weights after step " + std::to_string(step) + "; rolled back");
-        continue;
-      }
-      good_state = serialize_state(model, opt);
-      auto& h = meta.history;
-      h.step.push_back(step + 1);
-      const double n = static_cast<double>(acc_n);
-      h.loss.push_back(acc_loss / n);
-      h.ess.push_back(acc_ess / n);
-      h.acceptance.push_back(acc_acc / n);
-      h.var_logw.push_back(acc_var / n);
-      h.lr.push_back(lr);
-      h.wall_seconds.push_back(base_seconds + elapsed());
-      acc_loss = acc_ess = acc_acc = acc_var = 0;
-      acc_n = 0;
-    }
-    if (log_now || log::stdout_is_tty()) {
-      std::ostringstream st;
-      st << std::fixed << std::setprecision(3);
-      if (!meta.history.loss.empty())
-        st << "loss " << meta.history.loss.back() << "  ess " << meta.history.ess.back() << "  acc "
-           << meta.history.acceptance.back();
-      progress.update(step + 1, elapsed(), st.str(), log_now);
-    }
-    if (tp.eval_every > 0 && (step + 1) % tp.eval_every == 0) evaluate(step + 1);
-    // The last step's checkpoint waits for the final evaluation below (a checkpoint of the last step means
-    // that training and its evaluation are complete).
-    if ((step + 1) % tp.checkpoint_every == 0 && step + 1 < tp.steps) checkpoint(step + 1);
+// At a logging point: the weights become the new roll-back target and the interval's means a history row; with a
+// non-finite weight the model rolls back instead (returns false).
+bool Trainer::close_interval(double lr) {
+  if (!all_finite(params_, false)) {
+    roll_back();
+    log::warn("training: non-finite weights after step " + std::to_string(step_ - 1) + "; rolled back");
+    return false;
   }
-  progress.finish();
+  good_state_ = serialize_state(model_, opt_);
+  auto& h = meta_.history;
+  auto& sums = meta_.interval_sums;
+  h.step.push_back(step_);
+  const double n = static_cast<double>(meta_.interval_steps);
+  h.loss.push_back(sums[0] / n);
+  h.ess.push_back(sums[1] / n);
+  h.acceptance.push_back(sums[2] / n);
+  h.var_logw.push_back(sums[3] / n);
+  h.lr.push_back(lr);
+  h.wall_seconds.push_back(base_seconds_ + elapsed());
+  sums[0] = sums[1] = sums[2] = sums[3] = 0;
+  meta_.interval_steps = 0;
+  return true;
+}
+
+// A progress bar redrawn in place on a terminal; otherwise a log line at each logging point.
+void Trainer::show_progress(bool log_line) {
+  std::ostringstream st;
+  st << std::fixed << std::setprecision(3);
+  const auto& h = meta_.history;
+  if (!h.loss.empty()) st << "loss " << h.loss.back() << "  ess " << h.ess.back() << "  acc " << h.acceptance.back();
+  if (!log::is_root()) return;
+  const double seconds = elapsed();
+  const double eta = step_ > 0 ? seconds / step_ * (tp_.steps - step_) : 0;
+  std::ostringstream os;
+  os << "step " << std::setw(6) << step_ << "/" << tp_.steps << "  " << st.str() << "  "
+     << log::format_seconds(seconds) << " (eta " << log::format_seconds(eta) << ")";
+  if (log::stdout_is_tty()) {
+    const int width = 24, filled = static_cast<int>(width * step_ / std::max<std::int64_t>(tp_.steps, 1));
+    std::printf("\r[%s%s] %s\033[K", std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                os.str().c_str());
+    std::fflush(stdout);
+    if (step_ == tp_.steps) std::printf("\n");
+  } else if (log_line) {
+    log::info(os.str());
+  }
+}
+
+std::vector<double> Trainer::evaluation_log_weights() {
+  torch::InferenceMode guard;
+  std::vector<double> lw;
+  // Chunk i of the evaluation sample is made by rank i mod R; a round's gather is in chunk order.
+  const std::int64_t chunk = 1000, n_chunks = (tp_.eval_samples + chunk - 1) / chunk;
+  for (std::int64_t first = 0; first < n_chunks; first += ranks_) {
+    std::vector<double> mine;
+    if (const std::int64_t i = first + rank_; i < n_chunks) {
+      const auto n = std::min(chunk, tp_.eval_samples - i * chunk);
+      auto [x, log_q] =
+          model_->sample(n, derive_seed(cfg_.run.seed, "eval", static_cast<std::uint64_t>(step_) * 1000003 + i));
+      auto w = (-(theory_->action(x.to(torch::kFloat64)) + log_q)).to(torch::kCPU).contiguous();
+      mine.assign(w.data_ptr<double>(), w.data_ptr<double>() + n);
+    }
+    const auto all = mpi::gather(mine);
+    lw.insert(lw.end(), all.begin(), all.end());
+  }
+  return lw;
+}
+
+void Trainer::evaluate() {
+  last_eval_step_ = step_;
+  const double trained_seconds = base_seconds_ + elapsed();
+  const auto te = std::chrono::steady_clock::now();
+  const std::vector<double> lw = evaluation_log_weights();
+  auto add_eval_time = [&] {
+    eval_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+  };
+  if (!root_) return add_eval_time();
+  auto& h = meta_.history;
+  h.eval_step.push_back(step_);
+  h.eval_wall_seconds.push_back(trained_seconds);
+  h.eval_ess.push_back(analysis::kish_ess_fraction(lw));
+  h.eval_acceptance.push_back(analysis::imh_acceptance_estimate(lw));
+  add_eval_time();
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(4) << "eval   step " << step_ << ": Kish ESS/N " << h.eval_ess.back()
+     << ", IMH acceptance " << h.eval_acceptance.back() << " on " << tp_.eval_samples << " proposals";
+  if (log::stdout_is_tty() && log::is_root()) std::printf("\r\033[K");
+  log::info(os.str());
+}
+
+void Trainer::checkpoint() {
+  // Never a checkpoint with non-finite weights: roll back to the last good state first (every rank alike).
+  if (!weights_finite(model_)) {
+    roll_back();
+    log::warn("training: non-finite weights at step " + std::to_string(step_) +
+              "; rolled back before the checkpoint");
+  }
+  const std::string hash = model_->weights_hash();
+  if (!mpi::all_equal(hash_purpose(hash)))
+    throw NumericalError("training: the model weights differ between MPI ranks at step " + std::to_string(step_) +
+                         " (this rank: " + hash + ")");
+  meta_.step = step_;
+  meta_.train_seconds = base_seconds_ + elapsed();
+  if (root_) save_checkpoint(ckpt_, model_, &opt_, meta_);
+}
+
+TrainSummary Trainer::finish() {
+  if (log::stdout_is_tty() && log::is_root()) std::printf("\n");  // ends the progress bar's line
   // The history's evaluations that came with the checkpoint are on every rank, this session's only on the root;
-  // last_eval_step covers those on every rank.
-  const auto& history_evals = meta.history.eval_step;
-  const bool evaluated = last_eval_step == step || (!history_evals.empty() && history_evals.back() == step);
-  if (tp.eval_every > 0 && !evaluated) {
-    evaluate(step);
-    saved_now = false;
-  }
-  if (!saved_now) checkpoint(step);
-  const std::string hash = model->weights_hash();
-  log::info("training: " + std::to_string(step) + " steps in " + log::format_seconds(meta.train_seconds) +
-            " (this session " + log::format_seconds(elapsed()) + "), weights " + hash + ", checkpoint " + ckpt);
-  return {meta.step, meta.train_seconds, false, hash, meta.history};
+  // last_eval_step_ covers those on every rank.
+  const auto& history_evals = meta_.history.eval_step;
+  const bool evaluated = last_eval_step_ == step_ || (!history_evals.empty() && history_evals.back() == step_);
+  if (tp_.eval_every > 0 && !evaluated) evaluate();
+  // The last step's checkpoint is written here, after the final evaluation (a checkpoint of the last step means
+  // that training and its evaluation are complete): the loop's checkpoints stop short of train.steps.
+  checkpoint();
+  log::info("training: " + std::to_string(step_) + " steps in " + log::format_seconds(meta_.train_seconds) +
+            " (this session " + log::format_seconds(elapsed()) + "), weights " + model_->weights_hash() +
+            ", checkpoint " + ckpt_);
+  return summary(false);
+}
+
+TrainSummary Trainer::summary(bool reused) {
+  return {meta_.step, meta_.train_seconds, reused, model_->weights_hash(), meta_.history};
 }
 
 }  // namespace latflow

@@ -7,21 +7,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <map>
-#include <optional>
 
-#include "latflow/analysis/gamma.hpp"
 #include "latflow/core/error.hpp"
-#include "latflow/core/log.hpp"
-#include "latflow/core/provenance.hpp"
 #include "latflow/core/seed.hpp"
-#include "latflow/flows/checkpoint.hpp"
-#include "latflow/io/ensemble.hpp"
-#include "latflow/io/gauge_formats.hpp"
-#include "latflow/jobs.hpp"
+#include "latflow/flows/flow.hpp"
 #include "latflow/parallel/mpi.hpp"
-#include "latflow/samplers/hmc_store.hpp"
 #include "latflow/theories/theory.hpp"
 
 namespace latflow {
@@ -208,40 +199,17 @@ int HmcChains::thermalize(std::int64_t n) {
   return n_md_;
 }
 
-namespace {
-
-std::vector<double> to_vector(const torch::Tensor& t) {
-  const auto c = t.to(torch::kCPU, torch::kFloat64).contiguous();
-  return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
-}
-
-// Fault injection for tests: LATFLOW_FAULT_TRAJECTORY=i makes rank LATFLOW_FAULT_RANK (default 0) fail before
-// kept trajectory i, as a crashed node would.
-void fault_point(std::int64_t i) {
-  static const char* env = std::getenv("LATFLOW_FAULT_TRAJECTORY");
-  static const char* rank = std::getenv("LATFLOW_FAULT_RANK");
-  if (env != nullptr && std::to_string(i) == env && mpi::rank() == (rank ? std::atoi(rank) : 0))
-    throw Error("injected failure before trajectory " + std::to_string(i) + " (LATFLOW_FAULT_TRAJECTORY)");
-}
-
-// Mixed chains: one independence-Metropolis step for each of chains first .. first + n - 1 (global indices) at
-// trajectory t, with a proposal of the flow. Chain c's proposal is drawn from the stream (seed, "mixed_propose",
-// c, t) and its uniform from (seed, "mixed_accept", c, t), as HMC's momenta are: the chain does not depend on
-// which chains share its batch or rank. The step accepts y with probability min(1, w(y) / w(x)),
-// w = exp(-S) / q, which with HMC's kernel composes a chain that leaves exp(-S) invariant
-// (docs/physics.md "Mixed chains"). log q(x) of the current field x comes from the flow's inverse, in the flow's
-// dtype. Returns [n] 1/0 (accepted/rejected); x is replaced where accepted.
-std::vector<std::uint8_t> flow_step(FlowModel& model, const Theory& theory, at::Tensor& x, std::uint64_t seed,
+std::vector<std::uint8_t> flow_step(FlowModelImpl& model, const Theory& theory, at::Tensor& x, std::uint64_t seed,
                                     std::int64_t first, std::int64_t n, std::int64_t t) {
   std::vector<torch::Tensor> zs;
   std::vector<double> log_u(static_cast<std::size_t>(n));
   for (std::int64_t b = 0; b < n; ++b) {
-    zs.push_back(model->draw_prior(1, chain_stream(seed, "mixed_propose", first + b, t)));
+    zs.push_back(model.draw_prior(1, chain_stream(seed, "mixed_propose", first + b, t)));
     log_u[static_cast<std::size_t>(b)] = std::log(uniform01(chain_stream(seed, "mixed_accept", first + b, t)));
   }
-  auto [y_model, log_q_y] = model->forward(torch::cat(zs));
+  auto [y_model, log_q_y] = model.forward(torch::cat(zs));
   const auto y = y_model.to(x.options());  // exact: the flow's dtype is float32 or float64
-  const auto log_q_x = model->log_prob(x).first.to(torch::kCPU);
+  const auto log_q_x = model.log_prob(x).first.to(torch::kCPU);
   const auto log_w_y = (-theory.action(y).to(torch::kCPU, torch::kFloat64) - log_q_y.to(torch::kCPU));
   const auto log_w_x = (-theory.action(x).to(torch::kCPU, torch::kFloat64) - log_q_x);
   // A NaN log-weight compares false: the proposal is rejected. The current weight is finite: HMC fields have
@@ -252,179 +220,6 @@ std::vector<std::uint8_t> flow_step(FlowModel& model, const Theory& theory, at::
   x = torch::where(accept.to(x.device()).view(shape), y, x);
   const auto a = accept.to(torch::kUInt8).contiguous();
   return {a.data_ptr<std::uint8_t>(), a.data_ptr<std::uint8_t>() + n};
-}
-
-}  // namespace
-
-std::string hmc_job(const Config& cfg, const std::string& command_line) {
-  const std::string& out = cfg.run.output;
-  const auto& hp = cfg.hmc;
-  const int R = mpi::size(), rank = mpi::rank();
-  if (hp.chains < R)
-    throw ConfigError("hmc.chains = " + std::to_string(hp.chains) + ": fewer chains than the " + std::to_string(R) +
-                      " MPI ranks they are split over");
-  torch::set_num_threads(cfg.run.threads);
-  torch::InferenceMode inference;
-  const auto theory_ptr = make_theory(cfg);
-  const Theory& theory = *theory_ptr;
-  const auto options = torch::TensorOptions().dtype(torch::kFloat64).device(torch::Device(cfg.run.device));
-  // Contiguous ranges of global chain indices; chain c's random streams are keyed by c, not by the rank.
-  const std::int64_t c0 = hp.chains * rank / R, nc = hp.chains * (rank + 1) / R - c0;
-  HmcChains chains(theory, hp, cfg.run.seed, c0, nc, options);
-
-  // Mixed chains: the trained flow of the checkpoint (its identity must match the config's model keys).
-  const bool mixed = hp.flow_every > 0;
-  FlowModel model{nullptr};
-  CheckpointMeta meta;
-  std::string hash;
-  if (mixed) {
-    if (!checkpoint_exists(cfg.checkpoint_path()))
-      throw ConfigError("hmc.flow_every = " + std::to_string(hp.flow_every) + ": no trained flow at " +
-                        cfg.checkpoint_path() + " (run latflow train first, or set run.checkpoint)");
-    model = make_flow(cfg);
-    meta = load_checkpoint(cfg.checkpoint_path(), model, nullptr, model_identity(cfg));
-    model->to_device(torch::Device(cfg.run.device));
-    model->eval();
-    hash = model->weights_hash();
-  }
-
-  HmcLayout layout;
-  layout.observable_names = theory.observable_names();
-  layout.L0 = cfg.lattice.extents[0];
-  const auto field_dims = theory.field_shape();
-  layout.V = 1;  // numbers per configuration
-  for (auto e : field_dims) layout.V *= e;
-  layout.field_shape.assign(field_dims.begin(), field_dims.end());
-  layout.identity = hmc_identity(cfg, hash);
-  layout.flow_steps = mixed;
-  HmcStore store(cfg, layout, c0, nc, [&](io::File& f) {
-    io::write_header(f, cfg, Provenance::collect(command_line, mpi::size()), mixed ? "mixed" : "hmc");
-    io::write_references(f, cfg);
-    if (mixed) write_model_group(f, cfg, meta, hash);
-  });
-  if (store.complete()) return out;
-
-  const bool heatbath = hp.algorithm == "heatbath";
-  const std::string update = heatbath ? "heat bath + " + std::to_string(hp.overrelax) + " overrelaxation sweep(s)"
-                                      : hp.integrator + ", tau = " + std::to_string(hp.trajectory_length);
-  log::info("hmc: " + std::to_string(hp.chains) + " chains on " + std::to_string(R) + " rank(s), " + update + ", " +
-            std::to_string(hp.thermalization) +
-            " thermalisation + " + std::to_string(hp.trajectories) + " trajectories each" +
-            (mixed ? ", a flow step (model " + hash + ") after every " + std::to_string(hp.flow_every) : ""));
-  const std::vector<std::int64_t> field_shape = [&] {
-    std::vector<std::int64_t> s{nc};
-    s.insert(s.end(), field_dims.begin(), field_dims.end());
-    return s;
-  }();
-  if (!hp.start.empty() && !store.thermalized()) {
-    // Every chain starts from the imported configuration (verified on read; docs/file-format.md).
-    const auto u = io::read_gauge_file(hp.start);
-    if (u.extents != cfg.lattice.extents)
-      throw ConfigError("hmc.start = " + hp.start + ": its lattice is not lattice.extents");
-    const auto links = torch::view_as_real(
-        torch::from_blob(const_cast<std::complex<double>*>(u.links.data()),
-                         {static_cast<std::int64_t>(u.links.size())}, torch::kComplexDouble));
-    chains.set_field(links.reshape(field_dims).unsqueeze(0).expand(field_shape).contiguous().to(options));
-  }
-  if (store.thermalized()) {
-    auto x = store.resume_field();
-    chains.set_field(torch::tensor(x, torch::kFloat64).view(field_shape).to(options));
-    chains.set_n_md(store.n_md());
-  } else {
-    const int n_md = chains.thermalize(hp.thermalization);
-    store.set_thermalized(n_md, to_vector(chains.field()));
-    if (!heatbath)
-      log::info("hmc: thermalised; n_md = " + std::to_string(n_md) +
-                " (dt = " + std::to_string(hp.trajectory_length / n_md) + ")");
-  }
-
-  for (std::int64_t i = store.next_trajectory(); i < hp.trajectories; ++i) {
-    fault_point(i);
-    const std::int64_t t = hp.thermalization + i;
-    auto r = chains.trajectory(t, hp.check_reversibility);
-    HmcRow row;
-    if (mixed) {
-      row.flow_accepted.assign(static_cast<std::size_t>(nc), kNoFlowStep);
-      if ((i + 1) % hp.flow_every == 0) {
-        const auto f0 = std::chrono::steady_clock::now();
-        auto x = chains.field();
-        row.flow_accepted = flow_step(model, theory, x, cfg.run.seed, c0, nc, t);
-        chains.set_field(x);
-        row.flow_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
-      }
-    }
-    const auto x = chains.field().to(torch::kCPU).contiguous();
-    auto m = theory.measure(x);
-    const auto a = r.accepted.to(torch::kUInt8).contiguous();
-    row.scalars = to_vector(m.scalars);
-    row.correlator = to_vector(m.correlator);
-    row.dH = to_vector(r.dH);
-    row.accepted.assign(a.data_ptr<std::uint8_t>(), a.data_ptr<std::uint8_t>() + a.numel());
-    row.x = to_vector(x);
-    row.max_dx = r.max_dx;
-    row.max_dp = r.max_dp;
-    row.check_seconds = r.check_seconds;
-    store.add(row);
-  }
-  const std::int64_t V = cfg.lattice.volume();
-  store.finish([&](io::File& f, const HmcTotals& t) {
-    // Cost of one trajectory of one chain per lattice site, everything but the optional reversibility check and
-    // a mixed chain's flow steps (over all sessions of a resumed run).
-    const double per_site = (t.seconds - t.check_seconds - t.flow_seconds) /
-                            (static_cast<double>(hp.thermalization + hp.trajectories) * hp.chains * V);
-    f.create_group("/hmc");
-    if (heatbath) {  // only heat-bath files carry these, so HMC files stay as they were
-      f.write_attr("/hmc", "algorithm", hp.algorithm);
-      f.write_attr("/hmc", "overrelax", static_cast<std::int64_t>(hp.overrelax));
-    }
-    f.write_attr("/hmc", "integrator", hp.integrator);
-    if (hp.integrator == "omelyan") f.write_attr("/hmc", "omelyan_lambda", kOmelyanLambda);
-    f.write_attr("/hmc", "n_md", static_cast<std::int64_t>(t.n_md));
-    f.write_attr("/hmc", "n_md_initial", static_cast<std::int64_t>(hp.n_md));
-    f.write_attr("/hmc", "trajectory_length", hp.trajectory_length);
-    f.write_attr("/hmc", "jitter", hp.jitter);
-    f.write_attr("/hmc", "target_acceptance", hp.target_acceptance);
-    f.write_attr("/hmc", "chains", hp.chains);
-    f.write_attr("/hmc", "thermalization", hp.thermalization);
-    f.write_attr("/hmc", "trajectories", hp.trajectories);
-    f.write_attr("/hmc", "save_every", hp.save_every);
-    f.write_attr("/hmc", "acceptance", t.acceptance);
-    f.write_attr("/hmc", "exp_mdH", t.exp_mdH);
-    f.write_attr("/hmc", "exp_mdH_error", t.exp_mdH_error);
-    f.write_attr("/hmc", "seconds", t.seconds);
-    f.write_attr("/hmc", "seconds_per_trajectory_per_site", per_site);
-    if (mixed) {
-      // Cost split of the mixed chain: seconds (above) is the whole run; flow_seconds its flow steps; training
-      // is in /model.
-      f.write_attr("/hmc", "flow_every", hp.flow_every);
-      f.write_attr("/hmc", "flow_proposals", t.flow_proposals);
-      f.write_attr("/hmc", "flow_acceptance", t.flow_acceptance);
-      f.write_attr("/hmc", "flow_seconds", t.flow_seconds);
-    }
-    if (hp.check_reversibility) {
-      f.write_attr("/hmc", "reversibility_max_dx", t.max_dx);
-      f.write_attr("/hmc", "reversibility_max_dp", t.max_dp);
-    }
-    char b[256];
-    if (heatbath)
-      std::snprintf(b, sizeof b, "heatbath: %lld x %lld sweeps (heat bath + %d overrelaxation), %.3g s per sweep per "
-                    "site, wrote %s", static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories),
-                    hp.overrelax, per_site, out.c_str());
-    else
-      std::snprintf(b, sizeof b,
-                  "hmc: %lld x %lld trajectories, acceptance %.4f, <exp(-dH)> = %.4f +- %.4f, %.3g s per "
-                  "trajectory per site, wrote %s",
-                  static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories), t.acceptance,
-                  t.exp_mdH, t.exp_mdH_error, per_site, out.c_str());
-    log::info(b);
-    if (mixed) {
-      std::snprintf(b, sizeof b, "hmc: %lld flow proposals, flow acceptance %.4f, %.1f s in flow steps (%.0f%%)",
-                    static_cast<long long>(t.flow_proposals), t.flow_acceptance, t.flow_seconds,
-                    100 * t.flow_seconds / t.seconds);
-      log::info(b);
-    }
-  });
-  return out;
 }
 
 }  // namespace latflow

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "latflow/core/params.hpp"
 #include "latflow/theories/theory.hpp"
@@ -80,5 +81,17 @@ class HmcChains {
   int n_md_;
   at::Tensor x_;
 };
+
+class FlowModelImpl;  // flows/flow.hpp
+
+// Mixed chains: one independence-Metropolis step for each of chains first .. first + n - 1 (global indices) at
+// trajectory t, with a proposal of the flow. Chain c's proposal is drawn from the stream (seed, "mixed_propose",
+// c, t) and its uniform from (seed, "mixed_accept", c, t), as HMC's momenta are: the chain does not depend on
+// which chains share its batch or rank. The step accepts y with probability min(1, w(y) / w(x)),
+// w = exp(-S) / q, which with HMC's kernel composes a chain that leaves exp(-S) invariant
+// (docs/physics.md "Mixed chains"). log q(x) of the current field x comes from the flow's inverse, in the flow's
+// dtype. Returns [n] 1/0 (accepted/rejected); x is replaced where accepted.
+std::vector<std::uint8_t> flow_step(FlowModelImpl& model, const Theory& theory, at::Tensor& x, std::uint64_t seed,
+                                    std::int64_t first, std::int64_t n, std::int64_t t);
 
 }  // namespace latflow

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// `latflow bench`: throughput of the config's flow. Each figure is the median over `repeats` timed rounds, so a
-// noisy shared machine disturbs it less; the rounds of all batch sizes are interleaved.
+// `latflow bench` and `latflow bench-hmc`: throughput of the config's flow, and of its HMC. Each figure is the median
+// over `repeats` timed rounds, so a noisy shared machine disturbs it less; the rounds of all batch sizes are
+// interleaved.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -10,8 +11,8 @@
 
 #include "latflow/core/seed.hpp"
 #include "latflow/flows/flow.hpp"
+#include "latflow/jobs/jobs.hpp"
 #include "latflow/samplers/hmc.hpp"
-#include "latflow/jobs.hpp"
 #include "latflow/theories/theory.hpp"
 
 namespace latflow {
@@ -25,6 +26,37 @@ double median(std::vector<double> v) {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Seconds per round, by (fused kernels or LibTorch ops, batch size).
+using Timings = std::map<std::pair<bool, std::int64_t>, std::vector<double>>;
+
+// The table of `latflow bench`: per batch size and ConvNet implementation (fused kernels, LibTorch ops) the median
+// seconds per training step (train) and per batch of proposals (prop), and the ops/fused ratios.
+void print_bench_table(const Config& cfg, FlowModelImpl& model, const std::vector<std::int64_t>& batches,
+                       int repeats, const Timings& train_t, const Timings& prop_t) {
+  std::int64_t n_params = 0;
+  for (const auto& p : model.parameters()) n_params += p.numel();
+  std::string ext;
+  for (std::size_t i = 0; i < cfg.lattice.extents.size(); ++i)
+    ext += (i ? "x" : "") + std::to_string(cfg.lattice.extents[i]);
+  std::printf("bench: %s flow, %d layers, hidden", cfg.flow.coupling.c_str(), cfg.flow.layers);
+  for (int h : cfg.flow.hidden) std::printf(" %d", h);
+  std::printf(", %s, z2 %s, %s prior, lattice %s, %lld parameters, %s gradient, %d thread(s), median of %d rounds\n",
+              cfg.flow.dtype.c_str(), cfg.flow.z2 ? "on" : "off", cfg.flow.prior.c_str(), ext.c_str(),
+              static_cast<long long>(n_params), cfg.train.gradient.c_str(), cfg.run.threads, repeats);
+  std::printf("%8s %6s %16s %14s %18s %16s\n", "batch", "nets", "train step [ms]", "train steps/s",
+              "train samples/s", "proposals/s");
+  for (auto B : batches) {
+    for (bool fused : {true, false}) {
+      const double ts = median(train_t.at({fused, B})), ps = median(prop_t.at({fused, B}));
+      std::printf("%8lld %6s %16.2f %14.1f %18.0f %16.0f\n", static_cast<long long>(B), fused ? "fused" : "ops",
+                  1e3 * ts, 1 / ts, B / ts, B / ps);
+    }
+    std::printf("%8lld %6s %16.2fx %32s %15.2fx\n", static_cast<long long>(B), "ratio",
+                median(train_t.at({false, B})) / median(train_t.at({true, B})), "",
+                median(prop_t.at({false, B})) / median(prop_t.at({true, B})));
+  }
 }
 
 }  // namespace
@@ -44,7 +76,7 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   // Both ConvNet implementations (flow.hpp) on the same model, interleaved round by round: "fused" (the default)
   // and "ops" (LibTorch ops, which is what a PyTorch implementation of the same model does).
   const std::vector<bool> backends{true, false};
-  std::map<std::pair<bool, std::int64_t>, std::vector<double>> train_t, prop_t;
+  Timings train_t, prop_t;
   std::uint64_t counter = 0;
   // The training step of `latflow train`: its estimator (train.gradient), Adam.
   const bool path = cfg.train.gradient == "path";
@@ -92,28 +124,7 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
     }
   }
   use(true);
-  std::int64_t n_params = 0;
-  for (const auto& p : model->parameters()) n_params += p.numel();
-  std::string ext;
-  for (std::size_t i = 0; i < cfg.lattice.extents.size(); ++i)
-    ext += (i ? "x" : "") + std::to_string(cfg.lattice.extents[i]);
-  std::printf("bench: %s flow, %d layers, hidden", cfg.flow.coupling.c_str(), cfg.flow.layers);
-  for (int h : cfg.flow.hidden) std::printf(" %d", h);
-  std::printf(", %s, z2 %s, %s prior, lattice %s, %lld parameters, %s gradient, %d thread(s), median of %d rounds\n",
-              cfg.flow.dtype.c_str(), cfg.flow.z2 ? "on" : "off", cfg.flow.prior.c_str(), ext.c_str(),
-              static_cast<long long>(n_params), cfg.train.gradient.c_str(), cfg.run.threads, repeats);
-  std::printf("%8s %6s %16s %14s %18s %16s\n", "batch", "nets", "train step [ms]", "train steps/s",
-              "train samples/s", "proposals/s");
-  for (auto B : batches) {
-    for (bool fused : backends) {
-      const double ts = median(train_t[{fused, B}]), ps = median(prop_t[{fused, B}]);
-      std::printf("%8lld %6s %16.2f %14.1f %18.0f %16.0f\n", static_cast<long long>(B), fused ? "fused" : "ops",
-                  1e3 * ts, 1 / ts, B / ts, B / ps);
-    }
-    std::printf("%8lld %6s %16.2fx %32s %15.2fx\n", static_cast<long long>(B), "ratio",
-                median(train_t[{false, B}]) / median(train_t[{true, B}]), "",
-                median(prop_t[{false, B}]) / median(prop_t[{true, B}]));
-  }
+  print_bench_table(cfg, *model, batches, repeats, train_t, prop_t);
 }
 
 void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, int repeats) {
