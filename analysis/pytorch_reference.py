@@ -5,7 +5,7 @@
 What a PyTorch user would write for the same models: torch.nn.Conv{1,2,3}d with padding_mode='circular', autograd,
 torch.optim.Adam. It reads latflow's INI files and builds the same architecture as the C++ code:
 
-  lib/latflow/flows/flow.cpp    ConvNetImpl (convs of kernel k through the hidden channels, activation after every
+  lib/latflow/flows/{conv_net,flow}.cpp ConvNetImpl (convs of kernel k through the hidden channels, activation after every
                                 conv but the last, last conv zero-initialised), AffineCoupling (optionally
                                 Z2-symmetrised), SplineCoupling (rational-quadratic spline on [-B, B]), checkerboard
                                 masks alternating parity per layer, N(0,1) prior (flow.prior = fourier: then

@@ -48,10 +48,10 @@ struct Key {
   std::function<void(Config&, const std::string&)> set;
 };
 
-#define LATFLOW_KEY(NAME, FIELD, PARSE, HELP)                                                         \
-  Key {                                                                                               \
-    NAME, HELP, [](const Config& c) { return show(c.FIELD); },                                        \
-        [](Config& c, const std::string& v) { c.FIELD = PARSE; }                                       \
+#define LATFLOW_KEY(NAME, FIELD, PARSE, HELP)                    \
+  Key {                                                          \
+    NAME, HELP, [](const Config& c) { return show(c.FIELD); },   \
+        [](Config& c, const std::string& v) { c.FIELD = PARSE; } \
   }
 
 const std::vector<Key>& keys() {
@@ -83,9 +83,10 @@ const std::vector<Key>& keys() {
       LATFLOW_KEY("flow.loops", flow.loops, parse_bool("flow.loops", v),
                   "u1: feed frozen 2x1 and 1x2 loops to the nets as well as plaquettes"),
       LATFLOW_KEY("flow.dtype", flow.dtype, v, "float32 | float64 nets (log-weights always float64)"),
-      LATFLOW_KEY("flow.prior", flow.prior, v,
-                  "phi4: normal | fourier (a learned translation-invariant Gaussian covariance first); "
-                  "u1: haar | plaquette | exact (gauge-fixed plaquette priors); sun: haar | plaquette | exact (N = 2, 3)"),
+      LATFLOW_KEY(
+          "flow.prior", flow.prior, v,
+          "phi4: normal | fourier (a learned translation-invariant Gaussian covariance first); "
+          "u1: haar | plaquette | exact (gauge-fixed plaquette priors); sun: haar | plaquette | exact (N = 2, 3)"),
       LATFLOW_KEY("train.steps", train.steps, parse_number<I>("train.steps", v), "optimizer steps"),
       LATFLOW_KEY("train.batch", train.batch, parse_number<I>("train.batch", v), "samples per step"),
       LATFLOW_KEY("train.lr", train.lr, parse_number<double>("train.lr", v), "Adam learning rate"),
@@ -115,8 +116,8 @@ const std::vector<Key>& keys() {
       LATFLOW_KEY("sample.store_configs", sample.store_configs, parse_bool("sample.store_configs", v),
                   "store accepted configurations"),
       LATFLOW_KEY("hmc.integrator", hmc.integrator, v, "leapfrog | omelyan (2MN, lambda = 0.1932)"),
-      LATFLOW_KEY("hmc.trajectory_length", hmc.trajectory_length,
-                  parse_number<double>("hmc.trajectory_length", v), "MD time of one trajectory"),
+      LATFLOW_KEY("hmc.trajectory_length", hmc.trajectory_length, parse_number<double>("hmc.trajectory_length", v),
+                  "MD time of one trajectory"),
       LATFLOW_KEY("hmc.algorithm", hmc.algorithm, v,
                   "hmc | heatbath (u1, sun: one heat-bath sweep + hmc.overrelax overrelaxation sweeps per trajectory)"),
       LATFLOW_KEY("hmc.overrelax", hmc.overrelax, parse_number<int>("hmc.overrelax", v),
@@ -127,8 +128,8 @@ const std::vector<Key>& keys() {
                   "initial MD steps per trajectory (tuned during thermalisation, then frozen)"),
       LATFLOW_KEY("hmc.jitter", hmc.jitter, parse_number<double>("hmc.jitter", v),
                   "step size uniform in dt (1 +- jitter) per trajectory and chain"),
-      LATFLOW_KEY("hmc.target_acceptance", hmc.target_acceptance,
-                  parse_number<double>("hmc.target_acceptance", v), "acceptance n_md is tuned toward"),
+      LATFLOW_KEY("hmc.target_acceptance", hmc.target_acceptance, parse_number<double>("hmc.target_acceptance", v),
+                  "acceptance n_md is tuned toward"),
       LATFLOW_KEY("hmc.chains", hmc.chains, parse_number<I>("hmc.chains", v), "independent chains (replicas)"),
       LATFLOW_KEY("hmc.thermalization", hmc.thermalization, parse_number<I>("hmc.thermalization", v),
                   "discarded trajectories per chain (n_md tuned in the first 3/4)"),
@@ -176,8 +177,7 @@ Config parse_config(const std::string& text, const std::string& path, const std:
   try {
     std::istringstream is(cfg.source_text);
     auto parsed = po::parse_config_file(is, desc, /*allow_unregistered=*/true);
-    if (parsed.options.empty())
-      throw ConfigError(path + ": no settings (the config file is empty or only comments)");
+    if (parsed.options.empty()) throw ConfigError(path + ": no settings (the config file is empty or only comments)");
     for (const auto& o : parsed.options) {
       if (!o.unregistered) continue;
       if (o.string_key.rfind("reference.", 0) == 0 && o.value.size() == 1)
@@ -186,9 +186,7 @@ Config parse_config(const std::string& text, const std::string& path, const std:
         throw ConfigError(path + ": unknown key " + o.string_key + " (`latflow keys` lists them)");
     }
     // po::store keeps the first value stored for a key: store the overrides first so that they win.
-    po::store(po::command_line_parser(overrides).options(desc).style(po::command_line_style::unix_style)
-                  .run(),
-              vm);
+    po::store(po::command_line_parser(overrides).options(desc).style(po::command_line_style::unix_style).run(), vm);
     po::store(parsed, vm);
   } catch (const po::error& e) {
     throw ConfigError(path + ": " + e.what());

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The latflow command line: one binary, subcommands. The INI parser (Boost.Program_options) is config_parse.cpp. Every key of the INI
-// files can be overridden on the command line as --section.key VALUE. Errors are caught once, at the bottom.
+// The latflow command line: one binary, subcommands. The INI parser (Boost.Program_options) is config_parse.cpp. Every
+// key of the INI files can be overridden on the command line as --section.key VALUE. Errors are caught once, at the
+// bottom.
 #include <csignal>
 #include <cstdlib>  // defines __GLIBC__ on glibc
 #if defined(__GLIBC__)
@@ -61,66 +62,77 @@ const std::map<std::string, std::string>& command_help() {
       "  --section.key VALUE  override any config key (`latflow keys` lists them); shorthands --output, --threads,\n"
       "                       --seed\n";
   static const std::map<std::string, std::string> help{
-      {"run", "usage: latflow run CONFIG.ini [--overwrite] [--retrain] [--resume] [--section.key VALUE ...]\n"
-              "Trains the flow (or reuses / continues run.checkpoint, default OUTPUT.ckpt), samples sample.proposals\n"
-              "proposals, runs the independence Metropolis chain into run.output (HDF5) and prints the analysis.\n" +
-                  config_keys + "example: latflow run configs/tutorial.ini --train.steps 1000 --output runs/t.h5\n"},
-      {"train", "usage: latflow train CONFIG.ini [--retrain] [--section.key VALUE ...]\n"
-                "Trains the flow by reverse KL; writes run.checkpoint (default OUTPUT.ckpt) every\n"
-                "train.checkpoint_every steps and continues an existing one.\n" +
-                    config_keys + "example: latflow train configs/e5.ini --train.steps 6000\n"},
-      {"sample", "usage: latflow sample CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
-                 "Samples with the trained checkpoint: independence Metropolis ensemble into run.output (HDF5).\n"
-                 "With ne.steps = n > 0, non-equilibrium proposals: each starts from the flow of ne.parameter =\n"
-                 "ne.start (what `train` trains with the same keys) and makes n steps of the coupling toward the\n"
-                 "config's value, each followed by one HMC trajectory (hmc.n_md, not tuned); the weight carries the\n"
-                 "work. A model without parameters (flow.layers = 0, a fixed prior) needs no checkpoint.\n" +
-                     config_keys +
-                     "example: latflow sample configs/tutorial.ini --run.checkpoint runs/tutorial.h5.ckpt "
-                     "--run.seed 2 --output runs/t2.h5\n"
-                     "         latflow sample configs/u1_exact.ini --flow.prior haar --ne.steps 300 "
-                     "--ne.parameter u1.beta --ne.start 0 --output runs/u1_ne.h5\n"},
-      {"hmc", "usage: latflow hmc CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
-              "HMC baseline: hmc.chains chains in the batch into run.output (HDF5), then the analysis.\n"
-              "With hmc.flow_every = k > 0, a mixed chain: after every k trajectories each chain makes an\n"
-              "independence Metropolis step with a proposal of the trained flow (run.checkpoint).\n" +
-                  config_keys + "example: latflow hmc configs/hmc_tutorial.ini --hmc.trajectories 5000\n"
-                                "         latflow hmc configs/u1_L16.ini --hmc.flow_every 1 --run.checkpoint "
-                                "runs/u1_L16.h5.ckpt --output runs/u1_mixed.h5\n"},
-      {"analyze", "usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]\n"
-                  "Prints the analysis table of a complete ensemble and writes it as JSON (default FILE.json).\n"
-                  "  --json OUT  the JSON report's path\n"
-                  "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
-                  "example: latflow analyze runs/tutorial.h5 --S 2\n"},
-      {"compare", "usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]\n"
-                  "Flow (IMH, or a mixed chain of HMC and flow steps) or heat bath versus HMC on the same physics:\n"
-                  "estimates, tau_int, effective samples per second and the cost per effective sample with the\n"
-                  "flow's training counted (default JSON FLOW_vs_hmc.json).\n"
-                  "  --json OUT  the JSON report's path\n"
-                  "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
-                  "example: latflow compare runs/tutorial.h5 runs/hmc_tutorial.h5\n"},
-      {"bench", "usage: latflow bench CONFIG.ini [--batches 64,1024] [--repeats 5] [--section.key VALUE ...]\n"
-                "Training steps/s and proposals/s of the config's flow (median of the repeats).\n"
-                "  --batches B,..  batch sizes\n"
-                "  --repeats N     timed repetitions per batch size\n" +
-                    config_keys + "example: latflow bench configs/tutorial.ini --batches 128 --repeats 3\n"},
-      {"bench-hmc", "usage: latflow bench-hmc CONFIG.ini [--sizes 8,16,32,64] [--repeats 5] [--section.key VALUE ...]\n"
-                    "HMC trajectories/s x sites of the config's theory on L^d lattices.\n"
-                    "  --sizes L,..    lattice sizes L\n"
-                    "  --repeats N     timed repetitions per size\n" +
-                        config_keys + "example: latflow bench-hmc configs/u1_tutorial.ini --sizes 8,16\n"},
-      {"export", "usage: latflow export FILE.h5 [--format nersc|ildg] [--out DIR] [--overwrite]\n"
-                 "Writes every stored configuration of a complete 4D SU(3) ensemble (hmc.save_every > 0 for HMC) as\n"
-                 "DIR/STEM_c<chain>_t<trajectory>.<format>: NERSC (4D_SU3_GAUGE_3x3, IEEE64BIG, header with the\n"
-                 "plaquette, link trace and checksum) or ILDG (LIME, 64-bit). Existing files are refused.\n"
-                 "  --format F  nersc (default) or ildg\n"
-                 "  --out DIR   the directory (default: FILE's directory)\n"
-                 "example: latflow export runs/su3_4d_hmc.h5 --format nersc --out runs/su3_4d_nersc\n"},
-      {"import", "usage: latflow import FILE [FILE ...]\n"
-                 "Reads NERSC (4D_SU3_GAUGE, 4D_SU3_GAUGE_3x3; IEEE32/64, big or little endian) or ILDG files,\n"
-                 "verifies the NERSC header's checksum, plaquette and link trace, and prints each file's lattice,\n"
-                 "plaquette and link trace. To start HMC or the heat bath from one: --hmc.start FILE.\n"
-                 "example: latflow import runs/su3_4d_nersc/*.nersc\n"},
+      {"run",
+       "usage: latflow run CONFIG.ini [--overwrite] [--retrain] [--resume] [--section.key VALUE ...]\n"
+       "Trains the flow (or reuses / continues run.checkpoint, default OUTPUT.ckpt), samples sample.proposals\n"
+       "proposals, runs the independence Metropolis chain into run.output (HDF5) and prints the analysis.\n" +
+           config_keys + "example: latflow run configs/tutorial.ini --train.steps 1000 --output runs/t.h5\n"},
+      {"train",
+       "usage: latflow train CONFIG.ini [--retrain] [--section.key VALUE ...]\n"
+       "Trains the flow by reverse KL; writes run.checkpoint (default OUTPUT.ckpt) every\n"
+       "train.checkpoint_every steps and continues an existing one.\n" +
+           config_keys + "example: latflow train configs/e5.ini --train.steps 6000\n"},
+      {"sample",
+       "usage: latflow sample CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
+       "Samples with the trained checkpoint: independence Metropolis ensemble into run.output (HDF5).\n"
+       "With ne.steps = n > 0, non-equilibrium proposals: each starts from the flow of ne.parameter =\n"
+       "ne.start (what `train` trains with the same keys) and makes n steps of the coupling toward the\n"
+       "config's value, each followed by one HMC trajectory (hmc.n_md, not tuned); the weight carries the\n"
+       "work. A model without parameters (flow.layers = 0, a fixed prior) needs no checkpoint.\n" +
+           config_keys +
+           "example: latflow sample configs/tutorial.ini --run.checkpoint runs/tutorial.h5.ckpt "
+           "--run.seed 2 --output runs/t2.h5\n"
+           "         latflow sample configs/u1_exact.ini --flow.prior haar --ne.steps 300 "
+           "--ne.parameter u1.beta --ne.start 0 --output runs/u1_ne.h5\n"},
+      {"hmc",
+       "usage: latflow hmc CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
+       "HMC baseline: hmc.chains chains in the batch into run.output (HDF5), then the analysis.\n"
+       "With hmc.flow_every = k > 0, a mixed chain: after every k trajectories each chain makes an\n"
+       "independence Metropolis step with a proposal of the trained flow (run.checkpoint).\n" +
+           config_keys +
+           "example: latflow hmc configs/hmc_tutorial.ini --hmc.trajectories 5000\n"
+           "         latflow hmc configs/u1_L16.ini --hmc.flow_every 1 --run.checkpoint "
+           "runs/u1_L16.h5.ckpt --output runs/u1_mixed.h5\n"},
+      {"analyze",
+       "usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]\n"
+       "Prints the analysis table of a complete ensemble and writes it as JSON (default FILE.json).\n"
+       "  --json OUT  the JSON report's path\n"
+       "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
+       "example: latflow analyze runs/tutorial.h5 --S 2\n"},
+      {"compare",
+       "usage: latflow compare FLOW.h5 HMC.h5 [--json OUT] [--S 1.5]\n"
+       "Flow (IMH, or a mixed chain of HMC and flow steps) or heat bath versus HMC on the same physics:\n"
+       "estimates, tau_int, effective samples per second and the cost per effective sample with the\n"
+       "flow's training counted (default JSON FLOW_vs_hmc.json).\n"
+       "  --json OUT  the JSON report's path\n"
+       "  --S S       Wolff's window parameter of the Gamma method (default 1.5)\n"
+       "example: latflow compare runs/tutorial.h5 runs/hmc_tutorial.h5\n"},
+      {"bench",
+       "usage: latflow bench CONFIG.ini [--batches 64,1024] [--repeats 5] [--section.key VALUE ...]\n"
+       "Training steps/s and proposals/s of the config's flow (median of the repeats).\n"
+       "  --batches B,..  batch sizes\n"
+       "  --repeats N     timed repetitions per batch size\n" +
+           config_keys + "example: latflow bench configs/tutorial.ini --batches 128 --repeats 3\n"},
+      {"bench-hmc",
+       "usage: latflow bench-hmc CONFIG.ini [--sizes 8,16,32,64] [--repeats 5] [--section.key VALUE ...]\n"
+       "HMC trajectories/s x sites of the config's theory on L^d lattices.\n"
+       "  --sizes L,..    lattice sizes L\n"
+       "  --repeats N     timed repetitions per size\n" +
+           config_keys + "example: latflow bench-hmc configs/u1_tutorial.ini --sizes 8,16\n"},
+      {"export",
+       "usage: latflow export FILE.h5 [--format nersc|ildg] [--out DIR] [--overwrite]\n"
+       "Writes every stored configuration of a complete 4D SU(3) ensemble (hmc.save_every > 0 for HMC) as\n"
+       "DIR/STEM_c<chain>_t<trajectory>.<format>: NERSC (4D_SU3_GAUGE_3x3, IEEE64BIG, header with the\n"
+       "plaquette, link trace and checksum) or ILDG (LIME, 64-bit). Existing files are refused.\n"
+       "  --format F  nersc (default) or ildg\n"
+       "  --out DIR   the directory (default: FILE's directory)\n"
+       "example: latflow export runs/su3_4d_hmc.h5 --format nersc --out runs/su3_4d_nersc\n"},
+      {"import",
+       "usage: latflow import FILE [FILE ...]\n"
+       "Reads NERSC (4D_SU3_GAUGE, 4D_SU3_GAUGE_3x3; IEEE32/64, big or little endian) or ILDG files,\n"
+       "verifies the NERSC header's checksum, plaquette and link trace, and prints each file's lattice,\n"
+       "plaquette and link trace. To start HMC or the heat bath from one: --hmc.start FILE.\n"
+       "example: latflow import runs/su3_4d_nersc/*.nersc\n"},
       {"keys", "usage: latflow keys\nLists every config key with its default and meaning.\n"},
   };
   return help;
@@ -200,7 +212,8 @@ void analyze_and_print(const std::string& file, double S, const std::string& jso
 // latflow analyze FILE.h5: the analysis table and its JSON.
 int analyze_command(int argc, char** argv) {
   auto a = split_args(argc, argv, {"json", "S"});
-  if (a.positional.size() != 1 || !a.overrides.empty()) throw ConfigError("usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]");
+  if (a.positional.size() != 1 || !a.overrides.empty())
+    throw ConfigError("usage: latflow analyze FILE.h5 [--json OUT] [--S 1.5]");
   const double S = gamma_S_option(a);
   analyze_and_print(a.positional[0], S, a.local.count("json") ? a.local["json"] : json_path_for(a.positional[0]));
   return 0;
@@ -234,8 +247,7 @@ int export_command(int argc, char** argv) {
   const std::string dir = a.local.count("out") ? a.local["out"] : std::filesystem::path(h5).parent_path().string();
   if (!log::is_root()) return 0;
   const auto files = io::export_ensemble(h5, a.local.count("format") ? a.local["format"] : "nersc", dir, overwrite);
-  std::cout << "export: " << files.size() << " configuration(s)" << (files.empty() ? "" : ", e.g. " + files[0])
-            << "\n";
+  std::cout << "export: " << files.size() << " configuration(s)" << (files.empty() ? "" : ", e.g. " + files[0]) << "\n";
   return 0;
 }
 
@@ -246,11 +258,11 @@ int import_command(int argc, char** argv) {
   for (const auto& path : a.positional) {
     const auto u = io::read_gauge_file(path);
     char b[512];
-    std::snprintf(b, sizeof b, "%s: %s, SU(3) %lldx%lldx%lldx%lld, plaquette %.15g, link trace %.15g\n",
-                  path.c_str(),
-                  u.format == "nersc" ? "NERSC (checksum, plaquette, link trace verified)" : "ILDG (no checksum)", static_cast<long long>(u.extents[0]), static_cast<long long>(u.extents[1]),
-                  static_cast<long long>(u.extents[2]), static_cast<long long>(u.extents[3]),
-                  io::mean_plaquette(u), io::mean_link_trace(u));
+    std::snprintf(b, sizeof b, "%s: %s, SU(3) %lldx%lldx%lldx%lld, plaquette %.15g, link trace %.15g\n", path.c_str(),
+                  u.format == "nersc" ? "NERSC (checksum, plaquette, link trace verified)" : "ILDG (no checksum)",
+                  static_cast<long long>(u.extents[0]), static_cast<long long>(u.extents[1]),
+                  static_cast<long long>(u.extents[2]), static_cast<long long>(u.extents[3]), io::mean_plaquette(u),
+                  io::mean_link_trace(u));
     if (log::is_root()) std::cout << b;
   }
   return 0;

@@ -97,8 +97,7 @@ TEST_CASE("gamma: AR(1) tau_int and error of the mean match the exact values", "
   }
 }
 
-TEST_CASE("gamma: several replicas agree with one long chain and with the exact values",
-          "[analysis][gamma]") {
+TEST_CASE("gamma: several replicas agree with one long chain and with the exact values", "[analysis][gamma]") {
   const double a = 0.9;
   const double tau = ar1_tau(a);
   Rng rng(77);
@@ -124,8 +123,7 @@ TEST_CASE("gamma: several replicas agree with one long chain and with the exact 
   CHECK(std::abs(rep.mean) < 4 * rep.error);
 }
 
-TEST_CASE("gamma: slow AR(1) (FFT lags) agrees with direct lag sums and the exact tau_int",
-          "[analysis][gamma]") {
+TEST_CASE("gamma: slow AR(1) (FFT lags) agrees with direct lag sums and the exact tau_int", "[analysis][gamma]") {
   const double a = 0.98;  // tau_int = 49.5: the window search runs far past the directly summed lags
   Rng rng(2024);
   const std::size_t n = 1 << 19;
@@ -189,8 +187,7 @@ TEST_CASE("gamma: hand-computed estimator on two short replicas", "[analysis][ga
   CHECK(d.window == 1);
 }
 
-TEST_CASE("gamma: autocovariance over replicas of unequal length matches the naive estimator",
-          "[analysis][gamma]") {
+TEST_CASE("gamma: autocovariance over replicas of unequal length matches the naive estimator", "[analysis][gamma]") {
   // Random-walk replicas of lengths 60, 700 and 3000 with max_window = 1000: the window search runs past the
   // directly summed lags (FFT) and past the two short replicas, where only the longer ones contribute terms:
   // Gamma(t) = sum_r sum_{i < N_r - t} d_{r,i} d_{r,i+t} / sum_r max(N_r - t, 0).
@@ -249,8 +246,7 @@ TEST_CASE("gamma: constant data give zero error and tau_int 1/2 without NaN", "[
   const auto x = normals(0.3, 0.1, 500, rng);
   std::vector<double> y(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) y[i] = 1 - x[i];
-  const GammaResult d =
-      gamma_method_derived({{x}, {y}}, [](const std::vector<double>& m) { return m[0] + m[1]; });
+  const GammaResult d = gamma_method_derived({{x}, {y}}, [](const std::vector<double>& m) { return m[0] + m[1]; });
   CHECK(d.mean == Approx(1.0));
   CHECK(d.error < 1e-12);
   CHECK(std::isfinite(d.tau_int));
@@ -270,8 +266,7 @@ TEST_CASE("gamma: a random walk reports that no window was found", "[analysis][g
   CHECK(r.tau_int_of_w.size() == 51);
 }
 
-TEST_CASE("gamma: derived ratio error agrees with the spread over independent repetitions",
-          "[analysis][gamma]") {
+TEST_CASE("gamma: derived ratio error agrees with the spread over independent repetitions", "[analysis][gamma]") {
   // x = 1 + 0.3 u, y = 2 + 0.2 u + 0.2 v with independent AR(1) u, v (a = 0.7, tau_int = 17/6).
   // f = <x>/<y> = 1/2; grad f = (1/2, -1/4), so the projected fluctuation is 0.1 u - 0.05 v with variance
   // 0.0125 and the same tau_int: the exact error is sqrt(2 tau_int 0.0125 / N).
@@ -341,9 +336,8 @@ TEST_CASE("gamma: bad input throws latflow::Error", "[analysis][gamma]") {
   CHECK_THROWS_AS(gamma_method_derived({{{1, 2, 3}}, {{1, 2, 3}, {4, 5}}}, f), latflow::Error);  // replicas
   CHECK_THROWS_AS(gamma_method_derived({{{1, 2, 3}}, {{1, 2}}}, f), latflow::Error);             // lengths
   CHECK_THROWS_AS(gamma_method_derived({{{1, 2, 3}}}, DerivedFn{}), latflow::Error);
-  CHECK_THROWS_AS(
-      gamma_method_derived({{{1, 2, 3}}}, [](const std::vector<double>& m) { return std::log(m[0] - 2); }),
-      latflow::Error);  // f(means) = log(0)
+  CHECK_THROWS_AS(gamma_method_derived({{{1, 2, 3}}}, [](const std::vector<double>& m) { return std::log(m[0] - 2); }),
+                  latflow::Error);  // f(means) = log(0)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -486,8 +480,7 @@ TEST_CASE("weights: acceptance_tau of i.i.d. Bernoulli acceptance", "[analysis][
   }
 }
 
-TEST_CASE("weights: lognormal_acceptance matches a simulated independence Metropolis chain",
-          "[analysis][weights]") {
+TEST_CASE("weights: lognormal_acceptance matches a simulated independence Metropolis chain", "[analysis][weights]") {
   // IMH on i.i.d. proposals whose log-weights are N(mu, s^2): accept with min(1, exp(lw' - lw)).
   const double s2 = GENERATE(0.5, 1.0, 2.0);
   CAPTURE(s2);

@@ -3,8 +3,8 @@
 // ensemble (provenance, chain trail, stored fields), and 1-rank versus 2-rank sampling.
 #include <sys/wait.h>
 
-#include <catch2/catch.hpp>
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <complex>
 #include <cstdio>
@@ -188,8 +188,7 @@ TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero ex
   expect_error("train " + with("dtype.ini", "layers = 8", "layers = 8\ndtype = float16"), 2, "flow.dtype");
   expect_error("train " + with("act.ini", "activation = tanh", "activation = relu6"), 2, "flow.activation");
   expect_error("train " + with("hid.ini", "hidden = 16 16", "hidden = 16 x"), 2, "flow.hidden");
-  expect_error("train " + with("sched.ini", "lr = 0.003", "lr = 0.003\nlr_schedule = step"), 2,
-               "train.lr_schedule");
+  expect_error("train " + with("sched.ini", "lr = 0.003", "lr = 0.003\nlr_schedule = step"), 2, "train.lr_schedule");
   expect_error("train " + with("lr.ini", "lr = 0.003", "lr = 0"), 2, "train.lr");
   expect_error("train " + with("grad.ini", "lr = 0.003", "lr = 0.003\ngradient = score"), 2, "train.gradient");
   expect_error("train " + with("d5.ini", "extents = 8 8", "extents = 4 4 4 4 4"), 2, "lattice.extents");
@@ -224,13 +223,16 @@ TEST_CASE("bad input: one-line errors naming the key, file or value; non-zero ex
   g_watched = nullptr;
 }
 
-TEST_CASE("hostile input matrix: configs, ensembles, checkpoints, outputs, unwritable and full disks", "[cli][hostile]") {
+TEST_CASE("hostile input matrix: configs, ensembles, checkpoints, outputs, unwritable and full disks",
+          "[cli][hostile]") {
   TempDir dir;
-  const std::string good = "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
-                           "[train]\nsteps = 10\nbatch = 16\ncheckpoint_every = 5\nlog_every = 5\n"
-                           "[sample]\nproposals = 300\nblock = 100\n"
-                           "[hmc]\nchains = 2\nthermalization = 4\ntrajectories = 40\nsave_every = 10\n"
-                           "[run]\nseed = 3\noutput = " + dir / "ens.h5" + "\n";
+  const std::string good =
+      "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
+      "[train]\nsteps = 10\nbatch = 16\ncheckpoint_every = 5\nlog_every = 5\n"
+      "[sample]\nproposals = 300\nblock = 100\n"
+      "[hmc]\nchains = 2\nthermalization = 4\ntrajectories = 40\nsave_every = 10\n"
+      "[run]\nseed = 3\noutput = " +
+      dir / "ens.h5" + "\n";
   write_file(dir / "good.ini", good);
   // A real ensemble, checkpoint and HMC file to damage.
   REQUIRE(run("run " + dir / "good.ini").code == 0);
@@ -253,7 +255,9 @@ TEST_CASE("hostile input matrix: configs, ensembles, checkpoints, outputs, unwri
   {
     expect_error("train " + cfg("empty.ini", ""), 2, "empty.ini: no settings");
     expect_error("train " + cfg("trunc.ini", good.substr(0, good.find("[flow]") + 4)), 2, "trunc.ini");
-    expect_error("train " + cfg("garbage.ini", std::string("\x7f" "ELF\x02\x01\x01\0\0\0\xff\xfe\n\x01=\x02\n", 17)),
+    expect_error("train " + cfg("garbage.ini", std::string("\x7f"
+                                                           "ELF\x02\x01\x01\0\0\0\xff\xfe\n\x01=\x02\n",
+                                                           17)),
                  2, "garbage.ini");
     expect_error("hmc " + with("chains.ini", "chains = 2", "chains = -3"), 2, "hmc.chains = -3");
     expect_error("train " + with("hidden0.ini", "hidden = 4", "hidden = 0"), 2, "flow.hidden = 0");
@@ -422,8 +426,10 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
       CHECK(row.hmc.eff_per_second > 0);
     }
   // Different physics is refused, naming both files.
-  auto other = run("hmc " + cfg + " --output " + dir / "other.h5 --phi4.m2 2 --hmc.trajectories 20 "
-                   "--hmc.thermalization 10 --hmc.chains 4 --hmc.save_every 0");
+  auto other = run("hmc " + cfg + " --output " +
+                   dir /
+                       "other.h5 --phi4.m2 2 --hmc.trajectories 20 "
+                       "--hmc.thermalization 10 --hmc.chains 4 --hmc.save_every 0");
   REQUIRE(other.code == 0);
   expect_error("compare " + out + " " + dir / "other.h5", 2, "different physics");
   expect_error("compare " + out + " " + out, 3, "one hmc ensemble and one flow (imh or mixed) or heat-bath");
@@ -442,8 +448,8 @@ TEST_CASE("free-field run reproduces the exact chi2, <S>/V and free energy; the 
     REQUIRE(r2.code == 0);
     auto a1 = io::File::open_read(o1), a2 = io::File::open_read(o2);
     CHECK(a2.read_attr_int("/", "ranks") == 2);
-    for (const char* d : {"/proposals/log_w", "/proposals/log_q", "/proposals/action", "/proposals/observables/chi2",
-                          "/configs/field"})
+    for (const char* d :
+         {"/proposals/log_w", "/proposals/log_q", "/proposals/action", "/proposals/observables/chi2", "/configs/field"})
       CHECK(a1.read_f64(d) == a2.read_f64(d));
     CHECK(a1.read_i64("/chain/proposal") == a2.read_i64("/chain/proposal"));
   }
@@ -457,7 +463,8 @@ TEST_CASE("phi^4 flows in d = 4: the free field on 4x4x2x4 is trained and sample
   TempDir dir;
   const std::string out = dir / "ff4.h5", cfg = dir / "ff4.ini";
   write_file(cfg, free_field_config(out));
-  auto r = run("run " + cfg + " --lattice.extents \"4 4 2 4\" --flow.layers 4 --flow.hidden 8 --train.batch 128 "
+  auto r = run("run " + cfg +
+               " --lattice.extents \"4 4 2 4\" --flow.layers 4 --flow.hidden 8 --train.batch 128 "
                "--sample.proposals 10000");
   INFO(r.out);
   REQUIRE(r.code == 0);
@@ -534,7 +541,8 @@ TEST_CASE("checkpoints keep two backups; an unreadable checkpoint falls back to 
   write_file(cfg,
              "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
              "[train]\nsteps = 20\nbatch = 16\nlr_schedule = constant\nlog_every = 5\ncheckpoint_every = 5\n"
-             "[run]\nseed = 3\noutput = " + dir / "a.h5" + "\n");
+             "[run]\nseed = 3\noutput = " +
+                 dir / "a.h5" + "\n");
   const std::string ck = dir / "a.h5.ckpt";
   auto hash_of = [](const std::string& out) {
     auto pos = out.find(", weights ");
@@ -577,7 +585,8 @@ TEST_CASE("a non-finite weight never reaches a checkpoint", "[cli]") {
   write_file(cfg,
              "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
              "[train]\nsteps = 12\nbatch = 16\nlog_every = 5\ncheckpoint_every = 3\n"
-             "[sample]\nproposals = 100\n[run]\nseed = 5\noutput = " + dir / "w.h5" + "\n");
+             "[sample]\nproposals = 100\n[run]\nseed = 5\noutput = " +
+                 dir / "w.h5" + "\n");
   setenv("LATFLOW_FAULT_NAN_WEIGHT_STEP", "6", 1);
   auto r = run("train " + cfg);
   unsetenv("LATFLOW_FAULT_NAN_WEIGHT_STEP");
@@ -701,8 +710,10 @@ const char* kMpiConfig =
 
 }  // namespace
 
-TEST_CASE("sample: every dataset is bitwise identical for 1, 2 and 3 ranks, after a rank failure and resume, "
-          "and after an extension", "[cli][mpi]") {
+TEST_CASE(
+    "sample: every dataset is bitwise identical for 1, 2 and 3 ranks, after a rank failure and resume, "
+    "and after an extension",
+    "[cli][mpi]") {
   TempDir dir;
   const std::string cfg = dir / "mpi.ini";
   write_file(cfg, std::string(kMpiConfig) + "checkpoint = " + dir / "model.ckpt" + "\n");
@@ -785,8 +796,10 @@ TEST_CASE("hmc: every dataset is bitwise identical for 1, 2 and 3 ranks and afte
   expect_same_datasets(dir / "h1.h5", ext);
 }
 
-TEST_CASE("4D heat bath through the binary: bitwise for 1, 2 and 3 ranks and after a rank failure and resume; "
-          "refusals", "[cli][mpi][hmc]") {
+TEST_CASE(
+    "4D heat bath through the binary: bitwise for 1, 2 and 3 ranks and after a rank failure and resume; "
+    "refusals",
+    "[cli][mpi][hmc]") {
   TempDir dir;
   const std::string cfg = dir / "hb.ini";
   write_file(cfg,
@@ -836,12 +849,13 @@ TEST_CASE("4D heat bath through the binary: bitwise for 1, 2 and 3 ranks and aft
   expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --hmc.algorithm metropolis", 2, "hmc.algorithm");
   expect_error("hmc " + cfg + " --output " + dir / "x.h5" + " --hmc.check_reversibility true", 2,
                "hmc.check_reversibility");
-  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --flow.layers 2", 2,
-               "masks have period 4");
+  expect_error("train " + cfg + " --output " + dir / "x.h5" + " --flow.layers 2", 2, "masks have period 4");
 }
 
-TEST_CASE("mixed chains (hmc.flow_every): bitwise identical for 1, 2 and 3 ranks and after a rank failure and "
-          "resume", "[cli][mpi][hmc][mixed]") {
+TEST_CASE(
+    "mixed chains (hmc.flow_every): bitwise identical for 1, 2 and 3 ranks and after a rank failure and "
+    "resume",
+    "[cli][mpi][hmc][mixed]") {
   TempDir dir;
   const std::string cfg = dir / "mpi.ini";
   write_file(cfg, std::string(kMpiConfig) + "checkpoint = " + dir / "model.ckpt" + "\n");
@@ -889,8 +903,10 @@ TEST_CASE("mixed chains are exact: the free field and U(1) at L = 8 within 3 sig
   const std::string ff = dir / "ff.ini";
   write_file(ff, free_field_config(dir / "ff.h5"));
   REQUIRE(run("run " + ff + " --train.steps 60 --sample.proposals 5000").code == 0);
-  auto m = run("hmc " + ff + " --hmc.flow_every 1 --hmc.chains 8 --hmc.thermalization 100 --hmc.trajectories 1500 "
-               "--run.checkpoint " + dir / "ff.h5.ckpt" + " --output " + dir / "ff_mixed.h5");
+  auto m = run("hmc " + ff +
+               " --hmc.flow_every 1 --hmc.chains 8 --hmc.thermalization 100 --hmc.trajectories 1500 "
+               "--run.checkpoint " +
+               dir / "ff.h5.ckpt" + " --output " + dir / "ff_mixed.h5");
   INFO(m.out);
   REQUIRE(m.code == 0);
   CHECK(m.out.find("flow steps after every 1 trajectories") != std::string::npos);
@@ -916,8 +932,10 @@ TEST_CASE("mixed chains are exact: the free field and U(1) at L = 8 within 3 sig
   const std::string u1 = std::string(LATFLOW_SOURCE_DIR) + "/configs/u1_exact.ini";
   const std::string point = " --flow.prior plaquette --lattice.extents \"8 8\" --u1.beta 4 --run.seed 9";
   REQUIRE(run("run " + u1 + point + " --sample.proposals 10000 --output " + dir / "u1.h5").code == 0);
-  auto u = run("hmc " + u1 + point + " --hmc.flow_every 2 --hmc.chains 8 --hmc.thermalization 100 "
-               "--hmc.trajectories 1500 --run.checkpoint " + dir / "u1.h5.ckpt" + " --output " + dir / "u1_mixed.h5");
+  auto u = run("hmc " + u1 + point +
+               " --hmc.flow_every 2 --hmc.chains 8 --hmc.thermalization 100 "
+               "--hmc.trajectories 1500 --run.checkpoint " +
+               dir / "u1.h5.ckpt" + " --output " + dir / "u1_mixed.h5");
   INFO(u.out);
   REQUIRE(u.code == 0);
   auto uimh = analysis::analyze_ensemble(dir / "u1.h5");
@@ -935,7 +953,8 @@ TEST_CASE("mixed chains are exact: the free field and U(1) at L = 8 within 3 sig
   CHECK(umix.sector_changes_min_chain > 50);
   // compare takes the mixed chain as the flow side.
   REQUIRE(run("hmc " + u1 + point + " --hmc.chains 8 --hmc.thermalization 100 --hmc.trajectories 300 --output " +
-              dir / "u1_hmc.h5").code == 0);
+              dir / "u1_hmc.h5")
+              .code == 0);
   auto c = run("compare " + dir / "u1_mixed.h5" + " " + dir / "u1_hmc.h5");
   INFO(c.out);
   CHECK(c.code == 0);
@@ -943,8 +962,10 @@ TEST_CASE("mixed chains are exact: the free field and U(1) at L = 8 within 3 sig
   expect_error("compare " + dir / "u1_mixed.h5" + " " + dir / "u1.h5", 3, "one hmc ensemble");
 }
 
-TEST_CASE("non-equilibrium proposals: bitwise identical for 1, 2 and 3 ranks and after a rank failure and resume; "
-          "a protocol that stays at the target gives the flow's own weights", "[cli][mpi][ne]") {
+TEST_CASE(
+    "non-equilibrium proposals: bitwise identical for 1, 2 and 3 ranks and after a rank failure and resume; "
+    "a protocol that stays at the target gives the flow's own weights",
+    "[cli][mpi][ne]") {
   TempDir dir;
   const std::string cfg = dir / "mpi.ini";
   write_file(cfg, std::string(kMpiConfig) + "checkpoint = " + dir / "model.ckpt" + "\n");
@@ -988,8 +1009,8 @@ TEST_CASE("non-equilibrium proposals: bitwise identical for 1, 2 and 3 ranks and
   REQUIRE(run("train " + cfg + " --output " + dir / "unused.h5" + " --run.checkpoint " + dir / "t.ckpt").code == 0);
   const std::string flat = " --sample.proposals 300 --run.checkpoint " + dir / "t.ckpt";
   REQUIRE(run("sample " + cfg + flat + " --output " + dir / "flow.h5").code == 0);
-  REQUIRE(run("sample " + cfg + flat + " --ne.steps 2 --ne.parameter phi4.m2 --ne.start -1 --output " +
-              dir / "flat.h5").code == 0);
+  REQUIRE(run("sample " + cfg + flat + " --ne.steps 2 --ne.parameter phi4.m2 --ne.start -1 --output " + dir / "flat.h5")
+              .code == 0);
   auto a = io::File::open_read(dir / "flow.h5"), b = io::File::open_read(dir / "flat.h5");
   for (const char* d : {"/proposals/log_w", "/proposals/log_q"}) {
     CAPTURE(d);
@@ -1024,16 +1045,18 @@ TEST_CASE("U(1) flows in 4D through the binary: trained, sampled, exact against 
   }
 }
 
-TEST_CASE("non-equilibrium proposals in 4D (from Haar, no flow layers; HMC or heat-bath steps) agree with the heat "
-          "bath within 3 sigma",
-          "[cli][ne]") {
+TEST_CASE(
+    "non-equilibrium proposals in 4D (from Haar, no flow layers; HMC or heat-bath steps) agree with the heat "
+    "bath within 3 sigma",
+    "[cli][ne]") {
   TempDir dir;
   for (const char* theory : {"u1", "sun"}) {
     const std::string cfg = dir / (std::string(theory) + ".ini");
-    write_file(cfg, std::string("theory = ") + theory +
-                        "\n[lattice]\nextents = 2 2 2 2\n[u1]\nbeta = 0.5\n[sun]\nn = 2\nbeta = 0.8\n[flow]\nlayers = 0\n"
-                        "[hmc]\nchains = 8\nthermalization = 20\ntrajectories = 400\nn_md = 4\noverrelax = 1\n"
-                        "[sample]\nproposals = 1200\nblock = 300\n[run]\nseed = 5\n");
+    write_file(cfg,
+               std::string("theory = ") + theory +
+                   "\n[lattice]\nextents = 2 2 2 2\n[u1]\nbeta = 0.5\n[sun]\nn = 2\nbeta = 0.8\n[flow]\nlayers = 0\n"
+                   "[hmc]\nchains = 8\nthermalization = 20\ntrajectories = 400\nn_md = 4\noverrelax = 1\n"
+                   "[sample]\nproposals = 1200\nblock = 300\n[run]\nseed = 5\n");
     const std::string parameter = std::string(theory) + ".beta";
     // SU(2) anneals with heat-bath sweeps as its Monte Carlo steps, U(1) with HMC trajectories.
     const std::string update = std::string(theory) == "sun" ? " --hmc.algorithm heatbath" : "";
@@ -1061,8 +1084,10 @@ TEST_CASE("non-equilibrium proposals in 4D (from Haar, no flow layers; HMC or he
   }
 }
 
-TEST_CASE("non-equilibrium proposals are exact: F (Jarzynski) and observables within 3 sigma of the exact values "
-          "for 1, 2 and 10 steps (free field, U(1), SU(2))", "[cli][ne]") {
+TEST_CASE(
+    "non-equilibrium proposals are exact: F (Jarzynski) and observables within 3 sigma of the exact values "
+    "for 1, 2 and 10 steps (free field, U(1), SU(2))",
+    "[cli][ne]") {
   TempDir dir;
   struct Point {
     std::string name, args;
@@ -1075,17 +1100,21 @@ TEST_CASE("non-equilibrium proposals are exact: F (Jarzynski) and observables wi
   // Free field 8x8 from the learned Gaussian prior trained at m2 = 1.5 (`train` trains the start), to m2 = 1. U(1)
   // and SU(2) 6x6 from the independent-plaquette prior at beta = 1.5, to beta = 2: no training (a model without
   // parameters needs no checkpoint).
-  const std::string ff_start = ff + " --flow.layers 0 --flow.prior fourier --ne.parameter phi4.m2 --ne.start 1.5"
-                                    " --run.checkpoint " + dir / "ff.ckpt";
+  const std::string ff_start = ff +
+                               " --flow.layers 0 --flow.prior fourier --ne.parameter phi4.m2 --ne.start 1.5"
+                               " --run.checkpoint " +
+                               dir / "ff.ckpt";
   auto t = run("train " + ff_start + " --ne.steps 1 --train.steps 500 --train.lr 0.05");
   INFO(t.out);
   REQUIRE(t.code == 0);
   const std::vector<Point> points{
       {"ff", ff_start, {"chi2", "phi2", "g_pmin"}},
-      {"u1", u1 + " --flow.prior plaquette --lattice.extents \"6 6\" --u1.beta 2 --ne.parameter u1.beta --ne.start 1.5",
+      {"u1",
+       u1 + " --flow.prior plaquette --lattice.extents \"6 6\" --u1.beta 2 --ne.parameter u1.beta --ne.start 1.5",
        {"plaq", "Q2", "wilson_2x2"}},
-      {"su2", su2 + " --flow.prior plaquette --lattice.extents \"6 6\" --sun.beta 2 --ne.parameter sun.beta "
-                    "--ne.start 1.5",
+      {"su2",
+       su2 + " --flow.prior plaquette --lattice.extents \"6 6\" --sun.beta 2 --ne.parameter sun.beta "
+             "--ne.start 1.5",
        {"plaq", "wilson_2x2"}}};
   for (const auto& p : points)
     for (int n : {1, 2, 10}) {
@@ -1156,8 +1185,9 @@ TEST_CASE("an untrained flow's ensemble is analysed, and its unreliable errors a
   TempDir dir;
   const std::string cfg = dir / "raw.ini";
   // The prior itself as the proposal for the tutorial point: a handful of moves in 2000 proposals.
-  write_file(cfg, "[lattice]\nextents = 8 8\n[phi4]\nm2 = -4\nlam = 8\n[train]\nsteps = 0\n"
-                  "[sample]\nproposals = 2000\nblock = 250\n[run]\nseed = 2\n");
+  write_file(cfg,
+             "[lattice]\nextents = 8 8\n[phi4]\nm2 = -4\nlam = 8\n[train]\nsteps = 0\n"
+             "[sample]\nproposals = 2000\nblock = 250\n[run]\nseed = 2\n");
   auto r = run("run " + cfg + " --output " + dir / "raw.h5");
   INFO(r.out);
   REQUIRE(r.code == 0);
@@ -1168,7 +1198,8 @@ TEST_CASE("an untrained flow's ensemble is analysed, and its unreliable errors a
   CHECK(rep.train_steps == 0);
 }
 
-TEST_CASE("latflow hmc writes a complete replica ensemble that analyze reads; refuses an existing output", "[cli][hmc]") {
+TEST_CASE("latflow hmc writes a complete replica ensemble that analyze reads; refuses an existing output",
+          "[cli][hmc]") {
   TempDir dir;
   const std::string out = dir / "hmc.h5", cfg = dir / "hmc.ini";
   write_file(cfg,
@@ -1279,9 +1310,10 @@ TEST_CASE("the flow sampler reproduces the committed HMC golden values of E1 (L 
   CHECK(compared == 5);  // chi2, abs_mag, phi2, action_density, xi_2nd
 }
 
-TEST_CASE("U(1) at L = 8, beta = 2: the flow ensemble reproduces the exact <cos theta_P> and <Q^2>; HMC and "
-          "compare on the same point",
-          "[cli][u1]") {
+TEST_CASE(
+    "U(1) at L = 8, beta = 2: the flow ensemble reproduces the exact <cos theta_P> and <Q^2>; HMC and "
+    "compare on the same point",
+    "[cli][u1]") {
   TempDir dir;
   const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/u1_tutorial.ini";
   // A short training: the independence Metropolis correction makes any model exact; a poorer one costs statistics.
@@ -1324,7 +1356,8 @@ TEST_CASE("U(1) at L = 8, beta = 2: the flow ensemble reproduces the exact <cos 
   CHECK(c.code == 0);
   CHECK(c.out.find("beta = 2") != std::string::npos);
   // Different physics is refused.
-  auto other = run("hmc " + cfg + " --output " + dir / "b3.h5" + " --u1.beta 3 --hmc.trajectories 20 --hmc.thermalization 5");
+  auto other =
+      run("hmc " + cfg + " --output " + dir / "b3.h5" + " --u1.beta 3 --hmc.trajectories 20 --hmc.thermalization 5");
   REQUIRE(other.code == 0);
   expect_error("compare " + dir / "u1.h5" + " " + dir / "b3.h5", 2, "different physics");
   // Gauge-equivariant masks need multiples of 4.
@@ -1431,9 +1464,10 @@ TEST_CASE("config reference values are shown only for the config's own physics",
   CHECK(analysis::analyze_ensemble(dir / "same.h5").row("chi2")->has_ref);
 }
 
-TEST_CASE("SU(2) at L = 8, beta = 2 and SU(3) at beta = 4: the flow ensembles reproduce the exact plaquette and "
-          "2x2 loop; HMC and compare; SU(3) HMC against exact; bad sun keys",
-          "[cli][sun]") {
+TEST_CASE(
+    "SU(2) at L = 8, beta = 2 and SU(3) at beta = 4: the flow ensembles reproduce the exact plaquette and "
+    "2x2 loop; HMC and compare; SU(3) HMC against exact; bad sun keys",
+    "[cli][sun]") {
   TempDir dir;
   const std::string cfg = std::string(LATFLOW_SOURCE_DIR) + "/configs/su2_tutorial.ini";
   auto r = run("run " + cfg + " --output " + dir / "su2.h5" +
@@ -1476,7 +1510,8 @@ TEST_CASE("SU(2) at L = 8, beta = 2 and SU(3) at beta = 4: the flow ensembles re
   INFO(c.out);
   CHECK(c.code == 0);
   CHECK(c.out.find("N = 2, beta = 2") != std::string::npos);
-  auto other = run("hmc " + cfg + " --output " + dir / "su3.h5" + " --sun.n 3 --hmc.trajectories 20 --hmc.thermalization 5");
+  auto other =
+      run("hmc " + cfg + " --output " + dir / "su3.h5" + " --sun.n 3 --hmc.trajectories 20 --hmc.thermalization 5");
   REQUIRE(other.code == 0);
   expect_error("compare " + dir / "su2.h5" + " " + dir / "su3.h5", 2, "different physics");
 

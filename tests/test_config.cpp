@@ -24,7 +24,7 @@ TEST_CASE("config text: values, overrides, errors", "[config]") {
   CHECK_THROWS_AS(parse("[train]\nsteps = x\n"), ConfigError);
   CHECK_THROWS_AS(parse("[train]\nstepz = 1\n"), ConfigError);
   CHECK_THROWS_AS(parse("[lat"), ConfigError);
-  CHECK_THROWS_AS(parse(""), ConfigError);              // empty: nothing was asked for
+  CHECK_THROWS_AS(parse(""), ConfigError);  // empty: nothing was asked for
   CHECK_THROWS_AS(parse("# only a comment\n\n"), ConfigError);
   CHECK_THROWS_AS(parse(std::string("[run]\nseed = 1\0\xff", 16)), ConfigError);
   CHECK_THROWS_WITH(parse("[flow]\nprior = gaussian\n"), Catch::Contains("flow.prior = gaussian"));
@@ -38,12 +38,18 @@ TEST_CASE("resume identity: every model and recipe key is named when it differs"
   const std::string base = "[lattice]\nextents = 8 8\n[phi4]\nm2 = -4\nlam = 8\n[train]\nsteps = 100\n";
   const auto ref = parse(base);
   const std::vector<std::pair<std::string, std::vector<std::string>>> model_keys{
-      {"lattice.extents", {"--lattice.extents", "8 6"}}, {"phi4.m2_nohalf", {"--phi4.m2", "-3"}},
-      {"phi4.lam_nohalf", {"--phi4.lam", "7"}},          {"flow.coupling", {"--flow.coupling", "spline"}},
-      {"flow.layers", {"--flow.layers", "4"}},           {"flow.hidden", {"--flow.hidden", "4 4"}},
-      {"flow.kernel", {"--flow.kernel", "5"}},           {"flow.activation", {"--flow.activation", "tanh"}},
-      {"flow.z2", {"--flow.z2", "true"}},                {"flow.spline_bins", {"--flow.spline_bins", "4"}},
-      {"flow.spline_bound", {"--flow.spline_bound", "3"}}, {"flow.dtype", {"--flow.dtype", "float64"}},
+      {"lattice.extents", {"--lattice.extents", "8 6"}},
+      {"phi4.m2_nohalf", {"--phi4.m2", "-3"}},
+      {"phi4.lam_nohalf", {"--phi4.lam", "7"}},
+      {"flow.coupling", {"--flow.coupling", "spline"}},
+      {"flow.layers", {"--flow.layers", "4"}},
+      {"flow.hidden", {"--flow.hidden", "4 4"}},
+      {"flow.kernel", {"--flow.kernel", "5"}},
+      {"flow.activation", {"--flow.activation", "tanh"}},
+      {"flow.z2", {"--flow.z2", "true"}},
+      {"flow.spline_bins", {"--flow.spline_bins", "4"}},
+      {"flow.spline_bound", {"--flow.spline_bound", "3"}},
+      {"flow.dtype", {"--flow.dtype", "float64"}},
       {"flow.prior", {"--flow.prior", "fourier"}},
       {"phi4.lam_nohalf", {"--phi4.convention", "hopping", "--phi4.kappa", "0.2"}}};
   for (const auto& [key, ov] : model_keys) {
@@ -52,10 +58,14 @@ TEST_CASE("resume identity: every model and recipe key is named when it differs"
     CHECK(diff.rfind(key + ": stored ", 0) == 0);
   }
   const std::vector<std::pair<std::string, std::vector<std::string>>> recipe_keys{
-      {"run.seed", {"--run.seed", "2"}},          {"train.batch", {"--train.batch", "32"}},
-      {"train.lr", {"--train.lr", "0.01"}},       {"train.lr_schedule", {"--train.lr_schedule", "constant"}},
-      {"train.lr_min", {"--train.lr_min", "0"}},  {"train.warmup", {"--train.warmup", "5"}},
-      {"train.clip", {"--train.clip", "1"}},      {"train.steps", {"--train.steps", "200"}},
+      {"run.seed", {"--run.seed", "2"}},
+      {"train.batch", {"--train.batch", "32"}},
+      {"train.lr", {"--train.lr", "0.01"}},
+      {"train.lr_schedule", {"--train.lr_schedule", "constant"}},
+      {"train.lr_min", {"--train.lr_min", "0"}},
+      {"train.warmup", {"--train.warmup", "5"}},
+      {"train.clip", {"--train.clip", "1"}},
+      {"train.steps", {"--train.steps", "200"}},
       {"train.gradient", {"--train.gradient", "path"}}};
   for (const auto& [key, ov] : recipe_keys) {
     CAPTURE(key);
@@ -63,8 +73,8 @@ TEST_CASE("resume identity: every model and recipe key is named when it differs"
     CHECK(diff.rfind(key + ": stored ", 0) == 0);
   }
   const std::string u1 = "theory = u1\n[lattice]\nextents = 8 8\n[u1]\nbeta = 2\n";
-  CHECK(first_difference(model_identity(parse(u1)), model_identity(parse(u1, {"--u1.beta", "3"}))).rfind("u1.beta: stored ", 0) ==
-        0);
+  CHECK(first_difference(model_identity(parse(u1)), model_identity(parse(u1, {"--u1.beta", "3"})))
+            .rfind("u1.beta: stored ", 0) == 0);
   CHECK(!first_difference(model_identity(ref), model_identity(parse(u1))).empty());
   // Keys that may change between sessions: sampling, output, threads, logging, budgets.
   for (const auto& ov : std::vector<std::vector<std::string>>{{"--sample.proposals", "5"},

@@ -46,8 +46,8 @@ const std::vector<std::vector<int64_t>> kLattices{{6}, {4, 4}, {4, 6}, {2, 4, 4}
 TEST_CASE("every coupling layer's log-det equals the autograd Jacobian's (float64)", "[flows]") {
   torch::manual_seed(11);
   for (const auto& ext : kLattices) {
-    for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{{"affine", false}, {"affine", true},
-                                                                      {"spline", false}, {"spline", true}}) {
+    for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{
+             {"affine", false}, {"affine", true}, {"spline", false}, {"spline", true}}) {
       for (int parity = 0; parity < 2; ++parity) {
         CAPTURE(ext, kind, z2, parity);
         auto p = params(kind, z2);
@@ -81,11 +81,11 @@ TEST_CASE("spline coupling: identity outside [-B, B], finite gradients at and be
   SplineCoupling layer(mask, p, 2);
   layer.to(torch::kFloat64);
   randomise(layer, 1.0);
-  auto x = torch::tensor({-7.0, -2.0, -1.9999999, 0.0, 1.0, 2.0, 2.5, 50.0, -0.3, 0.3, 1.99, -1.99, 3.0, -3.0,
-                          0.5, -0.5},
-                         torch::kFloat64)
-               .view({1, 4, 4})
-               .requires_grad_(true);
+  auto x =
+      torch::tensor({-7.0, -2.0, -1.9999999, 0.0, 1.0, 2.0, 2.5, 50.0, -0.3, 0.3, 1.99, -1.99, 3.0, -3.0, 0.5, -0.5},
+                    torch::kFloat64)
+          .view({1, 4, 4})
+          .requires_grad_(true);
   auto [y, ld] = layer.forward(x);
   auto outside = (x.abs() >= 2.0);
   CHECK(torch::equal(torch::masked_select(y, outside), torch::masked_select(x, outside)));
@@ -98,48 +98,48 @@ TEST_CASE("flow model: forward and inverse agree on x and log q; a fresh model i
   torch::manual_seed(5);
   LatticeParams lat;
   for (auto ext : std::vector<std::vector<int64_t>>{{4, 6}, {2, 4, 2, 4}})
-  for (std::string kind : {"affine", "spline", "fourier"}) {
-    lat.extents = ext;
-    CAPTURE(ext, kind);
-    auto kind_params = [&]() {
-      auto p = params(kind == "fourier" ? "affine" : kind);
-      if (kind == "fourier") p.prior = "fourier";
-      return p;
-    };
-    FlowModel fresh = make_scalar_flow(lat, kind_params());
-    auto z0 = fresh->draw_prior(8, 42);
-    auto [x0, lq0] = fresh->forward(z0);
-    CHECK((x0 - z0).abs().max().item<double>() < 1e-12);
-    CHECK((lq0 - fresh->prior_log_prob(z0)).abs().max().item<double>() < 1e-12);
+    for (std::string kind : {"affine", "spline", "fourier"}) {
+      lat.extents = ext;
+      CAPTURE(ext, kind);
+      auto kind_params = [&]() {
+        auto p = params(kind == "fourier" ? "affine" : kind);
+        if (kind == "fourier") p.prior = "fourier";
+        return p;
+      };
+      FlowModel fresh = make_scalar_flow(lat, kind_params());
+      auto z0 = fresh->draw_prior(8, 42);
+      auto [x0, lq0] = fresh->forward(z0);
+      CHECK((x0 - z0).abs().max().item<double>() < 1e-12);
+      CHECK((lq0 - fresh->prior_log_prob(z0)).abs().max().item<double>() < 1e-12);
 
-    FlowModel model = make_scalar_flow(lat, kind_params());
-    // Strongly random splines have bins with slopes far from 1 whose inverse amplifies rounding; 0.2 keeps the
-    // composition well conditioned, like a trained flow.
-    randomise(*model, (kind == "spline" ? 0.2 : 0.4) / fan_scale(ext));
-    auto z = model->draw_prior(8, 43);
-    auto [x, lq] = model->forward(z);
-    auto [lq_inv, z_back] = model->log_prob(x.detach());
-    CHECK((z_back - z).abs().max().item<double>() < 1e-10);
-    CHECK((lq_inv - lq).abs().max().item<double>() < 1e-9);
-  }
+      FlowModel model = make_scalar_flow(lat, kind_params());
+      // Strongly random splines have bins with slopes far from 1 whose inverse amplifies rounding; 0.2 keeps the
+      // composition well conditioned, like a trained flow.
+      randomise(*model, (kind == "spline" ? 0.2 : 0.4) / fan_scale(ext));
+      auto z = model->draw_prior(8, 43);
+      auto [x, lq] = model->forward(z);
+      auto [lq_inv, z_back] = model->log_prob(x.detach());
+      CHECK((z_back - z).abs().max().item<double>() < 1e-10);
+      CHECK((lq_inv - lq).abs().max().item<double>() < 1e-9);
+    }
 }
 
 TEST_CASE("flow model log q equals the whole-model autograd Jacobian", "[flows]") {
   torch::manual_seed(9);
   LatticeParams lat;
   for (auto ext : std::vector<std::vector<int64_t>>{{4, 4}, {2, 2, 2, 4}})
-  for (std::string prior : {"normal", "fourier"}) {
-    lat.extents = ext;
-    CAPTURE(ext, prior);
-    auto p = params("affine", true);
-    p.prior = prior;
-    FlowModel model = make_scalar_flow(lat, p);
-    randomise(*model, 0.4);
-    auto z = model->draw_prior(1, 7);
-    auto [x, lq] = model->forward(z);
-    double ld = autograd_logdet([&](const torch::Tensor& v) { return model->forward(v).first; }, z);
-    CHECK(lq.item<double>() == Approx(model->prior_log_prob(z).item<double>() - ld).margin(1e-9));
-  }
+    for (std::string prior : {"normal", "fourier"}) {
+      lat.extents = ext;
+      CAPTURE(ext, prior);
+      auto p = params("affine", true);
+      p.prior = prior;
+      FlowModel model = make_scalar_flow(lat, p);
+      randomise(*model, 0.4);
+      auto z = model->draw_prior(1, 7);
+      auto [x, lq] = model->forward(z);
+      double ld = autograd_logdet([&](const torch::Tensor& v) { return model->forward(v).first; }, z);
+      CHECK(lq.item<double>() == Approx(model->prior_log_prob(z).item<double>() - ld).margin(1e-9));
+    }
 }
 
 TEST_CASE("Fourier prior layer: log-det, inverse, translations, Z2, the same a(p) on every volume", "[flows]") {
@@ -190,38 +190,35 @@ TEST_CASE("flow model commutes with translations by the mask period and, with z2
   torch::manual_seed(21);
   LatticeParams lat;
   for (auto ext : std::vector<std::vector<int64_t>>{{6, 4}, {4, 2, 4, 2}})
-  for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{{"affine", false},
-                                                                    {"affine", true},
-                                                                    {"spline", false},
-                                                                    {"spline", true},
-                                                                    {"fourier", true}}) {
-    lat.extents = ext;
-    const int d = static_cast<int>(ext.size());
-    CAPTURE(ext, kind, z2);
-    auto p = params(kind == "fourier" ? "affine" : kind, z2);
-    if (kind == "fourier") p.prior = "fourier";
-    FlowModel model = make_scalar_flow(lat, p);
-    randomise(*model, 0.4);
-    auto z = model->draw_prior(4, 1);
-    auto [x, lq] = model->forward(z);
-    for (int mu = 0; mu < d; ++mu) {
-      // Shifts by 2 keep the checkerboard; so do shifts by 1 in two directions at once.
-      auto zs = torch::roll(z, {2}, {mu + 1});
-      auto [xs, lqs] = model->forward(zs);
-      CHECK((xs - torch::roll(x, {2}, {mu + 1})).abs().max().item<double>() < 1e-10);
-      CHECK((lqs - lq).abs().max().item<double>() < 1e-9);
+    for (auto [kind, z2] : std::vector<std::pair<std::string, bool>>{
+             {"affine", false}, {"affine", true}, {"spline", false}, {"spline", true}, {"fourier", true}}) {
+      lat.extents = ext;
+      const int d = static_cast<int>(ext.size());
+      CAPTURE(ext, kind, z2);
+      auto p = params(kind == "fourier" ? "affine" : kind, z2);
+      if (kind == "fourier") p.prior = "fourier";
+      FlowModel model = make_scalar_flow(lat, p);
+      randomise(*model, 0.4);
+      auto z = model->draw_prior(4, 1);
+      auto [x, lq] = model->forward(z);
+      for (int mu = 0; mu < d; ++mu) {
+        // Shifts by 2 keep the checkerboard; so do shifts by 1 in two directions at once.
+        auto zs = torch::roll(z, {2}, {mu + 1});
+        auto [xs, lqs] = model->forward(zs);
+        CHECK((xs - torch::roll(x, {2}, {mu + 1})).abs().max().item<double>() < 1e-10);
+        CHECK((lqs - lq).abs().max().item<double>() < 1e-9);
+      }
+      auto [xd, lqd] = model->forward(torch::roll(z, {1, 1}, {1, 2}));
+      CHECK((xd - torch::roll(x, {1, 1}, {1, 2})).abs().max().item<double>() < 1e-10);
+      auto [xm, lqm] = model->forward(-z);
+      if (z2) {
+        CHECK((xm + x).abs().max().item<double>() < 1e-10);
+        CHECK((lqm - lq).abs().max().item<double>() < 1e-9);
+      } else {
+        // Without the symmetrisation a random net is not Z2-equivariant: the test above can fail.
+        CHECK((xm + x).abs().max().item<double>() > 1e-3);
+      }
     }
-    auto [xd, lqd] = model->forward(torch::roll(z, {1, 1}, {1, 2}));
-    CHECK((xd - torch::roll(x, {1, 1}, {1, 2})).abs().max().item<double>() < 1e-10);
-    auto [xm, lqm] = model->forward(-z);
-    if (z2) {
-      CHECK((xm + x).abs().max().item<double>() < 1e-10);
-      CHECK((lqm - lq).abs().max().item<double>() < 1e-9);
-    } else {
-      // Without the symmetrisation a random net is not Z2-equivariant: the test above can fail.
-      CHECK((xm + x).abs().max().item<double>() > 1e-3);
-    }
-  }
 }
 
 TEST_CASE("prior draws depend only on the stream seed", "[flows]") {
@@ -261,12 +258,19 @@ TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradie
     int cout;
   };
   const std::vector<int> h54{5, 4}, h816{8, 16};
-  const std::vector<Case> cases{
-      {{7}, 3, "leaky_relu", 1, h54, 3},  {{4, 6}, 3, "tanh", 2, h54, 3},      {{8, 8}, 3, "leaky_relu", 1, h54, 3},
-      {{5, 4}, 5, "silu", 3, h54, 3},     {{2, 4, 4}, 3, "tanh", 1, h54, 3},   {{2, 3}, 5, "leaky_relu", 2, h54, 3},
-      {{6, 6}, 1, "silu", 2, h54, 3},     {{8, 8}, 3, "leaky_relu", 1, h816, 2}, {{4, 6}, 3, "tanh", 1, h816, 1},
-      {{5}, 3, "silu", 2, h816, 3},       {{2, 4, 3}, 3, "leaky_relu", 1, h816, 2},
-      {{2, 4, 2, 3}, 3, "tanh", 1, h54, 3}, {{2, 2, 4, 2}, 3, "leaky_relu", 1, h816, 2}};
+  const std::vector<Case> cases{{{7}, 3, "leaky_relu", 1, h54, 3},
+                                {{4, 6}, 3, "tanh", 2, h54, 3},
+                                {{8, 8}, 3, "leaky_relu", 1, h54, 3},
+                                {{5, 4}, 5, "silu", 3, h54, 3},
+                                {{2, 4, 4}, 3, "tanh", 1, h54, 3},
+                                {{2, 3}, 5, "leaky_relu", 2, h54, 3},
+                                {{6, 6}, 1, "silu", 2, h54, 3},
+                                {{8, 8}, 3, "leaky_relu", 1, h816, 2},
+                                {{4, 6}, 3, "tanh", 1, h816, 1},
+                                {{5}, 3, "silu", 2, h816, 3},
+                                {{2, 4, 3}, 3, "leaky_relu", 1, h816, 2},
+                                {{2, 4, 2, 3}, 3, "tanh", 1, h54, 3},
+                                {{2, 2, 4, 2}, 3, "leaky_relu", 1, h816, 2}};
   for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
     for (int threads : {1, 2}) {
       at::set_num_threads(threads);
@@ -322,11 +326,10 @@ TEST_CASE("an affine coupling's kernels equal its LibTorch formulas in value and
   };
   // 2D 3x3 hidden-to-hidden convs use Winograd's F(4x4, 3x3) (extents multiples of 4) or F(2x2, 3x3) (even
   // extents), with partial channel blocks (5, 12); the rest the direct kernels.
-  const std::vector<Case> cases{{{8, 8}, 3, "leaky_relu", {8, 8}},  {{4, 12}, 3, "silu", {16, 8}}    ,
-                                {{6, 10}, 3, "tanh", {5, 12, 8}},    {{2, 4}, 3, "silu", {8, 8}},
-                                {{7}, 3, "tanh", {5, 4}},            {{5, 4}, 5, "silu", {8, 16}},
-                                {{2, 4, 3}, 3, "leaky_relu", {8}},   {{6, 6}, 1, "tanh", {4, 8, 3}},
-                                {{4, 6}, 3, "leaky_relu", {}}};
+  const std::vector<Case> cases{
+      {{8, 8}, 3, "leaky_relu", {8, 8}}, {{4, 12}, 3, "silu", {16, 8}},  {{6, 10}, 3, "tanh", {5, 12, 8}},
+      {{2, 4}, 3, "silu", {8, 8}},       {{7}, 3, "tanh", {5, 4}},       {{5, 4}, 5, "silu", {8, 16}},
+      {{2, 4, 3}, 3, "leaky_relu", {8}}, {{6, 6}, 1, "tanh", {4, 8, 3}}, {{4, 6}, 3, "leaky_relu", {}}};
   for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
     for (int threads : {1, 2}) {
       at::set_num_threads(threads);
@@ -341,7 +344,7 @@ TEST_CASE("an affine coupling's kernels equal its LibTorch formulas in value and
             p.activation = c.act;
             AffineCoupling layer(checkerboard(c.ext, parity, dtype), p, static_cast<int>(c.ext.size()));
             layer.to(dtype);
-            randomise(layer, 0.3);  // (larger weights saturate tanh(s) in the 16-channel nets)
+            randomise(layer, 0.3);           // (larger weights saturate tanh(s) in the 16-channel nets)
             std::vector<int64_t> shape{37};  // more than two blocks of 16, uneven over 2 threads
             shape.insert(shape.end(), c.ext.begin(), c.ext.end());
             auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype));
@@ -534,12 +537,12 @@ Config small_config(const std::string& theory, const std::string& coupling) {
 // theta0 (only the sample moves). Their difference is the score term, whose mean over q vanishes.
 TEST_CASE("reparam and path gradients equal finite differences of their objectives", "[flows][train]") {
   for (auto [theory, coupling] : std::vector<std::pair<std::string, std::string>>{{"phi4", "affine"},
-                                                                                   {"phi4", "affine+fourier"},
-                                                                                   {"phi4", "spline"},
-                                                                                   {"u1", "ncp"},
-                                                                                   {"u1", "spline"},
-                                                                                   {"sun", "spectral"},
-                                                                                   {"sun3", "spectral"}}) {
+                                                                                  {"phi4", "affine+fourier"},
+                                                                                  {"phi4", "spline"},
+                                                                                  {"u1", "ncp"},
+                                                                                  {"u1", "spline"},
+                                                                                  {"sun", "spectral"},
+                                                                                  {"sun3", "spectral"}}) {
     CAPTURE(theory, coupling);
     const auto cfg = small_config(theory, coupling);
     torch::manual_seed(31);

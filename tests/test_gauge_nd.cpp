@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // U(1) and SU(N) gauge theory in d = 3, 4, the heat bath and U(1) flows in d = 3, 4 (docs/physics.md "Gauge theory
-// in d dimensions", "Heat bath and overrelaxation"): actions, per-plane plaquettes, Wilson loops and Polyakov loops against naive
-// loops over every plane written here from the definitions; forces against central differences along every
-// generator; gauge invariance of the action and of every observable; monopole charges (integers, zero in total,
+// in d dimensions", "Heat bath and overrelaxation"): actions, per-plane plaquettes, Wilson loops and Polyakov loops
+// against naive loops over every plane written here from the definitions; forces against central differences along
+// every generator; gauge invariance of the action and of every observable; monopole charges (integers, zero in total,
 // none at the cold start); the heat-bath samplers' moments against Bessel-function ratios; overrelaxation keeps
 // the action; the heat bath keeps links in SU(N) and does not depend on the thread count. HMC and heat bath
 // against each other and against exact and strong-coupling values are in test_hmc.cpp. U(1) coupling layers in 3D
@@ -221,8 +221,7 @@ TEST_CASE("U(1) in d = 3, 4: force is -dS/dtheta by central differences; action 
   }
 }
 
-TEST_CASE("SU(N) in d = 3, 4: action, plaquettes, Wilson and Polyakov loops equal ordered link products",
-          "[sun][nd]") {
+TEST_CASE("SU(N) in d = 3, 4: action, plaquettes, Wilson and Polyakov loops equal ordered link products", "[sun][nd]") {
   for (int n : {2, 3}) {
     for (const auto& L : kShapes) {
       const Sites s(L);
@@ -308,7 +307,8 @@ TEST_CASE("SU(N) in d = 3, 4: force is -dS/dt along exp(t T_a) on every generato
   }
 }
 
-TEST_CASE("heat-bath samplers: von Mises and SU(2) x0 moments equal Bessel-function ratios (4 sigma)", "[nd][heatbath]") {
+TEST_CASE("heat-bath samplers: von Mises and SU(2) x0 moments equal Bessel-function ratios (4 sigma)",
+          "[nd][heatbath]") {
   SplitMix64 rng(12345);
   const int N = 200000;
   // kappa < 1 uses uniform proposals, kappa >= 1 Best-Fisher: both sides of the switch.
@@ -428,12 +428,14 @@ TEST_CASE("U(1) coupling layers in 3D and 4D: log-det equals the autograd Jacobi
     // larger weights make the spline and NCP inverses ill-conditioned (slopes near their 1e-3 floor), which would
     // test conditioning rather than correctness.
     randomise(layer, 0.1);
-    auto x = 2 * M_PI * torch::rand(with_batch(1, [&] {
+    auto x = 2 * M_PI *
+             torch::rand(with_batch(1,
+                                    [&] {
                                       std::vector<std::int64_t> f{static_cast<std::int64_t>(c.extents.size())};
                                       f.insert(f.end(), c.extents.begin(), c.extents.end());
                                       return f;
                                     }()),
-                                    kF64);
+                         kF64);
     auto [y, ld] = layer.forward(x);
     // Only links of direction mu at x_nu = offset mod 4 move.
     auto moved = circle_distance(y, x) > 1e-12;
@@ -483,10 +485,11 @@ TEST_CASE("U(1) flows in 4D: identity when fresh; log q gauge invariant, transla
   CHECK_THROWS_AS(GaugeCoupling(0, 1, 0, {4, 6, 4}, p), ConfigError);
 }
 
-TEST_CASE("SU(2) and SU(3) spectral layers in 3D and 4D: log-det equals a numerical Jacobian (not 4D SU(3)), "
-          "inverse, gauge "
-          "equivariant, only the chosen links move",
-          "[sun][nd][flows]") {
+TEST_CASE(
+    "SU(2) and SU(3) spectral layers in 3D and 4D: log-det equals a numerical Jacobian (not 4D SU(3)), "
+    "inverse, gauge "
+    "equivariant, only the chosen links move",
+    "[sun][nd][flows]") {
   torch::NoGradGuard no_grad;
   struct Case {
     int n;
@@ -519,7 +522,8 @@ TEST_CASE("SU(2) and SU(3) spectral layers in 3D and 4D: log-det equals a numeri
     CHECK((yg - gauge(y)).abs().max().item<double>() < 1e-11);
     CHECK(ldg.item<double>() == Approx(ld.item<double>()).margin(1e-11));
     if (d == 3 || c.n == 2) {  // 4D SU(3) would be an 8192 x 8192 Jacobian; 4D SU(2) is 3072 (17 s)
-      const double num = numerical_log_det(th, [&](const torch::Tensor& v) { return layer.forward(v).first; }, x);
+      const double num = numerical_log_det(
+          th, [&](const torch::Tensor& v) { return layer.forward(v).first; }, x);
       CHECK(std::abs(num - ld.item<double>()) < 1e-6);
     }
   }

@@ -36,8 +36,8 @@ class TempDir {
   TempDir() {
     std::random_device rd;
     const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    dir_ = fs::temp_directory_path() / ("latflow_test_h5_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(stamp) + "_" + std::to_string(rd()));
+    dir_ = fs::temp_directory_path() /
+           ("latflow_test_h5_" + std::to_string(::getpid()) + "_" + std::to_string(stamp) + "_" + std::to_string(rd()));
     fs::create_directories(dir_);
   }
   ~TempDir() {
@@ -72,8 +72,7 @@ std::string io_error_of(F&& f) {
 }
 
 template <class T>
-std::vector<T> read_as(const File& f, const std::string& dset, std::uint64_t row0 = 0,
-                       std::int64_t nrows = -1) {
+std::vector<T> read_as(const File& f, const std::string& dset, std::uint64_t row0 = 0, std::int64_t nrows = -1) {
   if constexpr (std::is_same_v<T, double>) return f.read_f64(dset, row0, nrows);
   if constexpr (std::is_same_v<T, float>) return f.read_f32(dset, row0, nrows);
   if constexpr (std::is_same_v<T, std::int64_t>) return f.read_i64(dset, row0, nrows);
@@ -230,9 +229,8 @@ TEST_CASE("extendible datasets: partial reads, resize, misuse", "[h5]") {
     CHECK(f.read_f64("/x", 10).empty());
     CHECK(f.read_f64("/x", 3, 0).empty());
     CHECK(f.read_i64("/x", 2, 1) == std::vector<std::int64_t>{6, 7, 8});
-    CHECK_THAT(io_error_of([&] { f.read_f64("/x", 8, 3); }), Catch::Contains("dataset /x") &&
-                                                                 Catch::Contains("out of range") &&
-                                                                 Catch::Contains("10 rows"));
+    CHECK_THAT(io_error_of([&] { f.read_f64("/x", 8, 3); }),
+               Catch::Contains("dataset /x") && Catch::Contains("out of range") && Catch::Contains("10 rows"));
     CHECK_THAT(io_error_of([&] { f.read_f64("/x", 11); }), Catch::Contains("out of range"));
     CHECK_THAT(io_error_of([&] { f.read_f64("/x", 0, -2); }), Catch::Contains("invalid row count"));
   }
@@ -260,10 +258,8 @@ TEST_CASE("extendible datasets: partial reads, resize, misuse", "[h5]") {
     CHECK(f.rows("/x") == 10);
     CHECK_THAT(io_error_of([&] { f.create_extendible("/x", DType::F64, {3}, 5); }),
                Catch::Contains("dataset /x: already exists"));
-    CHECK_THAT(io_error_of([&] { f.create_extendible("/y", DType::F64, {3}, 0); }),
-               Catch::Contains("chunk_rows"));
-    CHECK_THAT(io_error_of([&] { f.create_extendible("/y", DType::F64, {0}, 4); }),
-               Catch::Contains("zero extent"));
+    CHECK_THAT(io_error_of([&] { f.create_extendible("/y", DType::F64, {3}, 0); }), Catch::Contains("chunk_rows"));
+    CHECK_THAT(io_error_of([&] { f.create_extendible("/y", DType::F64, {0}, 4); }), Catch::Contains("zero extent"));
     CHECK_THAT(io_error_of([&] {
                  f.create_extendible("/y", DType::U8, {1u << 20, 1u << 10}, 8);
                }),
@@ -296,8 +292,7 @@ TEST_CASE("fixed-size and string datasets round-trip", "[h5]") {
                Catch::Contains("dataset /reference/bad") && Catch::Contains("holds 4 values but 3"));
     CHECK_THAT(io_error_of([&] { f.write_string("/input/config", "again"); }),
                Catch::Contains("dataset /input/config: already exists"));
-    CHECK_THAT(io_error_of([&] { f.write_string("/input/nul", std::string("a\0b", 3)); }),
-               Catch::Contains("NUL"));
+    CHECK_THAT(io_error_of([&] { f.write_string("/input/nul", std::string("a\0b", 3)); }), Catch::Contains("NUL"));
   }
   const File f = File::open_read(path);
   CHECK(f.read_string("/input/config") == config);
@@ -411,8 +406,7 @@ TEST_CASE("missing objects and attributes are named in errors", "[h5]") {
   CHECK(io_error_of([&] { f.read_i64("/chain/index"); }) == path + ": dataset /chain/index: not found");
   CHECK(io_error_of([&] { f.rows("/chain/index"); }) == path + ": dataset /chain/index: not found");
   CHECK(io_error_of([&] { f.read_string("/input/config"); }) == path + ": dataset /input/config: not found");
-  CHECK(io_error_of([&] { f.read_attr_double("/chain", "beta"); }) ==
-        path + ": attribute beta of /chain: not found");
+  CHECK(io_error_of([&] { f.read_attr_double("/chain", "beta"); }) == path + ": attribute beta of /chain: not found");
   CHECK(io_error_of([&] { f.read_attr_string("/theory", "kind"); }) == path + ": object /theory: not found");
   CHECK(io_error_of([&] { f.attr_names("/theory"); }) == path + ": object /theory: not found");
 }
@@ -430,8 +424,7 @@ TEST_CASE("read-only files refuse writes; moved and flushed files behave", "[h5]
   {
     File ro = File::open_read(path);
     const std::vector<std::int64_t> v{3};
-    CHECK_THAT(io_error_of([&] { ro.append("/x", v.data(), 1); }),
-               Catch::Contains("ro.h5: dataset /x: cannot"));
+    CHECK_THAT(io_error_of([&] { ro.append("/x", v.data(), 1); }), Catch::Contains("ro.h5: dataset /x: cannot"));
     CHECK_THAT(io_error_of([&] { ro.write_attr("/", "a", 1.0); }), Catch::Contains("attribute a of /"));
     CHECK(ro.rows("/x") == 2);
 
@@ -471,9 +464,7 @@ latflow::io::GaugeConfig random_su3(std::vector<std::int64_t> extents, std::uint
   return u;
 }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
+void write_bytes(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
 }  // namespace
 

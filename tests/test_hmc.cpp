@@ -142,8 +142,7 @@ TEST_CASE("energy violation of both integrators is O(dt^2) at fixed trajectory l
     return std::sqrt((dH * dH).mean().item<double>());
   };
   // dt small enough for the asymptotic regime, yet dH far above rounding.
-  for (const auto& [integrator, n_md] :
-       {std::pair{Integrator::kLeapfrog, 20}, std::pair{Integrator::kOmelyan, 10}}) {
+  for (const auto& [integrator, n_md] : {std::pair{Integrator::kLeapfrog, 20}, std::pair{Integrator::kOmelyan, 10}}) {
     const double coarse = rms_dh(integrator, n_md), fine = rms_dh(integrator, 2 * n_md);
     CAPTURE(integrator_name(integrator), coarse, fine);
     CHECK(coarse / fine == Approx(4.0).margin(0.3));
@@ -151,8 +150,7 @@ TEST_CASE("energy violation of both integrators is O(dt^2) at fixed trajectory l
 }
 
 TEST_CASE("acceptance model: mean_dh_for_acceptance inverts erfc(sqrt(<dH>)/2)", "[hmc]") {
-  for (double a : {0.05, 0.5, 0.8, 0.99})
-    CHECK(acceptance_for_mean_dh(mean_dh_for_acceptance(a)) == Approx(a));
+  for (double a : {0.05, 0.5, 0.8, 0.99}) CHECK(acceptance_for_mean_dh(mean_dh_for_acceptance(a)) == Approx(a));
   CHECK(integrator_from_name("leapfrog") == Integrator::kLeapfrog);
   CHECK_THROWS_WITH(integrator_from_name("euler"), Catch::Contains("hmc.integrator = euler"));
 }
@@ -169,8 +167,7 @@ TEST_CASE("a chain's history does not depend on how the chains are split", "[hmc
   CHECK(torch::equal(all.field(), torch::cat({low.field(), high.field()})));
 }
 
-TEST_CASE("HMC on the free field reproduces chi2 = 1/(2 m2) and <S>/V = 1/2; <exp(-dH)> = 1",
-          "[hmc][physics]") {
+TEST_CASE("HMC on the free field reproduces chi2 = 1/(2 m2) and <S>/V = 1/2; <exp(-dH)> = 1", "[hmc][physics]") {
   const auto theory = make_phi4(1.0, 0.0);
   auto p = params("omelyan", 64);
   p.thermalization = 100;
@@ -204,9 +201,10 @@ TEST_CASE("HMC at the tutorial point gives chi2 = 0.7456(13); tuned to ~0.8 acce
   }
 }
 
-TEST_CASE("U(1) HMC at L = 8, beta = 2 reproduces the exact <cos theta_P>, <Q^2> and 2x2 loop; reversible; "
-          "<exp(-dH)> = 1",
-          "[hmc][physics][u1]") {
+TEST_CASE(
+    "U(1) HMC at L = 8, beta = 2 reproduces the exact <cos theta_P>, <Q^2> and 2x2 loop; reversible; "
+    "<exp(-dH)> = 1",
+    "[hmc][physics][u1]") {
   LatticeParams lattice;
   lattice.extents = {8, 8};
   U1Params up;
@@ -234,9 +232,10 @@ TEST_CASE("U(1) HMC at L = 8, beta = 2 reproduces the exact <cos theta_P>, <Q^2>
 // SU(N): cold start, Omelyan, chains as replicas. L = 8 (finite-volume effects ~ w^64, invisible) and a 2x2
 // torus at beta = 6 where the finite-volume correction to the SU(2) plaquette is ~ 4% (test_sun.cpp), so the
 // torus formula, not only the planar limit, is tested. Then reversibility, unitarity and det = 1 after MD.
-TEST_CASE("SU(N) HMC reproduces the exact plaquette, 2x2 loop and Polyakov correlator; <exp(-dH)> = 1; "
-          "reversible; links stay in SU(N)",
-          "[hmc][physics][sun]") {
+TEST_CASE(
+    "SU(N) HMC reproduces the exact plaquette, 2x2 loop and Polyakov correlator; <exp(-dH)> = 1; "
+    "reversible; links stay in SU(N)",
+    "[hmc][physics][sun]") {
   struct Point {
     int n;
     double beta;
@@ -338,9 +337,9 @@ TEST_CASE("HMC and heat bath agree on the plaquette and 2x2 loop in 3D and 4D (3
   };
   // U(1) in 4D at beta = 0.8, on the confined side of the transition (beta_c ~ 1.01) away from its metastability.
   // SU(3) in 4D is in docs/validation.md (HMC from a cold start needs ~10^2 trajectories to relax there).
-  for (const auto& pt : {Point{1, {4, 4, 4}, 1.5, 16, 300}, Point{1, {4, 4, 4, 4}, 0.8, 16, 300},
-                         Point{2, {4, 4, 4}, 3.0, 16, 150}, Point{2, {4, 4, 4, 4}, 2.0, 8, 100},
-                         Point{3, {4, 4, 4}, 6.0, 8, 150}}) {
+  for (const auto& pt :
+       {Point{1, {4, 4, 4}, 1.5, 16, 300}, Point{1, {4, 4, 4, 4}, 0.8, 16, 300}, Point{2, {4, 4, 4}, 3.0, 16, 150},
+        Point{2, {4, 4, 4, 4}, 2.0, 8, 100}, Point{3, {4, 4, 4}, 6.0, 8, 150}}) {
     const auto theory = gauge_theory(pt.n, pt.extents, pt.beta);
     auto hp = params("omelyan", pt.chains);
     hp.thermalization = 40;
@@ -365,8 +364,8 @@ TEST_CASE("4D strong coupling: the heat-bath plaquette is the one-plaquette valu
   for (const auto& [n, beta] : {std::pair{1, 0.2}, std::pair{2, 0.5}, std::pair{3, 1.0}}) {
     const auto theory = gauge_theory(n, {3, 3, 3, 3}, beta);
     const auto run = run_chains(*theory, heatbath_params(8, 10, 300), 51);
-    const double u = n == 1 ? std::cyl_bessel_i(1.0, beta) / std::cyl_bessel_i(0.0, beta)
-                            : sun_wilson_loop_infinite(n, beta, 1);
+    const double u =
+        n == 1 ? std::cyl_bessel_i(1.0, beta) / std::cyl_bessel_i(0.0, beta) : sun_wilson_loop_infinite(n, beta, 1);
     const auto g = analysis::gamma_method(run.series.at("plaq"));
     CAPTURE(n, beta, u, g.mean, g.error, g.tau_int);
     CHECK(std::abs(g.mean - u) < 3 * g.error);

@@ -176,8 +176,8 @@ struct AffineSetup {
 
 const std::vector<AffineCase>& affine_cases() {
   static const std::vector<AffineCase> cases{
-      {{8, 8}, 3, {8, 8}, Act::tanh, true},       // Winograd F(4x4, 3x3), dual_dot (C = 8), z2
-      {{6, 6}, 3, {8, 8}, Act::silu, false},      // Winograd F(2x2, 3x3), without z2
+      {{8, 8}, 3, {8, 8}, Act::tanh, true},        // Winograd F(4x4, 3x3), dual_dot (C = 8), z2
+      {{6, 6}, 3, {8, 8}, Act::silu, false},       // Winograd F(2x2, 3x3), without z2
       {{8, 8}, 3, {5, 8}, Act::leaky_relu, true},  // channels not a multiple of 8 in a hidden layer
       {{5, 5}, 3, {6}, Act::tanh, true},           // odd extents: direct convs; C = 6: half_sum_difference
       {{4, 4, 4}, 3, {8}, Act::silu, true},        // 3D
@@ -202,9 +202,9 @@ TEST_CASE("periodic conv forward, forward_at and backward equal the naive loops"
     Ext ext;
     int kernel, cin, cout;
   };
-  const std::vector<Case> cases{{{7}, 3, 1, 8},     {{4, 6}, 3, 3, 5},   {{8, 8}, 3, 8, 2},  {{6, 5}, 3, 16, 1},
-                                {{4, 4}, 3, 16, 16}, {{3, 4, 2}, 3, 5, 4}, {{5, 5}, 5, 2, 9}, {{2, 3, 2, 3}, 3, 8, 4},
-                                {{6, 6}, 1, 4, 3}};
+  const std::vector<Case> cases{{{7}, 3, 1, 8},     {{4, 6}, 3, 3, 5},       {{8, 8}, 3, 8, 2},
+                                {{6, 5}, 3, 16, 1}, {{4, 4}, 3, 16, 16},     {{3, 4, 2}, 3, 5, 4},
+                                {{5, 5}, 5, 2, 9},  {{2, 3, 2, 3}, 3, 8, 4}, {{6, 6}, 1, 4, 3}};
   const Act acts[] = {Act::leaky_relu, Act::tanh, Act::silu};
   for (Isa isa : isas_to_test())
     for (const auto& c : cases) {
@@ -221,14 +221,14 @@ TEST_CASE("periodic conv forward, forward_at and backward equal the naive loops"
         const auto ref = naive_conv(in, n, V, taps, nbr, c.cin, c.cout, w.data(), bias.data(), act);
         std::vector<double> out(ref.size()), pre(ref.size());
         conv_forward<double>(in.data(), n, V, taps, nbr.data(), c.cin, c.cout, w.data(), bias.data(), act, pre.data(),
-                     out.data(), isa);
+                             out.data(), isa);
         CHECK(max_rel(out, ref) < 1e-13);
         CHECK(max_rel(pre, naive_conv(in, n, V, taps, nbr, c.cin, c.cout, w.data(), bias.data(), nullptr)) < 1e-13);
         // float32: rounding of sums of cin * taps products
         auto outf = std::vector<float>(ref.size());
         const auto inf = cast<float>(in), wf = cast<float>(w), bf = cast<float>(bias);
         conv_forward<float>(inf.data(), n, V, taps, nbr.data(), c.cin, c.cout, wf.data(), bf.data(), act, nullptr,
-                     outf.data(), isa);
+                            outf.data(), isa);
         CHECK(max_rel(widen(outf), ref) < 1e-5);
       }
       // At a subset of sites, no activation.
@@ -238,7 +238,7 @@ TEST_CASE("periodic conv forward, forward_at and backward equal the naive loops"
       const auto all = naive_conv(in, n, V, taps, nbr, c.cin, c.cout, w.data(), bias.data(), nullptr);
       std::vector<double> at(static_cast<std::size_t>(n * Vr * c.cout));
       conv_forward_at<double>(in.data(), n, V, taps, nbr.data(), sites.data(), Vr, c.cin, c.cout, w.data(), bias.data(),
-                      at.data(), isa);
+                              at.data(), isa);
       std::vector<double> at_ref;
       for (std::int64_t b = 0; b < n; ++b)
         for (auto s : sites)
@@ -262,14 +262,14 @@ TEST_CASE("periodic conv forward, forward_at and backward equal the naive loops"
           }
       std::vector<double> gin(in.size()), gw(w.size(), 0.0), gb(bias.size(), 0.0);
       conv_backward<double>(in.data(), gpre.data(), n, V, taps, nbr.data(), c.cin, c.cout, w.data(), nullptr, nullptr,
-                    gin.data(), gw.data(), gb.data(), isa);
+                            gin.data(), gw.data(), gb.data(), isa);
       CAPTURE(isa_name(isa), c.ext, c.kernel, c.cin, c.cout);
       CHECK(max_rel(gin, gin_ref) < 1e-13);
       CHECK(max_rel(gw, gw_ref) < 1e-13);
       CHECK(max_rel(gb, gb_ref) < 1e-13);
       const Act tanh_act = Act::tanh;
-      conv_backward<double>(in.data(), gpre.data(), n, V, taps, nbr.data(), c.cin, c.cout, w.data(), in.data(), &tanh_act,
-                    gin.data(), nullptr, nullptr, isa);
+      conv_backward<double>(in.data(), gpre.data(), n, V, taps, nbr.data(), c.cin, c.cout, w.data(), in.data(),
+                            &tanh_act, gin.data(), nullptr, nullptr, isa);
       for (std::size_t i = 0; i < gin_ref.size(); ++i) gin_ref[i] *= 1 - std::tanh(in[i]) * std::tanh(in[i]);
       CHECK(max_rel(gin, gin_ref) < 1e-13);
     }

@@ -3,8 +3,8 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
-#include <filesystem>
 #include <unistd.h>
+#include <filesystem>
 
 #include "latflow/core/seed.hpp"
 #include "latflow/io/h5.hpp"
@@ -85,7 +85,8 @@ TEST_CASE("collective parallel-HDF5 writes: each rank writes its own rows and co
       std::vector<io::RowRange> mine;
       std::vector<double> data;
       if (!(k == 1 && r == 0)) {
-        for (std::uint64_t row : {static_cast<std::uint64_t>(4 * R * k + r), static_cast<std::uint64_t>(4 * R * k + R + r)}) {
+        for (std::uint64_t row :
+             {static_cast<std::uint64_t>(4 * R * k + r), static_cast<std::uint64_t>(4 * R * k + R + r)}) {
           mine.push_back({row, 1});
           data.insert(data.end(), {row + 0.5, -(row + 0.5)});
         }

@@ -72,7 +72,8 @@ double naive_action_half(const std::vector<double>& phi, const Sites& L, double 
 double naive_action_hopping(const std::vector<double>& phi, const Sites& L, double kappa, double lam) {
   double S = 0;
   for (int64_t s = 0; s < L.volume(); ++s) {
-    for (size_t mu = 0; mu < L.ext.size(); ++mu) S += -2 * kappa * phi[s] * phi[L.neighbour(s, static_cast<int>(mu), 1)];
+    for (size_t mu = 0; mu < L.ext.size(); ++mu)
+      S += -2 * kappa * phi[s] * phi[L.neighbour(s, static_cast<int>(mu), 1)];
     S += (1 - 2 * lam) * phi[s] * phi[s] + lam * std::pow(phi[s], 4);
   }
   return S;

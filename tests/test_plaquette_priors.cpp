@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "latflow/core/error.hpp"
-#include "latflow/theories/sun_prior.hpp"
 #include "latflow/theories/sun_exact.hpp"
+#include "latflow/theories/sun_prior.hpp"
 #include "latflow/theories/u1_exact.hpp"
 #include "latflow/theories/u1_prior.hpp"
 
@@ -157,8 +157,10 @@ TEST_CASE("exact prior: draws follow the exact finite-volume distribution", "[u1
     for (const Stat* s : {&first, &middle, &defect, &all}) CHECK(std::abs(s->mean() - plaq) < 3 * s->error());
     // (2x5 at beta = 12: <Q^2> = 6e-10, no charged configuration expected in 40000 draws.)
     const double q2_exact = u1_topological_susceptibility_q2(V, pt.beta);
-    if (q2_exact > 1e-3) CHECK(std::abs(q2.mean() - q2_exact) < 3 * q2.error());
-    else CHECK(q2.mean() == 0);
+    if (q2_exact > 1e-3)
+      CHECK(std::abs(q2.mean() - q2_exact) < 3 * q2.error());
+    else
+      CHECK(q2.mean() == 0);
     if (loop.n > 0) CHECK(std::abs(loop.mean() - u1_wilson_loop(V, pt.beta, 4)) < 3 * loop.error());
   }
 }
@@ -177,7 +179,8 @@ TEST_CASE("exact prior: log q = -S + F for every draw; beta = 0 is the Haar meas
   Stat c, s, c2;
   for (int i = 0; i < 20000; ++i) {
     haar.draw(rng, links.data());
-    c.add(std::cos(links[7])), s.add(std::sin(links[V + 3])), c2.add(std::cos(links[2 * V - 1]) * std::cos(links[2 * V - 1]));
+    c.add(std::cos(links[7])), s.add(std::sin(links[V + 3])),
+        c2.add(std::cos(links[2 * V - 1]) * std::cos(links[2 * V - 1]));
   }
   CHECK(std::abs(c.mean()) < 3 * c.error());
   CHECK(std::abs(s.mean()) < 3 * s.error());
@@ -396,8 +399,9 @@ TEST_CASE("SU(N) exact prior: draws follow the exact finite-volume distribution"
       if (pt.L0 == 4 && pt.L1 == 4) {
         auto U = [&](int mu, std::int64_t a, std::int64_t b) { return u[(mu * 4 + a % 4) * 4 + b % 4]; };
         auto W = small_mul(n, small_mul(n, U(0, 0, 0), U(0, 1, 0)), small_mul(n, U(1, 2, 0), U(1, 2, 1)));
-        W = small_mul(n, W, small_mul(n, small_dag(n, small_mul(n, U(0, 0, 2), U(0, 1, 2))),
-                                      small_dag(n, small_mul(n, U(1, 0, 0), U(1, 0, 1)))));
+        W = small_mul(n, W,
+                      small_mul(n, small_dag(n, small_mul(n, U(0, 0, 2), U(0, 1, 2))),
+                                small_dag(n, small_mul(n, U(1, 0, 0), U(1, 0, 1)))));
         loop.add(re_tr(n, W));
       }
     }
@@ -442,7 +446,8 @@ TEST_CASE("SU(N) plaquette prior: normalised, Kish ESS/N = c_0(beta)^2 / c_0(2 b
     const double expected = c1 * c1 / c2;
     CHECK(std::abs(ess.mean() - expected) < 3 * ess.error() + 2e-3);
     if (n == 2)
-      CHECK(expected == Approx(4 * std::pow(std::cyl_bessel_i(1.0, pt.beta), 2) /
-                               (pt.beta * std::cyl_bessel_i(1.0, 2 * pt.beta))).epsilon(1e-10));
+      CHECK(expected ==
+            Approx(4 * std::pow(std::cyl_bessel_i(1.0, pt.beta), 2) / (pt.beta * std::cyl_bessel_i(1.0, 2 * pt.beta)))
+                .epsilon(1e-10));
   }
 }

@@ -8,10 +8,10 @@
 
 #include <catch2/catch.hpp>
 
-#include "support/torch_support.hpp"
+#include <unistd.h>
 #include <cmath>
 #include <filesystem>
-#include <unistd.h>
+#include "support/torch_support.hpp"
 
 #include "latflow/core/error.hpp"
 #include "latflow/flows/checkpoint.hpp"
@@ -67,8 +67,8 @@ using testing::autograd_logdet;
 using testing::randomise;
 using testing::use_fused;
 
-const std::vector<std::pair<std::string, bool>> kKernels{{"ncp", false}, {"ncp", true}, {"spline", false},
-                                                         {"spline", true}};
+const std::vector<std::pair<std::string, bool>> kKernels{
+    {"ncp", false}, {"ncp", true}, {"spline", false}, {"spline", true}};
 
 }  // namespace
 
@@ -205,9 +205,9 @@ TEST_CASE("gauge coupling layers handle the wrap-around: angles at 0, 2 pi and p
     layer.to(torch::kFloat64);
     randomise(layer, 0.4);
     auto x = random_links(2, 4, 4);
-    x[0].fill_(0.0);                               // all plaquettes 0
-    x[1].fill_(2 * M_PI - 1e-13);                  // angles just below 2 pi
-    x.index_put_({0, 0, 0, 1}, M_PI);              // one plaquette at exactly +-pi
+    x[0].fill_(0.0);                   // all plaquettes 0
+    x[1].fill_(2 * M_PI - 1e-13);      // angles just below 2 pi
+    x.index_put_({0, 0, 0, 1}, M_PI);  // one plaquette at exactly +-pi
     auto [y, ld] = layer.forward(x);
     CHECK(torch::isfinite(y).all().item<bool>());
     CHECK(torch::isfinite(ld).all().item<bool>());
@@ -219,9 +219,10 @@ TEST_CASE("gauge coupling layers handle the wrap-around: angles at 0, 2 pi and p
   }
 }
 
-TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and for the whole flow, also at the "
-          "wrap-around and for unreduced angles",
-          "[u1][flows]") {
+TEST_CASE(
+    "U(1) inference kernels equal the LibTorch formulas layer by layer and for the whole flow, also at the "
+    "wrap-around and for unreduced angles",
+    "[u1][flows]") {
   // Without autograd the layers run kernels/gauge_kernels.cpp; use_fused(layer, false) gives the LibTorch ops.
   torch::NoGradGuard ng;
   torch::manual_seed(8);
@@ -233,9 +234,9 @@ TEST_CASE("U(1) inference kernels equal the LibTorch formulas layer by layer and
       // float64 from float32 angles and net outputs, the ops in float32.
       const double tol = f64 ? 1e-11 : 1e-4;
       auto x = random_links(4, 8, 8);
-      x[1].fill_(0.0);                                   // all plaquettes 0
-      x[2].fill_(2 * M_PI - 1e-13);                      // angles just below 2 pi
-      x.index_put_({2, 0, 0, 1}, M_PI);                  // a plaquette at exactly +-pi
+      x[1].fill_(0.0);                                            // all plaquettes 0
+      x[2].fill_(2 * M_PI - 1e-13);                               // angles just below 2 pi
+      x.index_put_({2, 0, 0, 1}, M_PI);                           // a plaquette at exactly +-pi
       x[3] += 2 * M_PI * torch::randint(-3, 4, {2, 8, 8}, kF64);  // unreduced angles
       x = x.to(dtype);
       auto dist = [](const torch::Tensor& a, const torch::Tensor& b) {
@@ -404,7 +405,8 @@ TEST_CASE("weights moved to a larger volume (train.init_from) give the same loca
   large.validate();
   FlowModel m_small = make_flow(small), m_large = make_flow(large);
   randomise(*m_small, 0.3);
-  const auto path = (std::filesystem::temp_directory_path() / ("latflow_u1_init_" + std::to_string(::getpid()))).string();
+  const auto path =
+      (std::filesystem::temp_directory_path() / ("latflow_u1_init_" + std::to_string(::getpid()))).string();
   CheckpointMeta meta;
   meta.model_identity = model_identity(small);
   meta.train_seconds = 12.5;

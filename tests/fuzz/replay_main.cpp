@@ -34,8 +34,8 @@
 //          [--known-hang MARK]... [--known-crash MARK]... [--replay-only FILE]... PATH...
 #include <dlfcn.h>
 #include <execinfo.h>
-#include <link.h>
 #include <fcntl.h>
+#include <link.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -71,7 +71,7 @@ char g_label[1024];
 std::string g_artifact;
 const Bytes* g_input = nullptr;
 std::vector<std::string> g_known_hang, g_known_crash;  // --known-hang, --known-crash
-bool g_child = false;                                   // running inputs in a child process
+bool g_child = false;                                  // running inputs in a child process
 
 // Exit statuses of a child process.
 constexpr int kDone = 100, kKnownHang = 101, kKnownCrash = 102;
@@ -329,7 +329,7 @@ struct Inputs {
 
 // Where the run stands; shared with the child processes (MAP_SHARED) when there are any.
 struct Progress {
-  std::uint64_t next = 0;  // the input running or to run next
+  std::uint64_t next = 0;                          // the input running or to run next
   std::uint64_t accepted = 0, fixed_accepted = 0;  // all inputs, seeds and replay-only files
   std::uint64_t seeds_accepted = 0;                // the seeds that are mutated
 };
@@ -373,16 +373,26 @@ int main(int argc, char** argv) {
     if (i + 1 >= argc) usage(prog.c_str(), a + " needs a value");
     const std::string v = argv[++i];
     try {
-      if (a == "--mutations") in.mutations = std::stoull(v);
-      else if (a == "--seed") in.seed = std::stoull(v);
-      else if (a == "--max-seconds") max_seconds = std::stod(v);
-      else if (a == "--timeout") timeout = static_cast<unsigned>(std::stoul(v));
-      else if (a == "--max-len") in.max_len = std::stoull(v);
-      else if (a == "--artifact") g_artifact = v;
-      else if (a == "--known-hang") g_known_hang.push_back(v);
-      else if (a == "--known-crash") g_known_crash.push_back(v);
-      else if (a == "--replay-only") replay_paths.push_back(v);
-      else usage(prog.c_str(), "unknown option " + a);
+      if (a == "--mutations")
+        in.mutations = std::stoull(v);
+      else if (a == "--seed")
+        in.seed = std::stoull(v);
+      else if (a == "--max-seconds")
+        max_seconds = std::stod(v);
+      else if (a == "--timeout")
+        timeout = static_cast<unsigned>(std::stoul(v));
+      else if (a == "--max-len")
+        in.max_len = std::stoull(v);
+      else if (a == "--artifact")
+        g_artifact = v;
+      else if (a == "--known-hang")
+        g_known_hang.push_back(v);
+      else if (a == "--known-crash")
+        g_known_crash.push_back(v);
+      else if (a == "--replay-only")
+        replay_paths.push_back(v);
+      else
+        usage(prog.c_str(), "unknown option " + a);
     } catch (const std::logic_error&) {
       usage(prog.c_str(), "bad value for " + a + ": " + v);
     }
@@ -456,11 +466,12 @@ int main(int argc, char** argv) {
   using ull = unsigned long long;
   const std::uint64_t mutants = p->next > in.fixed() ? p->next - in.fixed() : 0;
   const std::string known_note = children ? "; " + std::to_string(known) + " hit a known defect (listed above)" : "";
-  std::printf("%s: %llu inputs in %.1f s: %llu seeds (%llu accepted) + %llu mutants (%llu accepted; --seed %llu)%s%s; "
-              "the others were rejected with a latflow::Error\n",
-              prog.c_str(), ull(p->next), std::chrono::duration<double>(Clock::now() - t0).count(), ull(in.fixed()),
-              ull(p->fixed_accepted), ull(mutants), ull(p->accepted - p->fixed_accepted), ull(in.seed),
-              p->next < in.size() ? ", stopped by --max-seconds" : "", known_note.c_str());
+  std::printf(
+      "%s: %llu inputs in %.1f s: %llu seeds (%llu accepted) + %llu mutants (%llu accepted; --seed %llu)%s%s; "
+      "the others were rejected with a latflow::Error\n",
+      prog.c_str(), ull(p->next), std::chrono::duration<double>(Clock::now() - t0).count(), ull(in.fixed()),
+      ull(p->fixed_accepted), ull(mutants), ull(p->accepted - p->fixed_accepted), ull(in.seed),
+      p->next < in.size() ? ", stopped by --max-seconds" : "", known_note.c_str());
   if (p->seeds_accepted == 0) {
     std::fprintf(stderr, "%s: the reader accepted none of the seeds: the corpus is stale\n", prog.c_str());
     return 1;

@@ -279,8 +279,7 @@ GammaResult analyse(const Replicas& replicas, const GammaOptions& opt, double sc
   }
   // UWerr's default: half the shortest replica. A user-chosen window is only capped where Gamma(t) has no
   // terms.
-  const std::size_t w_max =
-      opt.max_window < 0 ? min_len / 2 : std::min<std::size_t>(opt.max_window, max_len - 1);
+  const std::size_t w_max = opt.max_window < 0 ? min_len / 2 : std::min<std::size_t>(opt.max_window, max_len - 1);
 
   Replicas dev(replicas.size());
   for (std::size_t r = 0; r < replicas.size(); ++r) {
@@ -356,8 +355,8 @@ GammaResult gamma_method(const std::vector<double>& series, const GammaOptions& 
   return gamma_method(Replicas{series}, opt);
 }
 
-GammaResult gamma_method_derived(const std::vector<std::vector<std::vector<double>>>& data,
-                                 const DerivedFn& f, const GammaOptions& opt) {
+GammaResult gamma_method_derived(const std::vector<std::vector<std::vector<double>>>& data, const DerivedFn& f,
+                                 const GammaOptions& opt) {
   const char* who = "gamma_method_derived";
   check_options(opt);
   if (!f) throw Error(where(who) + "no function given");
@@ -365,14 +364,13 @@ GammaResult gamma_method_derived(const std::vector<std::vector<std::vector<doubl
   for (std::size_t alpha = 0; alpha < data.size(); ++alpha) {
     check_replicas(data[alpha], who);
     if (data[alpha].size() != data[0].size()) {
-      throw Error(where(who) + "observable " + std::to_string(alpha) + " has " +
-                  std::to_string(data[alpha].size()) + " replicas, observable 0 has " +
-                  std::to_string(data[0].size()));
+      throw Error(where(who) + "observable " + std::to_string(alpha) + " has " + std::to_string(data[alpha].size()) +
+                  " replicas, observable 0 has " + std::to_string(data[0].size()));
     }
     for (std::size_t r = 0; r < data[0].size(); ++r) {
       if (data[alpha][r].size() != data[0][r].size()) {
-        throw Error(where(who) + "replica " + std::to_string(r) + " of observable " + std::to_string(alpha) +
-                    " has " + std::to_string(data[alpha][r].size()) + " measurements, observable 0 has " +
+        throw Error(where(who) + "replica " + std::to_string(r) + " of observable " + std::to_string(alpha) + " has " +
+                    std::to_string(data[alpha][r].size()) + " measurements, observable 0 has " +
                     std::to_string(data[0][r].size()));
       }
     }

@@ -49,7 +49,7 @@ GammaResult gamma_method(const std::vector<double>& series, const GammaOptions& 
 // series are projected on it, and the projection is analysed like a primary observable. Throws latflow::Error
 // when the observables' replica layouts differ.
 using DerivedFn = std::function<double(const std::vector<double>&)>;
-GammaResult gamma_method_derived(const std::vector<std::vector<std::vector<double>>>& data,
-                                 const DerivedFn& f, const GammaOptions& opt = {});
+GammaResult gamma_method_derived(const std::vector<std::vector<std::vector<double>>>& data, const DerivedFn& f,
+                                 const GammaOptions& opt = {});
 
 }  // namespace latflow::analysis

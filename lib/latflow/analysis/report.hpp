@@ -18,10 +18,10 @@ struct ObservableRow {
   bool window_found = true;
   std::int64_t window = 0;                // the Gamma method's summation window W
   std::vector<double> rho, tau_int_of_w;  // normalised autocorrelation and tau_int(W), for plots
-  double nis = 0, nis_error = 0;      // self-normalised importance sampling over all proposals (IMH; HMC: nan)
+  double nis = 0, nis_error = 0;          // self-normalised importance sampling over all proposals (IMH; HMC: nan)
   bool has_ref = false;
-  double ref = 0, ref_error = 0;      // exact (ref_error = 0) or reference value
-  std::string ref_kind;               // "exact" | "reference"
+  double ref = 0, ref_error = 0;  // exact (ref_error = 0) or reference value
+  std::string ref_kind;           // "exact" | "reference"
 };
 
 struct Report {
@@ -29,8 +29,8 @@ struct Report {
   std::vector<std::int64_t> extents;
   double m2 = 0, lam = 0;  // phi4 (no-1/2 convention)
   std::string input_convention;
-  double beta = 0;         // u1, sun
-  int colors = 0;          // sun: N
+  double beta = 0;  // u1, sun
+  int colors = 0;   // sun: N
   // The couplings as one line, e.g. "m2 = -4, lam = 8 (no-1/2 convention; input nohalf)" or "beta = 2"; two
   // ensembles of the same theory and extents are the same physics when these are equal.
   std::string physics() const;
@@ -48,7 +48,7 @@ struct Report {
   // chain that moves between sectors fewer than kMinSectorChanges times samples their relative weights from a
   // handful of visits, and the Gamma-method errors of sector-odd or sector-sensitive observables (Q, Q^2; M) are
   // then not to be trusted however many steps it has: they are flagged.
-  std::string sector_observable;      // "Q" (u1) | "mag" (phi4) | "" (no sectors: SU(N) in 2D)
+  std::string sector_observable;         // "Q" (u1) | "mag" (phi4) | "" (no sectors: SU(N) in 2D)
   std::vector<std::string> sector_rows;  // the rows flagged when the sectors are not sampled
   std::int64_t sector_changes = 0, sector_changes_min_chain = 0;
   static constexpr std::int64_t kMinSectorChanges = 100;

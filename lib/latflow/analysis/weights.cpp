@@ -21,8 +21,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 void check_log_weights(const std::vector<double>& log_w, std::size_t min_size, const char* who) {
   const std::string w = std::string(who) + ": ";
   if (log_w.size() < min_size) {
-    throw Error(w + "needs at least " + std::to_string(min_size) + " log-weights, got " +
-                std::to_string(log_w.size()));
+    throw Error(w + "needs at least " + std::to_string(min_size) + " log-weights, got " + std::to_string(log_w.size()));
   }
   bool any_finite = false;
   for (std::size_t i = 0; i < log_w.size(); ++i) {
@@ -86,8 +85,8 @@ FreeEnergy free_energy(const std::vector<double>& log_w) {
 
 Estimate reweighted_mean(const std::vector<double>& obs, const std::vector<double>& log_w) {
   if (obs.size() != log_w.size()) {
-    throw Error("reweighted_mean: " + std::to_string(obs.size()) + " observables but " +
-                std::to_string(log_w.size()) + " log-weights");
+    throw Error("reweighted_mean: " + std::to_string(obs.size()) + " observables but " + std::to_string(log_w.size()) +
+                " log-weights");
   }
   check_log_weights(log_w, 2, "reweighted_mean");
   for (std::size_t i = 0; i < obs.size(); ++i) {

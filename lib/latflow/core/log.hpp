@@ -7,8 +7,8 @@ namespace latflow::log {
 
 void set_rank(int rank);
 bool is_root();
-void info(const std::string& line);   // stdout, rank 0 only
-void warn(const std::string& line);   // stderr, rank 0 only, prefixed "latflow: warning: "
+void info(const std::string& line);  // stdout, rank 0 only
+void warn(const std::string& line);  // stderr, rank 0 only, prefixed "latflow: warning: "
 bool stdout_is_tty();
 std::string format_seconds(double s);  // "2m05s", "1h02m", "12.3s"
 

@@ -74,7 +74,8 @@ void validate_physics(Config& c) {
           "needs 1 to 4 extents");
   for (auto l : c.lattice.extents) require(l >= 2, "lattice.extents", str(l), "every extent must be >= 2");
   if (c.theory == "sun") {
-    require(c.lattice.dim() >= 2, "lattice.extents", join(c.lattice.extents), "SU(N) gauge theory needs 2 to 4 extents");
+    require(c.lattice.dim() >= 2, "lattice.extents", join(c.lattice.extents),
+            "SU(N) gauge theory needs 2 to 4 extents");
     require(c.sun.n >= 2 && c.sun.n <= 6, "sun.n", str(c.sun.n), "must be in 2..6");
     require(std::isfinite(c.sun.beta) && c.sun.beta >= 0 && c.sun.beta <= 200, "sun.beta", str(c.sun.beta),
             "must be finite and in [0, 200]");
@@ -96,7 +97,8 @@ void validate_physics(Config& c) {
       require(l % 4 == 0 || f.layers == 0, "lattice.extents", join(c.lattice.extents),
               "U(1) gauge-equivariant flow masks have period 4: extents must be multiples of 4 (or flow.layers = 0)");
     require(!f.z2, "flow.z2", "true", "is a phi4 option (U(1) flows are gauge-equivariant instead)");
-    require(!f.loops || c.lattice.dim() == 2 || f.layers == 0, "flow.loops", "true", "the 2x1 loop features are 2D only");
+    require(!f.loops || c.lattice.dim() == 2 || f.layers == 0, "flow.loops", "true",
+            "the 2x1 loop features are 2D only");
     require(f.ncp_components >= 1 && f.ncp_components <= 64, "flow.ncp_components", str(f.ncp_components),
             "must be in 1..64");
   } else {
@@ -130,8 +132,7 @@ void validate_flow(Config& c) {
   require(f.activation == "leaky_relu" || f.activation == "tanh" || f.activation == "silu", "flow.activation",
           f.activation, "must be leaky_relu, tanh or silu");
   require(f.spline_bins >= 2 && f.spline_bins <= 256, "flow.spline_bins", str(f.spline_bins), "must be in 2..256");
-  require(f.spline_bound > 0 && std::isfinite(f.spline_bound), "flow.spline_bound", str(f.spline_bound),
-          "must be > 0");
+  require(f.spline_bound > 0 && std::isfinite(f.spline_bound), "flow.spline_bound", str(f.spline_bound), "must be > 0");
   require(f.dtype == "float32" || f.dtype == "float64", "flow.dtype", f.dtype, "must be float32 or float64");
   for (auto l : c.lattice.extents)
     require(l % 2 == 0 || f.layers == 0 || (c.theory != "phi4" && c.lattice.dim() != 2), "lattice.extents", str(l),
@@ -152,8 +153,7 @@ void validate_training(Config& c) {
   require(t.clip >= 0 && std::isfinite(t.clip), "train.clip", str(t.clip), "must be >= 0");
   require(t.log_every >= 1, "train.log_every", str(t.log_every), "must be >= 1");
   require(t.checkpoint_every >= 1, "train.checkpoint_every", str(t.checkpoint_every), "must be >= 1");
-  require(t.max_minutes >= 0 && std::isfinite(t.max_minutes), "train.max_minutes", str(t.max_minutes),
-          "must be >= 0");
+  require(t.max_minutes >= 0 && std::isfinite(t.max_minutes), "train.max_minutes", str(t.max_minutes), "must be >= 0");
   require(t.eval_every >= 0, "train.eval_every", str(t.eval_every), "must be >= 0");
   require(t.eval_samples >= 2, "train.eval_samples", str(t.eval_samples), "must be >= 2");
   require(t.max_bad_steps >= 1, "train.max_bad_steps", str(t.max_bad_steps), "must be >= 1");
@@ -193,14 +193,15 @@ void validate_hmc(Config& c) {
 void validate_ne_and_run(Config& c) {
   require(c.ne.steps >= 0 && c.ne.steps <= 1000000, "ne.steps", str(c.ne.steps), "must be in 0..1000000 (0 = off)");
   if (c.ne.steps > 0) {
-    const bool ok = c.theory == "u1"    ? c.ne.parameter == "u1.beta"
-                    : c.theory == "sun" ? c.ne.parameter == "sun.beta"
-                                      : (c.ne.parameter == "phi4.lam" ||
-                                         c.ne.parameter == (c.phi4.convention == "hopping" ? "phi4.kappa" : "phi4.m2"));
+    const bool ok = c.theory == "u1" ? c.ne.parameter == "u1.beta"
+                    : c.theory == "sun"
+                        ? c.ne.parameter == "sun.beta"
+                        : (c.ne.parameter == "phi4.lam" ||
+                           c.ne.parameter == (c.phi4.convention == "hopping" ? "phi4.kappa" : "phi4.m2"));
     require(ok, "ne.parameter", c.ne.parameter.empty() ? "''" : c.ne.parameter,
             c.theory == "phi4" ? (c.phi4.convention == "hopping" ? "phi4 protocols move phi4.lam or phi4.kappa"
-                                                             : "phi4 protocols move phi4.m2 or phi4.lam")
-                             : "the protocol moves " + c.theory + ".beta");
+                                                                 : "phi4 protocols move phi4.m2 or phi4.lam")
+                               : "the protocol moves " + c.theory + ".beta");
     require_finite(c.ne.start, "ne.start");
     ne_stage(c, 0);  // the start must be valid physics too (the protocol is linear between two valid points)
   }

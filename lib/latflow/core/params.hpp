@@ -19,9 +19,9 @@ struct LatticeParams {
 // phi^4 couplings as the user wrote them, plus the internal no-1/2 values (docs/physics.md "Scalar phi^4 theory").
 struct Phi4Params {
   std::string convention = "nohalf";  // nohalf | half | hopping
-  double m2 = -4.0;    // nohalf/half: the mass term
-  double lam = 8.0;    // quartic coupling in the input convention
-  double kappa = 0.0;  // hopping convention only
+  double m2 = -4.0;                   // nohalf/half: the mass term
+  double lam = 8.0;                   // quartic coupling in the input convention
+  double kappa = 0.0;                 // hopping convention only
   // Derived by resolve(): the no-1/2 couplings used internally, and phi_input = field_scale * phi_nohalf.
   double m2_nohalf = 0, lam_nohalf = 0, field_scale = 1;
   void resolve(int dim);  // converts exactly; throws ConfigError on bad values
@@ -41,16 +41,16 @@ struct SUNParams {
 struct FlowParams {
   // phi4: affine | spline (default affine); u1: ncp | spline (circular; default ncp). Empty = the default.
   std::string coupling;
-  int layers = 16;                    // coupling layers (each updates one checkerboard parity)
-  std::vector<int> hidden{8, 8};      // hidden channels of the conv net
-  int kernel = 3;                     // odd kernel size
+  int layers = 16;                        // coupling layers (each updates one checkerboard parity)
+  std::vector<int> hidden{8, 8};          // hidden channels of the conv net
+  int kernel = 3;                         // odd kernel size
   std::string activation = "leaky_relu";  // leaky_relu | tanh | silu
-  bool z2 = false;                    // Z2-equivariant (affine only): scale net even, shift net odd
-  int spline_bins = 8;                // spline: number of bins K
-  int ncp_components = 2;             // u1 ncp: mixture components of the non-compact projection kernel
-  bool loops = false;                 // u1: also feed the frozen 2x1 and 1x2 loops to the nets
-  double spline_bound = 4.0;          // spline: the map is a spline on [-B, B], identity outside
-  std::string dtype = "float32";      // float32 | float64: the nets; S and log-weights are always float64
+  bool z2 = false;                        // Z2-equivariant (affine only): scale net even, shift net odd
+  int spline_bins = 8;                    // spline: number of bins K
+  int ncp_components = 2;                 // u1 ncp: mixture components of the non-compact projection kernel
+  bool loops = false;                     // u1: also feed the frozen 2x1 and 1x2 loops to the nets
+  double spline_bound = 4.0;              // spline: the map is a spline on [-B, B], identity outside
+  std::string dtype = "float32";          // float32 | float64: the nets; S and log-weights are always float64
   // phi4: normal (N(0,1) per site; the default) | fourier (N(0,1) then a learned translation-invariant Gaussian
   // map, a covariance diagonal in momentum space; FourierScale in flow.hpp).
   // u1: haar (uniform links; the default) | plaquette (independent one-plaquette Boltzmann factors in a maximal-tree
@@ -66,8 +66,8 @@ struct TrainParams {
   double lr = 1e-3;
   std::string lr_schedule = "cosine";  // constant | cosine (to lr_min at the last step)
   double lr_min = 1e-5;
-  std::int64_t warmup = 0;             // linear warm-up steps
-  double clip = 0.0;                   // max gradient norm; 0 = off
+  std::int64_t warmup = 0;  // linear warm-up steps
+  double clip = 0.0;        // max gradient norm; 0 = off
   // reparam: gradient of the reverse-KL estimate mean(log q(x) + S(x)), x = f(z), through the sample and the
   // weights; path: through the sample only, log q evaluated at fixed weights (its score term has zero mean
   // but not zero variance; without it the gradient's variance vanishes as q -> p; Vaitl et al. 2022,
@@ -75,14 +75,14 @@ struct TrainParams {
   std::string gradient = "reparam";
   std::int64_t log_every = 50;
   std::int64_t checkpoint_every = 500;
-  double max_minutes = 0.0;            // wall-clock budget; 0 = none (stops cleanly and checkpoints)
-  std::int64_t max_bad_steps = 20;     // consecutive non-finite steps tolerated before giving up
-  bool restart = false;                // discard an existing checkpoint and train from scratch
+  double max_minutes = 0.0;         // wall-clock budget; 0 = none (stops cleanly and checkpoints)
+  std::int64_t max_bad_steps = 20;  // consecutive non-finite steps tolerated before giving up
+  bool restart = false;             // discard an existing checkpoint and train from scratch
   // Start a new training from the weights of another checkpoint with the same architecture but possibly another
   // lattice size or couplings (the nets are local and translation-equivariant, so they apply to any extents):
   // train small and cheap, then fine-tune at the target volume. Its training time is counted in this one's.
   std::string init_from;
-  std::int64_t eval_every = 0;         // evaluate ESS/acceptance on eval_samples fresh proposals; 0 = off
+  std::int64_t eval_every = 0;  // evaluate ESS/acceptance on eval_samples fresh proposals; 0 = off
   std::int64_t eval_samples = 10000;
 };
 
@@ -128,14 +128,14 @@ struct NeParams {
 
 struct RunParams {
   std::string output = "latflow_out.h5";
-  std::string checkpoint;     // default: output + ".ckpt"
+  std::string checkpoint;  // default: output + ".ckpt"
   bool overwrite = false;
-  bool resume = false;        // sample/hmc: continue OUTPUT.partial (or extend a complete OUTPUT)
+  bool resume = false;         // sample/hmc: continue OUTPUT.partial (or extend a complete OUTPUT)
   double commit_seconds = 10;  // sample/hmc: seconds between commits of the output (0: every round)
   std::uint64_t seed = 1;
   int threads = 1;
   std::string device = "cpu";
-  double gamma_S = 1.5;       // Wolff's S for the automatic window
+  double gamma_S = 1.5;  // Wolff's S for the automatic window
 };
 
 // A reference value to print beside an estimate: [reference] chi2 = 0.7456 0.0013
@@ -159,7 +159,7 @@ struct Config {
   // changes that physics (physics_identity differs), parse_config drops them and says why in reference_note.
   std::map<std::string, Reference> reference;
   std::string reference_note;
-  std::string source_text;     // the input file verbatim
+  std::string source_text;  // the input file verbatim
   std::string source_path;
   std::string effective_text;  // every key with its effective value, INI syntax
   void validate();             // throws ConfigError naming the key

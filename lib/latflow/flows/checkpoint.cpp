@@ -126,7 +126,8 @@ CheckpointMeta load_one(const std::string& path, FlowModel& model, torch::optim:
     meta.training_identity = read_string("training_identity");
     if (!archive.try_read("step", v) || !v.isInt() || v.toInt() < 0) throw IoError(path + ": checkpoint lacks step");
     meta.step = v.toInt();
-    if (!archive.try_read("train_seconds", v) || !v.isDouble()) throw IoError(path + ": checkpoint lacks train_seconds");
+    if (!archive.try_read("train_seconds", v) || !v.isDouble())
+      throw IoError(path + ": checkpoint lacks train_seconds");
     meta.train_seconds = v.toDouble();
     if (archive.try_read("lr_scale", v)) {
       if (!v.isDouble() || !(v.toDouble() > 0) || !std::isfinite(v.toDouble()))
@@ -135,7 +136,8 @@ CheckpointMeta load_one(const std::string& path, FlowModel& model, torch::optim:
     }
     // Checkpoints written before the interval sums were stored resume with an empty interval.
     if (archive.try_read("interval_sums", v)) {
-      if (!v.isDoubleList() || v.toDoubleVector().size() != 4) throw IoError(path + ": checkpoint has bad interval_sums");
+      if (!v.isDoubleList() || v.toDoubleVector().size() != 4)
+        throw IoError(path + ": checkpoint has bad interval_sums");
       meta.interval_sums = v.toDoubleVector();
       if (!archive.try_read("interval_steps", v) || !v.isInt() || v.toInt() < 0)
         throw IoError(path + ": checkpoint has interval_sums but no interval_steps");
@@ -179,9 +181,7 @@ CheckpointMeta load_one(const std::string& path, FlowModel& model, torch::optim:
 
 }  // namespace
 
-std::string checkpoint_backup(const std::string& path, int k) {
-  return k == 0 ? path : path + "." + std::to_string(k);
-}
+std::string checkpoint_backup(const std::string& path, int k) { return k == 0 ? path : path + "." + std::to_string(k); }
 
 bool checkpoint_exists(const std::string& path) {
   for (int k = 0; k <= kCheckpointBackups; ++k)
@@ -200,8 +200,7 @@ bool weights_finite(FlowModel& model) {
 
 void save_checkpoint(const std::string& path, FlowModel& model, torch::optim::Optimizer* opt,
                      const CheckpointMeta& meta) {
-  if (!weights_finite(model))
-    throw NumericalError(path + ": refusing to write a checkpoint with non-finite weights");
+  if (!weights_finite(model)) throw NumericalError(path + ": refusing to write a checkpoint with non-finite weights");
   torch::serialize::OutputArchive archive;
   torch::serialize::OutputArchive model_archive;
   model->save(model_archive);

@@ -17,8 +17,8 @@
 
 #include "latflow/flows/flow.hpp"
 #include "latflow/flows/train_history.hpp"
-#include "latflow/io/h5.hpp"
 #include "latflow/io/durable.hpp"
+#include "latflow/io/h5.hpp"
 
 namespace latflow {
 

@@ -231,5 +231,4 @@ KLObjective reverse_kl_objective(FlowModelImpl& model, const Theory& theory, con
 // The flow for cfg.theory (phi4: ScalarFlow; u1: U1Flow), weights initialised from LibTorch's default generator.
 FlowModel make_flow(const Config& cfg);
 
-
 }  // namespace latflow

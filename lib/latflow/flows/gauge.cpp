@@ -74,7 +74,8 @@ int kernel_channels(const FlowParams& p) {
 
 void require_period_four(const std::vector<std::int64_t>& ext) {
   for (auto l : ext)
-    if (l % 4) throw ConfigError("lattice.extents: gauge-equivariant masks have period 4; extents must be multiples of 4");
+    if (l % 4)
+      throw ConfigError("lattice.extents: gauge-equivariant masks have period 4; extents must be multiples of 4");
 }
 
 // Monotone rational-quadratic spline parameters (K widths, K heights, K + 1 knot slopes) from raw net outputs
@@ -134,8 +135,12 @@ std::pair<torch::Tensor, torch::Tensor> copy_in_place(CouplingLayer& layer, cons
 }  // namespace
 
 GaugeCoupling::GaugeCoupling(int mu, int nu, int offset, const std::vector<std::int64_t>& ext, const FlowParams& p)
-    : mu_(mu), nu_(nu), dim_(static_cast<int>(ext.size())), kind_(p.coupling),
-      components_(p.coupling == "spline" ? p.spline_bins : p.ncp_components), loops_(p.loops) {
+    : mu_(mu),
+      nu_(nu),
+      dim_(static_cast<int>(ext.size())),
+      kind_(p.coupling),
+      components_(p.coupling == "spline" ? p.spline_bins : p.ncp_components),
+      loops_(p.loops) {
   require_period_four(ext);
   if (dim_ != 2) {
     if (loops_) throw ConfigError("flow.loops: the 2x1 loop features are 2D only");
@@ -277,8 +282,8 @@ U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params, d
   const auto pairs = ordered_pairs(static_cast<int>(extents_.size()));
   const int np = static_cast<int>(pairs.size());
   for (int i = 0; i < params.layers; ++i)
-    add_layer(std::make_shared<GaugeCoupling>(pairs[i % np].first, pairs[i % np].second, (i / np) % 4, extents_,
-                                              params));
+    add_layer(
+        std::make_shared<GaugeCoupling>(pairs[i % np].first, pairs[i % np].second, (i / np) % 4, extents_, params));
   this->to(dtype_);
 }
 
@@ -323,11 +328,12 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int nu, int offset, const std:
     : n_(n), mu_(mu), nu_(nu), dim_(static_cast<int>(ext.size())), bins_(p.spline_bins) {
   require_period_four(ext);
   active_ = register_buffer("active", stripes(ext, nu, offset, {0}));
-  frozen_ = register_buffer("frozen", dim_ == 2 ? stripes(ext, nu, offset, {1, 2}) : frozen_planes(ext, mu, nu, offset));
+  frozen_ =
+      register_buffer("frozen", dim_ == 2 ? stripes(ext, nu, offset, {1, 2}) : frozen_planes(ext, mu, nu, offset));
   // SU(2): tr P / 2 is real (one channel per plane), one spline; SU(3): Re and Im tr P / 3, two splines.
   const int splines = n == 2 ? 1 : 2, planes = dim_ * (dim_ - 1) / 2;
-  net_ = register_module("net", ConvNet(dim_, (n == 2 ? 1 : 2) * planes, p.hidden,
-                                        splines * (3 * p.spline_bins + 1), p.kernel, p.activation));
+  net_ = register_module("net", ConvNet(dim_, (n == 2 ? 1 : 2) * planes, p.hidden, splines * (3 * p.spline_bins + 1),
+                                        p.kernel, p.activation));
 }
 
 bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x, net_); }
@@ -348,13 +354,15 @@ void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, boo
   auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_update", [&] {
     over_samples<scalar_t>(x, ctx, par, log_det, 1, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
-      gauge_kernels::u1_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(),
-                                         mu_, kind_ == "spline", components_, inverse, ld);
+      gauge_kernels::u1_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_,
+                                         kind_ == "spline", components_, inverse, ld);
     });
   });
 }
 
-bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x, net_); }
+bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const {
+  return dim_ == 2 && inference_kernel_for(x, net_);
+}
 
 void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
   if (!active_sites_.defined()) {
@@ -370,8 +378,8 @@ void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, 
   auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_update", [&] {
     over_samples<scalar_t>(x, ctx, par, log_det, n_, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
-      gauge_kernels::spectral_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(),
-                                               active_sites_.numel(), mu_, bins_, inverse, ld);
+      gauge_kernels::spectral_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(),
+                                               mu_, bins_, inverse, ld);
     });
   });
 }
@@ -424,8 +432,8 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su2_kernel(const torch
   // acos is not), kept off 0 (a set of Haar measure zero) so that 1 / sin theta and the gradients stay finite.
   const double eps = P.scalar_type() == torch::kComplexDouble ? 1e-150 : 1e-30;
   auto a = (P - SUN::dagger(P)) / 2;
-  auto s = torch::sqrt(((torch::real(a) * torch::real(a) + torch::imag(a) * torch::imag(a)).sum({-2, -1}) / 2)
-                           .clamp_min(eps));
+  auto s = torch::sqrt(
+      ((torch::real(a) * torch::real(a) + torch::imag(a) * torch::imag(a)).sum({-2, -1}) / 2).clamp_min(eps));
   auto theta = torch::atan2(s, c);
   const SplineKnots k(par, bins_, 0, M_PI);
   auto [moved, log_slope] = rational_quadratic(theta, k.xk, k.yk, k.dk, inverse);
@@ -539,8 +547,8 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su3_kernel(const torch
   auto Pd = P.to(torch::kComplexDouble);
   auto eye = torch::eye(3, Pd.options());
   auto col = [](const torch::Tensor& z) { return z.unsqueeze(-1).unsqueeze(-1); };
-  auto R = col(r1 - d12 * l1 + d123 * l1 * l2) * eye + col(d12 - d123 * (l1 + l2)) * Pd +
-           col(d123) * torch::matmul(Pd, Pd);
+  auto R =
+      col(r1 - d12 * l1 + d123 * l1 * l2) * eye + col(d12 - d123 * (l1 + l2)) * Pd + col(d123) * torch::matmul(Pd, Pd);
   auto ld = ls1 + ls2 + torch::log(1 - w1n) - torch::log(1 - w1) + log_vandermonde(thn) - log_vandermonde(th);
   return {R, ld};
 }
@@ -561,8 +569,8 @@ SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& 
   const auto pairs = ordered_pairs(static_cast<int>(extents_.size()));
   const int np = static_cast<int>(pairs.size());
   for (int i = 0; i < params.layers; ++i)
-    add_layer(std::make_shared<SpectralCoupling>(n, pairs[i % np].first, pairs[i % np].second, (i / np) % 4,
-                                                 extents_, params));
+    add_layer(std::make_shared<SpectralCoupling>(n, pairs[i % np].first, pairs[i % np].second, (i / np) % 4, extents_,
+                                                 params));
   this->to(dtype_);
 }
 

@@ -54,7 +54,7 @@ class GaugeCoupling : public CouplingLayer {
   bool loops_;
   torch::Tensor active_, frozen_, frozen_rect0_, frozen_rect1_;  // [L0, ..., L_{d-1}]; 2D: frozen, rect0, rect1
   torch::Tensor frozen_planes_;  // d > 2: [d(d-1)/2, L0, ..., L_{d-1}], one frozen mask per plane (a < b)
-  torch::Tensor active_sites_;  // for the inference kernels: flat indices (int32) and uint8 frozen, rect0, rect1
+  torch::Tensor active_sites_;   // for the inference kernels: flat indices (int32) and uint8 frozen, rect0, rect1
   std::vector<torch::Tensor> masks_;
   ConvNet net_{nullptr};
 };
@@ -108,8 +108,8 @@ class U1FlowImpl : public FlowModelImpl {
 // [0, 1] (ends fixed) conditioned on Re and Im tr P / 3 of the frozen plaquettes; P' = V diag(e^{i theta'}) V^+,
 // built without an eigensolver as a quadratic polynomial in P (su3_kernel). w is linear in the phases, so with
 // respect to Haar (density |Delta(e^{i theta})|^2 on classes) log|det| = log s_1' + log s_2' + log(1 - w_1')
-// - log(1 - w_1) + log|Delta(theta')|^2 - log|Delta(theta)|^2. (A simple stand-in for the canonical-cell construction of Boyda
-// et al.: the alcove is that cell; the map is a bijection of it, but not built to be smooth across its edges.)
+// - log(1 - w_1) + log|Delta(theta')|^2 - log|Delta(theta)|^2. (A simple stand-in for the canonical-cell construction
+// of Boyda et al.: the alcove is that cell; the map is a bijection of it, but not built to be smooth across its edges.)
 class SpectralCoupling : public CouplingLayer {
  public:
   // Updates the links of direction mu at x_nu = offset mod 4 through their (mu, nu) plaquettes; in d = 3, 4 the

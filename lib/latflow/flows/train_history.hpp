@@ -18,11 +18,16 @@ struct TrainHistory {
   std::vector<double> eval_step, eval_wall_seconds, eval_ess, eval_acceptance;
   // (name, column) pairs in a fixed order: checkpoints and ensemble files store the history by these names.
   std::vector<std::pair<const char*, std::vector<double>*>> columns() {
-    return {{"step", &step},           {"loss", &loss},
-            {"ess", &ess},             {"acceptance", &acceptance},
-            {"var_logw", &var_logw},   {"lr", &lr},
-            {"wall_seconds", &wall_seconds}, {"eval_step", &eval_step},
-            {"eval_wall_seconds", &eval_wall_seconds}, {"eval_ess", &eval_ess},
+    return {{"step", &step},
+            {"loss", &loss},
+            {"ess", &ess},
+            {"acceptance", &acceptance},
+            {"var_logw", &var_logw},
+            {"lr", &lr},
+            {"wall_seconds", &wall_seconds},
+            {"eval_step", &eval_step},
+            {"eval_wall_seconds", &eval_wall_seconds},
+            {"eval_ess", &eval_ess},
             {"eval_acceptance", &eval_acceptance}};
   }
 };

@@ -4,12 +4,12 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <limits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iomanip>
+#include <limits>
 #include <sstream>
 
 #include "latflow/analysis/weights.hpp"
@@ -69,8 +69,7 @@ CheckpointMeta load_weights_from(const std::string& path, FlowModel& model, cons
       return out;
     };
     auto diff = first_difference(architecture(meta.model_identity), architecture(expected_identity));
-    if (!diff.empty())
-      throw ConfigError("train.init_from = " + path + ": another architecture (" + diff + ")");
+    if (!diff.empty()) throw ConfigError("train.init_from = " + path + ": another architecture (" + diff + ")");
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     load_parameters(*model, model_archive, path);
@@ -234,9 +233,9 @@ void Trainer::check_training_identity(const CheckpointMeta& stored) const {
     return at == std::string::npos ? id : id.substr(0, at) + id.substr(id.find('\n', at) + 1);
   };
   const bool complete = stored.step >= tp_.steps;
-  auto diff = complete ? first_difference(without_steps(stored.training_identity),
-                                          without_steps(meta_.training_identity))
-                       : first_difference(stored.training_identity, meta_.training_identity);
+  auto diff = complete
+                  ? first_difference(without_steps(stored.training_identity), without_steps(meta_.training_identity))
+                  : first_difference(stored.training_identity, meta_.training_identity);
   if (!diff.empty())
     throw ConfigError("checkpoint " + ckpt_ + " was made with other parameters (" + diff +
                       "); pass --retrain to train from scratch, or set run.checkpoint");
@@ -254,8 +253,8 @@ bool Trainer::resume() {
     meta_.interval_steps = stored.interval_steps;
     // Training is complete only with its final evaluation recorded (a kill during that evaluation leaves a
     // checkpoint of the last step without it): otherwise the evaluation is made by finish().
-    const bool final_eval_missing = tp_.eval_every > 0 && (meta_.history.eval_step.empty() ||
-                                                           meta_.history.eval_step.back() != meta_.step);
+    const bool final_eval_missing =
+        tp_.eval_every > 0 && (meta_.history.eval_step.empty() || meta_.history.eval_step.back() != meta_.step);
     if (meta_.step < tp_.steps) {
       log::info("training: resuming " + ckpt_ + " at step " + std::to_string(meta_.step));
     } else if (final_eval_missing) {
@@ -304,8 +303,8 @@ bool Trainer::train_step() {
   const std::int64_t s = step_++;
   const double lr = learning_rate(tp_, s) * meta_.lr_scale;
   for (auto& group : opt_.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-  const auto [objective, log_q, S] = reverse_kl_objective(
-      *model_, *theory_, draw_batch(model_, cfg_.run.seed, s, lo_, hi_), tp_.gradient == "path");
+  const auto [objective, log_q, S] =
+      reverse_kl_objective(*model_, *theory_, draw_batch(model_, cfg_.run.seed, s, lo_, hi_), tp_.gradient == "path");
   // This rank's part of the batch mean; the allreduce completes it.
   auto loss_part = objective.sum() / static_cast<double>(tp_.batch);
   if (faults::poisoned_loss(s)) loss_part = loss_part * std::numeric_limits<double>::quiet_NaN();
@@ -404,8 +403,8 @@ void Trainer::show_progress(bool log_line) {
   const double seconds = elapsed();
   const double eta = step_ > 0 ? seconds / step_ * (tp_.steps - step_) : 0;
   std::ostringstream os;
-  os << "step " << std::setw(6) << step_ << "/" << tp_.steps << "  " << st.str() << "  "
-     << log::format_seconds(seconds) << " (eta " << log::format_seconds(eta) << ")";
+  os << "step " << std::setw(6) << step_ << "/" << tp_.steps << "  " << st.str() << "  " << log::format_seconds(seconds)
+     << " (eta " << log::format_seconds(eta) << ")";
   if (log::stdout_is_tty()) {
     const int width = 24, filled = static_cast<int>(width * step_ / std::max<std::int64_t>(tp_.steps, 1));
     std::printf("\r[%s%s] %s\033[K", std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
@@ -463,8 +462,7 @@ void Trainer::checkpoint() {
   // Never a checkpoint with non-finite weights: roll back to the last good state first (every rank alike).
   if (!weights_finite(model_)) {
     roll_back();
-    log::warn("training: non-finite weights at step " + std::to_string(step_) +
-              "; rolled back before the checkpoint");
+    log::warn("training: non-finite weights at step " + std::to_string(step_) + "; rolled back before the checkpoint");
   }
   const std::string hash = model_->weights_hash();
   if (!mpi::all_equal(hash_purpose(hash)))

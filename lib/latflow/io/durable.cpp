@@ -92,8 +92,9 @@ void refuse_existing_output(const std::string& out, const std::string& partial, 
   if (resume || overwrite) return;
   if (file_exists(out)) throw IoError(out + ": exists; refusing to overwrite (pass --overwrite or set run.output)");
   if (file_exists(partial))
-    throw IoError(partial + ": an interrupted run's ensemble; pass --resume to continue it or --overwrite to "
-                            "start afresh");
+    throw IoError(partial +
+                  ": an interrupted run's ensemble; pass --resume to continue it or --overwrite to "
+                  "start afresh");
 }
 
 }  // namespace latflow

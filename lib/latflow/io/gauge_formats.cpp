@@ -27,8 +27,7 @@ std::int64_t volume(const std::vector<std::int64_t>& L) {
 }
 
 // latflow's row-major site index of (x, y, z, t) = (x0, x1, x2, x3).
-std::int64_t site(const std::vector<std::int64_t>& L, std::int64_t x, std::int64_t y, std::int64_t z,
-                  std::int64_t t) {
+std::int64_t site(const std::vector<std::int64_t>& L, std::int64_t x, std::int64_t y, std::int64_t z, std::int64_t t) {
   return ((x * L[1] + y) * L[2] + z) * L[3] + t;
 }
 
@@ -71,8 +70,7 @@ std::string big_endian_bytes(const std::vector<double>& v) {
 
 // Values of `count` IEEE numbers of `width` bytes (4 or 8) at `data` in the given byte order, as doubles;
 // also their NERSC checksum (the sum of the 32-bit words of the values in the stored precision).
-std::vector<double> decode(const char* data, std::size_t count, int width, bool big,
-                           std::uint32_t* checksum) {
+std::vector<double> decode(const char* data, std::size_t count, int width, bool big, std::uint32_t* checksum) {
   std::vector<double> v(count);
   std::uint32_t sum = 0;
   for (std::size_t k = 0; k < count; ++k) {
@@ -139,8 +137,7 @@ std::int64_t positive_int(const std::string& path, const std::string& key, const
   throw IoError(path + ": " + key + " = " + value + " is not a lattice extent");
 }
 
-double header_double(const std::string& path, const std::map<std::string, std::string>& h,
-                     const std::string& key) {
+double header_double(const std::string& path, const std::map<std::string, std::string>& h, const std::string& key) {
   try {
     return std::stod(h.at(key));
   } catch (const std::exception&) {
@@ -255,12 +252,10 @@ GaugeConfig read_ildg(const std::string& path, const std::string& bytes) {
   const auto precision = xml_value(format, "precision");
   if (precision != "32" && precision != "64") throw IoError(path + ": ildg precision " + precision);
   GaugeConfig u;
-  for (const char* tag : {"lx", "ly", "lz", "lt"})
-    u.extents.push_back(positive_int(path, tag, xml_value(format, tag)));
+  for (const char* tag : {"lx", "ly", "lz", "lt"}) u.extents.push_back(positive_int(path, tag, xml_value(format, tag)));
   const int width = precision == "64" ? 8 : 4;
   const auto count = static_cast<std::size_t>(volume(u.extents) * 4 * kN * kN * 2);
-  if (data.size() != count * width)
-    throw IoError(path + ": ildg-binary-data has the wrong size for the lattice");
+  if (data.size() != count * width) throw IoError(path + ": ildg-binary-data has the wrong size for the lattice");
   fill_links(u, decode(data.data(), count, width, true, nullptr), 3);
   u.format = "ildg";
   return u;
@@ -347,8 +342,8 @@ std::string ildg_bytes(const GaugeConfig& u, const std::string& lfn) {
        "xsi:schemaLocation=\"http://www.lqcd.org/ildg "
        "http://www.lqcd.org/ildg/filefmt.xsd\">\n<version>1.0</version>\n<field>su3gauge</field>\n"
        "<precision>64</precision>\n<lx>"
-    << u.extents[0] << "</lx><ly>" << u.extents[1] << "</ly><lz>" << u.extents[2] << "</lz><lt>"
-    << u.extents[3] << "</lt>\n</ildgFormat>\n";
+    << u.extents[0] << "</lx><ly>" << u.extents[1] << "</ly><lz>" << u.extents[2] << "</lz><lt>" << u.extents[3]
+    << "</lt>\n</ildgFormat>\n";
   return lime_record("ildg-format", x.str(), true, false) +
          lime_record("ildg-binary-data", big_endian_bytes(file_values(u, 3)), false, false) +
          lime_record("ildg-data-lfn", lfn, false, true);
@@ -361,10 +356,9 @@ GaugeConfig read_gauge_file(const std::string& path) {
   throw IoError(path + ": neither a NERSC file (BEGIN_HEADER) nor an ILDG/LIME file");
 }
 
-std::vector<std::string> export_ensemble(const std::string& h5, const std::string& format,
-                                         const std::string& dir, bool overwrite) {
-  if (format != "nersc" && format != "ildg")
-    throw ConfigError("--format = " + format + ": must be nersc or ildg");
+std::vector<std::string> export_ensemble(const std::string& h5, const std::string& format, const std::string& dir,
+                                         bool overwrite) {
+  if (format != "nersc" && format != "ildg") throw ConfigError("--format = " + format + ": must be nersc or ildg");
   const auto f = File::open_read(h5);
   if (!f.has_attr("/", "status") || f.read_attr_string("/", "status") != "complete")
     throw IoError(h5 + ": not a complete latflow ensemble");
@@ -387,8 +381,7 @@ std::vector<std::string> export_ensemble(const std::string& h5, const std::strin
   for (std::int64_t r = 0; r < rows; ++r) {
     const auto field = f.read_f64("/configs/field", static_cast<std::uint64_t>(r), 1);
     if (static_cast<std::int64_t>(field.size()) != per_row * per_config)
-      throw IoError(h5 + ": /configs/field rows do not hold 4D SU(3) fields of " + std::to_string(V) +
-                    " sites");
+      throw IoError(h5 + ": /configs/field rows do not hold 4D SU(3) fields of " + std::to_string(V) + " sites");
     for (std::int64_t c = 0; c < per_row; ++c) {
       GaugeConfig u{extents, {}, ""};
       u.links.resize(static_cast<std::size_t>(per_config / 2));
@@ -398,8 +391,7 @@ std::vector<std::string> export_ensemble(const std::string& h5, const std::strin
       const std::string name = chains ? stem + "_c" + std::to_string(c) + "_t" + std::to_string(labels[r])
                                       : stem + "_p" + std::to_string(labels[r]);
       const auto path = (std::filesystem::path(dir) / (name + "." + format)).string();
-      if (!overwrite && file_exists(path))
-        throw IoError(path + ": exists; refusing to overwrite (pass --overwrite)");
+      if (!overwrite && file_exists(path)) throw IoError(path + ": exists; refusing to overwrite (pass --overwrite)");
       ensure_parent_dir(path);
       write_file_atomic(path, format == "nersc" ? nersc_bytes(u, stem, labels[r]) : ildg_bytes(u, name));
       written.push_back(path);

@@ -46,7 +46,7 @@ GaugeConfig read_gauge_file(const std::string& path);
 // Writes every stored configuration of a complete latflow ensemble of 4D SU(3) (hmc, mixed or imh) into `dir`
 // as STEM_c<chain>_t<trajectory>.<format> (chains ensembles) or STEM_p<proposal>.<format> (imh), format nersc
 // or ildg; refuses existing files unless overwrite. Returns the paths written.
-std::vector<std::string> export_ensemble(const std::string& h5, const std::string& format,
-                                         const std::string& dir, bool overwrite);
+std::vector<std::string> export_ensemble(const std::string& h5, const std::string& format, const std::string& dir,
+                                         bool overwrite);
 
 }  // namespace latflow::io

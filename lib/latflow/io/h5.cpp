@@ -22,8 +22,7 @@ namespace latflow::io {
 namespace {
 
 static_assert(std::is_same_v<hid_t, std::int64_t>, "File::id_ stores a hid_t as std::int64_t");
-static_assert(sizeof(hsize_t) == sizeof(std::uint64_t),
-              "shapes are passed as std::uint64_t and must fit hsize_t");
+static_assert(sizeof(hsize_t) == sizeof(std::uint64_t), "shapes are passed as std::uint64_t and must fit hsize_t");
 
 // Owns one HDF5 identifier and its matching close function (H5Fclose, H5Dclose, ...).
 class Handle {
@@ -112,9 +111,7 @@ hid_t live(std::int64_t id, const std::string& file) {
 }
 
 std::string dataset_label(const std::string& dset) { return "dataset " + dset; }
-std::string attr_label(const std::string& obj, const std::string& name) {
-  return "attribute " + name + " of " + obj;
-}
+std::string attr_label(const std::string& obj, const std::string& name) { return "attribute " + name + " of " + obj; }
 
 std::string shape_str(const std::vector<hsize_t>& dims) {
   std::string s = "[";
@@ -194,8 +191,7 @@ Handle make_vlen_utf8(const std::string& file, const std::string& label) {
 }
 
 Handle make_space(const std::vector<hsize_t>& dims, const std::string& file, const std::string& label) {
-  Handle s(dims.empty() ? H5Screate(H5S_SCALAR)
-                        : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+  Handle s(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
            H5Sclose);
   if (!s.valid()) raise(file, label, with_detail("cannot create dataspace " + shape_str(dims)));
   return s;
@@ -205,75 +201,51 @@ Handle make_space(const std::vector<hsize_t>& dims, const std::string& file, con
 // across platforms; HDF5 converts on big-endian hosts.
 hid_t mem_type(DType t) {
   switch (t) {
-    case DType::F64:
-      return H5T_NATIVE_DOUBLE;
-    case DType::F32:
-      return H5T_NATIVE_FLOAT;
-    case DType::I64:
-      return H5T_NATIVE_INT64;
-    case DType::U8:
-      return H5T_NATIVE_UINT8;
+    case DType::F64: return H5T_NATIVE_DOUBLE;
+    case DType::F32: return H5T_NATIVE_FLOAT;
+    case DType::I64: return H5T_NATIVE_INT64;
+    case DType::U8: return H5T_NATIVE_UINT8;
   }
   return H5I_INVALID_HID;
 }
 hid_t file_type(DType t) {
   switch (t) {
-    case DType::F64:
-      return H5T_IEEE_F64LE;
-    case DType::F32:
-      return H5T_IEEE_F32LE;
-    case DType::I64:
-      return H5T_STD_I64LE;
-    case DType::U8:
-      return H5T_STD_U8LE;
+    case DType::F64: return H5T_IEEE_F64LE;
+    case DType::F32: return H5T_IEEE_F32LE;
+    case DType::I64: return H5T_STD_I64LE;
+    case DType::U8: return H5T_STD_U8LE;
   }
   return H5I_INVALID_HID;
 }
 std::size_t type_size(DType t) {
   switch (t) {
-    case DType::F64:
-      return 8;
-    case DType::F32:
-      return 4;
-    case DType::I64:
-      return 8;
-    case DType::U8:
-      return 1;
+    case DType::F64: return 8;
+    case DType::F32: return 4;
+    case DType::I64: return 8;
+    case DType::U8: return 1;
   }
   return 0;
 }
 const char* type_name(DType t) {
   switch (t) {
-    case DType::F64:
-      return "f64";
-    case DType::F32:
-      return "f32";
-    case DType::I64:
-      return "i64";
-    case DType::U8:
-      return "u8";
+    case DType::F64: return "f64";
+    case DType::F32: return "f32";
+    case DType::I64: return "i64";
+    case DType::U8: return "u8";
   }
   return "?";
 }
 
 const char* class_name(H5T_class_t c) {
   switch (c) {
-    case H5T_INTEGER:
-      return "integer";
-    case H5T_FLOAT:
-      return "float";
-    case H5T_STRING:
-      return "string";
-    case H5T_COMPOUND:
-      return "compound";
-    case H5T_ENUM:
-      return "enum";
-    case H5T_ARRAY:
-      return "array";
-    case H5T_VLEN:
-      return "variable-length";
-    default:
-      return "non-numeric";
+    case H5T_INTEGER: return "integer";
+    case H5T_FLOAT: return "float";
+    case H5T_STRING: return "string";
+    case H5T_COMPOUND: return "compound";
+    case H5T_ENUM: return "enum";
+    case H5T_ARRAY: return "array";
+    case H5T_VLEN: return "variable-length";
+    default: return "non-numeric";
   }
 }
 
@@ -314,8 +286,7 @@ std::vector<T> read_all_numeric(const Source& src, hid_t mem, bool integer_only,
   const H5T_class_t cls = H5Tget_class(type.get());
   if (cls != H5T_INTEGER && !(cls == H5T_FLOAT && !integer_only)) {
     raise(file, label,
-          std::string("holds ") + class_name(cls) + " values, expected " +
-              (integer_only ? "integers" : "numbers"));
+          std::string("holds ") + class_name(cls) + " values, expected " + (integer_only ? "integers" : "numbers"));
   }
   const hssize_t n = H5Sget_simple_extent_npoints(space.get());
   if (n < 0) raise(file, label, with_detail("cannot inspect"));
@@ -325,11 +296,9 @@ std::vector<T> read_all_numeric(const Source& src, hid_t mem, bool integer_only,
 }
 
 template <class T>
-T read_one_numeric(const Source& src, hid_t mem, bool integer_only, const std::string& file,
-                   const std::string& label) {
+T read_one_numeric(const Source& src, hid_t mem, bool integer_only, const std::string& file, const std::string& label) {
   const auto values = read_all_numeric<T>(src, mem, integer_only, file, label);
-  if (values.size() != 1)
-    raise(file, label, "holds " + std::to_string(values.size()) + " values, expected 1");
+  if (values.size() != 1) raise(file, label, "holds " + std::to_string(values.size()) + " values, expected 1");
   return values[0];
 }
 
@@ -338,8 +307,7 @@ std::string read_one_string(const Source& src, const std::string& file, const st
   Handle space = src.space();
   if (!type.valid() || !space.valid()) raise(file, label, with_detail("cannot inspect"));
   const H5T_class_t cls = H5Tget_class(type.get());
-  if (cls != H5T_STRING)
-    raise(file, label, std::string("holds ") + class_name(cls) + " values, expected a string");
+  if (cls != H5T_STRING) raise(file, label, std::string("holds ") + class_name(cls) + " values, expected a string");
   const hssize_t n = H5Sget_simple_extent_npoints(space.get());
   if (n != 1) raise(file, label, "holds " + std::to_string(n) + " strings, expected 1");
   // Memory type = stored type, so no character-set conversion is asked of HDF5 (it has none for ASCII/UTF-8).
@@ -379,8 +347,8 @@ OpenAttr open_attr(hid_t fid, const std::string& file, const std::string& obj, c
 }
 
 // Replaces any attribute of that name: the old one may have another type or length.
-void write_attr_impl(hid_t fid, const std::string& file, const std::string& obj, const std::string& name,
-                     hid_t ftype, hid_t mtype, const std::vector<hsize_t>& dims, const void* buf) {
+void write_attr_impl(hid_t fid, const std::string& file, const std::string& obj, const std::string& name, hid_t ftype,
+                     hid_t mtype, const std::vector<hsize_t>& dims, const void* buf) {
   Handle o = open_object(fid, file, obj, Kind::kAny);
   const std::string label = attr_label(obj, name);
   const htri_t ex = H5Aexists(o.get(), name.c_str());
@@ -394,8 +362,8 @@ void write_attr_impl(hid_t fid, const std::string& file, const std::string& obj,
 }
 
 // Creates a dataset and writes it whole; on a failed write the half-made dataset is unlinked again.
-void create_written_dataset(hid_t fid, const std::string& file, const std::string& dset, hid_t ftype,
-                            hid_t mtype, const std::vector<hsize_t>& dims, const void* buf) {
+void create_written_dataset(hid_t fid, const std::string& file, const std::string& dset, hid_t ftype, hid_t mtype,
+                            const std::vector<hsize_t>& dims, const void* buf) {
   const std::string label = dataset_label(dset);
   if (object_exists(fid, dset)) raise(file, label, "already exists");
   check_parents(fid, file, label, dset);
@@ -482,8 +450,8 @@ void append_impl(hid_t fid, const std::string& file, const std::string& dset, DT
 }
 
 template <class T>
-std::vector<T> read_rows(hid_t fid, const std::string& file, const std::string& dset, hid_t mem,
-                         std::uint64_t row0, std::int64_t nrows) {
+std::vector<T> read_rows(hid_t fid, const std::string& file, const std::string& dset, hid_t mem, std::uint64_t row0,
+                         std::int64_t nrows) {
   DatasetInfo info = inspect_dataset(fid, file, dset);
   const std::string label = dataset_label(dset);
   const H5T_class_t cls = H5Tget_class(info.type.get());
@@ -519,8 +487,7 @@ std::vector<T> read_rows(hid_t fid, const std::string& file, const std::string& 
       H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr) >= 0 &&
       H5Dread(info.dset.get(), mem, mspace.get(), fspace.get(), H5P_DEFAULT, out.data()) >= 0;
   if (!ok)
-    raise(file, label,
-          with_detail("cannot read rows " + std::to_string(row0) + ".." + std::to_string(row0 + n)));
+    raise(file, label, with_detail("cannot read rows " + std::to_string(row0) + ".." + std::to_string(row0 + n)));
   return out;
 }
 
@@ -564,8 +531,7 @@ hid_t open_existing(const std::string& path, unsigned flags) {
   if (is_hdf5 < 0) raise(path, "", lock_hint(with_detail("not an HDF5 file or unreadable")));
   const hid_t id = H5Fopen(path.c_str(), flags, H5P_DEFAULT);
   if (id < 0) {
-    raise(path, "",
-          lock_hint(with_detail(flags == H5F_ACC_RDWR ? "cannot open for writing" : "cannot open")));
+    raise(path, "", lock_hint(with_detail(flags == H5F_ACC_RDWR ? "cannot open for writing" : "cannot open")));
   }
   return id;
 }
@@ -575,8 +541,7 @@ hid_t open_existing(const std::string& path, unsigned flags) {
 File File::create(const std::string& path, bool overwrite) {
   silence_hdf5();
   // EXCL fails without touching an existing file, so there is no check-then-create race.
-  const hid_t id =
-      H5Fcreate(path.c_str(), overwrite ? H5F_ACC_TRUNC : H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
+  const hid_t id = H5Fcreate(path.c_str(), overwrite ? H5F_ACC_TRUNC : H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
   if (id < 0) {
     const std::string cause = with_detail(overwrite ? "cannot create or truncate" : "cannot create");
     std::error_code ec;
@@ -656,8 +621,7 @@ void File::create_group(const std::string& group) {
 void File::write_attr(const std::string& obj, const std::string& name, const std::string& value) {
   const hid_t fid = live(id_, path_);
   // A variable-length string ends at the first NUL; refuse rather than truncate silently.
-  if (value.find('\0') != std::string::npos)
-    raise(path_, attr_label(obj, name), "string contains a NUL byte");
+  if (value.find('\0') != std::string::npos) raise(path_, attr_label(obj, name), "string contains a NUL byte");
   Handle type = make_vlen_utf8(path_, attr_label(obj, name));
   const char* p = value.c_str();
   write_attr_impl(fid, path_, obj, name, type.get(), type.get(), {}, &p);
@@ -681,8 +645,7 @@ void File::write_attr(const std::string& obj, const std::string& name, const std
                   value.empty() ? nullptr : value.data());
 }
 
-void File::write_attr(const std::string& obj, const std::string& name,
-                      const std::vector<std::int64_t>& value) {
+void File::write_attr(const std::string& obj, const std::string& name, const std::vector<std::int64_t>& value) {
   write_attr_impl(live(id_, path_), path_, obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, {value.size()},
                   value.empty() ? nullptr : value.data());
 }
@@ -711,8 +674,7 @@ std::string File::read_attr_string(const std::string& obj, const std::string& na
 
 double File::read_attr_double(const std::string& obj, const std::string& name) const {
   OpenAttr a = open_attr(live(id_, path_), path_, obj, name);
-  return read_one_numeric<double>(Source{a.attr.get(), true}, H5T_NATIVE_DOUBLE, false, path_,
-                                  attr_label(obj, name));
+  return read_one_numeric<double>(Source{a.attr.get(), true}, H5T_NATIVE_DOUBLE, false, path_, attr_label(obj, name));
 }
 
 std::int64_t File::read_attr_int(const std::string& obj, const std::string& name) const {
@@ -723,8 +685,7 @@ std::int64_t File::read_attr_int(const std::string& obj, const std::string& name
 
 std::vector<double> File::read_attr_doubles(const std::string& obj, const std::string& name) const {
   OpenAttr a = open_attr(live(id_, path_), path_, obj, name);
-  return read_all_numeric<double>(Source{a.attr.get(), true}, H5T_NATIVE_DOUBLE, false, path_,
-                                  attr_label(obj, name));
+  return read_all_numeric<double>(Source{a.attr.get(), true}, H5T_NATIVE_DOUBLE, false, path_, attr_label(obj, name));
 }
 
 std::vector<std::int64_t> File::read_attr_ints(const std::string& obj, const std::string& name) const {
@@ -746,15 +707,14 @@ std::string File::read_string(const std::string& dset) const {
   return read_one_string(Source{d.get(), false}, path_, dataset_label(dset));
 }
 
-void File::write(const std::string& dset, const std::vector<double>& data,
-                 const std::vector<std::uint64_t>& shape) {
+void File::write(const std::string& dset, const std::vector<double>& data, const std::vector<std::uint64_t>& shape) {
   const hid_t fid = live(id_, path_);
   const std::vector<hsize_t> dims(shape.begin(), shape.end());
   const hsize_t n = product(dims, 0);
   if (n != data.size()) {
     raise(path_, dataset_label(dset),
-          "shape " + shape_str(dims) + " holds " + std::to_string(n) + " values but " +
-              std::to_string(data.size()) + " were given");
+          "shape " + shape_str(dims) + " holds " + std::to_string(n) + " values but " + std::to_string(data.size()) +
+              " were given");
   }
   create_written_dataset(fid, path_, dset, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, dims,
                          data.empty() ? nullptr : data.data());
@@ -765,8 +725,7 @@ void File::create_extendible(const std::string& dset, DType type, const std::vec
   const hid_t fid = live(id_, path_);
   const std::string label = dataset_label(dset);
   if (chunk_rows == 0) raise(path_, label, "chunk_rows must be positive");
-  if (deflate < 0 || deflate > 9)
-    raise(path_, label, "deflate level " + std::to_string(deflate) + " not in 0..9");
+  if (deflate < 0 || deflate > 9) raise(path_, label, "deflate level " + std::to_string(deflate) + " not in 0..9");
   std::vector<hsize_t> dims{0};
   std::vector<hsize_t> maxdims{H5S_UNLIMITED};
   std::vector<hsize_t> chunk{chunk_rows};
@@ -774,8 +733,7 @@ void File::create_extendible(const std::string& dset, DType type, const std::vec
   for (const std::uint64_t extent : row_shape) {
     // HDF5 cannot chunk a zero extent; a row of no values is always a caller bug.
     if (extent == 0)
-      raise(path_, label,
-            "row shape " + shape_str({row_shape.begin(), row_shape.end()}) + " has a zero extent");
+      raise(path_, label, "row shape " + shape_str({row_shape.begin(), row_shape.end()}) + " has a zero extent");
     dims.push_back(extent);
     maxdims.push_back(extent);
     chunk.push_back(extent);
@@ -789,8 +747,7 @@ void File::create_extendible(const std::string& dset, DType type, const std::vec
   check_parents(fid, path_, label, dset);
   Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxdims.data()), H5Sclose);
   Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-  if (!space.valid() || !dcpl.valid() ||
-      H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()) < 0) {
+  if (!space.valid() || !dcpl.valid() || H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()) < 0) {
     raise(path_, label, with_detail("cannot set up chunked layout"));
   }
   // Parallel HDF5 writes unfiltered chunks only where they are allocated: allocate them when the dataset is
@@ -805,8 +762,7 @@ void File::create_extendible(const std::string& dset, DType type, const std::vec
     }
   }
   Handle lcpl = make_parents_lcpl(path_, label);
-  Handle d(H5Dcreate2(fid, dset.c_str(), file_type(type), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT),
-           H5Dclose);
+  Handle d(H5Dcreate2(fid, dset.c_str(), file_type(type), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT), H5Dclose);
   if (!d.valid()) raise(path_, label, with_detail("cannot create"));
 }
 
@@ -913,12 +869,10 @@ std::vector<double> File::read_f64(const std::string& dset, std::uint64_t row0, 
 std::vector<float> File::read_f32(const std::string& dset, std::uint64_t row0, std::int64_t nrows) const {
   return read_rows<float>(live(id_, path_), path_, dset, H5T_NATIVE_FLOAT, row0, nrows);
 }
-std::vector<std::int64_t> File::read_i64(const std::string& dset, std::uint64_t row0,
-                                         std::int64_t nrows) const {
+std::vector<std::int64_t> File::read_i64(const std::string& dset, std::uint64_t row0, std::int64_t nrows) const {
   return read_rows<std::int64_t>(live(id_, path_), path_, dset, H5T_NATIVE_INT64, row0, nrows);
 }
-std::vector<std::uint8_t> File::read_u8(const std::string& dset, std::uint64_t row0,
-                                        std::int64_t nrows) const {
+std::vector<std::uint8_t> File::read_u8(const std::string& dset, std::uint64_t row0, std::int64_t nrows) const {
   return read_rows<std::uint8_t>(live(id_, path_), path_, dset, H5T_NATIVE_UINT8, row0, nrows);
 }
 

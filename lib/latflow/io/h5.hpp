@@ -58,7 +58,7 @@ class File {
   bool has_attr(const std::string& obj, const std::string& name) const;
   std::vector<std::string> attr_names(const std::string& obj) const;
   std::string read_attr_string(const std::string& obj, const std::string& name) const;
-  double read_attr_double(const std::string& obj, const std::string& name) const;   // also converts integers
+  double read_attr_double(const std::string& obj, const std::string& name) const;  // also converts integers
   std::int64_t read_attr_int(const std::string& obj, const std::string& name) const;
   std::vector<double> read_attr_doubles(const std::string& obj, const std::string& name) const;
   std::vector<std::int64_t> read_attr_ints(const std::string& obj, const std::string& name) const;

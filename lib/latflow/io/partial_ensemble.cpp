@@ -118,8 +118,7 @@ double PartialEnsemble::session_seconds() const {
 }
 
 bool PartialEnsemble::commit_due() const {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - last_commit_).count() >=
-         commit_seconds_;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - last_commit_).count() >= commit_seconds_;
 }
 
 void PartialEnsemble::commit(const std::function<void(File&)>& counters) {

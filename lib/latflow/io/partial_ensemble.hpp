@@ -36,8 +36,9 @@ struct PartialSpec {
   // Refusals, after the file's name: a file of another kind (foreign), one written with other parameters
   // (differs; "{}" stands for the first difference). The *_complete ones are for a complete OUTPUT to extend.
   std::string foreign, foreign_complete;
-  std::string differs = " was written with other parameters ({}); resume with the same ones, or pass --overwrite to "
-                        "start afresh";
+  std::string differs =
+      " was written with other parameters ({}); resume with the same ones, or pass --overwrite to "
+      "start afresh";
   std::string differs_complete = differs;
 };
 

@@ -33,8 +33,8 @@ using Timings = std::map<std::pair<bool, std::int64_t>, std::vector<double>>;
 
 // The table of `latflow bench`: per batch size and ConvNet implementation (fused kernels, LibTorch ops) the median
 // seconds per training step (train) and per batch of proposals (prop), and the ops/fused ratios.
-void print_bench_table(const Config& cfg, FlowModelImpl& model, const std::vector<std::int64_t>& batches,
-                       int repeats, const Timings& train_t, const Timings& prop_t) {
+void print_bench_table(const Config& cfg, FlowModelImpl& model, const std::vector<std::int64_t>& batches, int repeats,
+                       const Timings& train_t, const Timings& prop_t) {
   std::int64_t n_params = 0;
   for (const auto& p : model.parameters()) n_params += p.numel();
   std::string ext;
@@ -45,8 +45,8 @@ void print_bench_table(const Config& cfg, FlowModelImpl& model, const std::vecto
   std::printf(", %s, z2 %s, %s prior, lattice %s, %lld parameters, %s gradient, %d thread(s), median of %d rounds\n",
               cfg.flow.dtype.c_str(), cfg.flow.z2 ? "on" : "off", cfg.flow.prior.c_str(), ext.c_str(),
               static_cast<long long>(n_params), cfg.train.gradient.c_str(), cfg.run.threads, repeats);
-  std::printf("%8s %6s %16s %14s %18s %16s\n", "batch", "nets", "train step [ms]", "train steps/s",
-              "train samples/s", "proposals/s");
+  std::printf("%8s %6s %16s %14s %18s %16s\n", "batch", "nets", "train step [ms]", "train steps/s", "train samples/s",
+              "proposals/s");
   for (auto B : batches) {
     for (bool fused : {true, false}) {
       const double ts = median(train_t.at({fused, B})), ps = median(prop_t.at({fused, B}));
@@ -134,16 +134,16 @@ void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, in
   const bool heatbath = hp.algorithm == "heatbath";
   // The last column: per force evaluation (HMC) or per sweep, overrelaxation sweeps included (heat bath).
   const int forces = heatbath ? 1 + hp.overrelax : hp.integrator == "leapfrog" ? hp.n_md + 1 : 2 * hp.n_md + 1;
-  const std::string physics = cfg.theory == "u1"    ? "u1 beta = " + std::to_string(cfg.u1.beta)
-                              : cfg.theory == "sun" ? "su(" + std::to_string(cfg.sun.n) + ") beta = " +
-                                                          std::to_string(cfg.sun.beta)
-                                                    : "phi4 m2 = " + std::to_string(cfg.phi4.m2_nohalf) +
-                                                       ", lam = " + std::to_string(cfg.phi4.lam_nohalf);
+  const std::string physics =
+      cfg.theory == "u1" ? "u1 beta = " + std::to_string(cfg.u1.beta)
+      : cfg.theory == "sun"
+          ? "su(" + std::to_string(cfg.sun.n) + ") beta = " + std::to_string(cfg.sun.beta)
+          : "phi4 m2 = " + std::to_string(cfg.phi4.m2_nohalf) + ", lam = " + std::to_string(cfg.phi4.lam_nohalf);
   const std::string update = heatbath ? "heat bath + " + std::to_string(hp.overrelax) + " overrelaxation sweeps"
                                       : hp.integrator + " with n_md " + std::to_string(hp.n_md) + " fixed (" +
                                             std::to_string(forces) + " force evaluations)";
-  std::printf("bench-hmc: %s, %dD L^%d, %s, %lld chains, float64, %d thread(s), median of %d rounds\n",
-              physics.c_str(), d, d, update.c_str(), static_cast<long long>(hp.chains), cfg.run.threads, repeats);
+  std::printf("bench-hmc: %s, %dD L^%d, %s, %lld chains, float64, %d thread(s), median of %d rounds\n", physics.c_str(),
+              d, d, update.c_str(), static_cast<long long>(hp.chains), cfg.run.threads, repeats);
   std::printf("%6s %10s %16s %18s %22s %20s\n", "L", "sites", "s/trajectory", "chain-traj/s", "chain-traj x sites/s",
               heatbath ? "ns/site/sweep" : "ns/site/force eval");
   for (auto L : sizes) {

@@ -59,11 +59,10 @@ void log_start(const Config& cfg, const std::string& weights_hash) {
   const std::string update = hp.algorithm == "heatbath"
                                  ? "heat bath + " + std::to_string(hp.overrelax) + " overrelaxation sweep(s)"
                                  : hp.integrator + ", tau = " + std::to_string(hp.trajectory_length);
-  log::info("hmc: " + std::to_string(hp.chains) + " chains on " + std::to_string(mpi::size()) + " rank(s), " +
-            update + ", " + std::to_string(hp.thermalization) + " thermalisation + " +
-            std::to_string(hp.trajectories) + " trajectories each" +
-            (mixed ? ", a flow step (model " + weights_hash + ") after every " + std::to_string(hp.flow_every)
-                   : ""));
+  log::info("hmc: " + std::to_string(hp.chains) + " chains on " + std::to_string(mpi::size()) + " rank(s), " + update +
+            ", " + std::to_string(hp.thermalization) + " thermalisation + " + std::to_string(hp.trajectories) +
+            " trajectories each" +
+            (mixed ? ", a flow step (model " + weights_hash + ") after every " + std::to_string(hp.flow_every) : ""));
 }
 
 // The chains' state before the kept trajectories: restored from the store after a resume, otherwise thermalised
@@ -79,9 +78,9 @@ void start_chains(HmcChains& chains, HmcStore& store, const Config& cfg, const T
     const auto u = io::read_gauge_file(hp.start);
     if (u.extents != cfg.lattice.extents)
       throw ConfigError("hmc.start = " + hp.start + ": its lattice is not lattice.extents");
-    const auto links = torch::view_as_real(
-        torch::from_blob(const_cast<std::complex<double>*>(u.links.data()),
-                         {static_cast<std::int64_t>(u.links.size())}, torch::kComplexDouble));
+    const auto links =
+        torch::view_as_real(torch::from_blob(const_cast<std::complex<double>*>(u.links.data()),
+                                             {static_cast<std::int64_t>(u.links.size())}, torch::kComplexDouble));
     chains.set_field(links.reshape(field_dims).unsqueeze(0).expand(field_shape).contiguous().to(options));
   }
   if (store.thermalized()) {
@@ -99,8 +98,8 @@ void start_chains(HmcChains& chains, HmcStore& store, const Config& cfg, const T
 
 // Kept trajectory i of this rank's chains [c0, c0 + nc), followed in a mixed chain by a flow step every
 // hmc.flow_every trajectories (model: the flow, nullptr for pure HMC), measured.
-HmcRow kept_trajectory(HmcChains& chains, FlowModel& model, const Theory& theory, const Config& cfg,
-                       std::int64_t c0, std::int64_t i) {
+HmcRow kept_trajectory(HmcChains& chains, FlowModel& model, const Theory& theory, const Config& cfg, std::int64_t c0,
+                       std::int64_t i) {
   const auto& hp = cfg.hmc;
   const std::int64_t nc = chains.n_chains(), t = hp.thermalization + i;
   auto r = chains.trajectory(t, hp.check_reversibility);
@@ -169,15 +168,17 @@ void write_hmc_group(io::File& f, const HmcParams& hp, const HmcTotals& t, doubl
 void log_totals(const HmcParams& hp, const HmcTotals& t, double per_site, const std::string& out) {
   char b[256];
   if (hp.algorithm == "heatbath")
-    std::snprintf(b, sizeof b, "heatbath: %lld x %lld sweeps (heat bath + %d overrelaxation), %.3g s per sweep per "
-                  "site, wrote %s", static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories),
-                  hp.overrelax, per_site, out.c_str());
+    std::snprintf(b, sizeof b,
+                  "heatbath: %lld x %lld sweeps (heat bath + %d overrelaxation), %.3g s per sweep per "
+                  "site, wrote %s",
+                  static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories), hp.overrelax, per_site,
+                  out.c_str());
   else
     std::snprintf(b, sizeof b,
                   "hmc: %lld x %lld trajectories, acceptance %.4f, <exp(-dH)> = %.4f +- %.4f, %.3g s per "
                   "trajectory per site, wrote %s",
-                  static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories), t.acceptance,
-                  t.exp_mdH, t.exp_mdH_error, per_site, out.c_str());
+                  static_cast<long long>(hp.chains), static_cast<long long>(hp.trajectories), t.acceptance, t.exp_mdH,
+                  t.exp_mdH_error, per_site, out.c_str());
   log::info(b);
   if (hp.flow_every > 0) {
     std::snprintf(b, sizeof b, "hmc: %lld flow proposals, flow acceptance %.4f, %.1f s in flow steps (%.0f%%)",

@@ -101,8 +101,8 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
     if (ne) write_ne_group(f, cfg);
   });
   const int R = mpi::size();
-  log::info("sampling: " + std::to_string(N) + " proposals in " + std::to_string(chain.n_blocks()) +
-            " blocks on " + std::to_string(R) + " rank(s), model " + hash);
+  log::info("sampling: " + std::to_string(N) + " proposals in " + std::to_string(chain.n_blocks()) + " blocks on " +
+            std::to_string(R) + " rank(s), model " + hash);
   const auto t0 = std::chrono::steady_clock::now();
   while (!chain.done()) {
     const std::int64_t b = chain.next_block() + mpi::rank();
@@ -117,8 +117,8 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
   const std::int64_t made = N - chain.resumed_from();
   if (made > 0)
     log::info("sampling: " + std::to_string(made) + " proposals in " + log::format_seconds(seconds) + " (" +
-              std::to_string(static_cast<long>(made / seconds)) + "/s), acceptance " +
-              std::to_string(acceptance) + ", wrote " + out);
+              std::to_string(static_cast<long>(made / seconds)) + "/s), acceptance " + std::to_string(acceptance) +
+              ", wrote " + out);
   if (ne) log_ne_acceptance(cfg, *protocol);
   mpi::barrier();
   return out;

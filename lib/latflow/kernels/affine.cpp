@@ -40,14 +40,13 @@ __attribute__((always_inline)) inline void dual_dot_rows(const T* in, Row row, c
 }
 
 template <class T>
-void dual_dot(const T* in, std::int64_t n, const Geo& g, int C, const T* Ws, const T* Wt, T bias_s, T* s_out,
-              T* t_out, Isa isa) {
+void dual_dot(const T* in, std::int64_t n, const Geo& g, int C, const T* Ws, const T* Wt, T bias_s, T* s_out, T* t_out,
+              Isa isa) {
   with_isa(isa, [&]() LATFLOW_KERNEL {
     constexpr int SB = 4;
     const std::int64_t rows = n * g.Vr;
     Row row{0, 0, 0};
-    for (; row.r + SB <= rows; row.advance(SB, g.Vr))
-      dual_dot_rows<T, SB>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
+    for (; row.r + SB <= rows; row.advance(SB, g.Vr)) dual_dot_rows<T, SB>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
     for (; row.r < rows; row.advance(1, g.Vr)) dual_dot_rows<T, 1>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
   });
 }
@@ -93,8 +92,8 @@ struct Plan {
   WinogradTiles tiles;
   std::vector<std::vector<T>> U, UT;  // their transformed weights; UT: of the transposed convs (backward)
   std::size_t wino_size = 0;
-  std::vector<T> reflect, zeros;      // 2 bias of the first conv; zeros (a bias for the transposed convs)
-  std::vector<std::int64_t> w_off;    // offset of conv l's weight in the parameter list (bias follows)
+  std::vector<T> reflect, zeros;    // 2 bias of the first conv; zeros (a bias for the transposed convs)
+  std::vector<std::int64_t> w_off;  // offset of conv l's weight in the parameter list (bias follows)
 
   Plan(const AffineLayer<T>& layer, bool backward) : ly(layer), isa(layer.policy.isa) {
     for (auto e : ly.extents) V *= e;
@@ -302,8 +301,8 @@ void affine_update_backward(const Plan<T>& P, const T* gy, const double* gld, st
 // The buffers: gs [nb, V, 2] (the last conv's output gradient, zero off the active sites), ga and gb
 // [copies, nb, V, width] (gradients of the hidden values), gc [copies, nb, V].
 template <class T>
-void backward_block(const Plan<T>& P, const T* gy, const double* gld, std::int64_t nb, bool inverse,
-                    const Pass<T>& B, T* gx, T* gparams, T* gs, T* ga, T* gb, T* gc) {
+void backward_block(const Plan<T>& P, const T* gy, const double* gld, std::int64_t nb, bool inverse, const Pass<T>& B,
+                    T* gx, T* gparams, T* gs, T* ga, T* gb, T* gc) {
   const auto& ly = P.ly;
   const Isa isa = P.isa;
   const auto& net = ly.net;
@@ -332,9 +331,8 @@ void backward_block(const Plan<T>& P, const T* gy, const double* gld, std::int64
     T t_bias = 0;
     conv_backward<T>(hs, gs, nb, V, taps, ly.nbr, static_cast<int>(C), 1, last.w, nullptr, nullptr, g_hs, gw(L - 1),
                      gbias(L - 1), isa);
-    conv_backward<T>(hd, gs + nv, nb, V, taps, ly.nbr, static_cast<int>(C), 1,
-                     last.w + C * taps, nullptr, nullptr, g_hd, gparams ? gw(L - 1) + C * taps : nullptr, &t_bias,
-                     isa);
+    conv_backward<T>(hd, gs + nv, nb, V, taps, ly.nbr, static_cast<int>(C), 1, last.w + C * taps, nullptr, nullptr,
+                     g_hd, gparams ? gw(L - 1) + C * taps : nullptr, &t_bias, isa);
     half_sum_difference_backward(g_hs, g_hd, nv * C, h_pre ? act : nullptr, h_pre, h_pre ? h_pre + nv * C : nullptr,
                                  g_h, g_h + nv * C, isa);
   } else {
@@ -354,8 +352,8 @@ void backward_block(const Plan<T>& P, const T* gy, const double* gld, std::int64
       const T* UT = P.UT[static_cast<std::size_t>(l)].data();
       winograd_conv(cur, n2, V, P.tiles, c.cout, c.cin, UT, P.zeros.data(), to_gin, B.wino, isa);
       if (gparams)
-        conv_backward<T>(in, cur, n2, V, taps, ly.nbr, c.cin, c.cout, c.w, nullptr, nullptr, nullptr, gw(l),
-                         gbias(l), isa);
+        conv_backward<T>(in, cur, n2, V, taps, ly.nbr, c.cin, c.cout, c.w, nullptr, nullptr, nullptr, gw(l), gbias(l),
+                         isa);
     } else {
       conv_backward<T>(in, cur, n2, V, taps, ly.nbr, c.cin, c.cout, c.w, in_pre, act, next, gw(l), gbias(l), isa);
     }
@@ -400,11 +398,9 @@ void affine_coupling(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inv
     forward_block(P, x + b0 * P.V, std::min(kChunk, n - b0), inverse, logdet + b0, B);
 }
 
-
 // Training passes: blocks of kChunk samples, block k's tape at k kChunk tape_per_sample.
 template <class T>
-void affine_coupling_forward(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inverse, double* logdet,
-                             T* tape) {
+void affine_coupling_forward(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inverse, double* logdet, T* tape) {
   const Plan<T> P(layer, false);
   std::vector<T> scratch(static_cast<std::size_t>(2 * kChunk * P.V * std::max<std::int64_t>(P.C, 1))),
       wino(P.wino_size);
@@ -416,8 +412,8 @@ void affine_coupling_forward(T* x, std::int64_t n, const AffineLayer<T>& layer, 
 }
 
 template <class T>
-void affine_coupling_backward(const T* gy, const double* gld, std::int64_t n, const AffineLayer<T>& layer,
-                              bool inverse, const T* tape, T* gx, T* gparams) {
+void affine_coupling_backward(const T* gy, const double* gld, std::int64_t n, const AffineLayer<T>& layer, bool inverse,
+                              const T* tape, T* gx, T* gparams) {
   const Plan<T> P(layer, true);
   const auto nv = static_cast<std::size_t>(kChunk * P.V);
   const auto n_g = static_cast<std::size_t>(P.copies) * nv * static_cast<std::size_t>(P.width);
@@ -432,12 +428,12 @@ void affine_coupling_backward(const T* gy, const double* gld, std::int64_t n, co
   }
 }
 
-#define LATFLOW_INSTANTIATE(T)                                                                                    \
-  template void affine_coupling<T>(T*, std::int64_t, const AffineLayer<T>&, bool, double*);                      \
-  template std::int64_t affine_tape_size<T>(const AffineLayer<T>&, std::int64_t);                                 \
-  template std::int64_t affine_param_count<T>(const AffineLayer<T>&);                                             \
-  template void affine_coupling_forward<T>(T*, std::int64_t, const AffineLayer<T>&, bool, double*, T*);           \
-  template void affine_coupling_backward<T>(const T*, const double*, std::int64_t, const AffineLayer<T>&, bool,   \
+#define LATFLOW_INSTANTIATE(T)                                                                                  \
+  template void affine_coupling<T>(T*, std::int64_t, const AffineLayer<T>&, bool, double*);                     \
+  template std::int64_t affine_tape_size<T>(const AffineLayer<T>&, std::int64_t);                               \
+  template std::int64_t affine_param_count<T>(const AffineLayer<T>&);                                           \
+  template void affine_coupling_forward<T>(T*, std::int64_t, const AffineLayer<T>&, bool, double*, T*);         \
+  template void affine_coupling_backward<T>(const T*, const double*, std::int64_t, const AffineLayer<T>&, bool, \
                                             const T*, T*, T*);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)

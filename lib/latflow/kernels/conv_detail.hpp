@@ -13,7 +13,6 @@
 
 namespace latflow::pconv {
 
-
 // The lattice seen by a gather: V sites per sample, taps neighbours per site (nbr, see neighbour_table), and the
 // sites whose outputs are computed: all V in order (sites null, Vr = V), or the Vr sites listed in `sites` (the
 // outputs of sample b then form rows b Vr ... b Vr + Vr - 1, in the order of the list).

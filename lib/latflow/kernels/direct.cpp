@@ -142,10 +142,9 @@ __attribute__((always_inline)) inline void gather_conv(const T* in, std::int64_t
 // output gradient padded to coutP channels and gw [taps, cin, coutP]. CB x RB accumulators (RB = 8 / CB
 // consecutive rows summed separately) stay in registers for the whole sweep over the rows and hide the FMA latency.
 template <class T, int W, int CB>
-__attribute__((always_inline)) inline void weight_grad_block(const T* in, const T* gP, std::int64_t n,
-                                                             std::int64_t V, int taps, const std::int32_t* nbr,
-                                                             int cin, int ci0, std::int64_t coutP, int t,
-                                                             std::int64_t c0, T* gw) {
+__attribute__((always_inline)) inline void weight_grad_block(const T* in, const T* gP, std::int64_t n, std::int64_t V,
+                                                             int taps, const std::int32_t* nbr, int cin, int ci0,
+                                                             std::int64_t coutP, int t, std::int64_t c0, T* gw) {
   using V_t = vec_t<T, W>;
   constexpr int RB = 8 / CB;
   V_t acc[CB][RB];
@@ -302,8 +301,8 @@ void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const s
 
 template <class T>
 void conv_forward_at(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
-                     const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias,
-                     T* out, Isa isa) {
+                     const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias, T* out,
+                     Isa isa) {
   gather(in, n, Geo{V, taps, nbr, sites, Vr}, arrange_conv(w, taps, cin, cout, false), bias,
          Sink<T>{nullptr, nullptr, nullptr, out}, isa);
 }
@@ -353,15 +352,14 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
             gwp[static_cast<std::size_t>((static_cast<std::int64_t>(t) * cin + ci) * coutP + co)];
 }
 
-
-#define LATFLOW_INSTANTIATE(T)                                                                                    \
-  template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,         \
-                                const T*, const T*, const Act*, T*, T*, Isa);                                     \
-  template void conv_forward_at<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*,                \
-                                   const std::int32_t*, std::int64_t, int, int, const T*, const T*, T*, Isa);     \
-  template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int,   \
-                                 int, const T*, const T*, const Act*, T*, T*, T*, Isa);                           \
-  template Arranged<T> arrange_conv<T>(const T*, int, int, int, bool);                                            \
+#define LATFLOW_INSTANTIATE(T)                                                                                       \
+  template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int, const T*,  \
+                                const T*, const Act*, T*, T*, Isa);                                                  \
+  template void conv_forward_at<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*,                   \
+                                   const std::int32_t*, std::int64_t, int, int, const T*, const T*, T*, Isa);        \
+  template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int, \
+                                 const T*, const T*, const Act*, T*, T*, T*, Isa);                                   \
+  template Arranged<T> arrange_conv<T>(const T*, int, int, int, bool);                                               \
   template void gather<T>(const T*, std::int64_t, const Geo&, const Arranged<T>&, const T*, const Sink<T>&, Isa);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)

@@ -126,8 +126,8 @@ struct Spline {
       xi = std::clamp(2 * c / (-b - std::sqrt(disc)), 0.0, 1.0);
     }
     const double xi1 = xi * (1 - xi), den = s + (d1 + d0 - 2 * s) * xi1;
-    const double ls = 2 * std::log(s) + std::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) -
-                      2 * std::log(den);
+    const double ls =
+        2 * std::log(s) + std::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) - 2 * std::log(den);
     if (!inverse) return {y0 + h * (s * xi * xi + d0 * xi1) / den, ls};
     return {x0 + xi * w, -ls};
   }
@@ -285,8 +285,8 @@ void spectral_context(const T* x, const Shape& s, const std::uint8_t* frozen, T*
 }
 
 template <class T>
-void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu,
-                     int bins, bool inverse, double* log_det) {
+void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, int bins,
+                     bool inverse, double* log_det) {
   if (s.n == 2)
     update_n<2>(x, par, s, active, Va, mu, bins, inverse, log_det);
   else
@@ -435,13 +435,13 @@ void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, s
   }
 }
 
-#define LATFLOW_INSTANTIATE(T)                                                                                    \
-  template void spectral_context<T>(const T*, const Shape&, const std::uint8_t*, T*);                              \
-  template void spectral_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,   \
-                                   double*);                                                                       \
+#define LATFLOW_INSTANTIATE(T)                                                                                       \
+  template void spectral_context<T>(const T*, const Shape&, const std::uint8_t*, T*);                                \
+  template void spectral_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,    \
+                                   double*);                                                                         \
   template void u1_context<T>(const T*, const Shape&, const std::uint8_t*, const std::uint8_t*, const std::uint8_t*, \
-                              T*);                                                                                 \
-  template void u1_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, bool, int, bool,   \
+                              T*);                                                                                   \
+  template void u1_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, bool, int, bool,    \
                              double*);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)

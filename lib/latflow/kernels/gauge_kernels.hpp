@@ -32,8 +32,8 @@ void spectral_context(const T* x, const Shape& s, const std::uint8_t* frozen, T*
 // (mu = 0) or R^+ (mu = 1) with P' = R P the spline-moved plaquette (or its inverse); par [B, Va, splines (3 bins
 // + 1)] is the net's output there; log_det[b] += the layer's log|det| (the inverse's with inverse = true).
 template <class T>
-void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu,
-                     int bins, bool inverse, double* log_det);
+void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, int bins,
+                     bool inverse, double* log_det);
 
 // U(1). The net's input [B, C, L0, L1]: cos and sin of the plaquette angle at frozen sites (frozen), and with
 // loops also of the 2x1 and 1x2 loops P(x) + P(x + e0), P(x) + P(x + e1) where both plaquettes are frozen

@@ -124,12 +124,12 @@ void half_sum_difference_backward(const T* gs, const T* gd, std::int64_t n, cons
   with_isa(isa, [&]() LATFLOW_KERNEL { half_sum_difference_backward_body(gs, gd, n, act, pre_a, pre_b, ga, gb); });
 }
 
-#define LATFLOW_INSTANTIATE(T)                                                                                    \
-  template void tanh_and_exp<T>(const T*, std::int64_t, bool, T*, T*, Isa);                                       \
-  template void half_sum_difference<T>(const T*, const T*, std::int64_t, T*, T*, Isa);                            \
-  template void half_sum_difference_pairs<T>(const T*, const T*, std::int64_t, int, T*, Isa);                     \
-  template void half_sum_difference_backward<T>(const T*, const T*, std::int64_t, const Act*, const T*, const T*, \
-                                                T*, T*, Isa);
+#define LATFLOW_INSTANTIATE(T)                                                                                        \
+  template void tanh_and_exp<T>(const T*, std::int64_t, bool, T*, T*, Isa);                                           \
+  template void half_sum_difference<T>(const T*, const T*, std::int64_t, T*, T*, Isa);                                \
+  template void half_sum_difference_pairs<T>(const T*, const T*, std::int64_t, int, T*, Isa);                         \
+  template void half_sum_difference_backward<T>(const T*, const T*, std::int64_t, const Act*, const T*, const T*, T*, \
+                                                T*, Isa);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)
 #undef LATFLOW_INSTANTIATE

@@ -5,7 +5,7 @@
 // overhead (dispatch, autograd nodes, allocation, padding copies) rather than in arithmetic; measured with perf
 // on `latflow bench configs/tutorial.ini`: 48% in oneDNN's conv kernels, 30% libtorch_cpu, 10% malloc/free.
 // These kernels run a whole net (every conv, its periodic wrap and its activation) as one autograd node, with a
-// hand-written backward; flow.cpp wraps them (ConvNetImpl, fused path). tests/test_kernels.cpp checks them
+// hand-written backward; flows/conv_net.cpp wraps them (ConvNetImpl, fused path). tests/test_kernels.cpp checks them
 // against naive scalar loops for every instruction set the CPU has, tests/test_flows.cpp against the LibTorch net.
 //
 // Files (lib/latflow/kernels, the library latflow_kernels, torch-free): simd.hpp/.cpp the vector types and the
@@ -47,8 +47,8 @@ void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const s
 // (out [n, Vr, cout]); in is [n, V, cin] as above.
 template <class T>
 void conv_forward_at(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
-                     const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias,
-                     T* out, Isa isa = Isa::best);
+                     const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias, T* out,
+                     Isa isa = Isa::best);
 
 // Backward of conv_forward for b in [0, n) from gpre = dL/dpre: gw += dL/dW (W's layout), gb += dL/dbias, and
 // when gin is not null gin = dL/din (overwritten) or, when in_pre is not null (in = in_act(in_pre), the previous
@@ -98,14 +98,13 @@ void affine_coupling(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inv
 template <class T>
 std::int64_t affine_tape_size(const AffineLayer<T>& layer, std::int64_t n);
 template <class T>
-void affine_coupling_forward(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inverse, double* logdet,
-                             T* tape);
+void affine_coupling_forward(T* x, std::int64_t n, const AffineLayer<T>& layer, bool inverse, double* logdet, T* tape);
 // Its backward, from gy = dL/dy [n, V] and gld = dL/dlogdet [n] (null: zero), with the tape of the forward call
 // on the same n samples: gx = dL/dx [n, V] (overwritten) and, when gparams is not null, gparams += dL/dparameters,
 // laid out as the convs' (weight [cout, cin, taps], bias [cout]) one after the other (affine_param_count values).
 template <class T>
-void affine_coupling_backward(const T* gy, const double* gld, std::int64_t n, const AffineLayer<T>& layer,
-                              bool inverse, const T* tape, T* gx, T* gparams);
+void affine_coupling_backward(const T* gy, const double* gld, std::int64_t n, const AffineLayer<T>& layer, bool inverse,
+                              const T* tape, T* gx, T* gparams);
 template <class T>
 std::int64_t affine_param_count(const AffineLayer<T>& layer);
 

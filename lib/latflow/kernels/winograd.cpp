@@ -39,11 +39,15 @@ template <>
 struct Winograd<4> {  // interpolation points 0, 1, -1, 2, -2, infinity
   static constexpr double BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
                                       {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-  static constexpr double G[6][3] = {{0.25, 0, 0},        {-1. / 6, -1. / 6, -1. / 6}, {-1. / 6, 1. / 6, -1. / 6},
-                                     {1. / 24, 1. / 12, 1. / 6}, {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
-  static constexpr double AT[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+  static constexpr double G[6][3] = {{0.25, 0, 0},
+                                     {-1. / 6, -1. / 6, -1. / 6},
+                                     {-1. / 6, 1. / 6, -1. / 6},
+                                     {1. / 24, 1. / 12, 1. / 6},
+                                     {1. / 24, -1. / 12, 1. / 6},
+                                     {0, 0, 1}};
+  static constexpr double AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
 };
-
 
 // Lanes k0 ... k0 + W - 1 of a row of `cols` values, zero beyond cols.
 template <int W, class T>
@@ -80,8 +84,7 @@ __attribute__((always_inline)) inline V combine(const double (&c)[N], const V* x
 template <int M, class V, class T>
 __attribute__((always_inline)) inline void transform_BT(const V* x, int stride, V* y, int ostride) {
   if constexpr (M == 4) {
-    const V x0 = x[0], x1 = x[stride], x2 = x[2 * stride], x3 = x[3 * stride], x4 = x[4 * stride],
-            x5 = x[5 * stride];
+    const V x0 = x[0], x1 = x[stride], x2 = x[2 * stride], x3 = x[3 * stride], x4 = x[4 * stride], x5 = x[5 * stride];
     const V s12 = x1 + x2, s34 = x3 + x4, d12 = x1 - x2, d43 = x4 - x3, d42 = x4 - x2, d31 = x3 - x1;
     y[0] = T(4) * x0 - T(5) * x2 + x4;
     y[ostride] = s34 - T(4) * s12;
@@ -98,8 +101,7 @@ __attribute__((always_inline)) inline void transform_BT(const V* x, int stride, 
 template <int M, class V, class T>
 __attribute__((always_inline)) inline void transform_AT(const V* x, int stride, V* y, int ostride) {
   if constexpr (M == 4) {
-    const V x0 = x[0], x1 = x[stride], x2 = x[2 * stride], x3 = x[3 * stride], x4 = x[4 * stride],
-            x5 = x[5 * stride];
+    const V x0 = x[0], x1 = x[stride], x2 = x[2 * stride], x3 = x[3 * stride], x4 = x[4 * stride], x5 = x[5 * stride];
     const V s12 = x1 + x2, s34 = x3 + x4, d12 = x1 - x2, d34 = x3 - x4;
     y[0] = x0 + s12 + s34;
     y[ostride] = d12 + T(2) * d34;
@@ -199,7 +201,8 @@ __attribute__((always_inline)) inline void winograd_conv_m(const T* in, std::int
 #pragma GCC unroll 8
         for (int u = 0; u < A; ++u)
 #pragma GCC unroll 8
-          for (int v = 0; v < A; ++v) m[u][v] = load<W>(Mt + (static_cast<std::int64_t>(u * A + v) * kTB + q) * coutP + c0);
+          for (int v = 0; v < A; ++v)
+            m[u][v] = load<W>(Mt + (static_cast<std::int64_t>(u * A + v) * kTB + q) * coutP + c0);
 #pragma GCC unroll 8
         for (int v = 0; v < A; ++v) transform_AT<M, V_t, T>(&m[0][v], A, &r[0][v], A);  // A^T m
 #pragma GCC unroll 8
@@ -209,7 +212,8 @@ __attribute__((always_inline)) inline void winograd_conv_m(const T* in, std::int
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i)
 #pragma GCC unroll 8
-          for (int j = 0; j < M; ++j) sink.template put<W>((b * V + sites[i * M + j]) * cout + c0, c0, y[i][j] + bv, valid);
+          for (int j = 0; j < M; ++j)
+            sink.template put<W>((b * V + sites[i * M + j]) * cout + c0, c0, y[i][j] + bv, valid);
       }
     }
   }
@@ -241,9 +245,9 @@ void winograd_conv(const T* in, std::int64_t n, std::int64_t V, const WinogradTi
   });
 }
 
-#define LATFLOW_INSTANTIATE(T)                                                                                    \
-  template std::vector<T> winograd_weights<T>(const T*, int, int, int);                                           \
-  template void winograd_conv<T>(const T*, std::int64_t, std::int64_t, const WinogradTiles&, int, int, const T*,  \
+#define LATFLOW_INSTANTIATE(T)                                                                                   \
+  template std::vector<T> winograd_weights<T>(const T*, int, int, int);                                          \
+  template void winograd_conv<T>(const T*, std::int64_t, std::int64_t, const WinogradTiles&, int, int, const T*, \
                                  const T*, const Sink<T>&, T*, Isa);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)

@@ -43,8 +43,7 @@ std::vector<T> gather_impl(const std::vector<T>& local, int root, MPI_Datatype t
 
 Context::Context(int* argc, char*** argv) {
   int provided = 0;
-  if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
-    throw Error("MPI_Init_thread failed");
+  if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) throw Error("MPI_Init_thread failed");
   log::set_rank(rank());
 }
 
@@ -124,9 +123,7 @@ void broadcast(std::uint8_t* data, std::int64_t n, int root) {
   if (running() && size() > 1) MPI_Bcast(data, static_cast<int>(n), MPI_UINT8_T, root, MPI_COMM_WORLD);
 }
 
-std::vector<double> gather(const std::vector<double>& local, int root) {
-  return gather_impl(local, root, MPI_DOUBLE);
-}
+std::vector<double> gather(const std::vector<double>& local, int root) { return gather_impl(local, root, MPI_DOUBLE); }
 std::vector<float> gather(const std::vector<float>& local, int root) { return gather_impl(local, root, MPI_FLOAT); }
 
 }  // namespace latflow::mpi

@@ -27,8 +27,8 @@ std::string integrator_name(Integrator integrator) {
   return integrator == Integrator::kLeapfrog ? "leapfrog" : "omelyan";
 }
 
-void integrate(const Theory& theory, Integrator integrator, at::Tensor& x, at::Tensor& p,
-               const at::Tensor& dt_in, int n_md) {
+void integrate(const Theory& theory, Integrator integrator, at::Tensor& x, at::Tensor& p, const at::Tensor& dt_in,
+               int n_md) {
   // One step size per configuration, broadcast over the field's sites.
   std::vector<std::int64_t> shape(static_cast<std::size_t>(p.dim()), 1);
   shape[0] = p.size(0);
@@ -44,8 +44,7 @@ void integrate(const Theory& theory, Integrator integrator, at::Tensor& x, at::T
     return;
   }
   // 2MN: p(lambda dt) x(dt/2) p((1 - 2 lambda) dt) x(dt/2) p(lambda dt).
-  const auto edge = kOmelyanLambda * dt, mid = (1.0 - 2.0 * kOmelyanLambda) * dt, drift = 0.5 * dt,
-             joined = 2.0 * edge;
+  const auto edge = kOmelyanLambda * dt, mid = (1.0 - 2.0 * kOmelyanLambda) * dt, drift = 0.5 * dt, joined = 2.0 * edge;
   p = p + edge * theory.force(x);
   for (int i = 0; i < n_md; ++i) {
     x = theory.update_field(x, p, drift);
@@ -55,8 +54,7 @@ void integrate(const Theory& theory, Integrator integrator, at::Tensor& x, at::T
   }
 }
 
-std::uint64_t chain_stream(std::uint64_t seed, const char* purpose, std::int64_t chain,
-                           std::int64_t trajectory) {
+std::uint64_t chain_stream(std::uint64_t seed, const char* purpose, std::int64_t chain, std::int64_t trajectory) {
   return derive_seed(derive_seed(seed, purpose, static_cast<std::uint64_t>(chain)), purpose,
                      static_cast<std::uint64_t>(trajectory));
 }
@@ -74,8 +72,8 @@ double mean_dh_for_acceptance(double acceptance) {
   return 4.0 * y * y;
 }
 
-HmcChains::HmcChains(const Theory& theory, const HmcParams& params, std::uint64_t seed,
-                     std::int64_t first_chain, std::int64_t n_chains, const at::TensorOptions& options)
+HmcChains::HmcChains(const Theory& theory, const HmcParams& params, std::uint64_t seed, std::int64_t first_chain,
+                     std::int64_t n_chains, const at::TensorOptions& options)
     : theory_(theory),
       params_(params),
       integrator_(integrator_from_name(params.integrator)),

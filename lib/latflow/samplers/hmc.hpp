@@ -30,12 +30,11 @@ constexpr double kOmelyanLambda = 0.1932;
 // configuration). Both schemes are symmetric and symplectic, hence reversible and area-preserving, with an
 // energy violation of O(dt^2) over a fixed trajectory length. Force evaluations: leapfrog n_md + 1, Omelyan
 // 2 n_md + 1 (adjacent momentum half-steps of consecutive MD steps are merged).
-void integrate(const Theory& theory, Integrator integrator, at::Tensor& x, at::Tensor& p,
-               const at::Tensor& dt, int n_md);
+void integrate(const Theory& theory, Integrator integrator, at::Tensor& x, at::Tensor& p, const at::Tensor& dt,
+               int n_md);
 
 // The stream seed of (seed, purpose, global chain index, trajectory index).
-std::uint64_t chain_stream(std::uint64_t seed, const char* purpose, std::int64_t chain,
-                           std::int64_t trajectory);
+std::uint64_t chain_stream(std::uint64_t seed, const char* purpose, std::int64_t chain, std::int64_t trajectory);
 
 // Mean Metropolis acceptance <min(1, exp(-dH))> at equilibrium for Gaussian dH, whose mean and variance are
 // then tied by <exp(-dH)> = 1: P_acc = erfc(sqrt(<dH>) / 2) (Gupta, Irback, Karsch, Petersson, PLB 242 (1990)

@@ -2,8 +2,8 @@
 #include "latflow/samplers/hmc_store.hpp"
 
 #include <algorithm>
-#include <limits>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "latflow/analysis/gamma.hpp"
@@ -26,8 +26,8 @@ io::PartialSpec partial_spec(const Config& cfg, const HmcLayout& layout) {
   s.count_group = "/chains";
   s.count_attr = "committed_trajectories";
   s.requested = cfg.hmc.trajectories;
-  s.foreign = ": not a resumable " + s.kind + " ensemble of latflow hmc" +
-              (layout.flow_steps ? " (hmc.flow_every > 0)" : "");
+  s.foreign =
+      ": not a resumable " + s.kind + " ensemble of latflow hmc" + (layout.flow_steps ? " (hmc.flow_every > 0)" : "");
   s.foreign_complete = s.foreign;
   return s;
 }
@@ -70,7 +70,8 @@ HmcStore::HmcStore(const Config& cfg, const HmcLayout& layout, std::int64_t c0, 
       nc_(nc),
       T_(cfg.hmc.trajectories) {
   scalars_.resize(layout_.observable_names.size());
-  ens_.open(write_header, [&](io::File& f) { create(f); }, [&](io::File& f) { return resume(f); });
+  ens_.open(
+      write_header, [&](io::File& f) { create(f); }, [&](io::File& f) { return resume(f); });
   // The root read the committed state (resume() ran there). state: committed trajectories, thermalised, n_md,
   // state slot.
   std::int64_t state[4] = {committed_, thermalized_, n_md_, slot_};
@@ -280,7 +281,8 @@ void HmcStore::finish(const std::function<void(io::File&, const HmcTotals&)>& wr
         n_acc += acc[i * C + c];
       }
     if (diverged > 0)
-      log::warn("hmc: " + std::to_string(diverged) + " trajectories diverged (dH not finite) and were rejected: the "
+      log::warn("hmc: " + std::to_string(diverged) +
+                " trajectories diverged (dH not finite) and were rejected: the "
                 "MD step is near the integrator's stability limit (raise hmc.n_md or hmc.target_acceptance)");
     const auto e = analysis::gamma_method(replicas);
     t.exp_mdH = e.mean;
@@ -293,7 +295,8 @@ void HmcStore::finish(const std::function<void(io::File&, const HmcTotals&)>& wr
         t.flow_proposals += a != kNoFlowStep;
         n_flow_acc += a == 1;
       }
-      t.flow_acceptance = t.flow_proposals > 0 ? static_cast<double>(n_flow_acc) / static_cast<double>(t.flow_proposals) : 0;
+      t.flow_acceptance =
+          t.flow_proposals > 0 ? static_cast<double>(n_flow_acc) / static_cast<double>(t.flow_proposals) : 0;
     }
     write_summary(f, t);
   });

@@ -43,9 +43,9 @@ struct HmcRow {
   // Mixed chains: [nc] 1/0 = the flow step after this trajectory accepted/rejected its proposal,
   // kNoFlowStep = no flow step after this trajectory. Empty for pure HMC.
   std::vector<std::uint8_t> flow_accepted;
-  std::vector<double> x;                        // [nc * V] fields after it (and after its flow step)
+  std::vector<double> x;                             // [nc * V] fields after it (and after its flow step)
   double max_dx = 0, max_dp = 0, check_seconds = 0;  // reversibility check
-  double flow_seconds = 0;                      // time spent in the flow step (proposal, log q, action)
+  double flow_seconds = 0;                           // time spent in the flow step (proposal, log q, action)
 };
 constexpr std::uint8_t kNoFlowStep = 2;
 

@@ -74,7 +74,8 @@ ImhChain::ImhChain(const Config& cfg, const ImhLayout& layout, const std::functi
       block_(cfg.sample.block),
       n_blocks_((cfg.sample.proposals + cfg.sample.block - 1) / cfg.sample.block) {
   scalars_.resize(layout_.observable_names.size());
-  ens_.open(write_header, [&](io::File& f) { create(f); }, [&](io::File& f) { return resume(f); });
+  ens_.open(
+      write_header, [&](io::File& f) { create(f); }, [&](io::File& f) { return resume(f); });
   // The root knows where the committed data ends (resume() ran there).
   std::int64_t state[2] = {committed_props_, committed_cfgs_};
   mpi::broadcast(state, 2);
@@ -137,8 +138,8 @@ void ImhChain::create(io::File& f) const {
   f.create_extendible("/chain/proposal", io::DType::I64, {}, chunk, deflate);
   f.create_extendible("/chain/config", io::DType::I64, {}, chunk, deflate);
   f.create_extendible("/chain/accepted", io::DType::U8, {}, chunk, deflate);
-  f.create_extendible("/configs/field", layout_.float32_fields ? io::DType::F32 : io::DType::F64,
-                      layout_.field_shape, 64, deflate);
+  f.create_extendible("/configs/field", layout_.float32_fields ? io::DType::F32 : io::DType::F64, layout_.field_shape,
+                      64, deflate);
   f.create_extendible("/configs/proposal", io::DType::I64, {}, 64, deflate);
   f.write_attr("/chain", "committed_proposals", std::int64_t{0});
   f.write_attr("/chain", "committed_configs", std::int64_t{0});

@@ -30,10 +30,10 @@ namespace latflow {
 
 // One block of proposals, made by the rank that holds it.
 struct ImhBlock {
-  std::int64_t block = -1;   // global block index; -1: this rank has no block in this round
-  std::int64_t n = 0;        // proposals in the block
+  std::int64_t block = -1;                            // global block index; -1: this rank has no block in this round
+  std::int64_t n = 0;                                 // proposals in the block
   std::vector<double> log_q, S, scalars, correlator;  // [n], [n], [n * k] (row-major), [n * L0]
-  std::vector<double> x;     // [n * V] fields in float64 (exact for float32 fields)
+  std::vector<double> x;                              // [n * V] fields in float64 (exact for float32 fields)
   // Non-equilibrium proposals only: the log-weights (otherwise -S - log_q) and the protocol's work W, [n].
   std::vector<double> log_w, work;
 };
@@ -41,9 +41,9 @@ struct ImhBlock {
 struct ImhLayout {
   std::vector<std::string> observable_names;  // scalar observables, in the order of ImhBlock::scalars
   std::int64_t L0 = 0, V = 0;
-  std::vector<std::uint64_t> field_shape;     // lattice extents
+  std::vector<std::uint64_t> field_shape;  // lattice extents
   bool float32_fields = true;
-  bool work = false;  // non-equilibrium proposals: /proposals/work is stored too
+  bool work = false;     // non-equilibrium proposals: /proposals/work is stored too
   std::string identity;  // "key = value" lines a resume must match (physics, model, seed, block)
 };
 
@@ -80,8 +80,8 @@ class ImhChain {
   bool complete_ = false;  // resume found the output complete already
 
   // Committed and buffered extents.
-  std::int64_t committed_props_ = 0, props_ = 0;   // proposals
-  std::int64_t committed_cfgs_ = 0, cfgs_ = 0;     // stored configurations
+  std::int64_t committed_props_ = 0, props_ = 0;  // proposals
+  std::int64_t committed_cfgs_ = 0, cfgs_ = 0;    // stored configurations
   // Chain state (meaningful on the root).
   double cur_lw_ = 0;
   std::int64_t cur_prop_ = -1, cur_cfg_ = -1, n_acc_ = 0;

@@ -43,8 +43,7 @@ std::array<cd, 4> su2(double x0, double x1, double x2, double x3) {
   return {cd(x0, x3), cd(x2, x1), cd(-x2, x1), cd(x0, -x3)};
 }
 std::array<cd, 4> mul2(const std::array<cd, 4>& a, const std::array<cd, 4>& b) {
-  return {a[0] * b[0] + a[1] * b[2], a[0] * b[1] + a[1] * b[3], a[2] * b[0] + a[3] * b[2],
-          a[2] * b[1] + a[3] * b[3]};
+  return {a[0] * b[0] + a[1] * b[2], a[0] * b[1] + a[1] * b[3], a[2] * b[0] + a[3] * b[2], a[2] * b[1] + a[3] * b[3]};
 }
 std::array<cd, 4> dag2(const std::array<cd, 4>& a) {
   return {std::conj(a[0]), std::conj(a[2]), std::conj(a[1]), std::conj(a[3])};
@@ -112,8 +111,7 @@ double su2_x0(double a, SplitMix64& rng) {
   // Creutz: x from exp(a x) on [-1, 1] by inversion, accepted with probability sqrt(1 - x^2).
   for (;;) {
     const double u = rng.uniform();
-    const double x =
-        a > 1e-12 ? std::min(1.0, -1.0 + std::log1p(u * std::expm1(2.0 * a)) / a) : 2.0 * u - 1.0;
+    const double x = a > 1e-12 ? std::min(1.0, -1.0 + std::log1p(u * std::expm1(2.0 * a)) / a) : 2.0 * u - 1.0;
     if (rng.uniform() < std::sqrt(std::max(0.0, 1.0 - x * x))) return x;
   }
 }
@@ -179,8 +177,7 @@ void sun_sweep(cd* u, const Lattice& lattice, int n, double beta, Move move, Spl
             R = su2_with_x0(su2_x0(0.0, rng), rng);
           } else {
             const auto Vq = su2(r0 / k, r1 / k, r2 / k, r3 / k);
-            R = heatbath ? mul2(su2_with_x0(su2_x0(2.0 * beta * k / n, rng), rng), dag2(Vq))
-                         : mul2(dag2(Vq), dag2(Vq));
+            R = heatbath ? mul2(su2_with_x0(su2_x0(2.0 * beta * k / n, rng), rng), dag2(Vq)) : mul2(dag2(Vq), dag2(Vq));
           }
           for (int c = 0; c < n; ++c) {
             const cd ui = U[i * n + c], uj = U[j * n + c];

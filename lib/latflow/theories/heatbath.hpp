@@ -45,7 +45,6 @@ double su2_x0(double a, SplitMix64& rng);
 enum class Move { kHeatBath, kOverrelax };
 // One sweep of `move` over every link of one configuration (overrelaxation draws no random numbers).
 void u1_sweep(double* theta, const Lattice& lattice, double beta, Move move, SplitMix64& rng);
-void sun_sweep(std::complex<double>* u, const Lattice& lattice, int n, double beta, Move move,
-               SplitMix64& rng);
+void sun_sweep(std::complex<double>* u, const Lattice& lattice, int n, double beta, Move move, SplitMix64& rng);
 
 }  // namespace latflow::heatbath

@@ -93,7 +93,8 @@ at::Tensor SUN::components(const at::Tensor& m) const {
 at::Tensor SUN::plaquette(const at::Tensor& u, int mu, int nu) {
   // Dims of u: 0 batch, 1 direction, 2.. = x0, x1, ...; after select(1, mu): 1 + k = x_k.
   auto um = u.select(1, mu), un = u.select(1, nu);
-  return torch::matmul(torch::matmul(um, shift(un, 1, 1 + mu)), torch::matmul(dagger(shift(um, 1, 1 + nu)), dagger(un)));
+  return torch::matmul(torch::matmul(um, shift(un, 1, 1 + mu)),
+                       torch::matmul(dagger(shift(um, 1, 1 + nu)), dagger(un)));
 }
 
 at::Tensor SUN::staples(const at::Tensor& u) {
@@ -124,8 +125,7 @@ at::Tensor SUN::gauge_transform(const at::Tensor& u, const at::Tensor& g) {
 
 at::Tensor SUN::haar(int n, std::vector<std::int64_t> shape, at::Generator& gen) {
   shape.insert(shape.end(), {n, n, 2});
-  auto z = torch::view_as_complex(torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64)))
-               .contiguous();
+  auto z = torch::view_as_complex(torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64))).contiguous();
   // The Q of the QR decomposition of each Gaussian matrix (theories/sun_prior.hpp), divided by det^(1/N).
   auto* m = reinterpret_cast<std::complex<double>*>(z.data_ptr<c10::complex<double>>());
   const std::int64_t count = z.numel() / (n * n);
@@ -177,7 +177,8 @@ at::Tensor SUN::exp_algebra(const at::Tensor& a) {
     // sin(t)/t, with its Taylor series below t = 1e-4 (error t^6/5040 < 1e-27).
     const auto t2 = t * t;
     const auto small = t < 1e-4;
-    const auto sinc = torch::where(small, 1 - t2 / 6 + t2 * t2 / 120, torch::sin(t) / torch::where(small, torch::ones_like(t), t));
+    const auto sinc =
+        torch::where(small, 1 - t2 / 6 + t2 * t2 / 120, torch::sin(t) / torch::where(small, torch::ones_like(t), t));
     return col(torch::cos(t)).to(a.scalar_type()) * eye + col(sinc).to(a.scalar_type()) * a;
   }
   if (n != 3) return torch::matrix_exp(a);
@@ -251,7 +252,8 @@ void SUN::heatbath_sweep(at::Tensor& x, const std::vector<std::uint64_t>& stream
       SplitMix64 rng(streams[static_cast<std::size_t>(b)]);
       auto* config = data + b * per_config;
       heatbath::sun_sweep(config, lattice, n_, beta_, heatbath::Move::kHeatBath, rng);
-      for (int k = 0; k < overrelax; ++k) heatbath::sun_sweep(config, lattice, n_, beta_, heatbath::Move::kOverrelax, rng);
+      for (int k = 0; k < overrelax; ++k)
+        heatbath::sun_sweep(config, lattice, n_, beta_, heatbath::Move::kOverrelax, rng);
     }
   });
 }
@@ -301,8 +303,7 @@ Measurement SUN::measure(const at::Tensor& x_in) const {
     cols.push_back(loops(R, false));
   }
   std::vector<at::Tensor> corr;
-  for (std::int64_t t = 0; t < extents_[0]; ++t)
-    corr.push_back(torch::real(tr * shift(tr, t, 1).conj()).mean(rest));
+  for (std::int64_t t = 0; t < extents_[0]; ++t) corr.push_back(torch::real(tr * shift(tr, t, 1).conj()).mean(rest));
   return {torch::stack(cols, 1), torch::stack(corr, 1)};
 }
 

@@ -64,7 +64,8 @@ double coefficient_times_dim(int N, const std::vector<int>& lam, const BesselTab
   std::vector<double> m(static_cast<std::size_t>(N * N));
   for (int n = -K - lam[0] - N; n <= K + N; ++n) {
     for (int i = 0; i < N; ++i)
-      for (int j = 0; j < N; ++j) m[static_cast<std::size_t>(i * N + j)] = I(lam[static_cast<std::size_t>(i)] - i + j + n);
+      for (int j = 0; j < N; ++j)
+        m[static_cast<std::size_t>(i * N + j)] = I(lam[static_cast<std::size_t>(i)] - i + j + n);
     s += det(m, N);
   }
   return s;
@@ -105,8 +106,8 @@ struct Reps {
     // large N and beta (e.g. N = 6, beta = 60): refuse rather than return garbage.
     for (double r : rho)
       if (!std::isfinite(r) || std::abs(r) > 1 + 1e-9 || !std::isfinite(c0) || c0 <= 0)
-        throw ConfigError("SU(N) exact results: the character expansion loses precision at N = " +
-                          std::to_string(N) + ", beta = " + std::to_string(beta));
+        throw ConfigError("SU(N) exact results: the character expansion loses precision at N = " + std::to_string(N) +
+                          ", beta = " + std::to_string(beta));
   }
 
   void enumerate(std::vector<int>& cur, int row, int bound, const BesselTable& I) {

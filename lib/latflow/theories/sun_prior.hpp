@@ -70,8 +70,8 @@ class SUNPlaquettePrior {
 
   // The links [2][L0][L1] from all V plaquettes [L0][L1] (the defect's entry unused), A, B and the gauge
   // function [L0][L1]; exposed for the tests.
-  std::vector<SmallMatrix> build_links(const std::vector<SmallMatrix>& plaq, const SmallMatrix& A,
-                                       const SmallMatrix& B, const std::vector<SmallMatrix>& gauge) const;
+  std::vector<SmallMatrix> build_links(const std::vector<SmallMatrix>& plaq, const SmallMatrix& A, const SmallMatrix& B,
+                                       const std::vector<SmallMatrix>& gauge) const;
   // The free plaquettes' sites in the order of the product T, as flat indices x0 L1 + x1.
   const std::vector<std::int64_t>& order() const { return order_; }
   // G_m(X) / G_m(1), for the tests (m >= 1; 1 where G_m is constant to 1e-18).

@@ -71,8 +71,9 @@ double u1_free_energy(std::int64_t V, double beta) {
 // written as (1/2 pi) sum_n e^{i n sum_P p_P}, the V plaquette integrals factorise:
 //   <Q^2> = (1/4 pi^2) sum_n [V f_n^{V-1} g_n - V (V-1) f_n^{V-2} h_n^2] / sum_n f_n^V,
 // f_n = int e^{beta cos p} cos(n p) dp = 2 pi I_n(beta), g_n = int p^2 cos(n p) e^{beta cos p} dp,
-// h_n = int p sin(n p) e^{beta cos p} dp over (-pi, pi] (docs/physics.md "U(1) gauge theory"). g_n and h_n come from composite
-// Simpson quadrature of the even integrands on [0, pi] with the factor e^{-beta} taken out (ratios to f_n only).
+// h_n = int p sin(n p) e^{beta cos p} dp over (-pi, pi] (docs/physics.md "U(1) gauge theory"). g_n and h_n come from
+// composite Simpson quadrature of the even integrands on [0, pi] with the factor e^{-beta} taken out (ratios to f_n
+// only).
 double u1_topological_susceptibility_q2(std::int64_t V, double beta) {
   check(V, beta);
   const int M = 20000;  // Simpson intervals: relative error ~1e-13 for the dominant n

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Exact finite-volume results of 2D U(1) lattice gauge theory with the Wilson action on a periodic L0 x L1 torus
-// (docs/physics.md "U(1) gauge theory"). In 2D the plaquette angles are independent up to one global constraint (their sum is
-// 0 mod 2 pi), so the character expansion of exp(beta cos theta) = sum_n I_n(beta) e^{i n theta} integrates the
+// (docs/physics.md "U(1) gauge theory"). In 2D the plaquette angles are independent up to one global constraint (their
+// sum is 0 mod 2 pi), so the character expansion of exp(beta cos theta) = sum_n I_n(beta) e^{i n theta} integrates the
 // links out exactly: Z = sum_n I_n(beta)^V with V = L0 L1 plaquettes (normalised Haar measure). A Wilson loop of
 // area A (or a pair of opposite Polyakov loops t apart, which bound A = t L1 plaquettes) shifts the
 // representation inside it by one: <W_A> = sum_n I_n^{V-A} I_{n+1}^A / Z. Everything is summed in log space

@@ -12,7 +12,7 @@ namespace latflow {
 namespace {
 
 constexpr double kTwoPi = 2 * M_PI;
-constexpr double kNegligible = 1e-18;       // terms (I_n / I_0)^m below this are dropped from G_m
+constexpr double kNegligible = 1e-18;          // terms (I_n / I_0)^m below this are dropped from G_m
 constexpr std::int64_t kMaxTries = 100000000;  // rejection attempts before giving up on a conditional draw
 
 double wrap(double a) {  // [0, 2 pi)
@@ -111,8 +111,7 @@ double U1PlaquettePrior::conditional(std::int64_t m, double s, SplitMix64& rng) 
                        " tries (beta = " + std::to_string(beta_) + ")");
 }
 
-void U1PlaquettePrior::build_links(const double* plaq, double h0, double h1, const double* gauge,
-                                   double* links) const {
+void U1PlaquettePrior::build_links(const double* plaq, double h0, double h1, const double* gauge, double* links) const {
   const std::int64_t L0 = L0_, L1 = L1_;
   auto link = [&](int mu, std::int64_t x0, std::int64_t x1) -> double& { return links[(mu * L0 + x0) * L1 + x1]; };
   auto P = [&](std::int64_t x0, std::int64_t x1) { return plaq[x0 * L1 + x1]; };
