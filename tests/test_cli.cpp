@@ -599,6 +599,15 @@ TEST_CASE("a non-finite weight never reaches a checkpoint", "[cli]") {
     CHECK(s.code == 0);
     CHECK(s.out.find("warning") == std::string::npos);
   }
+  // With evaluations, the final one (the skipped steps run none) rolls back first too: it used to stop training
+  // with exit 4 on the NaN log-weights.
+  setenv("LATFLOW_FAULT_NAN_WEIGHT_STEP", "6", 1);
+  auto e = run("train " + cfg + " --retrain --train.eval_every 4 --train.eval_samples 64");
+  unsetenv("LATFLOW_FAULT_NAN_WEIGHT_STEP");
+  CAPTURE(e.out);
+  CHECK(e.code == 0);
+  CHECK(e.out.find("non-finite weights at step 12; rolled back before the evaluation") != std::string::npos);
+  CHECK(e.out.find("eval   step 12: Kish ESS/N") != std::string::npos);
 }
 
 TEST_CASE("non-finite losses are skipped, rolled back, or stop training with a clear message", "[cli]") {

@@ -437,6 +437,12 @@ std::vector<double> Trainer::evaluation_log_weights() {
 }
 
 void Trainer::evaluate() {
+  // Non-finite weights (a NaN that entered between logging steps) would give NaN log-weights, which the weight
+  // statistics refuse: roll back first, as before a checkpoint (every rank alike).
+  if (!weights_finite(model_)) {
+    roll_back();
+    log::warn("training: non-finite weights at step " + std::to_string(step_) + "; rolled back before the evaluation");
+  }
   last_eval_step_ = step_;
   const double trained_seconds = base_seconds_ + elapsed();
   const auto te = std::chrono::steady_clock::now();
