@@ -1332,7 +1332,7 @@ TEST_CASE(
   REQUIRE(r.code == 0);
   auto rep = analysis::analyze_ensemble(dir / "u1.h5");
   REQUIRE(rep.chain_reliable());
-  CHECK(rep.theory == "u1");
+  CHECK(rep.theory == TheoryId::u1);
   CHECK(rep.beta == 2.0);
   for (const auto& [name, exact] : {std::pair{"plaq", 0.697775}, std::pair{"Q2", 1.23930}}) {
     const auto* row = rep.row(name);
@@ -1485,7 +1485,7 @@ TEST_CASE(
   REQUIRE(r.code == 0);
   auto rep = analysis::analyze_ensemble(dir / "su2.h5");
   REQUIRE(rep.chain_reliable());
-  CHECK(rep.theory == "sun");
+  CHECK(rep.theory == TheoryId::sun);
   CHECK(rep.colors == 2);
   CHECK(rep.beta == 2.0);
   for (const auto& [name, exact] :

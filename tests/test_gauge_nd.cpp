@@ -393,14 +393,14 @@ namespace {
 
 FlowParams u1_flow_params(const std::string& kernel) {
   FlowParams p;
-  p.coupling = kernel;
+  p.coupling = choice<Coupling>(kernel);
   p.hidden = {4};
-  p.dtype = "float64";
-  p.activation = "tanh";
+  p.dtype = NetDtype::float64;
+  p.activation = Activation::tanh;
   p.spline_bins = 4;
   p.ncp_components = 3;
   p.kernel = 3;
-  p.prior = "haar";
+  p.prior = Prior::haar;
   return p;
 }
 
@@ -500,7 +500,7 @@ TEST_CASE(
                         Case{3, {4, 4, 4, 4}, 1, 3, 2}}) {
     CAPTURE(c.n, c.extents, c.mu, c.nu, c.offset);
     auto p = u1_flow_params("spectral");
-    p.coupling = "spectral";
+    p.coupling = Coupling::spectral;
     torch::manual_seed(10 + c.n);
     SpectralCoupling layer(c.n, c.mu, c.nu, c.offset, c.extents, p);
     layer.to(torch::kFloat64);

@@ -89,7 +89,7 @@ Phi4 make(const std::vector<int64_t>& ext, double m2, double lam, const std::str
   LatticeParams lat;
   lat.extents = ext;
   Phi4Params p;
-  p.convention = conv;
+  p.convention = choice<Phi4Convention>(conv);
   p.m2 = m2;
   p.lam = lam;
   p.kappa = kappa;
@@ -151,7 +151,7 @@ TEST_CASE("half and hopping conventions convert exactly to no-1/2", "[phi4]") {
 
     // half: phi_half = sqrt(2) phi_nohalf.
     Phi4Params half;
-    half.convention = "half";
+    half.convention = Phi4Convention::half;
     half.m2 = -0.8;
     half.lam = 0.3;
     half.resolve(static_cast<int>(ext.size()));
@@ -164,7 +164,7 @@ TEST_CASE("half and hopping conventions convert exactly to no-1/2", "[phi4]") {
 
     // hopping: phi_nohalf = sqrt(kappa) phi_hopping.
     Phi4Params hop;
-    hop.convention = "hopping";
+    hop.convention = Phi4Convention::hopping;
     hop.kappa = 0.13;
     hop.lam = 0.02;
     hop.resolve(static_cast<int>(ext.size()));
@@ -177,12 +177,10 @@ TEST_CASE("half and hopping conventions convert exactly to no-1/2", "[phi4]") {
 
 TEST_CASE("bad couplings are rejected with the key named", "[phi4]") {
   Phi4Params p;
-  p.convention = "hopping";
+  p.convention = Phi4Convention::hopping;
   p.kappa = -1;
   CHECK_THROWS_WITH(p.resolve(2), Catch::Contains("phi4.kappa"));
-  p.convention = "quarter";
-  CHECK_THROWS_WITH(p.resolve(2), Catch::Contains("phi4.convention"));
-  p.convention = "nohalf";
+  p.convention = Phi4Convention::nohalf;
   p.lam = std::nan("");
   CHECK_THROWS_AS(p.resolve(2), ConfigError);
   p.lam = 0;

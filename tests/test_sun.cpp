@@ -398,12 +398,12 @@ namespace {
 // An SU(n) flow on 4x4 in float64 with every parameter perturbed, so that no layer is the identity.
 FlowModel random_flow(int n, int layers, std::uint64_t seed) {
   Config cfg;
-  cfg.theory = "sun";
+  cfg.theory = TheoryId::sun;
   cfg.lattice.extents = {4, 4};
   cfg.sun.n = n;
   cfg.flow.layers = layers;
   cfg.flow.hidden = {4};
-  cfg.flow.dtype = "float64";
+  cfg.flow.dtype = NetDtype::float64;
   cfg.validate();
   torch::manual_seed(seed);
   auto flow = make_flow(cfg);
@@ -528,13 +528,13 @@ TEST_CASE(
       const auto th = make_sun(n, beta);
       const double F = sun_free_energy(n, 16, beta);
       Config cfg;
-      cfg.theory = "sun";
+      cfg.theory = TheoryId::sun;
       cfg.lattice.extents = {4, 4};
       cfg.sun.n = n;
       cfg.sun.beta = beta;
       cfg.flow.layers = 0;
-      cfg.flow.dtype = "float64";
-      cfg.flow.prior = prior;
+      cfg.flow.dtype = NetDtype::float64;
+      cfg.flow.prior = choice<Prior>(prior);
       cfg.validate();
       auto fresh = make_flow(cfg);
       auto z = fresh->draw_prior(4, 31);

@@ -52,11 +52,11 @@ double naive_plaquette(const torch::Tensor& th, std::int64_t x0, std::int64_t x1
 
 FlowParams flow_params(const std::string& kernel, bool loops) {
   FlowParams p;
-  p.coupling = kernel;
+  p.coupling = choice<Coupling>(kernel);
   p.layers = 8;
   p.hidden = {4};
-  p.dtype = "float64";
-  p.activation = "tanh";
+  p.dtype = NetDtype::float64;
+  p.activation = Activation::tanh;
   p.spline_bins = 4;
   p.ncp_components = 3;
   p.loops = loops;
@@ -266,7 +266,7 @@ TEST_CASE(
       LatticeParams lattice;
       lattice.extents = {8, 8};
       auto fp = flow_params(kernel, loops);
-      fp.dtype = f64 ? "float64" : "float32";
+      fp.dtype = f64 ? NetDtype::float64 : NetDtype::float32;
       FlowModel model(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(lattice, fp)));
       randomise(*model, 0.15);
       auto z = model->draw_prior(4, 21);
@@ -341,7 +341,7 @@ TEST_CASE("U(1) flows on the plaquette priors: log q gauge invariant and consist
   for (std::string prior : {"plaquette", "exact"}) {
     CAPTURE(prior);
     auto fp = flow_params("ncp", false);
-    fp.prior = prior;
+    fp.prior = choice<Prior>(prior);
     FlowModel fresh(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(lattice, fp, beta)));
     auto z = fresh->draw_prior(4, 23);
     auto again = fresh->draw_prior(4, 23);
@@ -393,7 +393,7 @@ TEST_CASE("weights moved to a larger volume (train.init_from) give the same loca
   torch::manual_seed(7);
   Config small, large;
   for (Config* c : {&small, &large}) {
-    c->theory = "u1";
+    c->theory = TheoryId::u1;
     c->flow = flow_params("spline", true);
     c->flow.kernel = 3;
   }

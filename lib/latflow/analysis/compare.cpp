@@ -44,16 +44,17 @@ Comparison compare_ensembles(const std::string& a, const std::string& b, double 
   Report ra = analyze_ensemble(a, gamma_S), rb = analyze_ensemble(b, gamma_S);
   // The challenger is an IMH ensemble, a mixed chain (HMC with flow steps) or a heat-bath run; the other is
   // pure HMC.
-  auto pure_hmc = [](const Report& r) { return r.kind == "hmc" && r.algorithm == "hmc"; };
+  auto pure_hmc = [](const Report& r) { return r.kind == "hmc" && r.algorithm == UpdateAlgorithm::hmc; };
   if (pure_hmc(ra) && !pure_hmc(rb)) std::swap(ra, rb);
   if (pure_hmc(ra) || !pure_hmc(rb))
     throw IoError(a + ", " + b +
                   ": compare needs one hmc ensemble and one flow (imh or mixed) or heat-bath "
                   "ensemble, got " +
-                  ra.kind + " (" + ra.algorithm + ") and " + rb.kind + " (" + rb.algorithm + ")");
+                  ra.kind + " (" + choice_name(ra.algorithm) + ") and " + rb.kind + " (" + choice_name(rb.algorithm) +
+                  ")");
   if (ra.theory != rb.theory || ra.extents != rb.extents || ra.physics() != rb.physics())
-    throw ConfigError(ra.path + " and " + rb.path + " are different physics (" + ra.theory + " " + ra.physics() +
-                      " vs " + rb.theory + " " + rb.physics() + ", or different extents)");
+    throw ConfigError(ra.path + " and " + rb.path + " are different physics (" + choice_name(ra.theory) + " " +
+                      ra.physics() + " vs " + choice_name(rb.theory) + " " + rb.physics() + ", or different extents)");
   Comparison c{ra, rb, {}};
   const double n_flow =
       ra.kind == "imh" ? static_cast<double>(ra.proposals) : static_cast<double>(ra.chains * ra.trajectories);
@@ -80,8 +81,9 @@ std::string format_comparison(const Comparison& c) {
   char b[640];
   std::string ext;
   for (std::size_t i = 0; i < c.flow.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(c.flow.extents[i]);
-  const bool mixed = c.flow.kind == "mixed", heatbath = c.flow.algorithm == "heatbath";
-  std::snprintf(b, sizeof b, "compare: %s on %s, %s\n", c.flow.theory.c_str(), ext.c_str(), c.flow.physics().c_str());
+  const bool mixed = c.flow.kind == "mixed", heatbath = c.flow.algorithm == UpdateAlgorithm::heatbath;
+  std::snprintf(b, sizeof b, "compare: %s on %s, %s\n", choice_name(c.flow.theory).c_str(), ext.c_str(),
+                c.flow.physics().c_str());
   os << b;
   if (heatbath)
     std::snprintf(
@@ -156,14 +158,15 @@ std::string comparison_json(const Comparison& c) {
       << ", \"seconds_per_eff_with_training\": " << json::number(s.cost_with_training) << "}";
     return o.str();
   };
-  os << "{\n  \"theory\": " << json::string(c.flow.theory) << ",\n  \"extents\": [";
+  os << "{\n  \"theory\": " << json::string(choice_name(c.flow.theory)) << ",\n  \"extents\": [";
   for (std::size_t i = 0; i < c.flow.extents.size(); ++i) os << (i ? ", " : "") << c.flow.extents[i];
   os << "],\n  \"physics\": " << json::string(c.flow.physics());
-  if (c.flow.theory == "u1" || c.flow.theory == "sun") os << ",\n  \"beta\": " << json::number(c.flow.beta);
-  if (c.flow.theory == "sun") os << ",\n  \"n\": " << c.flow.colors;
+  if (c.flow.theory == TheoryId::u1 || c.flow.theory == TheoryId::sun)
+    os << ",\n  \"beta\": " << json::number(c.flow.beta);
+  if (c.flow.theory == TheoryId::sun) os << ",\n  \"n\": " << c.flow.colors;
   os << ",\n  \"flow\": {\"file\": " << json::string(c.flow.path) << ", \"kind\": " << json::string(c.flow.kind);
-  if (c.flow.algorithm != "hmc")
-    os << ", \"algorithm\": " << json::string(c.flow.algorithm) << ", \"chains\": " << c.flow.chains
+  if (c.flow.algorithm != UpdateAlgorithm::hmc)
+    os << ", \"algorithm\": " << json::string(choice_name(c.flow.algorithm)) << ", \"chains\": " << c.flow.chains
        << ", \"sweeps\": " << c.flow.trajectories << ", \"overrelax\": " << c.flow.overrelax;
   if (mixed)
     os << ", \"chains\": " << c.flow.chains << ", \"trajectories\": " << c.flow.trajectories

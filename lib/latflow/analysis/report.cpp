@@ -46,11 +46,21 @@ ObservableRow make_row(const std::string& name, const GammaResult& g, double nis
 
 }  // namespace
 
+namespace {
+UpdateAlgorithm read_algorithm(const io::File& f, const std::string& group, const std::string& path) {
+  const auto name = f.read_attr_string(group, "algorithm");
+  UpdateAlgorithm a{};
+  if (!parse_choice(name, &a))
+    throw IoError(path + ": unknown update algorithm " + name + " (" + group + " algorithm)");
+  return a;
+}
+}  // namespace
+
 std::string Report::physics() const {
   char b[160];
-  if (theory == "u1")
+  if (theory == TheoryId::u1)
     std::snprintf(b, sizeof b, "beta = %.17g", beta);
-  else if (theory == "sun")
+  else if (theory == TheoryId::sun)
     std::snprintf(b, sizeof b, "N = %d, beta = %.17g", colors, beta);
   else
     std::snprintf(b, sizeof b, "m2 = %.17g, lam = %.17g (no-1/2 convention; input %s)", m2, lam,
@@ -97,7 +107,7 @@ struct References {
 
 References read_references(const io::File& f, Report& r) {
   References refs;
-  const bool free_field = r.theory == "phi4" && r.lam == 0 && r.m2 > 0;
+  const bool free_field = r.theory == TheoryId::phi4 && r.lam == 0 && r.m2 > 0;
   if (free_field) {
     auto e = free_field_exact(r.extents, r.m2);
     refs.exact = {{"chi2", e.chi2},
@@ -114,7 +124,7 @@ References read_references(const io::File& f, Report& r) {
     r.free_energy_exact = e.free_energy;
   }
   // The U(1) and SU(N) exact values are those of the 2D theory (none in d > 2).
-  if (r.theory == "u1" && r.extents.size() == 2) {
+  if (r.theory == TheoryId::u1 && r.extents.size() == 2) {
     const std::int64_t V = r.extents[0] * r.extents[1];
     const double plaq = u1_plaquette(V, r.beta);
     refs.exact = {{"plaq", plaq},
@@ -128,7 +138,7 @@ References read_references(const io::File& f, Report& r) {
     r.has_free_energy_exact = true;
     r.free_energy_exact = u1_free_energy(V, r.beta);
   }
-  if (r.theory == "sun" && r.extents.size() == 2)
+  if (r.theory == TheoryId::sun && r.extents.size() == 2)
     try {  // character expansion (sun_exact.hpp); F for the normalised Haar measure
       const std::int64_t V = r.extents[0] * r.extents[1];
       const double plaq = sun_plaquette(r.colors, V, r.beta);
@@ -219,7 +229,7 @@ void add_observable_rows(Report& r, const Samples& s, const References& refs, co
     r.rows.push_back(row);
   };
   const auto nL0 = static_cast<std::size_t>(r.extents[0]);
-  if (r.theory == "u1" || r.theory == "sun") {
+  if (r.theory == TheoryId::u1 || r.theory == TheoryId::sun) {
     for (std::size_t t = 1; 2 * t <= nL0; ++t)
       derived("poly_corr(" + std::to_string(t) + ")", {corr_name(t)},
               [](const std::vector<double>& a) { return a[0]; });
@@ -268,7 +278,7 @@ Samples read_imh(const io::File& f, Report& r) {
     r.ne_start = f.read_attr_double("/ne", "start");
     r.ne_n_md = f.read_attr_int("/ne", "n_md");
     if (f.has_attr("/ne", "algorithm")) {
-      r.algorithm = f.read_attr_string("/ne", "algorithm");
+      r.algorithm = read_algorithm(f, "/ne", r.path);
       r.overrelax = f.read_attr_int("/ne", "overrelax");
     }
     const auto W = f.read_f64("/proposals/work");
@@ -300,7 +310,7 @@ Samples read_imh(const io::File& f, Report& r) {
 Samples read_hmc(const io::File& f, Report& r) {
   r.integrator = f.read_attr_string("/hmc", "integrator");
   if (f.has_attr("/hmc", "algorithm")) {
-    r.algorithm = f.read_attr_string("/hmc", "algorithm");
+    r.algorithm = read_algorithm(f, "/hmc", r.path);
     r.overrelax = f.read_attr_int("/hmc", "overrelax");
   }
   r.n_md = f.read_attr_int("/hmc", "n_md");
@@ -348,10 +358,10 @@ Samples read_hmc(const io::File& f, Report& r) {
 
 // Sector of a sample: round(Q) for U(1), the sign of M for phi4.
 void count_sector_changes(Report& r, const Samples& s) {
-  if (r.theory == "u1") {
+  if (r.theory == TheoryId::u1) {
     r.sector_observable = "Q";
     r.sector_rows = {"Q", "Q2"};
-  } else if (r.theory == "phi4") {
+  } else if (r.theory == TheoryId::phi4) {
     r.sector_observable = "mag";
     r.sector_rows = {"mag"};
   } else {
@@ -362,7 +372,7 @@ void count_sector_changes(Report& r, const Samples& s) {
     r.sector_observable.clear();
     return;
   }
-  const bool charge = r.theory == "u1";
+  const bool charge = r.theory == TheoryId::u1;
   auto sector = [charge](double v) { return charge ? std::round(v) : (v > 0 ? 1.0 : v < 0 ? -1.0 : 0.0); };
   r.sector_changes = 0;
   r.sector_changes_min_chain = -1;
@@ -387,12 +397,13 @@ Report analyze_ensemble(const std::string& path, double gamma_S) {
     throw IoError(path + ": ensemble is incomplete (status = " + f.read_attr_string("/", "status") + ")");
   r.kind = f.read_attr_string("/", "kind");
   if (r.kind != "imh" && !r.chains_kind()) throw IoError(path + ": unknown ensemble kind " + r.kind);
-  r.theory = f.read_attr_string("/theory", "name");
+  const auto theory = f.read_attr_string("/theory", "name");
+  if (!parse_choice(theory, &r.theory)) throw IoError(path + ": unknown theory " + theory + " (/theory name)");
   r.extents = f.read_attr_ints("/theory", "extents");
-  if (r.theory == "u1") {
+  if (r.theory == TheoryId::u1) {
     r.beta = f.read_attr_double("/theory", "beta");
     if (r.extents.size() < 2 || r.extents.size() > 4) throw IoError(path + ": a u1 ensemble needs 2 to 4 extents");
-  } else if (r.theory == "sun") {
+  } else if (r.theory == TheoryId::sun) {
     r.beta = f.read_attr_double("/theory", "beta");
     r.colors = static_cast<int>(f.read_attr_int("/theory", "n"));
     if (r.extents.size() < 2 || r.extents.size() > 4) throw IoError(path + ": a sun ensemble needs 2 to 4 extents");

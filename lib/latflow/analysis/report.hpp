@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "latflow/core/choices.hpp"
+
 namespace latflow::analysis {
 
 struct ObservableRow {
@@ -25,7 +27,8 @@ struct ObservableRow {
 };
 
 struct Report {
-  std::string path, kind, theory;
+  std::string path, kind;
+  TheoryId theory = TheoryId::phi4;
   std::vector<std::int64_t> extents;
   double m2 = 0, lam = 0;  // phi4 (no-1/2 convention)
   std::string input_convention;
@@ -61,7 +64,7 @@ struct Report {
   std::string weights_hash;
   // HMC ensembles: acceptance above; sampling_seconds is the whole run (thermalisation included).
   std::string integrator;
-  std::string algorithm = "hmc";  // hmc | heatbath (then each "trajectory" is a sweep)
+  UpdateAlgorithm algorithm = UpdateAlgorithm::hmc;  // heatbath: each "trajectory" is a sweep
   std::int64_t overrelax = 0;
   std::int64_t chains = 0, trajectories = 0, n_md = 0;
   double trajectory_length = 0, exp_mdH = 0, exp_mdH_error = 0, seconds_per_trajectory_per_site = 0;

@@ -30,7 +30,7 @@ std::string fmt(double v, double e) {
 // The lines about how a Markov-chain ensemble (HMC, heat bath, mixed) was made.
 void format_chains_header(std::ostringstream& os, const Report& r) {
   char b[512];
-  if (r.algorithm == "heatbath") {
+  if (r.algorithm == UpdateAlgorithm::heatbath) {
     std::snprintf(b, sizeof b,
                   "%lld chains x %lld sweeps (heat bath + %lld overrelaxation), stored configs %lld; %.1f s, "
                   "%.3g s per sweep per site",
@@ -76,7 +76,7 @@ void format_imh_header(std::ostringstream& os, const Report& r, const std::strin
                 r.ess_fraction, static_cast<long long>(r.proposals));
   os << b;
   if (r.ne_steps > 0) {
-    const std::string update = r.algorithm == "heatbath"
+    const std::string update = r.algorithm == UpdateAlgorithm::heatbath
                                    ? "one heat-bath sweep + " + std::to_string(r.overrelax) + " overrelaxation"
                                    : "one HMC trajectory (n_md " + std::to_string(r.ne_n_md) + ")";
     std::snprintf(b, sizeof b,
@@ -150,7 +150,7 @@ void format_notes(std::ostringstream& os, const Report& r) {
     os << b;
   }
   if (!r.sector_observable.empty()) {
-    const std::string what = r.theory == "u1" ? "topological sector (Q)" : "sign of M";
+    const std::string what = r.theory == TheoryId::u1 ? "topological sector (Q)" : "sign of M";
     std::snprintf(b, sizeof b, "%s%s changes: %lld along the chain%s (fewest in one chain: %lld)\n",
                   r.sectors_reliable() ? "" : "! ", what.c_str(), static_cast<long long>(r.sector_changes),
                   hmc ? "s" : "", static_cast<long long>(r.sector_changes_min_chain));
@@ -181,8 +181,8 @@ std::string format_report(const Report& r) {
   char b[512];
   std::string ext;
   for (std::size_t i = 0; i < r.extents.size(); ++i) ext += (i ? "x" : "") + std::to_string(r.extents[i]);
-  std::snprintf(b, sizeof b, "%s: %s ensemble, %s on %s, %s\n", r.path.c_str(), r.kind.c_str(), r.theory.c_str(),
-                ext.c_str(), r.physics().c_str());
+  std::snprintf(b, sizeof b, "%s: %s ensemble, %s on %s, %s\n", r.path.c_str(), r.kind.c_str(),
+                choice_name(r.theory).c_str(), ext.c_str(), r.physics().c_str());
   os << b;
   const bool hmc = r.chains_kind();
   const std::string flag = hmc || r.nis_reliable() ? "" : "!";
@@ -199,18 +199,18 @@ std::string format_report(const Report& r) {
 std::string report_json(const Report& r) {
   std::ostringstream os;
   os << "{\n  \"file\": " << json::string(r.path) << ",\n  \"kind\": " << json::string(r.kind)
-     << ",\n  \"theory\": " << json::string(r.theory) << ",\n  \"extents\": [";
+     << ",\n  \"theory\": " << json::string(choice_name(r.theory)) << ",\n  \"extents\": [";
   for (std::size_t i = 0; i < r.extents.size(); ++i) os << (i ? ", " : "") << r.extents[i];
   os << "]";
-  if (r.theory == "u1")
+  if (r.theory == TheoryId::u1)
     os << ",\n  \"beta\": " << json::number(r.beta);
-  else if (r.theory == "sun")
+  else if (r.theory == TheoryId::sun)
     os << ",\n  \"n\": " << r.colors << ",\n  \"beta\": " << json::number(r.beta);
   else
     os << ",\n  \"m2\": " << json::number(r.m2) << ",\n  \"lam\": " << json::number(r.lam)
        << ",\n  \"convention\": \"nohalf\"";
-  if (r.chains_kind() && r.algorithm != "hmc")
-    os << ",\n  \"algorithm\": " << json::string(r.algorithm) << ",\n  \"overrelax\": " << r.overrelax;
+  if (r.chains_kind() && r.algorithm != UpdateAlgorithm::hmc)
+    os << ",\n  \"algorithm\": " << json::string(choice_name(r.algorithm)) << ",\n  \"overrelax\": " << r.overrelax;
   if (r.chains_kind()) {
     os << ",\n  \"integrator\": " << json::string(r.integrator) << ",\n  \"chains\": " << r.chains
        << ",\n  \"trajectories\": " << r.trajectories << ",\n  \"n_md\": " << r.n_md
@@ -244,9 +244,9 @@ std::string report_json(const Report& r) {
     if (r.ne_steps > 0)
       os << ",\n  \"ne\": {\"steps\": " << r.ne_steps << ", \"parameter\": " << json::string(r.ne_parameter)
          << ", \"start\": " << json::number(r.ne_start) << ", \"n_md\": " << r.ne_n_md
-         << (r.algorithm == "hmc"
-                 ? ""
-                 : ", \"algorithm\": " + json::string(r.algorithm) + ", \"overrelax\": " + std::to_string(r.overrelax))
+         << (r.algorithm == UpdateAlgorithm::hmc ? ""
+                                                 : ", \"algorithm\": " + json::string(choice_name(r.algorithm)) +
+                                                       ", \"overrelax\": " + std::to_string(r.overrelax))
          << ", \"work_mean\": " << json::number(r.work_mean) << ", \"work_std\": " << json::number(r.work_std) << "}";
   }
   if (!r.sector_observable.empty())

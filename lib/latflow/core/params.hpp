@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "latflow/core/choices.hpp"
+
 namespace latflow {
 
 struct LatticeParams {
@@ -18,10 +20,10 @@ struct LatticeParams {
 
 // phi^4 couplings as the user wrote them, plus the internal no-1/2 values (docs/physics.md "Scalar phi^4 theory").
 struct Phi4Params {
-  std::string convention = "nohalf";  // nohalf | half | hopping
-  double m2 = -4.0;                   // nohalf/half: the mass term
-  double lam = 8.0;                   // quartic coupling in the input convention
-  double kappa = 0.0;                 // hopping convention only
+  Phi4Convention convention = Phi4Convention::nohalf;
+  double m2 = -4.0;    // nohalf/half: the mass term
+  double lam = 8.0;    // quartic coupling in the input convention
+  double kappa = 0.0;  // hopping convention only
   // Derived by resolve(): the no-1/2 couplings used internally, and phi_input = field_scale * phi_nohalf.
   double m2_nohalf = 0, lam_nohalf = 0, field_scale = 1;
   void resolve(int dim);  // converts exactly; throws ConfigError on bad values
@@ -39,32 +41,32 @@ struct SUNParams {
 };
 
 struct FlowParams {
-  // phi4: affine | spline (default affine); u1: ncp | spline (circular; default ncp). Empty = the default.
-  std::string coupling;
-  int layers = 16;                        // coupling layers (each updates one checkerboard parity)
-  std::vector<int> hidden{8, 8};          // hidden channels of the conv net
-  int kernel = 3;                         // odd kernel size
-  std::string activation = "leaky_relu";  // leaky_relu | tanh | silu
-  bool z2 = false;                        // Z2-equivariant (affine only): scale net even, shift net odd
-  int spline_bins = 8;                    // spline: number of bins K
-  int ncp_components = 2;                 // u1 ncp: mixture components of the non-compact projection kernel
-  bool loops = false;                     // u1: also feed the frozen 2x1 and 1x2 loops to the nets
-  double spline_bound = 4.0;              // spline: the map is a spline on [-B, B], identity outside
-  std::string dtype = "float32";          // float32 | float64: the nets; S and log-weights are always float64
+  // phi4: affine | spline (default affine); u1: ncp | spline (circular; default ncp); sun: spectral.
+  Coupling coupling = Coupling::automatic;
+  int layers = 16;                // coupling layers (each updates one checkerboard parity)
+  std::vector<int> hidden{8, 8};  // hidden channels of the conv net
+  int kernel = 3;                 // odd kernel size
+  Activation activation = Activation::leaky_relu;
+  bool z2 = false;                     // Z2-equivariant (affine only): scale net even, shift net odd
+  int spline_bins = 8;                 // spline: number of bins K
+  int ncp_components = 2;              // u1 ncp: mixture components of the non-compact projection kernel
+  bool loops = false;                  // u1: also feed the frozen 2x1 and 1x2 loops to the nets
+  double spline_bound = 4.0;           // spline: the map is a spline on [-B, B], identity outside
+  NetDtype dtype = NetDtype::float32;  // the nets; S and log-weights are always float64
   // phi4: normal (N(0,1) per site; the default) | fourier (N(0,1) then a learned translation-invariant Gaussian
   // map, a covariance diagonal in momentum space; FourierScale in flow.hpp).
   // u1: haar (uniform links; the default) | plaquette (independent one-plaquette Boltzmann factors in a maximal-tree
   // gauge, one defect plaquette) | exact (the plaquettes from their exact conditionals: an exact sampler);
-  // theories/u1_prior.hpp. sun: haar | plaquette | exact (N = 2, 3; theories/sun_prior.hpp). Empty = the theory's
-  // default (set by validate()).
-  std::string prior;
+  // theories/u1_prior.hpp. sun: haar | plaquette | exact (N = 2, 3; theories/sun_prior.hpp). automatic = the
+  // theory's default (set by validate()).
+  Prior prior = Prior::automatic;
 };
 
 struct TrainParams {
   std::int64_t steps = 2500;
   std::int64_t batch = 64;
   double lr = 1e-3;
-  std::string lr_schedule = "cosine";  // constant | cosine (to lr_min at the last step)
+  LrSchedule lr_schedule = LrSchedule::cosine;  // constant | cosine (to lr_min at the last step)
   double lr_min = 1e-5;
   std::int64_t warmup = 0;  // linear warm-up steps
   double clip = 0.0;        // max gradient norm; 0 = off
@@ -72,7 +74,7 @@ struct TrainParams {
   // weights; path: through the sample only, log q evaluated at fixed weights (its score term has zero mean
   // but not zero variance; without it the gradient's variance vanishes as q -> p; Vaitl et al. 2022,
   // arXiv:2207.08219). One more pass through the flow (the inverse) per step.
-  std::string gradient = "reparam";
+  Gradient gradient = Gradient::reparam;
   std::int64_t log_every = 50;
   std::int64_t checkpoint_every = 500;
   double max_minutes = 0.0;         // wall-clock budget; 0 = none (stops cleanly and checkpoints)
@@ -96,20 +98,20 @@ struct SampleParams {
 struct HmcParams {
   // hmc: HMC trajectories; heatbath: each "trajectory" is one heat-bath sweep followed by `overrelax`
   // overrelaxation sweeps (gauge theories; docs/physics.md "Heat bath and overrelaxation"), the n_md keys unused.
-  std::string algorithm = "hmc";
+  UpdateAlgorithm algorithm = UpdateAlgorithm::hmc;
   int overrelax = 0;
   // A NERSC or ILDG file (4D SU(3)) every chain starts from instead of the cold start; empty = cold start.
   std::string start;
-  std::string integrator = "omelyan";  // leapfrog | omelyan (2MN, lambda = 0.1932)
-  double trajectory_length = 1.0;      // MD time tau of one trajectory (before the jitter)
-  int n_md = 10;                       // MD steps per trajectory at the start; tuned during thermalisation
-  double jitter = 0.3;                 // step size drawn uniformly in dt (1 +- jitter), per trajectory and chain
-  double target_acceptance = 0.8;      // n_md is tuned toward this Metropolis acceptance
-  std::int64_t chains = 16;            // independent chains (replicas for the analysis)
-  std::int64_t thermalization = 200;   // trajectories per chain discarded (n_md is tuned in the first 3/4)
-  std::int64_t trajectories = 1000;    // trajectories per chain kept after thermalisation
-  std::int64_t save_every = 0;         // store the configurations every k kept trajectories; 0 = never
-  bool check_reversibility = false;    // integrate every trajectory back and report max |dx|, |dp|
+  Integrator integrator = Integrator::kOmelyan;  // leapfrog | omelyan (2MN, lambda = 0.1932)
+  double trajectory_length = 1.0;                // MD time tau of one trajectory (before the jitter)
+  int n_md = 10;                                 // MD steps per trajectory at the start; tuned during thermalisation
+  double jitter = 0.3;                // step size drawn uniformly in dt (1 +- jitter), per trajectory and chain
+  double target_acceptance = 0.8;     // n_md is tuned toward this Metropolis acceptance
+  std::int64_t chains = 16;           // independent chains (replicas for the analysis)
+  std::int64_t thermalization = 200;  // trajectories per chain discarded (n_md is tuned in the first 3/4)
+  std::int64_t trajectories = 1000;   // trajectories per chain kept after thermalisation
+  std::int64_t save_every = 0;        // store the configurations every k kept trajectories; 0 = never
+  bool check_reversibility = false;   // integrate every trajectory back and report max |dx|, |dp|
   // Mixed chains (docs/physics.md "Mixed chains"): after every flow_every kept trajectories each chain makes one
   // independence-Metropolis step with a proposal of the trained flow (the checkpoint of `latflow train`).
   // 0 = pure HMC.
@@ -122,8 +124,8 @@ struct HmcParams {
 // trajectory_length, n_md (not tuned), jitter). Its weight carries the work done by the protocol. 0 = off.
 struct NeParams {
   std::int64_t steps = 0;
-  std::string parameter;  // phi4.m2 | phi4.lam | phi4.kappa (input convention) | u1.beta | sun.beta
-  double start = 0.0;     // the parameter's value where the proposals start
+  NeParameter parameter = NeParameter::none;  // phi4.m2 | phi4.lam | phi4.kappa (input convention) | u1.beta | sun.beta
+  double start = 0.0;                         // the parameter's value where the proposals start
 };
 
 struct RunParams {
@@ -144,7 +146,7 @@ struct Reference {
 };
 
 struct Config {
-  std::string theory = "phi4";
+  TheoryId theory = TheoryId::phi4;
   LatticeParams lattice;
   Phi4Params phi4;
   U1Params u1;
@@ -169,6 +171,19 @@ struct Config {
 }  // namespace latflow
 
 namespace latflow {
+// What differs between the theories, in one place (validation, identities, ensembles, factories).
+struct TheoryInfo {
+  TheoryId id;
+  const char* label;  // "phi4", "U(1)", "SU(N)": the name in messages
+  bool gauge;         // link fields (gauge-equivariant flows with masks of period 4, heat bath, d >= 2)
+  Coupling default_coupling;
+  std::vector<Coupling> couplings;
+  Prior default_prior;
+  std::vector<Prior> priors;
+  const char* action;  // the ensemble's /theory action attribute ("" for phi4, which stores its convention)
+};
+const TheoryInfo& theory_info(TheoryId id);
+
 // "key = value" lines of everything that fixes the model's meaning (theory, lattice, flow architecture) and
 // its training recipe. A checkpoint stores them; continuing from it requires equal lines, and a mismatch names
 // the first differing key.

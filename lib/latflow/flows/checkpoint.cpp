@@ -267,18 +267,18 @@ CheckpointMeta load_checkpoint(const std::string& path, FlowModel& model, torch:
 void write_model_group(io::File& f, const Config& cfg, const CheckpointMeta& meta, const std::string& hash) {
   const auto& fp = cfg.flow;
   f.create_group("/model");
-  f.write_attr("/model", "coupling", fp.coupling);
+  f.write_attr("/model", "coupling", choice_name(fp.coupling));
   f.write_attr("/model", "layers", static_cast<std::int64_t>(fp.layers));
   f.write_attr("/model", "hidden", std::vector<std::int64_t>(fp.hidden.begin(), fp.hidden.end()));
   f.write_attr("/model", "kernel", static_cast<std::int64_t>(fp.kernel));
-  f.write_attr("/model", "activation", fp.activation);
+  f.write_attr("/model", "activation", choice_name(fp.activation));
   f.write_attr("/model", "z2", static_cast<std::int64_t>(fp.z2));
   f.write_attr("/model", "spline_bins", static_cast<std::int64_t>(fp.spline_bins));
   f.write_attr("/model", "spline_bound", fp.spline_bound);
-  f.write_attr("/model", "prior", fp.prior);
+  f.write_attr("/model", "prior", choice_name(fp.prior));
   f.write_attr("/model", "ncp_components", static_cast<std::int64_t>(fp.ncp_components));
   f.write_attr("/model", "loops", static_cast<std::int64_t>(fp.loops));
-  f.write_attr("/model", "dtype", fp.dtype);
+  f.write_attr("/model", "dtype", choice_name(fp.dtype));
   f.write_attr("/model", "weights_hash", hash);
   f.write_attr("/model", "checkpoint", cfg.checkpoint_path());
   f.write_attr("/model", "train_steps", meta.step);

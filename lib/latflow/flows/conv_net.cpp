@@ -58,12 +58,13 @@ torch::nn::AnyModule make_conv(int dim, int in, int out, int kernel) {
   }
 }
 
-// Config::validate admits only these names; a ConvNet built around it (tests, benchmarks) gets the same check.
-pconv::Act parse_activation(const std::string& a) {
-  if (a == "leaky_relu") return pconv::Act::leaky_relu;
-  if (a == "tanh") return pconv::Act::tanh;
-  if (a == "silu") return pconv::Act::silu;
-  throw ConfigError("flow.activation = " + a + ": must be leaky_relu, tanh or silu");
+pconv::Act kernel_activation(Activation a) {
+  switch (a) {
+    case Activation::leaky_relu: return pconv::Act::leaky_relu;
+    case Activation::tanh: return pconv::Act::tanh;
+    case Activation::silu: break;
+  }
+  return pconv::Act::silu;
 }
 
 // The number of chunks for_chunks makes of n.
@@ -354,9 +355,8 @@ void ConvNetImpl::set_policy(const pconv::KernelPolicy& policy) { policy_ = poli
 
 // ---------------------------------------------------------------------------------------------------------------
 ConvNetImpl::ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
-                         const std::string& activation)
+                         Activation activation)
     : dim_(dim), pad_(kernel / 2), kernel_(kernel), activation_(activation) {
-  parse_activation(activation);  // an unknown name is refused here, not silently computed as another
   std::vector<int> ch{in_channels};
   ch.insert(ch.end(), hidden.begin(), hidden.end());
   ch.push_back(out_channels);
@@ -386,7 +386,7 @@ torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
   for (std::size_t i = 0; i < convs_.size(); ++i) {
     x = convs_[i].forward(wrap_pad(x));
     if (i + 1 == convs_.size()) break;
-    switch (parse_activation(activation_)) {
+    switch (kernel_activation(activation_)) {
       case pconv::Act::leaky_relu: x = torch::leaky_relu(x, 0.01); break;
       case pconv::Act::tanh: x = torch::tanh(x); break;
       case pconv::Act::silu: x = torch::silu(x); break;
@@ -413,7 +413,7 @@ torch::Tensor ConvNetImpl::forward_at(const torch::Tensor& x, const torch::Tenso
   for (auto L : extents) V *= L;
   const auto B = x.size(0), Vr = sites.numel();
   const int T = static_cast<int>(taps());
-  const auto act = parse_activation(activation_);
+  const auto act = kernel_activation(activation_);
   const auto ps = params();
   const auto layers = ps.size() / 2;
   auto h = x.movedim(1, -1).reshape({B, V, x.size(1)}).contiguous();  // [B, V, C]
@@ -462,7 +462,8 @@ void ConvNetImpl::affine_coupling(torch::Tensor& x, const torch::Tensor& active,
   const auto V = x[0].numel(), B = x.size(0);
   const auto p = detached_contiguous(params());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling", [&] {
-    const auto ly = affine_layer<scalar_t>(extents, taps(), nbr, p, parse_activation(activation_), z2, active, policy_);
+    const auto ly =
+        affine_layer<scalar_t>(extents, taps(), nbr, p, kernel_activation(activation_), z2, active, policy_);
     for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
       pconv::affine_coupling<scalar_t>(x.data_ptr<scalar_t>() + b0 * V, b1 - b0, ly, inverse,
                                        log_det.data_ptr<double>() + b0);
@@ -476,7 +477,7 @@ std::pair<torch::Tensor, torch::Tensor> ConvNetImpl::affine_coupling_node(const 
   std::vector<std::int64_t> extents(x.sizes().begin() + 1, x.sizes().end());
   auto out = FusedAffineCoupling::apply(x, at::TensorList(params()),
                                         AffineNodeSetup{extents, taps(), neighbours(extents), active,
-                                                        parse_activation(activation_), z2, inverse, &tapes_, policy_});
+                                                        kernel_activation(activation_), z2, inverse, &tapes_, policy_});
   return {out[0], out[1]};
 }
 
@@ -491,7 +492,7 @@ torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
   for (const auto& p : ps) differentiable = differentiable || (torch::GradMode::is_enabled() && p.requires_grad());
   return FusedConvNet::apply(
       x, at::TensorList(ps),
-      FusedGeometry{nbr, V, static_cast<int>(taps()), parse_activation(activation_), differentiable, policy_.isa});
+      FusedGeometry{nbr, V, static_cast<int>(taps()), kernel_activation(activation_), differentiable, policy_.isa});
 }
 
 }  // namespace latflow

@@ -20,7 +20,7 @@ std::vector<std::int64_t> site_dims(int d, int first = 1) {
   return dims;
 }
 
-torch::Dtype parse_dtype(const std::string& s) { return s == "float64" ? torch::kFloat64 : torch::kFloat32; }
+torch::Dtype torch_dtype(NetDtype d) { return d == NetDtype::float64 ? torch::kFloat64 : torch::kFloat32; }
 
 }  // namespace
 
@@ -239,7 +239,7 @@ std::pair<torch::Tensor, torch::Tensor> FourierScale::forward(const torch::Tenso
 std::pair<torch::Tensor, torch::Tensor> FourierScale::inverse(const torch::Tensor& y) { return apply(y, -1.0); }
 
 // ---------------------------------------------------------------------------------------------------------------
-FlowModelImpl::FlowModelImpl(const FlowParams& params) : dtype_(parse_dtype(params.dtype)) {}
+FlowModelImpl::FlowModelImpl(const FlowParams& params) : dtype_(torch_dtype(params.dtype)) {}
 
 void FlowModelImpl::add_layer(std::shared_ptr<CouplingLayer> layer) {
   layers_.push_back(register_module("layer" + std::to_string(layers_.size()), std::move(layer)));
@@ -253,10 +253,10 @@ void FlowModelImpl::to_device(torch::Device dev) {
 ScalarFlowImpl::ScalarFlowImpl(const LatticeParams& lattice, const FlowParams& params)
     : FlowModelImpl(params), extents_(lattice.extents) {
   const int d = lattice.dim();
-  if (params.prior == "fourier") add_layer(std::make_shared<FourierScale>(d));
+  if (params.prior == Prior::fourier) add_layer(std::make_shared<FourierScale>(d));
   for (int i = 0; i < params.layers; ++i) {
     auto mask = checkerboard(extents_, i % 2, torch::TensorOptions().dtype(dtype_));
-    if (params.coupling == "spline")
+    if (params.coupling == Coupling::spline)
       add_layer(std::make_shared<SplineCoupling>(mask, params, d));
     else
       add_layer(std::make_shared<AffineCoupling>(mask, params, d));
@@ -284,18 +284,22 @@ FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& param
 
 FlowModel make_flow(const Config& cfg) {
   // In d = 3, 4 gauge flows start from the Haar prior (the plaquette priors are 2D).
-  if (cfg.theory != "phi4" && cfg.lattice.dim() != 2 && cfg.flow.prior != "haar")
-    throw ConfigError("flow.prior = " + cfg.flow.prior +
+  const auto prior = cfg.flow.prior;
+  if (theory_info(cfg.theory).gauge && cfg.lattice.dim() != 2 && prior != Prior::haar && prior != Prior::automatic)
+    throw ConfigError("flow.prior = " + choice_name(prior) +
                       ": the plaquette priors are 2-dimensional (lattice.extents "
                       "has " +
                       std::to_string(cfg.lattice.dim()) + " entries); use haar");
-  if (cfg.theory == "sun")
-    return FlowModel(
-        std::shared_ptr<FlowModelImpl>(std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow, cfg.sun.beta)));
-  if (cfg.theory == "u1")
-    return FlowModel(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(cfg.lattice, cfg.flow, cfg.u1.beta)));
-  if (cfg.theory == "phi4") return make_scalar_flow(cfg.lattice, cfg.flow);
-  throw ConfigError("theory = " + cfg.theory + ": must be phi4, u1 or sun");
+  switch (cfg.theory) {
+    case TheoryId::sun:
+      return FlowModel(std::shared_ptr<FlowModelImpl>(
+          std::make_shared<SUNFlowImpl>(cfg.lattice, cfg.sun.n, cfg.flow, cfg.sun.beta)));
+    case TheoryId::u1:
+      return FlowModel(
+          std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(cfg.lattice, cfg.flow, cfg.u1.beta)));
+    case TheoryId::phi4: break;
+  }
+  return make_scalar_flow(cfg.lattice, cfg.flow);
 }
 
 // Runs the layers (in reverse order for inverse) on x, adding their log|dets| to log_det. Layers with an inference

@@ -31,7 +31,7 @@ namespace latflow {
 class ConvNetImpl : public torch::nn::Module {
  public:
   ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
-              const std::string& activation);
+              Activation activation);
   torch::Tensor forward(torch::Tensor x);
   // Inference with the fused kernels (x [B, C, L...] contiguous, CPU, float32/float64): the net's output at the
   // flat site indices `sites` (int32, CPU) only, channels last [B, sites, C_out]; the last conv is evaluated
@@ -56,7 +56,7 @@ class ConvNetImpl : public torch::nn::Module {
   torch::Tensor wrap_pad(const torch::Tensor& x) const;
   torch::Tensor forward_fused(const torch::Tensor& x);
   int dim_, pad_, kernel_;
-  std::string activation_;
+  Activation activation_;
   std::vector<torch::nn::AnyModule> convs_;
   // Periodic neighbour tables per lattice shape seen (a model can be applied to other volumes).
   // (int32 tensors, so that an autograd graph holds a reference to the one its backward needs).

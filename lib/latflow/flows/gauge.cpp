@@ -69,7 +69,7 @@ std::vector<std::pair<int, int>> ordered_pairs(int d) {
 }
 
 int kernel_channels(const FlowParams& p) {
-  return p.coupling == "spline" ? 3 * p.spline_bins + 1 : 2 * p.ncp_components + 1;
+  return p.coupling == Coupling::spline ? 3 * p.spline_bins + 1 : 2 * p.ncp_components + 1;
 }
 
 void require_period_four(const std::vector<std::int64_t>& ext) {
@@ -138,8 +138,8 @@ GaugeCoupling::GaugeCoupling(int mu, int nu, int offset, const std::vector<std::
     : mu_(mu),
       nu_(nu),
       dim_(static_cast<int>(ext.size())),
-      kind_(p.coupling),
-      components_(p.coupling == "spline" ? p.spline_bins : p.ncp_components),
+      spline_(p.coupling == Coupling::spline),
+      components_(p.coupling == Coupling::spline ? p.spline_bins : p.ncp_components),
       loops_(p.loops) {
   require_period_four(ext);
   if (dim_ != 2) {
@@ -174,7 +174,7 @@ torch::Tensor GaugeCoupling::parameters_of(const torch::Tensor& plaq) {
 std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::kernel(const torch::Tensor& plaq, const torch::Tensor& par,
                                                               bool inverse) {
   const int K = components_;
-  if (kind_ == "spline") {
+  if (spline_) {
     const double kDerivShift = std::log(std::expm1(1.0 - kMinDeriv));  // zero input -> unit slope
     auto widths = kMinBin + (1 - K * kMinBin) * torch::softmax(par.narrow(-1, 0, K), -1);
     auto heights = kMinBin + (1 - K * kMinBin) * torch::softmax(par.narrow(-1, K, K), -1);
@@ -271,11 +271,12 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::inverse(const torch::Tens
 // ---------------------------------------------------------------------------------------------------------------
 U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params, double beta)
     : FlowModelImpl(params), extents_(lattice.extents), beta_(beta) {
-  if (params.prior == "plaquette" || params.prior == "exact")
+  if (params.prior == Prior::plaquette || params.prior == Prior::exact)
     plaquette_prior_ = std::make_shared<const U1PlaquettePrior>(
-        extents_, beta, params.prior == "exact" ? U1PlaquettePrior::Kind::exact : U1PlaquettePrior::Kind::independent);
-  else if (!params.prior.empty() && params.prior != "haar")
-    throw ConfigError("flow.prior = " + params.prior + ": U(1) flows take haar, plaquette or exact");
+        extents_, beta,
+        params.prior == Prior::exact ? U1PlaquettePrior::Kind::exact : U1PlaquettePrior::Kind::independent);
+  else if (params.prior != Prior::automatic && params.prior != Prior::haar)
+    throw ConfigError("flow.prior = " + choice_name(params.prior) + ": U(1) flows take haar, plaquette or exact");
   // Layer i updates direction mu through the (mu, nu) plane, (mu, nu) = pairs[i % |pairs|], on the stripe offset
   // (i / |pairs|) % 4. 2D: pairs (0, 1), (1, 0), eight layers visit every link once; d dimensions: d (d - 1)
   // ordered pairs, 4 d (d - 1) layers visit every link d - 1 times (once per plane).
@@ -355,7 +356,7 @@ void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, boo
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_update", [&] {
     over_samples<scalar_t>(x, ctx, par, log_det, 1, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
       gauge_kernels::u1_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_,
-                                         kind_ == "spline", components_, inverse, ld);
+                                         spline_, components_, inverse, ld);
     });
   });
 }
@@ -558,12 +559,12 @@ SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& 
   if (n != 2 && n != 3)
     throw ConfigError("sun.n = " + std::to_string(n) +
                       ": SU(N) flows are implemented for N = 2 and 3 only (latflow hmc works for any N)");
-  if (params.prior == "plaquette" || params.prior == "exact") {
+  if (params.prior == Prior::plaquette || params.prior == Prior::exact) {
     plaquette_prior_ = std::make_shared<const SUNPlaquettePrior>(
         n, extents_, beta,
-        params.prior == "exact" ? SUNPlaquettePrior::Kind::exact : SUNPlaquettePrior::Kind::independent);
-  } else if (!params.prior.empty() && params.prior != "haar") {
-    throw ConfigError("flow.prior = " + params.prior + ": SU(N) flows take haar, plaquette or exact");
+        params.prior == Prior::exact ? SUNPlaquettePrior::Kind::exact : SUNPlaquettePrior::Kind::independent);
+  } else if (params.prior != Prior::automatic && params.prior != Prior::haar) {
+    throw ConfigError("flow.prior = " + choice_name(params.prior) + ": SU(N) flows take haar, plaquette or exact");
   }
   // The layer order of U1FlowImpl: ordered pairs (mu, nu), then the stripe offsets.
   const auto pairs = ordered_pairs(static_cast<int>(extents_.size()));

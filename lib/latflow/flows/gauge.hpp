@@ -49,7 +49,7 @@ class GaugeCoupling : public CouplingLayer {
   std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& x, bool inverse);
 
   int mu_, nu_, dim_;
-  std::string kind_;
+  bool spline_;  // circular spline kernel, else NCP
   int components_;
   bool loops_;
   torch::Tensor active_, frozen_, frozen_rect0_, frozen_rect1_;  // [L0, ..., L_{d-1}]; 2D: frozen, rect0, rect1

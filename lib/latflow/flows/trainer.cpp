@@ -85,7 +85,7 @@ namespace {
 
 double learning_rate(const TrainParams& t, std::int64_t step) {
   double lr = t.lr;
-  if (t.lr_schedule == "cosine" && t.steps > t.warmup) {
+  if (t.lr_schedule == LrSchedule::cosine && t.steps > t.warmup) {
     double f = static_cast<double>(step - t.warmup) / static_cast<double>(t.steps - t.warmup);
     f = std::clamp(f, 0.0, 1.0);
     lr = t.lr_min + 0.5 * (t.lr - t.lr_min) * (1 + std::cos(M_PI * f));
@@ -278,7 +278,8 @@ void Trainer::begin() {
   params_ = model_->parameters();
   for (const auto& p : params_) n_params_ += p.numel();
   log::info("training: " + std::to_string(n_params_) + " parameters, " + std::to_string(tp_.steps) +
-            " steps of batch " + std::to_string(tp_.batch) + ", " + tp_.gradient + " gradient, checkpoint " + ckpt_);
+            " steps of batch " + std::to_string(tp_.batch) + ", " + choice_name(tp_.gradient) +
+            " gradient, checkpoint " + ckpt_);
   t0_ = std::chrono::steady_clock::now();
   base_seconds_ = meta_.train_seconds;
   good_state_ = serialize_state(model_, opt_);
@@ -303,8 +304,8 @@ bool Trainer::train_step() {
   const std::int64_t s = step_++;
   const double lr = learning_rate(tp_, s) * meta_.lr_scale;
   for (auto& group : opt_.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-  const auto [objective, log_q, S] =
-      reverse_kl_objective(*model_, *theory_, draw_batch(model_, cfg_.run.seed, s, lo_, hi_), tp_.gradient == "path");
+  const auto [objective, log_q, S] = reverse_kl_objective(
+      *model_, *theory_, draw_batch(model_, cfg_.run.seed, s, lo_, hi_), tp_.gradient == Gradient::path);
   // This rank's part of the batch mean; the allreduce completes it.
   auto loss_part = objective.sum() / static_cast<double>(tp_.batch);
   if (faults::poisoned_loss(s)) loss_part = loss_part * std::numeric_limits<double>::quiet_NaN();

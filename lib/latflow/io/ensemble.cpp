@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "latflow/io/ensemble.hpp"
 
+#include "latflow/core/config_keys.hpp"
+
 namespace latflow::io {
 
 void write_header(File& f, const Config& cfg, const Provenance& prov, const std::string& kind) {
@@ -24,29 +26,17 @@ void write_header(File& f, const Config& cfg, const Provenance& prov, const std:
   f.write_string("/input/effective_config", cfg.effective_text);
 
   f.create_group("/theory");
-  f.write_attr("/theory", "name", cfg.theory);
+  f.write_attr("/theory", "name", choice_name(cfg.theory));
   f.write_attr("/theory", "extents", cfg.lattice.extents);
-  if (cfg.theory == "sun") {
-    f.write_attr("/theory", "beta", cfg.sun.beta);
-    f.write_attr("/theory", "n", static_cast<std::int64_t>(cfg.sun.n));
-    f.write_attr("/theory", "action",
-                 "wilson: S = -(beta/N) sum_P Re tr U_P; links stored as [2, L0, L1, N, N, 2] (real, imag)");
-    return;
-  }
-  if (cfg.theory == "u1") {
-    f.write_attr("/theory", "beta", cfg.u1.beta);
-    f.write_attr("/theory", "action", "wilson: S = -beta sum_P cos theta_P; links stored as angles [2, L0, L1]");
-    return;
-  }
-  f.write_attr("/theory", "convention", "nohalf");
-  f.write_attr("/theory", "m2", cfg.phi4.m2_nohalf);
-  f.write_attr("/theory", "lam", cfg.phi4.lam_nohalf);
-  f.write_attr("/theory", "input_convention", cfg.phi4.convention);
-  f.write_attr("/theory", "input_m2", cfg.phi4.m2);
-  f.write_attr("/theory", "input_lam", cfg.phi4.lam);
-  f.write_attr("/theory", "input_kappa", cfg.phi4.kappa);
-  // phi_input = field_scale * phi_stored: stored fields and observables are in the no-1/2 convention.
-  f.write_attr("/theory", "field_scale", cfg.phi4.field_scale);
+  const auto& info = theory_info(cfg.theory);
+  if (*info.action)
+    f.write_attr("/theory", "action", info.action);
+  else
+    f.write_attr("/theory", "convention", "nohalf");  // phi4: stored fields and couplings in the no-1/2 convention
+  // The theory's couplings (config_keys.cpp): phi4 stores both its input and its no-1/2 couplings, and
+  // phi_input = field_scale * phi_stored.
+  for (const auto& [name, value] : theory_attributes(cfg))
+    std::visit([&, n = name](const auto& v) { f.write_attr("/theory", n, v); }, value);
 }
 
 void write_references(File& f, const Config& cfg) {

@@ -40,11 +40,12 @@ void print_bench_table(const Config& cfg, FlowModelImpl& model, const std::vecto
   std::string ext;
   for (std::size_t i = 0; i < cfg.lattice.extents.size(); ++i)
     ext += (i ? "x" : "") + std::to_string(cfg.lattice.extents[i]);
-  std::printf("bench: %s flow, %d layers, hidden", cfg.flow.coupling.c_str(), cfg.flow.layers);
+  std::printf("bench: %s flow, %d layers, hidden", choice_name(cfg.flow.coupling).c_str(), cfg.flow.layers);
   for (int h : cfg.flow.hidden) std::printf(" %d", h);
   std::printf(", %s, z2 %s, %s prior, lattice %s, %lld parameters, %s gradient, %d thread(s), median of %d rounds\n",
-              cfg.flow.dtype.c_str(), cfg.flow.z2 ? "on" : "off", cfg.flow.prior.c_str(), ext.c_str(),
-              static_cast<long long>(n_params), cfg.train.gradient.c_str(), cfg.run.threads, repeats);
+              choice_name(cfg.flow.dtype).c_str(), cfg.flow.z2 ? "on" : "off", choice_name(cfg.flow.prior).c_str(),
+              ext.c_str(), static_cast<long long>(n_params), choice_name(cfg.train.gradient).c_str(), cfg.run.threads,
+              repeats);
   std::printf("%8s %6s %16s %14s %18s %16s\n", "batch", "nets", "train step [ms]", "train steps/s", "train samples/s",
               "proposals/s");
   for (auto B : batches) {
@@ -79,7 +80,7 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   Timings train_t, prop_t;
   std::uint64_t counter = 0;
   // The training step of `latflow train`: its estimator (train.gradient), Adam.
-  const bool path = cfg.train.gradient == "path";
+  const bool path = cfg.train.gradient == Gradient::path;
   auto train_step = [&](std::int64_t B) {
     auto z = model->draw_prior(B, derive_seed(cfg.run.seed, "bench", counter++));
     auto loss = reverse_kl_objective(*model, theory, z, path).objective.mean();
@@ -131,17 +132,19 @@ void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, in
   torch::set_num_threads(cfg.run.threads);
   const int d = cfg.lattice.dim();
   const auto& hp = cfg.hmc;
-  const bool heatbath = hp.algorithm == "heatbath";
+  const bool heatbath = hp.algorithm == UpdateAlgorithm::heatbath;
   // The last column: per force evaluation (HMC) or per sweep, overrelaxation sweeps included (heat bath).
-  const int forces = heatbath ? 1 + hp.overrelax : hp.integrator == "leapfrog" ? hp.n_md + 1 : 2 * hp.n_md + 1;
+  const int forces = heatbath                                 ? 1 + hp.overrelax
+                     : hp.integrator == Integrator::kLeapfrog ? hp.n_md + 1
+                                                              : 2 * hp.n_md + 1;
   const std::string physics =
-      cfg.theory == "u1" ? "u1 beta = " + std::to_string(cfg.u1.beta)
-      : cfg.theory == "sun"
+      cfg.theory == TheoryId::u1 ? "u1 beta = " + std::to_string(cfg.u1.beta)
+      : cfg.theory == TheoryId::sun
           ? "su(" + std::to_string(cfg.sun.n) + ") beta = " + std::to_string(cfg.sun.beta)
           : "phi4 m2 = " + std::to_string(cfg.phi4.m2_nohalf) + ", lam = " + std::to_string(cfg.phi4.lam_nohalf);
   const std::string update = heatbath ? "heat bath + " + std::to_string(hp.overrelax) + " overrelaxation sweeps"
-                                      : hp.integrator + " with n_md " + std::to_string(hp.n_md) + " fixed (" +
-                                            std::to_string(forces) + " force evaluations)";
+                                      : choice_name(hp.integrator) + " with n_md " + std::to_string(hp.n_md) +
+                                            " fixed (" + std::to_string(forces) + " force evaluations)";
   std::printf("bench-hmc: %s, %dD L^%d, %s, %lld chains, float64, %d thread(s), median of %d rounds\n", physics.c_str(),
               d, d, update.c_str(), static_cast<long long>(hp.chains), cfg.run.threads, repeats);
   std::printf("%6s %10s %16s %18s %22s %20s\n", "L", "sites", "s/trajectory", "chain-traj/s", "chain-traj x sites/s",

@@ -56,9 +56,9 @@ HmcLayout hmc_layout(const Config& cfg, const Theory& theory, const std::string&
 void log_start(const Config& cfg, const std::string& weights_hash) {
   const auto& hp = cfg.hmc;
   const bool mixed = hp.flow_every > 0;
-  const std::string update = hp.algorithm == "heatbath"
+  const std::string update = hp.algorithm == UpdateAlgorithm::heatbath
                                  ? "heat bath + " + std::to_string(hp.overrelax) + " overrelaxation sweep(s)"
-                                 : hp.integrator + ", tau = " + std::to_string(hp.trajectory_length);
+                                 : choice_name(hp.integrator) + ", tau = " + std::to_string(hp.trajectory_length);
   log::info("hmc: " + std::to_string(hp.chains) + " chains on " + std::to_string(mpi::size()) + " rank(s), " + update +
             ", " + std::to_string(hp.thermalization) + " thermalisation + " + std::to_string(hp.trajectories) +
             " trajectories each" +
@@ -90,7 +90,7 @@ void start_chains(HmcChains& chains, HmcStore& store, const Config& cfg, const T
   } else {
     const int n_md = chains.thermalize(hp.thermalization);
     store.set_thermalized(n_md, to_vector(chains.field()));
-    if (hp.algorithm != "heatbath")
+    if (hp.algorithm != UpdateAlgorithm::heatbath)
       log::info("hmc: thermalised; n_md = " + std::to_string(n_md) +
                 " (dt = " + std::to_string(hp.trajectory_length / n_md) + ")");
   }
@@ -131,12 +131,12 @@ HmcRow kept_trajectory(HmcChains& chains, FlowModel& model, const Theory& theory
 // The /hmc group: the update's parameters and the run's totals (over all sessions of a resumed run).
 void write_hmc_group(io::File& f, const HmcParams& hp, const HmcTotals& t, double per_site) {
   f.create_group("/hmc");
-  if (hp.algorithm == "heatbath") {  // only heat-bath files carry these, so HMC files stay as they were
-    f.write_attr("/hmc", "algorithm", hp.algorithm);
+  if (hp.algorithm == UpdateAlgorithm::heatbath) {  // only heat-bath files carry these, so HMC files stay as they were
+    f.write_attr("/hmc", "algorithm", choice_name(hp.algorithm));
     f.write_attr("/hmc", "overrelax", static_cast<std::int64_t>(hp.overrelax));
   }
-  f.write_attr("/hmc", "integrator", hp.integrator);
-  if (hp.integrator == "omelyan") f.write_attr("/hmc", "omelyan_lambda", kOmelyanLambda);
+  f.write_attr("/hmc", "integrator", choice_name(hp.integrator));
+  if (hp.integrator == Integrator::kOmelyan) f.write_attr("/hmc", "omelyan_lambda", kOmelyanLambda);
   f.write_attr("/hmc", "n_md", static_cast<std::int64_t>(t.n_md));
   f.write_attr("/hmc", "n_md_initial", static_cast<std::int64_t>(hp.n_md));
   f.write_attr("/hmc", "trajectory_length", hp.trajectory_length);
@@ -167,7 +167,7 @@ void write_hmc_group(io::File& f, const HmcParams& hp, const HmcTotals& t, doubl
 
 void log_totals(const HmcParams& hp, const HmcTotals& t, double per_site, const std::string& out) {
   char b[256];
-  if (hp.algorithm == "heatbath")
+  if (hp.algorithm == UpdateAlgorithm::heatbath)
     std::snprintf(b, sizeof b,
                   "heatbath: %lld x %lld sweeps (heat bath + %d overrelaxation), %.3g s per sweep per "
                   "site, wrote %s",

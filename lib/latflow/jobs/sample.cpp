@@ -43,7 +43,7 @@ ImhLayout imh_layout(const Config& cfg, const Theory& theory, const std::string&
   for (auto e : field_dims) layout.V *= e;
   layout.field_shape.assign(field_dims.begin(), field_dims.end());
   // Annealed fields are float64 (HMC's); the flow's float32 fields are stored exactly as float32.
-  layout.float32_fields = cfg.flow.dtype == "float32" && !ne;
+  layout.float32_fields = cfg.flow.dtype == NetDtype::float32 && !ne;
   layout.work = ne;
   layout.identity = sample_identity(cfg, weights_hash);
   return layout;
@@ -53,14 +53,14 @@ ImhLayout imh_layout(const Config& cfg, const Theory& theory, const std::string&
 void write_ne_group(io::File& f, const Config& cfg) {
   f.create_group("/ne");
   f.write_attr("/ne", "steps", cfg.ne.steps);
-  f.write_attr("/ne", "parameter", cfg.ne.parameter);
+  f.write_attr("/ne", "parameter", choice_name(cfg.ne.parameter));
   f.write_attr("/ne", "start", cfg.ne.start);
-  f.write_attr("/ne", "integrator", cfg.hmc.integrator);
+  f.write_attr("/ne", "integrator", choice_name(cfg.hmc.integrator));
   f.write_attr("/ne", "trajectory_length", cfg.hmc.trajectory_length);
   f.write_attr("/ne", "n_md", static_cast<std::int64_t>(cfg.hmc.n_md));
   f.write_attr("/ne", "jitter", cfg.hmc.jitter);
-  if (cfg.hmc.algorithm != "hmc") {  // each step's update: a heat-bath sweep + overrelax sweeps
-    f.write_attr("/ne", "algorithm", cfg.hmc.algorithm);
+  if (cfg.hmc.algorithm != UpdateAlgorithm::hmc) {  // each step's update: a heat-bath sweep + overrelax sweeps
+    f.write_attr("/ne", "algorithm", choice_name(cfg.hmc.algorithm));
     f.write_attr("/ne", "overrelax", static_cast<std::int64_t>(cfg.hmc.overrelax));
   }
 }
@@ -71,8 +71,9 @@ void log_ne_acceptance(const Config& cfg, const NeProtocol& protocol) {
   mpi::allreduce_sum(counts, 2);
   char b[256];
   std::snprintf(b, sizeof b, "sampling: %lld non-equilibrium steps per proposal (%s from %g), %s acceptance %.4f",
-                static_cast<long long>(cfg.ne.steps), cfg.ne.parameter.c_str(), cfg.ne.start,
-                cfg.hmc.algorithm == "heatbath" ? "heat-bath" : "HMC", counts[1] > 0 ? counts[0] / counts[1] : 0.0);
+                static_cast<long long>(cfg.ne.steps), choice_name(cfg.ne.parameter).c_str(), cfg.ne.start,
+                cfg.hmc.algorithm == UpdateAlgorithm::heatbath ? "heat-bath" : "HMC",
+                counts[1] > 0 ? counts[0] / counts[1] : 0.0);
   log::info(b);
 }
 

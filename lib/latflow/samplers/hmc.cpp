@@ -17,16 +17,6 @@
 
 namespace latflow {
 
-Integrator integrator_from_name(const std::string& name) {
-  if (name == "leapfrog") return Integrator::kLeapfrog;
-  if (name == "omelyan") return Integrator::kOmelyan;
-  throw ConfigError("hmc.integrator = " + name + ": must be leapfrog or omelyan");
-}
-
-std::string integrator_name(Integrator integrator) {
-  return integrator == Integrator::kLeapfrog ? "leapfrog" : "omelyan";
-}
-
 void integrate(const Theory& theory, Integrator integrator, at::Tensor& x, at::Tensor& p, const at::Tensor& dt_in,
                int n_md) {
   // One step size per configuration, broadcast over the field's sites.
@@ -76,7 +66,7 @@ HmcChains::HmcChains(const Theory& theory, const HmcParams& params, std::uint64_
                      std::int64_t n_chains, const at::TensorOptions& options)
     : theory_(theory),
       params_(params),
-      integrator_(integrator_from_name(params.integrator)),
+      integrator_(params.integrator),
       seed_(seed),
       first_chain_(first_chain),
       n_chains_(n_chains),
@@ -88,7 +78,7 @@ TrajectoryResult HmcChains::trajectory(std::int64_t t, bool check_reversibility)
   torch::NoGradGuard no_grad;
   const auto B = n_chains_;
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  if (params_.algorithm == "heatbath") {
+  if (params_.algorithm == UpdateAlgorithm::heatbath) {
     // Exact local updates instead of a trajectory: nothing to accept or reject.
     std::vector<std::uint64_t> streams;
     for (std::int64_t b = 0; b < B; ++b) streams.push_back(chain_stream(seed_, "heatbath", first_chain_ + b, t));
@@ -136,7 +126,7 @@ TrajectoryResult HmcChains::trajectory(std::int64_t t, bool check_reversibility)
 }
 
 int HmcChains::thermalize(std::int64_t n) {
-  if (params_.algorithm == "heatbath") {  // no step size to tune
+  if (params_.algorithm == UpdateAlgorithm::heatbath) {  // no step size to tune
     for (std::int64_t t = 0; t < n; ++t) trajectory(t);
     return n_md_;
   }

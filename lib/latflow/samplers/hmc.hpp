@@ -18,10 +18,6 @@
 
 namespace latflow {
 
-enum class Integrator { kLeapfrog, kOmelyan };
-Integrator integrator_from_name(const std::string& name);  // ConfigError naming hmc.integrator
-std::string integrator_name(Integrator integrator);
-
 // Omelyan, Mryglod, Folk, CPC 151 (2003) 272: the second-order minimum-norm scheme (2MN) with the lambda that
 // minimises the norm of its leading error term.
 constexpr double kOmelyanLambda = 0.1932;

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "latflow/analysis/gamma.hpp"
+#include "latflow/core/config_keys.hpp"
 #include "latflow/core/error.hpp"
 #include "latflow/core/log.hpp"
 #include "latflow/parallel/mpi.hpp"
@@ -40,24 +41,16 @@ std::string hmc_identity(const Config& cfg, const std::string& weights_hash) {
   // flow_every line, so files of earlier versions resume.
   const auto& h = cfg.hmc;
   std::istringstream is(model_identity(cfg));
-  std::ostringstream os;
-  os.precision(17);
+  std::string out;
   for (std::string line; std::getline(is, line);)
-    if (h.flow_every > 0 || line.rfind("flow.", 0) != 0) os << line << "\n";
-  os << "run.seed = " << cfg.run.seed << "\n"
-     << "hmc.integrator = " << h.integrator << "\n"
-     << "hmc.trajectory_length = " << h.trajectory_length << "\n"
-     << "hmc.n_md = " << h.n_md << "\n"
-     << "hmc.jitter = " << h.jitter << "\n"
-     << "hmc.target_acceptance = " << h.target_acceptance << "\n"
-     << "hmc.chains = " << h.chains << "\n"
-     << "hmc.thermalization = " << h.thermalization << "\n"
-     << "hmc.save_every = " << h.save_every << "\n";
-  if (!h.start.empty()) os << "hmc.start = " << h.start << "\n";
+    if (h.flow_every > 0 || line.rfind("flow.", 0) != 0) out += line + "\n";
+  out += identity_lines(cfg, {"run.seed", "hmc.integrator", "hmc.trajectory_length", "hmc.n_md", "hmc.jitter",
+                              "hmc.target_acceptance", "hmc.chains", "hmc.thermalization", "hmc.save_every"});
+  if (!h.start.empty()) out += identity_lines(cfg, {"hmc.start"});
   // Only a heat-bath run has algorithm lines, so HMC files of earlier versions resume.
-  if (h.algorithm != "hmc") os << "hmc.algorithm = " << h.algorithm << "\nhmc.overrelax = " << h.overrelax << "\n";
-  if (h.flow_every > 0) os << "hmc.flow_every = " << h.flow_every << "\nflow.weights_hash = " << weights_hash << "\n";
-  return os.str();
+  if (h.algorithm != UpdateAlgorithm::hmc) out += identity_lines(cfg, {"hmc.algorithm", "hmc.overrelax"});
+  if (h.flow_every > 0) out += identity_lines(cfg, {"hmc.flow_every"}) + "flow.weights_hash = " + weights_hash + "\n";
+  return out;
 }
 
 HmcStore::HmcStore(const Config& cfg, const HmcLayout& layout, std::int64_t c0, std::int64_t nc,

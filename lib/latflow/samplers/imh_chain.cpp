@@ -5,6 +5,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "latflow/core/config_keys.hpp"
 #include "latflow/core/seed.hpp"
 #include "latflow/parallel/mpi.hpp"
 
@@ -42,28 +43,18 @@ io::PartialSpec partial_spec(const Config& cfg, const ImhLayout& layout) {
 }  // namespace
 
 std::string sample_identity(const Config& cfg, const std::string& weights_hash) {
-  std::ostringstream os;
-  os << model_identity(cfg.ne.steps > 0 ? ne_stage(cfg, 0) : cfg) << "model.weights_hash = " << weights_hash << "\n"
-     << "run.seed = " << cfg.run.seed << "\n"
-     << "sample.block = " << cfg.sample.block << "\n"
-     << "sample.store_configs = " << (cfg.sample.store_configs ? "true" : "false") << "\n";
+  std::string out = model_identity(cfg.ne.steps > 0 ? ne_stage(cfg, 0) : cfg) + "model.weights_hash = " + weights_hash +
+                    "\n" + identity_lines(cfg, {"run.seed", "sample.block", "sample.store_configs"});
   if (cfg.ne.steps > 0) {
     // The model identity above is the start's physics; the protocol and its HMC steps fix the rest.
     std::istringstream target(physics_identity(cfg));
-    for (std::string line; std::getline(target, line);) os << "ne.target." << line << "\n";
-    os.precision(17);
-    os << "ne.steps = " << cfg.ne.steps << "\n"
-       << "ne.parameter = " << cfg.ne.parameter << "\n"
-       << "ne.start = " << cfg.ne.start << "\n"
-       << "hmc.integrator = " << cfg.hmc.integrator << "\n"
-       << "hmc.trajectory_length = " << cfg.hmc.trajectory_length << "\n"
-       << "hmc.n_md = " << cfg.hmc.n_md << "\n"
-       << "hmc.jitter = " << cfg.hmc.jitter << "\n";
+    for (std::string line; std::getline(target, line);) out += "ne.target." + line + "\n";
+    out += identity_lines(cfg, {"ne.steps", "ne.parameter", "ne.start", "hmc.integrator", "hmc.trajectory_length",
+                                "hmc.n_md", "hmc.jitter"});
     // Only heat-bath protocols have these lines, so files of earlier versions resume.
-    if (cfg.hmc.algorithm != "hmc")
-      os << "hmc.algorithm = " << cfg.hmc.algorithm << "\nhmc.overrelax = " << cfg.hmc.overrelax << "\n";
+    if (cfg.hmc.algorithm != UpdateAlgorithm::hmc) out += identity_lines(cfg, {"hmc.algorithm", "hmc.overrelax"});
   }
-  return os.str();
+  return out;
 }
 
 ImhChain::ImhChain(const Config& cfg, const ImhLayout& layout, const std::function<void(io::File&)>& write_header)

@@ -36,10 +36,12 @@ void Theory::heatbath_sweep(at::Tensor&, const std::vector<std::uint64_t>&, int)
 }
 
 std::unique_ptr<Theory> make_theory(const Config& cfg) {
-  if (cfg.theory == "u1") return std::make_unique<U1>(cfg.lattice, cfg.u1);
-  if (cfg.theory == "sun") return std::make_unique<SUN>(cfg.lattice, cfg.sun);
-  if (cfg.theory == "phi4") return std::make_unique<Phi4>(cfg.lattice, cfg.phi4);
-  throw ConfigError("theory = " + cfg.theory + ": must be phi4, u1 or sun");
+  switch (cfg.theory) {
+    case TheoryId::u1: return std::make_unique<U1>(cfg.lattice, cfg.u1);
+    case TheoryId::sun: return std::make_unique<SUN>(cfg.lattice, cfg.sun);
+    case TheoryId::phi4: break;
+  }
+  return std::make_unique<Phi4>(cfg.lattice, cfg.phi4);
 }
 
 }  // namespace latflow
