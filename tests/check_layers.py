@@ -6,8 +6,9 @@
   their headers, the ensemble stores (samplers/imh_chain.*, samplers/hmc_store.*), the CLI's job interface
   (lib/latflow/jobs/jobs.hpp, and flows/train_history.hpp that it includes) and apps/ include neither
   <torch/...>, <ATen/...>, <c10/...> nor, through latflow headers, anything that does;
-- <hdf5.h> is included only by lib/latflow/io/h5.cpp; <mpi.h> only by lib/latflow/parallel/mpi.cpp and by h5.cpp
-  (parallel HDF5's MPI-IO driver takes an MPI communicator);
+- <hdf5.h> is included only by the HDF5 wrapper, lib/latflow/io/h5.cpp, h5_detail.cpp and the private
+  h5_detail.hpp; <mpi.h> only by lib/latflow/parallel/mpi.cpp and by those three (parallel HDF5's MPI-IO driver
+  takes an MPI communicator); "latflow/io/h5_detail.hpp" only by h5.cpp and h5_detail.cpp;
 - Boost.Program_options only in apps/;
 - lib/latflow/kernels/ (the latflow_kernels library) is torch-free and includes no latflow header outside
   kernels/; lib/latflow/core/ includes no latflow header outside core/ (the bottom layers depend on nothing above);
@@ -79,7 +80,12 @@ def main():
         elif p in torchful:
             via = [i for _, i in files[p] if i.startswith(TORCH) or local(i) in torchful]
             bad.append(f"{p}: includes {via[0]}, which reaches LibTorch (torch-free code)")
-    only = {"hdf5.h": ["lib/latflow/io/h5.cpp"], "mpi.h": ["lib/latflow/parallel/mpi.cpp", "lib/latflow/io/h5.cpp"]}
+    h5 = ["lib/latflow/io/h5.cpp", "lib/latflow/io/h5_detail.cpp", "lib/latflow/io/h5_detail.hpp"]
+    only = {
+        "hdf5.h": h5,
+        "mpi.h": ["lib/latflow/parallel/mpi.cpp"] + h5,
+        "latflow/io/h5_detail.hpp": ["lib/latflow/io/h5.cpp", "lib/latflow/io/h5_detail.cpp"],  # private header
+    }
     for p, incs in sorted(files.items()):
         for folder in ("kernels", "core"):
             if p.startswith(f"lib/latflow/{folder}/"):
@@ -94,9 +100,10 @@ def main():
             for _, i in incs:
                 if i.startswith("latflow/samplers/"):
                     bad.append(f"{p}: includes {i}: flows/ does not depend on samplers/")
-        for _, i in incs:
+        for d, i in incs:
             if i in only and p not in only[i]:
-                bad.append(f"{p}: includes <{i}>, which only {' and '.join(only[i])} may include")
+                inc = f"<{i}>" if d == "<" else f'"{i}"'
+                bad.append(f"{p}: includes {inc}, which only {', '.join(only[i])} may include")
             if i.startswith("boost/program_options") and not p.startswith("apps/"):
                 bad.append(f"{p}: includes <{i}> outside apps/")
     for line in bad:

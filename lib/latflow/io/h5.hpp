@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// A small RAII C++ layer over the HDF5 C API. This header does not include hdf5.h: only h5.cpp does.
+// A small RAII C++ layer over the HDF5 C API. This header does not include hdf5.h: only h5*.cpp and h5_detail.hpp do.
 // Object paths are absolute ("/", "/proposals/log_w"). Every failure throws latflow::IoError with a one-line
 // message naming the file and the object, e.g. "out.h5: dataset /chain/index: not found" (HDF5's own
 // error-stack printing is switched off). Files use the default (serial) property lists, so no MPI
