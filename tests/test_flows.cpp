@@ -9,6 +9,7 @@
 #include "support/torch_support.hpp"
 
 #include "latflow/core/error.hpp"
+#include "latflow/flows/adam.hpp"
 #include "latflow/flows/flow.hpp"
 #include "latflow/kernels/periodic_conv.hpp"
 #include "latflow/theories/theory.hpp"
@@ -596,4 +597,50 @@ TEST_CASE("the score term that the path gradient drops has zero mean over q", "[
   CAPTURE(mean, se);
   CHECK(std::abs(mean) < 4 * se);
   CHECK(score.std().item<double>() > 1.0);
+}
+
+TEST_CASE("fused Adam step: bitwise torch::optim::Adam, float32 and float64, any size", "[flows]") {
+  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+    CAPTURE(dtype == torch::kFloat64);
+    torch::manual_seed(17);
+    std::vector<torch::Tensor> a, b;
+    for (std::int64_t n : {1, 3, 7, 8, 9, 31, 64, 1003}) {
+      a.push_back(torch::randn({n}, dtype).requires_grad_());
+      b.push_back(a.back().detach().clone().requires_grad_());
+    }
+    a.push_back(torch::randn({8, 3, 3, 3}, dtype).requires_grad_());  // a conv weight
+    b.push_back(a.back().detach().clone().requires_grad_());
+    torch::optim::Adam ref(a, torch::optim::AdamOptions(1e-3)), fused(b, torch::optim::AdamOptions(1e-3));
+    for (int step = 0; step < 40; ++step) {
+      const double lr = 1e-3 * (1 + std::cos(0.1 * step));  // the trainer changes lr every step
+      for (auto* opt : {&ref, &fused})
+        for (auto& group : opt->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        // Gradients over many scales, zeros included (the sqrt of a zero second moment).
+        auto g = torch::randn(a[i].sizes(), dtype) * std::pow(10.0, (step % 9) - 4.0);
+        if (step % 7 == 3) g.view(-1)[0] = 0;
+        a[i].mutable_grad() = g.clone();
+        b[i].mutable_grad() = g.clone();
+      }
+      ref.step();
+      REQUIRE(fused_adam_step(fused));
+    }
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(i);
+      CHECK(torch::equal(a[i], b[i]));
+      const auto key_a = c10::guts::to_string(a[i].unsafeGetTensorImpl());
+      const auto key_b = c10::guts::to_string(b[i].unsafeGetTensorImpl());
+      const auto& sa = static_cast<torch::optim::AdamParamState&>(*ref.state().at(key_a));
+      const auto& sb = static_cast<torch::optim::AdamParamState&>(*fused.state().at(key_b));
+      CHECK(sa.step() == sb.step());
+      CHECK(torch::equal(sa.exp_avg(), sb.exp_avg()));
+      CHECK(torch::equal(sa.exp_avg_sq(), sb.exp_avg_sq()));
+    }
+  }
+  // Where the loop does not apply it changes nothing and says so.
+  auto p = torch::ones({4}).requires_grad_();
+  p.mutable_grad() = torch::ones({4});
+  torch::optim::Adam ams({p}, torch::optim::AdamOptions(1e-3).amsgrad(true));
+  CHECK_FALSE(fused_adam_step(ams));
+  CHECK(torch::equal(p, torch::ones({4})));
 }

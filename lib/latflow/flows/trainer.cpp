@@ -17,6 +17,7 @@
 #include "latflow/core/faults.hpp"
 #include "latflow/core/log.hpp"
 #include "latflow/core/seed.hpp"
+#include "latflow/flows/adam.hpp"
 #include "latflow/flows/checkpoint.hpp"
 #include "latflow/io/zip_check.hpp"
 #include "latflow/parallel/mpi.hpp"
@@ -94,10 +95,24 @@ double learning_rate(const TrainParams& t, std::int64_t step) {
   return lr;
 }
 
+// Contiguous CPU float tensors by a plain loop (a step checks ~100 small gradients: tensor ops would cost ~1 ms).
+template <class T>
+bool finite_values(const torch::Tensor& t) {
+  const T* x = t.data_ptr<T>();
+  for (std::int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
+
 bool all_finite(const std::vector<torch::Tensor>& ts, bool grads) {
   for (const auto& p : ts) {
     const auto& t = grads ? p.grad() : p;
-    if (t.defined() && !torch::isfinite(t).all().item<bool>()) return false;
+    if (!t.defined()) continue;
+    const bool plain = t.device().is_cpu() && t.is_contiguous();
+    if (plain && t.scalar_type() == torch::kFloat32   ? !finite_values<float>(t)
+        : plain && t.scalar_type() == torch::kFloat64 ? !finite_values<double>(t)
+                                                      : !torch::isfinite(t).all().item<bool>())
+      return false;
   }
   return true;
 }
@@ -133,26 +148,64 @@ torch::Tensor draw_batch(FlowModel& model, std::uint64_t seed, std::int64_t step
 }
 
 // Sums the gradients (and the loss, appended) over the ranks in one flattened float64 buffer: one
-// MPI_Allreduce per step. Returns the summed loss.
-double allreduce_gradients(const std::vector<torch::Tensor>& params, double local_loss) {
-  if (mpi::size() == 1) return local_loss;
-  std::vector<torch::Tensor> flat;
-  for (const auto& p : params)
-    flat.push_back(p.grad().defined() ? p.grad().detach().reshape(-1).to(torch::kCPU, torch::kFloat64)
-                                      : torch::zeros({p.numel()}, torch::kFloat64));
-  flat.push_back(torch::tensor({local_loss}, torch::kFloat64));
-  auto buf = torch::cat(flat).contiguous();
-  mpi::allreduce_sum(buf.data_ptr<double>(), buf.numel());
-  std::int64_t at = 0;
-  for (const auto& p : params) {
-    auto g = buf.slice(0, at, at + p.numel()).view(p.sizes()).to(p.options());
-    if (p.grad().defined())
-      p.mutable_grad().copy_(g);
-    else
-      p.mutable_grad() = g;
-    at += p.numel();
+// MPI_Allreduce per step. Returns the summed loss. CPU gradients go through `buffer` (kept between steps) with
+// plain loops; other devices through tensor ops. Both round the float64 sums to the parameters' dtype alike.
+template <class T>
+void copy_grad(const torch::Tensor& p, double* at, bool to_buffer) {
+  auto g = p.mutable_grad();
+  if (to_buffer) {
+    if (!g.defined()) return std::fill(at, at + p.numel(), 0.0);
+    const auto c = g.contiguous();
+    const T* src = c.data_ptr<T>();
+    for (std::int64_t i = 0; i < p.numel(); ++i) at[i] = static_cast<double>(src[i]);
+    return;
   }
-  return buf[at].item<double>();
+  if (!g.defined() || !g.is_contiguous()) p.mutable_grad() = g = torch::empty_like(p);
+  T* dst = g.data_ptr<T>();
+  for (std::int64_t i = 0; i < p.numel(); ++i) dst[i] = static_cast<T>(at[i]);
+}
+
+double allreduce_gradients(const std::vector<torch::Tensor>& params, double local_loss, std::vector<double>& buffer) {
+  if (mpi::size() == 1) return local_loss;
+  bool cpu = true;
+  std::int64_t n = 0;
+  for (const auto& p : params) {
+    cpu = cpu && p.device().is_cpu() && (p.scalar_type() == torch::kFloat32 || p.scalar_type() == torch::kFloat64);
+    n += p.numel();
+  }
+  if (!cpu) {
+    std::vector<torch::Tensor> flat;
+    for (const auto& p : params)
+      flat.push_back(p.grad().defined() ? p.grad().detach().reshape(-1).to(torch::kCPU, torch::kFloat64)
+                                        : torch::zeros({p.numel()}, torch::kFloat64));
+    flat.push_back(torch::tensor({local_loss}, torch::kFloat64));
+    auto buf = torch::cat(flat).contiguous();
+    mpi::allreduce_sum(buf.data_ptr<double>(), buf.numel());
+    std::int64_t at = 0;
+    for (const auto& p : params) {
+      auto g = buf.slice(0, at, at + p.numel()).view(p.sizes()).to(p.options());
+      if (p.grad().defined())
+        p.mutable_grad().copy_(g);
+      else
+        p.mutable_grad() = g;
+      at += p.numel();
+    }
+    return buf[at].item<double>();
+  }
+  buffer.resize(n + 1);
+  for (bool to_buffer : {true, false}) {
+    if (!to_buffer) mpi::allreduce_sum(buffer.data(), n + 1);
+    double* at = buffer.data();
+    for (const auto& p : params) {
+      if (p.scalar_type() == torch::kFloat32)
+        copy_grad<float>(p, at, to_buffer);
+      else
+        copy_grad<double>(p, at, to_buffer);
+      at += p.numel();
+    }
+    if (to_buffer) *at = local_loss;
+  }
+  return buffer[n];
 }
 
 // For its lifetime the weights do not require gradients: what is computed from them is differentiable in its
@@ -304,16 +357,26 @@ bool Trainer::train_step() {
   const std::int64_t s = step_++;
   const double lr = learning_rate(tp_, s) * meta_.lr_scale;
   for (auto& group : opt_.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-  const auto [objective, log_q, S] = reverse_kl_objective(
-      *model_, *theory_, draw_batch(model_, cfg_.run.seed, s, lo_, hi_), tp_.gradient == Gradient::path);
+  auto clock = std::chrono::steady_clock::now();
+  auto lap = [&clock](double& into) {
+    const auto now = std::chrono::steady_clock::now();
+    into += std::chrono::duration<double>(now - clock).count();
+    clock = now;
+  };
+  ++phases_.steps;
+  const auto z = draw_batch(model_, cfg_.run.seed, s, lo_, hi_);
+  lap(phases_.draw);
+  const auto [objective, log_q, S] = reverse_kl_objective(*model_, *theory_, z, tp_.gradient == Gradient::path);
   // This rank's part of the batch mean; the allreduce completes it.
   auto loss_part = objective.sum() / static_cast<double>(tp_.batch);
   if (faults::poisoned_loss(s)) loss_part = loss_part * std::numeric_limits<double>::quiet_NaN();
   opt_.zero_grad();
   const double local_loss = loss_part.item<double>();
   if (std::isfinite(local_loss)) loss_part.backward();
+  lap(phases_.forward_backward);
   // Every rank sees the same summed loss and gradients, hence takes the same decisions below.
-  const double loss = allreduce_gradients(params_, local_loss);
+  const double loss = allreduce_gradients(params_, local_loss, grad_buffer_);
+  lap(phases_.allreduce);
   if (!std::isfinite(loss) || !all_finite(params_, true)) {
     skip_bad_step();
     return false;
@@ -321,16 +384,40 @@ bool Trainer::train_step() {
   bad_in_a_row_ = 0;
   rollbacks_in_a_row_ = 0;
   if (tp_.clip > 0) torch::nn::utils::clip_grad_norm_(params_, tp_.clip);
-  opt_.step();
+  if (!fused_adam_step(opt_)) opt_.step();
   if (s == faults::nan_weight_step()) {  // tests the guard that keeps non-finite weights out of checkpoints
     torch::NoGradGuard no_grad;
     params_.front().view(-1)[0].fill_(std::numeric_limits<double>::quiet_NaN());
   }
+  lap(phases_.update);
   record_batch(loss, -(S + log_q));
   const bool log_now = step_ % tp_.log_every == 0 || step_ == tp_.steps;
-  if (log_now && !close_interval(lr)) return false;
-  if (log_now || log::stdout_is_tty()) show_progress(log_now);
-  return true;
+  const bool kept = !log_now || close_interval(lr);
+  if (kept && (log_now || log::stdout_is_tty())) show_progress(log_now);
+  lap(phases_.bookkeeping);
+  return kept;
+}
+
+void Trainer::log_phases() const {
+  // Collective: every rank's phases go to the root, which prints rank 0's and the spread of the compute phase.
+  const auto& p = phases_;
+  const auto all = mpi::gather(std::vector<double>{p.draw, p.forward_backward, p.allreduce, p.update, p.bookkeeping});
+  if (!root_ || p.steps == 0) return;
+  const double n = static_cast<double>(p.steps);
+  double total = 0, slowest = 0, fastest = all[1];
+  for (std::size_t i = 0; i < 5; ++i) total += all[i];
+  for (std::size_t r = 0; r < all.size() / 5; ++r) {
+    slowest = std::max(slowest, all[5 * r + 1]);
+    fastest = std::min(fastest, all[5 * r + 1]);
+  }
+  char b[400];
+  std::snprintf(b, sizeof b,
+                "training: %.2f ms per step on rank 0 (%lld steps): prior draws %.2f, objective + backward %.2f "
+                "(ranks %.2f .. %.2f), gradient allreduce %.2f (including the wait for the slowest rank), "
+                "update %.2f, history %.2f",
+                1e3 * total / n, static_cast<long long>(p.steps), 1e3 * all[0] / n, 1e3 * all[1] / n, 1e3 * fastest / n,
+                1e3 * slowest / n, 1e3 * all[2] / n, 1e3 * all[3] / n, 1e3 * all[4] / n);
+  log::info(b);
 }
 
 void Trainer::roll_back() {
@@ -490,6 +577,7 @@ TrainSummary Trainer::finish() {
   // The last step's checkpoint is written here, after the final evaluation (a checkpoint of the last step means
   // that training and its evaluation are complete): the loop's checkpoints stop short of train.steps.
   checkpoint();
+  log_phases();
   log::info("training: " + std::to_string(step_) + " steps in " + log::format_seconds(meta_.train_seconds) +
             " (this session " + log::format_seconds(elapsed()) + "), weights " + model_->weights_hash() +
             ", checkpoint " + ckpt_);

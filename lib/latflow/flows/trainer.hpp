@@ -86,11 +86,20 @@ class Trainer {
   const std::string ckpt_;
   CheckpointMeta meta_;  // the checkpoint's state: step, lr scale, history and its interval sums
   std::vector<torch::Tensor> params_;
+  std::vector<double> grad_buffer_;  // the gradients summed over the ranks (allreduce_gradients)
   std::int64_t n_params_ = 0;
   std::int64_t step_ = 0;
   std::chrono::steady_clock::time_point t0_;
   double base_seconds_ = 0;  // training time of earlier sessions (and of the train.init_from source)
   double eval_seconds_ = 0;  // evaluations are not training: the clock excludes them
+  // Where this session's training steps spend their time (this rank's clock): the batch's prior draws, the
+  // objective with its backward pass, the gradient allreduce (including the wait for the slowest rank), the
+  // update, and the history and progress bookkeeping. Logged by finish().
+  struct StepPhases {
+    double draw = 0, forward_backward = 0, allreduce = 0, update = 0, bookkeeping = 0;
+    std::int64_t steps = 0;
+  } phases_;
+  void log_phases() const;
   // The step of this session's last evaluation, on every rank (the history is kept by the root only, so it
   // cannot decide for the others whether the final evaluation is due: a collective that all ranks must join).
   std::int64_t last_eval_step_ = -1;
