@@ -55,9 +55,10 @@ for i in $(seq "$repeats"); do
   # The reference implements the reparameterisation gradient; latflow times the same step.
   "$bin" bench "$cfg" --batches "$batches" --repeats 1 --threads 1 --train.gradient reparam "$@" > "$tmp/lf.out" 2>&1 ||
     { cat "$tmp/lf.out" >&2; exit 1; }
-  [ "$i" = 1 ] && grep '^bench:' "$tmp/lf.out" | sed 's/^/latflow: /'
-  # Rows of `latflow bench`: batch, nets (fused | ops), train step [ms], train steps/s, train samples/s, proposals/s.
-  awk '$2 == "fused" || $2 == "ops" {print $1, $2, $3, $6}' "$tmp/lf.out" > "$tmp/lf.rows"
+  [ "$i" = 1 ] && grep -m1 '^bench:' "$tmp/lf.out" | sed 's/^/latflow: /'
+  # Rows of `latflow bench` (its first table, the config's model; the plain architecture's follows): batch, nets
+  # (fused | ops), train step [ms], train steps/s, train samples/s, proposals/s.
+  awk '/^the plain architecture/ {exit} $2 == "fused" || $2 == "ops" {print $1, $2, $3, $6}' "$tmp/lf.out" > "$tmp/lf.rows"
   while read -r b nets ms props; do
     echo "run $i: latflow-$nets batch $b: train step $ms ms, $props proposals/s"
     record "latflow-$nets" "$b" ms "$ms"

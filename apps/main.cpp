@@ -109,7 +109,8 @@ const std::map<std::string, std::string>& command_help() {
        "example: latflow compare runs/tutorial.h5 runs/hmc_tutorial.h5\n"},
       {"bench",
        "usage: latflow bench CONFIG.ini [--batches 64,1024] [--repeats 5] [--section.key VALUE ...]\n"
-       "Training steps/s and proposals/s of the config's flow (median of the repeats).\n"
+       "Training steps/s and proposals/s of the config's flow (median of the repeats), with the fused kernels and\n"
+       "with LibTorch ops; for a phi4 model with Z2 or a Fourier prior also of the plain architecture.\n"
        "  --batches B,..  batch sizes\n"
        "  --repeats N     timed repetitions per batch size\n" +
            config_keys + "example: latflow bench configs/tutorial.ini --batches 128 --repeats 3\n"},

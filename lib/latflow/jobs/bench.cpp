@@ -10,6 +10,7 @@
 #include <map>
 
 #include "latflow/core/seed.hpp"
+#include "latflow/flows/adam.hpp"
 #include "latflow/flows/flow.hpp"
 #include "latflow/jobs/jobs.hpp"
 #include "latflow/samplers/hmc.hpp"
@@ -60,10 +61,8 @@ void print_bench_table(const Config& cfg, FlowModelImpl& model, const std::vecto
   }
 }
 
-}  // namespace
-
-void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int repeats) {
-  torch::set_num_threads(cfg.run.threads);
+// Times the config's model (see bench_job) and prints its table.
+void bench_model(const Config& cfg, const std::vector<std::int64_t>& batches, int repeats) {
   const auto theory_ptr = make_theory(cfg);
   const Theory& theory = *theory_ptr;
   FlowModel model = make_flow(cfg);
@@ -79,14 +78,16 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   const std::vector<bool> backends{true, false};
   Timings train_t, prop_t;
   std::uint64_t counter = 0;
-  // The training step of `latflow train`: its estimator (train.gradient), Adam.
+  // The training step of `latflow train`: its estimator (train.gradient), Adam (latflow's loop with the fused
+  // nets, LibTorch's step with the ops, as a LibTorch or PyTorch implementation would).
   const bool path = cfg.train.gradient == Gradient::path;
+  bool fused_now = true;
   auto train_step = [&](std::int64_t B) {
     auto z = model->draw_prior(B, derive_seed(cfg.run.seed, "bench", counter++));
     auto loss = reverse_kl_objective(*model, theory, z, path).objective.mean();
     opt.zero_grad();
     loss.backward();
-    opt.step();
+    if (!fused_now || !fused_adam_step(opt)) opt.step();
   };
   auto propose = [&](std::int64_t B) {
     torch::InferenceMode im;
@@ -99,6 +100,7 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   // Enough samples per round that one round takes a measurable time at every batch size.
   auto steps_for = [](std::int64_t B) { return std::max<std::int64_t>(1, 4096 / B); };
   auto use = [&](bool fused) {
+    fused_now = fused;
     pconv::KernelPolicy policy;
     policy.fused = fused;
     set_kernel_policy(*model, policy);
@@ -126,6 +128,21 @@ void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int 
   }
   use(true);
   print_bench_table(cfg, *model, batches, repeats, train_t, prop_t);
+}
+
+}  // namespace
+
+void bench_job(const Config& cfg, const std::vector<std::int64_t>& batches, int repeats) {
+  torch::set_num_threads(cfg.run.threads);
+  bench_model(cfg, batches, repeats);
+  // The same comparison for the plain architecture (no Z2 sharing of the first conv, N(0, 1) prior) that any
+  // PyTorch user would write, so that the fused/ops ratios are also given for equal arithmetic.
+  if (cfg.theory != TheoryId::phi4 || (!cfg.flow.z2 && cfg.flow.prior == Prior::normal)) return;
+  Config plain = cfg;
+  plain.flow.z2 = false;
+  plain.flow.prior = Prior::normal;
+  std::printf("\nthe plain architecture (--flow.z2 false --flow.prior normal):\n");
+  bench_model(plain, batches, repeats);
 }
 
 void bench_hmc_job(const Config& cfg, const std::vector<std::int64_t>& sizes, int repeats) {
