@@ -91,6 +91,7 @@ struct FusedGeometry {
   pconv::Act act;
   bool differentiable;  // a backward pass can follow: keep what it needs (values before the activations)
   pconv::Isa isa;
+  torch::Tensor sites;  // int32: the last conv only at these sites, output [B, sites, C] (undefined: everywhere)
 };
 
 // [B, V, C] channels-last -> [B, C, L...] contiguous, with L... taken from like = [B, C', L...].
@@ -117,11 +118,20 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
         const bool last = l + 1 == layers;
         auto wk = w.detach().contiguous();
         auto bias = params[2 * l + 1].detach().contiguous();
-        auto out = torch::empty({B, geo.V, cout}, x.options());
+        const bool at_sites = last && geo.sites.defined();
+        const std::int64_t rows = at_sites ? geo.sites.numel() : geo.V;
+        auto out = torch::empty({B, rows, cout}, x.options());
         auto pre = keep_pre && !last ? torch::empty_like(out) : torch::Tensor();
         const auto& in = acts.back();
         for_chunks(B, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
-          const auto off = b0 * geo.V * cout;
+          const auto off = b0 * rows * cout;
+          if (at_sites) {
+            pconv::conv_forward_at<scalar_t>(in.data_ptr<scalar_t>() + b0 * geo.V * cin, b1 - b0, geo.V, geo.taps,
+                                             geo.nbr.data_ptr<std::int32_t>(), geo.sites.data_ptr<std::int32_t>(), rows,
+                                             cin, cout, wk.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+                                             out.data_ptr<scalar_t>() + off, geo.isa);
+            return;
+          }
           pconv::conv_forward<scalar_t>(
               in.data_ptr<scalar_t>() + b0 * geo.V * cin, b1 - b0, geo.V, geo.taps, geo.nbr.data_ptr<std::int32_t>(),
               cin, cout, wk.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), last ? nullptr : &geo.act,
@@ -131,12 +141,13 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
         acts.push_back(out);
       }
     });
-    auto result = channels_first(acts.back(), x.sizes());
+    auto result = geo.sites.defined() ? acts.back() : channels_first(acts.back(), x.sizes());
     acts.pop_back();  // the backward needs each conv's input, not the net's output
     ctx->saved_data["acts"] = acts;
     ctx->saved_data["pres"] = pres;
     ctx->saved_data["params"] = params.vec();
     ctx->saved_data["geo_nbr"] = geo.nbr;
+    ctx->saved_data["geo_sites"] = geo.sites;
     ctx->saved_data["geo_taps"] = static_cast<std::int64_t>(geo.taps);
     ctx->saved_data["geo_act"] = static_cast<std::int64_t>(geo.act);
     ctx->saved_data["geo_V"] = geo.V;
@@ -151,6 +162,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
     const auto pres = ctx->saved_data["pres"].toTensorVector();
     const auto params = ctx->saved_data["params"].toTensorVector();
     const auto nbr = ctx->saved_data["geo_nbr"].toTensor();
+    const auto sites = ctx->saved_data["geo_sites"].toTensor();  // undefined: the whole lattice
     const int taps = static_cast<int>(ctx->saved_data["geo_taps"].toInt());
     const auto act = static_cast<pconv::Act>(ctx->saved_data["geo_act"].toInt());
     const auto isa = static_cast<pconv::Isa>(ctx->saved_data["geo_isa"].toInt());
@@ -158,7 +170,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
     const auto layers = static_cast<std::int64_t>(params.size() / 2);
     const auto B = acts[0].size(0), V = ctx->saved_data["geo_V"].toInt();
     torch::autograd::variable_list grads(params.size() + 2);
-    auto g = grad_out[0].movedim(1, -1).contiguous().view({B, V, -1});
+    auto g = sites.defined() ? grad_out[0].contiguous() : grad_out[0].movedim(1, -1).contiguous().view({B, V, -1});
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_conv_backward", [&] {
       // g is dL/d(values before layer l's activation), starting from the net's output (no activation there).
       for (std::int64_t l = layers - 1; l >= 0; --l) {
@@ -172,7 +184,18 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
         const std::int64_t chunks = chunk_count(B);
         auto gw = need_gw ? torch::zeros({chunks, cout, cin, taps}, g.options()) : torch::Tensor();
         auto gb = need_gw ? torch::zeros({chunks, cout}, g.options()) : torch::Tensor();
+        const bool at_sites = l == layers - 1 && sites.defined();
+        const std::int64_t rows = at_sites ? sites.numel() : V;
         for_chunks(B, [&](std::int64_t c, std::int64_t b0, std::int64_t b1) {
+          if (at_sites) {
+            pconv::conv_backward_at<scalar_t>(
+                acts[l].data_ptr<scalar_t>() + b0 * V * cin, g.data_ptr<scalar_t>() + b0 * rows * cout, b1 - b0, V,
+                taps, nbr.data_ptr<std::int32_t>(), sites.data_ptr<std::int32_t>(), rows, cin, cout,
+                wc.data_ptr<scalar_t>(), l > 0 ? pres[l - 1].data_ptr<scalar_t>() + b0 * V * cin : nullptr, &act,
+                need_gin ? gin.data_ptr<scalar_t>() + b0 * V * cin : nullptr,
+                need_gw ? gw[c].data_ptr<scalar_t>() : nullptr, need_gw ? gb[c].data_ptr<scalar_t>() : nullptr, isa);
+            return;
+          }
           pconv::conv_backward<scalar_t>(
               acts[l].data_ptr<scalar_t>() + b0 * V * cin, g.data_ptr<scalar_t>() + b0 * V * cout, b1 - b0, V, taps,
               nbr.data_ptr<std::int32_t>(), cin, cout, wc.data_ptr<scalar_t>(),
@@ -409,12 +432,18 @@ const torch::Tensor& ConvNetImpl::neighbours(const std::vector<std::int64_t>& ex
 torch::Tensor ConvNetImpl::forward_at(const torch::Tensor& x, const torch::Tensor& sites) {
   std::vector<std::int64_t> extents(x.sizes().begin() + 2, x.sizes().end());
   const auto& nbr = neighbours(extents);
+  const auto ps = params();
   std::int64_t V = 1;
   for (auto L : extents) V *= L;
+  bool differentiable = torch::GradMode::is_enabled() && x.requires_grad();
+  for (const auto& p : ps) differentiable = differentiable || (torch::GradMode::is_enabled() && p.requires_grad());
+  if (differentiable)
+    return FusedConvNet::apply(
+        x, at::TensorList(ps),
+        FusedGeometry{nbr, V, static_cast<int>(taps()), kernel_activation(activation_), true, policy_.isa, sites});
   const auto B = x.size(0), Vr = sites.numel();
   const int T = static_cast<int>(taps());
   const auto act = kernel_activation(activation_);
-  const auto ps = params();
   const auto layers = ps.size() / 2;
   auto h = x.movedim(1, -1).reshape({B, V, x.size(1)}).contiguous();  // [B, V, C]
   torch::Tensor out;
@@ -492,7 +521,7 @@ torch::Tensor ConvNetImpl::forward_fused(const torch::Tensor& x) {
   for (const auto& p : ps) differentiable = differentiable || (torch::GradMode::is_enabled() && p.requires_grad());
   return FusedConvNet::apply(
       x, at::TensorList(ps),
-      FusedGeometry{nbr, V, static_cast<int>(taps()), kernel_activation(activation_), differentiable, policy_.isa});
+      FusedGeometry{nbr, V, static_cast<int>(taps()), kernel_activation(activation_), differentiable, policy_.isa, {}});
 }
 
 }  // namespace latflow

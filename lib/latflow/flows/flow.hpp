@@ -33,9 +33,9 @@ class ConvNetImpl : public torch::nn::Module {
   ConvNetImpl(int dim, int in_channels, const std::vector<int>& hidden, int out_channels, int kernel,
               Activation activation);
   torch::Tensor forward(torch::Tensor x);
-  // Inference with the fused kernels (x [B, C, L...] contiguous, CPU, float32/float64): the net's output at the
-  // flat site indices `sites` (int32, CPU) only, channels last [B, sites, C_out]; the last conv is evaluated
-  // nowhere else.
+  // The fused kernels (x [B, C, L...] contiguous, CPU, float32/float64): the net's output at the flat site
+  // indices `sites` (int32, CPU) only, channels last [B, sites, C_out]; the last conv is evaluated nowhere else, in
+  // the backward too. With autograd (x or the weights requiring gradients) one node, as forward's fused path.
   torch::Tensor forward_at(const torch::Tensor& x, const torch::Tensor& sites);
   // An affine coupling layer's update in inference, in place on x [B, L...] (contiguous, CPU, float32/float64;
   // this net's last conv has 2 outputs): pconv::affine_coupling with this net, adding sum s (forward) or -sum s

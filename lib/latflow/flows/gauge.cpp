@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "latflow/core/error.hpp"
+#include "latflow/flows/gauge_nodes.hpp"
 #include "latflow/kernels/gauge_kernels.hpp"
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
@@ -92,10 +93,13 @@ struct SplineKnots {
   }
 };
 
-// Whether a layer's inference kernel (kernels/gauge_kernels.hpp) runs for x.
-bool inference_kernel_for(const torch::Tensor& x, const ConvNet& net) {
-  return !torch::GradMode::is_enabled() && net->policy().fused && x.device().is_cpu() &&
+// Whether a layer's kernels (kernels/gauge_kernels.hpp) can run for x; without autograd, its inference kernel.
+bool kernels_for(const torch::Tensor& x, const ConvNet& net) {
+  return net->policy().fused && x.device().is_cpu() &&
          (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
+}
+bool inference_kernel_for(const torch::Tensor& x, const ConvNet& net) {
+  return !torch::GradMode::is_enabled() && kernels_for(x, net);
 }
 // Normal tensors even when first made while sampling, since later training passes may hold them.
 torch::Tensor sites_of(const torch::Tensor& mask) {
@@ -252,6 +256,7 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::apply(const torch::Tensor
     for (int d = 1; d <= dim_; ++d) sites.push_back(d);
     return {torch::remainder(x + torch::stack(dlink, 1), kTwoPi), (log_slope * active_).sum(sites)};
   }
+  if (kernels_for(x, net_)) return u1_coupling_node(x, net_, kernel_geometry(), inverse);  // training
   auto plaq = U1::plaquettes(x);
   auto par = parameters_of(plaq);  // frozen plaquettes are the same before and after: same parameters
   auto [moved, log_slope] = kernel(plaq, par, inverse);
@@ -339,11 +344,19 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int nu, int offset, const std:
 
 bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x, net_); }
 
-void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
+const U1LayerGeometry& GaugeCoupling::kernel_geometry() {
   if (!active_sites_.defined()) {
     active_sites_ = sites_of(active_);
     masks_ = {bytes_of(frozen_), bytes_of(frozen_rect0_), bytes_of(frozen_rect1_)};
+    geometry_ = U1LayerGeometry{
+        active_sites_, masks_[0],  loops_ ? masks_[1] : torch::Tensor(), loops_ ? masks_[2] : torch::Tensor(), mu_,
+        spline_,       components_};
   }
+  return geometry_;
+}
+
+void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
+  kernel_geometry();
   auto ctx = torch::empty({x.size(0), loops_ ? 6 : 2, x.size(2), x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_context", [&] {
     over_samples<scalar_t>(x, ctx, {}, log_det, 1, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {

@@ -23,6 +23,7 @@
 #include <torch/torch.h>
 
 #include "latflow/flows/flow.hpp"
+#include "latflow/flows/gauge_nodes.hpp"
 #include "latflow/theories/sun_prior.hpp"
 #include "latflow/theories/u1_prior.hpp"
 
@@ -36,7 +37,8 @@ class GaugeCoupling : public CouplingLayer {
   GaugeCoupling(int mu, int nu, int offset, const std::vector<std::int64_t>& extents, const FlowParams& p);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x) override;
   std::pair<torch::Tensor, torch::Tensor> inverse(const torch::Tensor& y) override;
-  // Without autograd, on the CPU with the fused nets on: kernels/gauge_kernels.hpp.
+  // Without autograd, on the CPU with the fused nets on: kernels/gauge_kernels.hpp; with autograd (2D U(1)):
+  // the nodes of gauge_nodes.hpp.
   bool runs_in_place(const torch::Tensor& x) const override;
   void apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) override;
 
@@ -47,6 +49,8 @@ class GaugeCoupling : public CouplingLayer {
   // (the inverse returns -log h'), for every site (the caller masks).
   std::pair<torch::Tensor, torch::Tensor> kernel(const torch::Tensor& plaq, const torch::Tensor& par, bool inverse);
   std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& x, bool inverse);
+  // The tables of the kernels (2D), made on first use.
+  const U1LayerGeometry& kernel_geometry();
 
   int mu_, nu_, dim_;
   bool spline_;  // circular spline kernel, else NCP
@@ -56,6 +60,7 @@ class GaugeCoupling : public CouplingLayer {
   torch::Tensor frozen_planes_;  // d > 2: [d(d-1)/2, L0, ..., L_{d-1}], one frozen mask per plane (a < b)
   torch::Tensor active_sites_;   // for the inference kernels: flat indices (int32) and uint8 frozen, rect0, rect1
   std::vector<torch::Tensor> masks_;
+  U1LayerGeometry geometry_;
   ConvNet net_{nullptr};
 };
 

@@ -352,6 +352,116 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
             gwp[static_cast<std::size_t>((static_cast<std::int64_t>(t) * cin + ci) * coutP + co)];
 }
 
+namespace {
+// conv_backward_at's loops for rows [0, rows) of (sample, updated site): per tap, gin's row += W_t^T g and
+// gw_t += g x^T, with W and gw as [taps][cout][cin] (cin contiguous).
+template <class T>
+__attribute__((always_inline)) inline void scatter_rows(const T* __restrict in, const T* __restrict gpre,
+                                                        std::int64_t n, std::int64_t V, int taps,
+                                                        const std::int32_t* nbr, const std::int32_t* sites,
+                                                        std::int64_t Vr, int cin, int cout, const T* __restrict wt,
+                                                        T* __restrict gin, T* __restrict gwt, double* bias_sum) {
+  std::vector<T> acc_buf(static_cast<std::size_t>(cin));
+  T* __restrict acc = acc_buf.data();
+  for (std::int64_t b = 0; b < n; ++b)
+    for (std::int64_t i = 0; i < Vr; ++i) {
+      const T* __restrict g = gpre + (b * Vr + i) * cout;
+      for (int co = 0; co < cout; ++co) bias_sum[co] += g[co];
+      for (int t = 0; t < taps; ++t) {
+        const std::int64_t row = b * V + nbr[static_cast<std::int64_t>(sites[i]) * taps + t];
+        const T* __restrict x = in + row * cin;
+        const T* __restrict w = wt + static_cast<std::int64_t>(t) * cout * cin;
+        T* __restrict gw = gwt ? gwt + static_cast<std::int64_t>(t) * cout * cin : nullptr;
+        for (int ci = 0; ci < cin; ++ci) acc[ci] = T(0);
+        for (int co = 0; co < cout; ++co) {
+          const T gc = g[co];
+          for (int ci = 0; ci < cin; ++ci) acc[ci] += w[co * cin + ci] * gc;
+          if (gw)
+            for (int ci = 0; ci < cin; ++ci) gw[co * cin + ci] += gc * x[ci];
+        }
+        if (gin)
+          for (int ci = 0; ci < cin; ++ci) gin[row * cin + ci] += acc[ci];
+      }
+    }
+}
+
+// The same for cin = 8 CB: the sums over cout in CB vector registers.
+template <class T, int CB>
+__attribute__((always_inline)) inline void scatter_rows_blocked(const T* __restrict in, const T* __restrict gpre,
+                                                                std::int64_t n, std::int64_t V, int taps,
+                                                                const std::int32_t* nbr, const std::int32_t* sites,
+                                                                std::int64_t Vr, int cout, const T* __restrict wt,
+                                                                T* __restrict gin, T* __restrict gwt,
+                                                                double* bias_sum) {
+  using Vec = vec_t<T, 8>;
+  constexpr int cin = 8 * CB;
+  for (std::int64_t b = 0; b < n; ++b)
+    for (std::int64_t i = 0; i < Vr; ++i) {
+      const T* __restrict g = gpre + (b * Vr + i) * cout;
+      for (int co = 0; co < cout; ++co) bias_sum[co] += g[co];
+      for (int t = 0; t < taps; ++t) {
+        const std::int64_t row = b * V + nbr[static_cast<std::int64_t>(sites[i]) * taps + t];
+        const T* __restrict w = wt + static_cast<std::int64_t>(t) * cout * cin;
+        Vec acc[CB], x[CB];
+        for (int k = 0; k < CB; ++k) {
+          acc[k] = Vec{};
+          x[k] = load<8>(in + row * cin + 8 * k);
+        }
+        T* __restrict gw = gwt ? gwt + static_cast<std::int64_t>(t) * cout * cin : nullptr;
+        for (int co = 0; co < cout; ++co) {
+          const T gc = g[co];
+          for (int k = 0; k < CB; ++k) acc[k] += load<8>(w + co * cin + 8 * k) * gc;
+          if (gw)
+            for (int k = 0; k < CB; ++k) store<8>(gw + co * cin + 8 * k, load<8>(gw + co * cin + 8 * k) + x[k] * gc);
+        }
+        if (gin)
+          for (int k = 0; k < CB; ++k) store<8>(gin + row * cin + 8 * k, load<8>(gin + row * cin + 8 * k) + acc[k]);
+      }
+    }
+}
+}  // namespace
+
+template <class T>
+void conv_backward_at(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                      const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* in_pre,
+                      const Act* in_act, T* gin, T* gw, T* gb, Isa isa) {
+  // The weights as [taps][cout][cin] and their gradient alike, so that the inner loops run over cin contiguously.
+  const auto wsize = static_cast<std::size_t>(taps) * static_cast<std::size_t>(cout * cin);
+  std::vector<T> wt(wsize), gwt(gw ? wsize : 0, T(0));
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int t = 0; t < taps; ++t)
+        wt[static_cast<std::size_t>((t * cout + co) * cin + ci)] =
+            w[(static_cast<std::int64_t>(co) * cin + ci) * taps + t];
+  std::vector<double> bias_sum(static_cast<std::size_t>(cout), 0.0);
+  if (gin) std::fill(gin, gin + n * V * cin, T(0));
+  T* gwp = gw ? gwt.data() : nullptr;
+  with_isa(isa, [&]() LATFLOW_KERNEL {
+    switch (cin) {
+      case 8:
+        scatter_rows_blocked<T, 1>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bias_sum.data());
+        break;
+      case 16:
+        scatter_rows_blocked<T, 2>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bias_sum.data());
+        break;
+      case 32:
+        scatter_rows_blocked<T, 4>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bias_sum.data());
+        break;
+      default: scatter_rows(in, gpre, n, V, taps, nbr, sites, Vr, cin, cout, wt.data(), gin, gwp, bias_sum.data());
+    }
+  });
+  if (gin && in_pre)
+    for (std::int64_t k = 0; k < n * V * cin; ++k) gin[k] *= derivative(in_pre[k], *in_act);
+  if (gb)
+    for (int co = 0; co < cout; ++co) gb[co] += static_cast<T>(bias_sum[static_cast<std::size_t>(co)]);
+  if (gw)
+    for (int co = 0; co < cout; ++co)
+      for (int ci = 0; ci < cin; ++ci)
+        for (int t = 0; t < taps; ++t)
+          gw[(static_cast<std::int64_t>(co) * cin + ci) * taps + t] +=
+              gwt[static_cast<std::size_t>((t * cout + co) * cin + ci)];
+}
+
 #define LATFLOW_INSTANTIATE(T)                                                                                       \
   template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int, const T*,  \
                                 const T*, const Act*, T*, T*, Isa);                                                  \
@@ -359,6 +469,9 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
                                    const std::int32_t*, std::int64_t, int, int, const T*, const T*, T*, Isa);        \
   template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int, \
                                  const T*, const T*, const Act*, T*, T*, T*, Isa);                                   \
+  template void conv_backward_at<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*,        \
+                                    const std::int32_t*, std::int64_t, int, int, const T*, const T*, const Act*, T*, \
+                                    T*, T*, Isa);                                                                    \
   template Arranged<T> arrange_conv<T>(const T*, int, int, int, bool);                                               \
   template void gather<T>(const T*, std::int64_t, const Geo&, const Arranged<T>&, const T*, const Sink<T>&, Isa);
 LATFLOW_INSTANTIATE(float)

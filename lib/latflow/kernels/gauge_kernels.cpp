@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "latflow/kernels/gauge_kernels.hpp"
 
+#include "latflow/kernels/gauge_detail.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -11,8 +13,6 @@ namespace latflow::gauge_kernels {
 namespace {
 
 using C = std::complex<double>;
-constexpr double kTwoPi = 2 * M_PI;
-constexpr double kMinBin = 1e-3, kMinDeriv = 1e-3;  // as gauge.cpp's SplineKnots
 
 template <int N>
 using Mat = std::array<C, N * N>;
@@ -71,68 +71,6 @@ struct Links {
   }
 };
 
-// Knots of a monotone rational-quadratic spline of [lo, hi] from 3K + 1 raw net outputs r(c) (SplineKnots and
-// spline_knots in gauge.cpp / flow.cpp: softmax widths and heights with a floor, softplus slopes). The slopes are
-// computed only at the two knots of the bin that is used.
-struct Spline {
-  int K;
-  std::vector<double> xk, yk, e;
-  std::vector<double> slopes_raw;
-  explicit Spline(int bins) : K(bins), xk(bins + 1), yk(bins + 1), e(bins), slopes_raw(bins + 1) {}
-
-  bool periodic = false;  // K slopes, the last knot's equal to the first's (gauge.cpp's circular spline)
-
-  template <class R>
-  void set(const R& r, double lo, double hi, bool circular = false) {
-    periodic = circular;
-    auto knots = [&](int off, std::vector<double>& k) {
-      double m = r(off);
-      for (int i = 1; i < K; ++i) m = std::max(m, r(off + i));
-      double sum = 0;
-      for (int i = 0; i < K; ++i) sum += e[i] = std::exp(r(off + i) - m);
-      double c = 0;
-      k[0] = lo;
-      for (int i = 0; i < K - 1; ++i) {
-        c += kMinBin + (1 - K * kMinBin) * (e[i] / sum);
-        k[i + 1] = c * (hi - lo) + lo;
-      }
-      k[K] = hi;
-    };
-    knots(0, xk);
-    knots(K, yk);
-    for (int i = 0; i < (periodic ? K : K + 1); ++i) slopes_raw[i] = r(2 * K + i);
-  }
-
-  double slope(int i) const {
-    static const double shift = std::log(std::expm1(1.0 - kMinDeriv));
-    const double z = slopes_raw[periodic && i == K ? 0 : i] + shift;
-    return kMinDeriv + (z > 20 ? z : std::log1p(std::exp(z)));  // LibTorch's softplus threshold
-  }
-
-  // rational_quadratic (flow.cpp) at one point: (y, log dy/dv), or for inverse (x, -log dy/dx at x).
-  std::pair<double, double> operator()(double v, bool inverse) const {
-    const std::vector<double>& search = inverse ? yk : xk;
-    int bin = 0;
-    while (bin < K - 1 && search[bin + 1] <= v) ++bin;
-    const double x0 = xk[bin], x1 = xk[bin + 1], y0 = yk[bin], y1 = yk[bin + 1], d0 = slope(bin), d1 = slope(bin + 1);
-    const double w = x1 - x0, h = y1 - y0, s = h / w;
-    double xi;
-    if (!inverse) {
-      xi = std::clamp((v - x0) / w, 0.0, 1.0);
-    } else {
-      const double dy = v - y0, c2 = d1 + d0 - 2 * s;
-      const double a = h * (s - d0) + dy * c2, b = h * d0 - dy * c2, c = -s * dy;
-      const double disc = std::max(b * b - 4 * a * c, 0.0);
-      xi = std::clamp(2 * c / (-b - std::sqrt(disc)), 0.0, 1.0);
-    }
-    const double xi1 = xi * (1 - xi), den = s + (d1 + d0 - 2 * s) * xi1;
-    const double ls =
-        2 * std::log(s) + std::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) - 2 * std::log(den);
-    if (!inverse) return {y0 + h * (s * xi * xi + d0 * xi1) / den, ls};
-    return {x0 + xi * w, -ls};
-  }
-};
-
 // g / g' for g = sin(3 theta / 2) - Im(t e^{i theta / 2}) (gauge.cpp newton_step), with one sincos: the triple
 // angle from sin and cos of theta / 2.
 double newton_step(double th, C t) {
@@ -141,14 +79,6 @@ double newton_step(double th, C t) {
   const double g = s * (3 - 4 * s * s) - half.imag(), gp = 1.5 * c * (4 * c * c - 3) - 0.5 * half.real();
   return std::abs(gp) > 1e-12 ? g / gp : 0.0;
 }
-
-// LibTorch's remainder (the sign of the divisor), exact: fmod, then shifted by b.
-double remainder(double a, double b) {
-  const double m = std::fmod(a, b);
-  return m != 0 && ((b < 0) != (m < 0)) ? m + b : m;
-}
-double remainder_2pi(double a) { return remainder(a, kTwoPi); }
-double centred(double a) { return remainder(a + M_PI, kTwoPi) - M_PI; }  // gauge.cpp's centred
 
 // su3_alcove_phases (gauge.cpp) for one matrix with trace t.
 std::array<double, 3> alcove_phases(C t) {
@@ -293,60 +223,6 @@ void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* act
     update_n<3>(x, par, s, active, Va, mu, bins, inverse, log_det);
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// U(1)
-namespace {
-
-template <class T>
-struct Angles {
-  const T* x;
-  const Shape& s;
-  std::int64_t at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
-    x0 = (x0 + s.L0) % s.L0;
-    x1 = (x1 + s.L1) % s.L1;
-    return ((b * 2 + dir) * s.L0 + x0) * s.L1 + x1;
-  }
-  // U1::plaquettes: theta_0(x) + theta_1(x + e0) - theta_0(x + e1) - theta_1(x), not reduced.
-  double plaquette(std::int64_t b, std::int64_t x0, std::int64_t x1) const {
-    return (static_cast<double>(x[at(b, 0, x0, x1)]) + static_cast<double>(x[at(b, 1, x0 + 1, x1)])) -
-           static_cast<double>(x[at(b, 0, x0, x1 + 1)]) - static_cast<double>(x[at(b, 1, x0, x1)]);
-  }
-};
-
-// The NCP mixture of gauge.cpp's kernel: h(theta) = sum_k rho_k 2 atan2(alpha_k sin(theta/2), cos(theta/2)) on
-// [-pi, pi] and its slope.
-struct Ncp {
-  int K;
-  std::vector<double> alpha, rho;
-  explicit Ncp(int k) : K(k), alpha(k), rho(k) {}
-  template <class R>
-  void set(const R& r) {
-    constexpr double kMaxLogAlpha = 6.0;  // gauge.cpp
-    double m = r(K);
-    for (int k = 1; k < K; ++k) m = std::max(m, r(K + k));
-    double sum = 0;
-    for (int k = 0; k < K; ++k) {
-      alpha[k] = std::exp(kMaxLogAlpha * std::tanh(r(k) / kMaxLogAlpha));
-      sum += rho[k] = std::exp(r(K + k) - m);
-    }
-    for (auto& v : rho) v /= sum;
-  }
-  double h(double th) const {
-    const double c = std::cos(th / 2), s = std::sin(th / 2);
-    double out = 0;
-    for (int k = 0; k < K; ++k) out += rho[k] * 2 * std::atan2(alpha[k] * s, c);
-    return out;
-  }
-  double slope(double th) const {
-    const double c = std::cos(th / 2), s = std::sin(th / 2);
-    double out = 0;
-    for (int k = 0; k < K; ++k) out += rho[k] * alpha[k] / (c * c + alpha[k] * alpha[k] * s * s);
-    return out;
-  }
-};
-
-}  // namespace
-
 template <class T>
 void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const std::uint8_t* frozen_rect0,
                 const std::uint8_t* frozen_rect1, T* ctx) {
@@ -414,14 +290,7 @@ void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, s
           moved = ncp.h(th) + t;
           ls = std::log(ncp.slope(th));
         } else {
-          const double target = centred(P - t);
-          double lo = -M_PI, hi = M_PI;
-          for (int it = 0; it < 64; ++it) {
-            const double mid = 0.5 * (lo + hi);
-            (ncp.h(mid) < target ? lo : hi) = mid;
-          }
-          const double root = 0.5 * (lo + hi);
-          moved = root + (target - ncp.h(root)) / ncp.slope(root);
+          moved = ncp.inverse(centred(P - t));
           ls = -std::log(ncp.slope(moved));
         }
       }

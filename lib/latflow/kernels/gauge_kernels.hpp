@@ -50,4 +50,18 @@ template <class T>
 void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, bool spline,
                int components, bool inverse, double* log_det);
 
+// Training (U(1)): the backward passes of the two calls above, each sample independent of the others.
+// gx += dL/dx through the context ctx = u1_context(x) [B, C, L0, L1] (C = 6 with loops, else 2), from
+// gctx = dL/dctx; only ctx is read (its cos and sin are the derivatives' sin and cos, 0 off the masks).
+template <class T>
+void u1_context_backward(const T* ctx, const Shape& s, bool loops, const T* gctx, T* gx);
+
+// The backward of u1_update applied to x (the layer's input, not modified here) with the net output par: from
+// gy = dL/dy [B, 2, L0, L1] and gld = dL/dlog_det [B] (null: zero), gx = dL/dx through the update (overwritten; the
+// dependence through the context is u1_context_backward's) and gpar = dL/dpar [B, Va, channels] (overwritten).
+// The inverse's derivatives are those of the implicit function (its value is a root of h).
+template <class T>
+void u1_update_backward(const T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu,
+                        bool spline, int components, bool inverse, const T* gy, const double* gld, T* gx, T* gpar);
+
 }  // namespace latflow::gauge_kernels

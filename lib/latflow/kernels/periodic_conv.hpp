@@ -58,6 +58,14 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
                    int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb,
                    Isa isa = Isa::best);
 
+// Backward of conv_forward_at (no activation on its output) from gpre = dL/dout [n, Vr, cout]: gin = dL/din
+// [n, V, cin] (overwritten; times in_act'(in_pre) when in_pre is not null, as conv_backward), gw += dL/dW and
+// gb += dL/dbias when not null. Work in proportion to Vr, not V.
+template <class T>
+void conv_backward_at(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                      const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* in_pre,
+                      const Act* in_act, T* gin, T* gw, T* gb, Isa isa = Isa::best);
+
 // One conv of a net: weights [cout, cin, taps] (LibTorch's layout), bias [cout].
 template <class T>
 struct ConvWeights {

@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: MIT
+// Internal to lib/latflow/kernels (gauge_kernels.cpp, u1_grad.cpp): what the gauge layers' inference kernels and
+// the U(1) training kernels share: angle reductions as LibTorch computes them, U(1) plaquettes of the angle
+// storage, and the spline and NCP maps of gauge.cpp in float64.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "latflow/kernels/gauge_kernels.hpp"
+
+namespace latflow::gauge_kernels {
+
+constexpr double kTwoPi = 2 * M_PI;
+constexpr double kMinBin = 1e-3, kMinDeriv = 1e-3;  // as gauge.cpp's SplineKnots
+
+// LibTorch's remainder (the sign of the divisor), exact: fmod, then shifted by b.
+inline double remainder(double a, double b) {
+  const double m = std::fmod(a, b);
+  return m != 0 && ((b < 0) != (m < 0)) ? m + b : m;
+}
+inline double remainder_2pi(double a) { return remainder(a, kTwoPi); }
+inline double centred(double a) { return remainder(a + M_PI, kTwoPi) - M_PI; }  // gauge.cpp's centred
+
+// Knots of a monotone rational-quadratic spline of [lo, hi] from 3K + 1 raw net outputs r(c) (SplineKnots and
+// spline_knots in gauge.cpp / flow.cpp: softmax widths and heights with a floor, softplus slopes). The slopes are
+// computed only at the two knots of the bin that is used.
+struct Spline {
+  int K;
+  std::vector<double> xk, yk, e;
+  std::vector<double> wsoft, hsoft;  // the softmax of the width and of the height outputs
+  std::vector<double> slopes_raw;
+  explicit Spline(int bins)
+      : K(bins), xk(bins + 1), yk(bins + 1), e(bins), wsoft(bins), hsoft(bins), slopes_raw(bins + 1) {}
+
+  bool periodic = false;  // K slopes, the last knot's equal to the first's (gauge.cpp's circular spline)
+
+  template <class R>
+  void set(const R& r, double lo, double hi, bool circular = false) {
+    periodic = circular;
+    auto knots = [&](int off, std::vector<double>& k, std::vector<double>& soft) {
+      double m = r(off);
+      for (int i = 1; i < K; ++i) m = std::max(m, r(off + i));
+      double sum = 0;
+      for (int i = 0; i < K; ++i) sum += e[i] = std::exp(r(off + i) - m);
+      for (int i = 0; i < K; ++i) soft[i] = e[i] / sum;
+      double c = 0;
+      k[0] = lo;
+      for (int i = 0; i < K - 1; ++i) {
+        c += kMinBin + (1 - K * kMinBin) * (e[i] / sum);
+        k[i + 1] = c * (hi - lo) + lo;
+      }
+      k[K] = hi;
+    };
+    knots(0, xk, wsoft);
+    knots(K, yk, hsoft);
+    for (int i = 0; i < (periodic ? K : K + 1); ++i) slopes_raw[i] = r(2 * K + i);
+  }
+
+  double slope(int i) const {
+    static const double shift = std::log(std::expm1(1.0 - kMinDeriv));
+    const double z = slopes_raw[periodic && i == K ? 0 : i] + shift;
+    return kMinDeriv + (z > 20 ? z : std::log1p(std::exp(z)));  // LibTorch's softplus threshold
+  }
+
+  // rational_quadratic (flow.cpp) at one point: (y, log dy/dv), or for inverse (x, -log dy/dx at x).
+  std::pair<double, double> operator()(double v, bool inverse) const {
+    const std::vector<double>& search = inverse ? yk : xk;
+    int bin = 0;
+    while (bin < K - 1 && search[bin + 1] <= v) ++bin;
+    const double x0 = xk[bin], x1 = xk[bin + 1], y0 = yk[bin], y1 = yk[bin + 1], d0 = slope(bin), d1 = slope(bin + 1);
+    const double w = x1 - x0, h = y1 - y0, s = h / w;
+    double xi;
+    if (!inverse) {
+      xi = std::clamp((v - x0) / w, 0.0, 1.0);
+    } else {
+      const double dy = v - y0, c2 = d1 + d0 - 2 * s;
+      const double a = h * (s - d0) + dy * c2, b = h * d0 - dy * c2, c = -s * dy;
+      const double disc = std::max(b * b - 4 * a * c, 0.0);
+      xi = std::clamp(2 * c / (-b - std::sqrt(disc)), 0.0, 1.0);
+    }
+    const double xi1 = xi * (1 - xi), den = s + (d1 + d0 - 2 * s) * xi1;
+    const double ls =
+        2 * std::log(s) + std::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) - 2 * std::log(den);
+    if (!inverse) return {y0 + h * (s * xi * xi + d0 * xi1) / den, ls};
+    return {x0 + xi * w, -ls};
+  }
+};
+
+template <class T>
+struct Angles {
+  const T* x;
+  const Shape& s;
+  std::int64_t at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
+    x0 = (x0 + s.L0) % s.L0;
+    x1 = (x1 + s.L1) % s.L1;
+    return ((b * 2 + dir) * s.L0 + x0) * s.L1 + x1;
+  }
+  // U1::plaquettes: theta_0(x) + theta_1(x + e0) - theta_0(x + e1) - theta_1(x), not reduced.
+  double plaquette(std::int64_t b, std::int64_t x0, std::int64_t x1) const {
+    return (static_cast<double>(x[at(b, 0, x0, x1)]) + static_cast<double>(x[at(b, 1, x0 + 1, x1)])) -
+           static_cast<double>(x[at(b, 0, x0, x1 + 1)]) - static_cast<double>(x[at(b, 1, x0, x1)]);
+  }
+};
+
+// The NCP mixture of gauge.cpp's kernel: h(theta) = sum_k rho_k 2 atan2(alpha_k sin(theta/2), cos(theta/2)) on
+// [-pi, pi] and its slope.
+struct Ncp {
+  int K;
+  std::vector<double> alpha, rho;
+  explicit Ncp(int k) : K(k), alpha(k), rho(k) {}
+  template <class R>
+  void set(const R& r) {
+    constexpr double kMaxLogAlpha = 6.0;  // gauge.cpp
+    double m = r(K);
+    for (int k = 1; k < K; ++k) m = std::max(m, r(K + k));
+    double sum = 0;
+    for (int k = 0; k < K; ++k) {
+      alpha[k] = std::exp(kMaxLogAlpha * std::tanh(r(k) / kMaxLogAlpha));
+      sum += rho[k] = std::exp(r(K + k) - m);
+    }
+    for (auto& v : rho) v /= sum;
+  }
+  double h(double th) const {
+    const double c = std::cos(th / 2), s = std::sin(th / 2);
+    double out = 0;
+    for (int k = 0; k < K; ++k) out += rho[k] * 2 * std::atan2(alpha[k] * s, c);
+    return out;
+  }
+  double slope(double th) const {
+    const double c = std::cos(th / 2), s = std::sin(th / 2);
+    double out = 0;
+    for (int k = 0; k < K; ++k) out += rho[k] * alpha[k] / (c * c + alpha[k] * alpha[k] * s * s);
+    return out;
+  }
+  // h^{-1}(target) for target in [-pi, pi): bisection on [-pi, pi] (64 halvings reach the rounding), then one
+  // Newton step (gauge.cpp's kernel does the same).
+  double inverse(double target) const {
+    double lo = -M_PI, hi = M_PI;
+    for (int it = 0; it < 64; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      (h(mid) < target ? lo : hi) = mid;
+    }
+    const double root = 0.5 * (lo + hi);
+    return root + (target - h(root)) / slope(root);
+  }
+};
+
+}  // namespace latflow::gauge_kernels
