@@ -451,7 +451,20 @@ void conv_backward_at(const T* in, const T* gpre, std::int64_t n, std::int64_t V
     }
   });
   if (gin && in_pre)
-    for (std::int64_t k = 0; k < n * V * cin; ++k) gin[k] *= derivative(in_pre[k], *in_act);
+    with_isa(isa, [&]() LATFLOW_KERNEL {
+      const std::int64_t count = n * V * cin;
+      switch (*in_act) {  // (one loop per activation, so that the compiler vectorises each)
+        case Act::leaky_relu:
+          for (std::int64_t k = 0; k < count; ++k) gin[k] *= derivative(in_pre[k], Act::leaky_relu);
+          break;
+        case Act::tanh:
+          for (std::int64_t k = 0; k < count; ++k) gin[k] *= derivative(in_pre[k], Act::tanh);
+          break;
+        case Act::silu:
+          for (std::int64_t k = 0; k < count; ++k) gin[k] *= derivative(in_pre[k], Act::silu);
+          break;
+      }
+    });
   if (gb)
     for (int co = 0; co < cout; ++co) gb[co] += static_cast<T>(bias_sum[static_cast<std::size_t>(co)]);
   if (gw)

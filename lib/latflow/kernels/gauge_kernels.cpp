@@ -235,7 +235,7 @@ void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const st
     for (std::int64_t x0 = 0; x0 < s.L0; ++x0)
       for (std::int64_t x1 = 0; x1 < s.L1; ++x1) {
         const std::int64_t site = x0 * s.L1 + x1;
-        if (!frozen[site] && !frozen_rect0) continue;  // (a loop's frozen plaquettes are frozen sites)
+        if (!frozen[site]) continue;  // (only frozen plaquettes are read: a frozen loop's are frozen sites)
         const double p = a.plaquette(b, x0, x1);
         cp[site] = std::cos(p);
         sp[site] = std::sin(p);
