@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: MIT
-// Inference kernels of the gauge-equivariant coupling layers (torch-free): the U(1) and the SU(2)/SU(3) spectral
-// layers of flows/gauge.hpp without autograd (sampling, log q of given fields) as two passes over the lattice in
+// Kernels of the gauge-equivariant coupling layers (torch-free): the U(1) and the SU(2)/SU(3) spectral layers of
+// flows/gauge.hpp without autograd (sampling, log q of given fields) as two passes over the lattice in
 // plain C++, in float64 whatever the storage type. Why: as LibTorch ops a layer is ~150 small ops over
 // [B, L0, L1] tensors, each paying dispatch and allocation; measured with perf on `latflow bench
 // configs/su3_tutorial.ini`, 62% of the time was in libtorch_cpu spread over hundreds of symbols. GaugeCoupling
 // and SpectralCoupling (gauge.cpp) run these when autograd is off and the net's KernelPolicy has fused on, the
 // net itself being the fused ConvNet evaluated at the active sites only (ConvNet::forward_at); tests/test_u1.cpp
 // and tests/test_sun.cpp check them against the LibTorch formulas (every layer, forward and inverse, float64 to
-// rounding, and float32). Each sample's result is independent of the others in the batch.
+// rounding, and float32). Each sample's result is independent of the others in the batch. In training (autograd)
+// the 2D U(1) layers run u1_context and u1_update forward and the backward passes below (u1_grad.cpp) as the
+// nodes of flows/gauge_nodes.hpp.
 //
 // SU(N) fields are LibTorch's real storage of the links, [B, 2, L0, L1, N, N, 2] (re, im) contiguous, U(1) fields
 // the angles [B, 2, L0, L1]; masks are [L0, L1] row major, non-zero where the site (or loop) is frozen. Plaquette,

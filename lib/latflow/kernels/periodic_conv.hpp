@@ -11,8 +11,9 @@
 // Files (lib/latflow/kernels, the library latflow_kernels, torch-free): simd.hpp/.cpp the vector types and the
 // instruction-set dispatch; direct.cpp the gather convolutions and their weight gradients; winograd.cpp
 // Winograd's minimal filtering; lane_math.hpp/.cpp activations, exp of float lanes and elementwise passes;
-// affine.cpp the fused affine coupling; gauge_kernels.* the 2D gauge layers' inference; policy.hpp the
-// per-model KernelPolicy (which kernels, which instruction set).
+// affine.cpp the fused affine coupling; gauge_kernels.* the 2D gauge layers' inference and u1_grad.cpp the U(1)
+// layers' backward (gauge_detail.hpp what they share); policy.hpp the per-model KernelPolicy (which kernels, which
+// instruction set).
 //
 // Layout: activations channels-last [n, V, C] (V = lattice sites in row-major order); weights in LibTorch's layout
 // [C_out, C_in, taps] with taps in the row-major order of the kernel window; the periodic neighbour of site s at tap
