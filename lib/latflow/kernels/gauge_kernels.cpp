@@ -298,8 +298,10 @@ void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, s
       const std::int64_t l = a.at(b, mu, x0, x1);
       x[l] = static_cast<T>(static_cast<double>(x[l]) + sign * centred(moved - P));
     }
-    for (std::int64_t l = b * links; l < (b + 1) * links; ++l)
-      x[l] = static_cast<T>(remainder(static_cast<double>(x[l]), kTwoPi));
+    for (std::int64_t l = b * links; l < (b + 1) * links; ++l) {
+      const double v = static_cast<double>(x[l]);
+      if (v < 0 || v >= kTwoPi) x[l] = static_cast<T>(remainder(v, kTwoPi));  // (in [0, 2 pi) it is v exactly)
+    }
     log_det[b] += ld;
   }
 }
