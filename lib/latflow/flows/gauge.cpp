@@ -379,10 +379,8 @@ bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const {
 }
 
 void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
-  if (!active_sites_.defined()) {
-    active_sites_ = sites_of(active_);
-    frozen_u8_ = bytes_of(frozen_);
-  }
+  if (!active_sites_.defined()) active_sites_ = sites_of(active_);
+  if (!frozen_u8_.defined()) frozen_u8_ = bytes_of(frozen_);
   auto ctx = torch::empty({x.size(0), n_ == 2 ? 1 : 2, x.size(2), x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_context", [&] {
     over_samples<scalar_t>(x, ctx, {}, log_det, n_, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
@@ -420,23 +418,25 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Ten
       }
     ctx = torch::stack(channels, 1);
   }
-  auto par = net_->forward(ctx).movedim(1, -1);
-  auto [R, ld] = n_ == 2 ? su2_kernel(P, par, inverse) : su3_kernel(P, par, inverse);
+  // Only the active sites are moved: the kernel and the net's last conv run there alone ([B, Va, ...]).
+  if (!active_sites_.defined()) active_sites_ = sites_of(active_);
+  if (!active_index_.defined() || active_index_.device() != x.device()) {
+    c10::InferenceMode normal_tensor(false);  // (a later training pass may hold it)
+    active_index_ = active_sites_.to(x.device(), torch::kInt64);
+  }
+  auto par = kernels_for(x, net_) ? net_->forward_at(ctx, active_sites_)
+                                  : net_->forward(ctx).flatten(2).index_select(2, active_index_).movedim(1, -1);
+  auto [R, ld] = n_ == 2 ? su2_kernel(P.flatten(1, dim_).index_select(1, active_index_), par, inverse)
+                         : su3_kernel(P.flatten(1, dim_).index_select(1, active_index_), par, inverse);
   // P' = R P with R a function of P (it commutes with P): U_mu <- R U_mu if mu comes first in the plaquette
   // (mu < nu), U_mu <- R^+ U_mu if it comes last (P' P^+ = R, P'^+ P = R^+), makes the new active plaquette P'.
-  auto step = mu_ < nu_ ? R : SUN::dagger(R);
-  auto eye = torch::eye(n_, torch::TensorOptions().dtype(P.scalar_type()).device(P.device()));
-  auto on = active_ > 0.5;
-  step = torch::where(on.unsqueeze(-1).unsqueeze(-1), step.to(P.scalar_type()), eye);
-  auto moved = torch::matmul(step, u.select(1, mu_));
+  auto step = (mu_ < nu_ ? R : SUN::dagger(R)).to(P.scalar_type());
+  auto u_mu = u.select(1, mu_);
+  auto flat = u_mu.flatten(1, dim_);  // [B, V, N, N]
+  auto moved = flat.index_copy(1, active_index_, torch::matmul(step, flat.index_select(1, active_index_)));
   std::vector<torch::Tensor> links;
-  std::vector<std::int64_t> sites;
-  for (int d = 0; d < dim_; ++d) {
-    links.push_back(d == mu_ ? moved : u.select(1, d));
-    sites.push_back(d + 1);
-  }
-  ld = torch::where(on, ld, torch::zeros_like(ld));
-  return {SUN::storage(torch::stack(links, 1)).to(x.scalar_type()), ld.sum(sites)};
+  for (int d = 0; d < dim_; ++d) links.push_back(d == mu_ ? moved.view_as(u_mu) : u.select(1, d));
+  return {SUN::storage(torch::stack(links, 1)).to(x.scalar_type()), ld.sum(-1)};
 }
 
 std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::su2_kernel(const torch::Tensor& P, const torch::Tensor& par,

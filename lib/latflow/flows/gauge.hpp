@@ -134,7 +134,8 @@ class SpectralCoupling : public CouplingLayer {
   std::pair<torch::Tensor, torch::Tensor> su3_kernel(const torch::Tensor& P, const torch::Tensor& par, bool inverse);
   int n_, mu_, nu_, dim_, bins_;
   torch::Tensor active_, frozen_;  // [L0, ..., L_{d-1}]; d > 2: frozen_ is [d(d-1)/2, L0, ...], one mask per plane
-  torch::Tensor active_sites_, frozen_u8_;  // for the inference kernels: flat indices (int32), mask (uint8)
+  torch::Tensor active_sites_, frozen_u8_;  // for the kernels: flat indices (int32, CPU), mask (uint8)
+  torch::Tensor active_index_;              // the flat indices as int64 on the device of the last input
   ConvNet net_{nullptr};
 };
 
