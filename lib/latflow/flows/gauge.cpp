@@ -110,6 +110,16 @@ torch::Tensor bytes_of(const torch::Tensor& mask) {
   c10::InferenceMode normal_tensors(false);
   return (mask > 0.5).to(torch::kCPU, torch::kUInt8).contiguous();
 }
+// The flat site indices `sites` (int32, CPU) as int64 on `device`, kept in `cache` (a normal tensor even when
+// first made while sampling, since later training passes may hold it).
+const torch::Tensor& index_on(const torch::Tensor& sites, torch::Tensor& cache, const torch::Device& device) {
+  if (!cache.defined() || cache.device() != device) {
+    c10::InferenceMode normal_tensor(false);
+    cache = sites.to(device, torch::kInt64);
+  }
+  return cache;
+}
+
 // Runs f(shape, x, ctx, par, log_det) of a gauge kernel on slices of the batch in parallel (at::parallel_for over
 // the samples: each sample's result is independent of the split, so the output is the same for any thread count).
 // x [B, ...], ctx [B, ...], par [B, ...] (undefined: null), log_det [B].
@@ -246,15 +256,21 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::apply(const torch::Tensor
         ctx.push_back(torch::cos(P) * frozen_planes_[k]);
         ctx.push_back(torch::sin(P) * frozen_planes_[k]);
       }
-    auto par = net_->forward(torch::stack(ctx, 1)).movedim(1, -1);
-    auto [moved, log_slope] = kernel(plaq, par, inverse);
+    // The kernel, the net's last conv and the update at the active sites only ([B, Va, ...]).
+    if (!active_sites_.defined()) active_sites_ = sites_of(active_);
+    const auto& idx = index_on(active_sites_, active_index_, x.device());
+    auto in = torch::stack(ctx, 1);
+    auto par = kernels_for(x, net_) ? net_->forward_at(in, active_sites_)
+                                    : net_->forward(in).flatten(2).index_select(2, idx).movedim(1, -1);
+    auto pa = plaq.flatten(1).index_select(1, idx);
+    auto [moved, log_slope] = kernel(pa, par, inverse);
     // theta_mu(x) enters the plane's plaquette P_ab(x) (a < b) with sign +1 if mu = a, -1 if mu = b.
-    auto dp = centred(moved - plaq) * active_ * (mu_ < nu_ ? 1.0 : -1.0);
-    std::vector<torch::Tensor> dlink;
-    for (int d = 0; d < dim_; ++d) dlink.push_back(d == mu_ ? dp : torch::zeros_like(dp));
-    std::vector<std::int64_t> sites;
-    for (int d = 1; d <= dim_; ++d) sites.push_back(d);
-    return {torch::remainder(x + torch::stack(dlink, 1), kTwoPi), (log_slope * active_).sum(sites)};
+    auto dp = centred(moved - pa) * (mu_ < nu_ ? 1.0 : -1.0);
+    auto x_mu = x.select(1, mu_);
+    auto shifted = x_mu.flatten(1).index_add(1, idx, dp.to(x.scalar_type())).view_as(x_mu);
+    std::vector<torch::Tensor> links;
+    for (int d = 0; d < dim_; ++d) links.push_back(d == mu_ ? shifted : x.select(1, d));
+    return {torch::remainder(torch::stack(links, 1), kTwoPi), log_slope.sum(-1)};
   }
   if (kernels_for(x, net_)) return u1_coupling_node(x, net_, kernel_geometry(), inverse);  // training
   auto plaq = U1::plaquettes(x);
@@ -345,8 +361,8 @@ SpectralCoupling::SpectralCoupling(int n, int mu, int nu, int offset, const std:
 bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ == 2 && inference_kernel_for(x, net_); }
 
 const U1LayerGeometry& GaugeCoupling::kernel_geometry() {
-  if (!active_sites_.defined()) {
-    active_sites_ = sites_of(active_);
+  if (masks_.empty()) {
+    if (!active_sites_.defined()) active_sites_ = sites_of(active_);
     masks_ = {bytes_of(frozen_), bytes_of(frozen_rect0_), bytes_of(frozen_rect1_)};
     geometry_ = U1LayerGeometry{
         active_sites_, masks_[0],  loops_ ? masks_[1] : torch::Tensor(), loops_ ? masks_[2] : torch::Tensor(), mu_,
@@ -420,20 +436,17 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Ten
   }
   // Only the active sites are moved: the kernel and the net's last conv run there alone ([B, Va, ...]).
   if (!active_sites_.defined()) active_sites_ = sites_of(active_);
-  if (!active_index_.defined() || active_index_.device() != x.device()) {
-    c10::InferenceMode normal_tensor(false);  // (a later training pass may hold it)
-    active_index_ = active_sites_.to(x.device(), torch::kInt64);
-  }
+  const auto& idx = index_on(active_sites_, active_index_, x.device());
   auto par = kernels_for(x, net_) ? net_->forward_at(ctx, active_sites_)
-                                  : net_->forward(ctx).flatten(2).index_select(2, active_index_).movedim(1, -1);
-  auto [R, ld] = n_ == 2 ? su2_kernel(P.flatten(1, dim_).index_select(1, active_index_), par, inverse)
-                         : su3_kernel(P.flatten(1, dim_).index_select(1, active_index_), par, inverse);
+                                  : net_->forward(ctx).flatten(2).index_select(2, idx).movedim(1, -1);
+  auto [R, ld] = n_ == 2 ? su2_kernel(P.flatten(1, dim_).index_select(1, idx), par, inverse)
+                         : su3_kernel(P.flatten(1, dim_).index_select(1, idx), par, inverse);
   // P' = R P with R a function of P (it commutes with P): U_mu <- R U_mu if mu comes first in the plaquette
   // (mu < nu), U_mu <- R^+ U_mu if it comes last (P' P^+ = R, P'^+ P = R^+), makes the new active plaquette P'.
   auto step = (mu_ < nu_ ? R : SUN::dagger(R)).to(P.scalar_type());
   auto u_mu = u.select(1, mu_);
   auto flat = u_mu.flatten(1, dim_);  // [B, V, N, N]
-  auto moved = flat.index_copy(1, active_index_, torch::matmul(step, flat.index_select(1, active_index_)));
+  auto moved = flat.index_copy(1, idx, torch::matmul(step, flat.index_select(1, idx)));
   std::vector<torch::Tensor> links;
   for (int d = 0; d < dim_; ++d) links.push_back(d == mu_ ? moved.view_as(u_mu) : u.select(1, d));
   return {SUN::storage(torch::stack(links, 1)).to(x.scalar_type()), ld.sum(-1)};

@@ -58,7 +58,8 @@ class GaugeCoupling : public CouplingLayer {
   bool loops_;
   torch::Tensor active_, frozen_, frozen_rect0_, frozen_rect1_;  // [L0, ..., L_{d-1}]; 2D: frozen, rect0, rect1
   torch::Tensor frozen_planes_;  // d > 2: [d(d-1)/2, L0, ..., L_{d-1}], one frozen mask per plane (a < b)
-  torch::Tensor active_sites_;   // for the inference kernels: flat indices (int32) and uint8 frozen, rect0, rect1
+  torch::Tensor active_sites_;   // for the kernels: flat indices (int32) and uint8 frozen, rect0, rect1
+  torch::Tensor active_index_;   // the flat indices as int64 on the device of the last input (d > 2)
   std::vector<torch::Tensor> masks_;
   U1LayerGeometry geometry_;
   ConvNet net_{nullptr};
