@@ -7,15 +7,8 @@
 
 #include "latflow/core/error.hpp"
 #include "latflow/flows/gauge_nodes.hpp"
-#include "latflow/kernels/gauge_kernels.hpp"
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/u1.hpp"
-
-// at::parallel_for is inline: compiled without OpenMP it runs the kernels' chunks serially whatever run.threads
-// says (lib/CMakeLists.txt links OpenMP).
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#error "latflow's kernels must be compiled with OpenMP (at::parallel_for would be serial)"
-#endif
 
 namespace latflow {
 namespace {
@@ -101,15 +94,6 @@ bool kernels_for(const torch::Tensor& x, const ConvNet& net) {
 bool inference_kernel_for(const torch::Tensor& x, const ConvNet& net) {
   return !torch::GradMode::is_enabled() && kernels_for(x, net);
 }
-// Normal tensors even when first made while sampling, since later training passes may hold them.
-torch::Tensor sites_of(const torch::Tensor& mask) {
-  c10::InferenceMode normal_tensors(false);
-  return mask.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
-}
-torch::Tensor bytes_of(const torch::Tensor& mask) {
-  c10::InferenceMode normal_tensors(false);
-  return (mask > 0.5).to(torch::kCPU, torch::kUInt8).contiguous();
-}
 // The flat site indices `sites` (int32, CPU) as int64 on `device`, kept in `cache` (a normal tensor even when
 // first made while sampling, since later training passes may hold it).
 const torch::Tensor& index_on(const torch::Tensor& sites, torch::Tensor& cache, const torch::Device& device) {
@@ -118,25 +102,6 @@ const torch::Tensor& index_on(const torch::Tensor& sites, torch::Tensor& cache, 
     cache = sites.to(device, torch::kInt64);
   }
   return cache;
-}
-
-// Runs f(shape, x, ctx, par, log_det) of a gauge kernel on slices of the batch in parallel (at::parallel_for over
-// the samples: each sample's result is independent of the split, so the output is the same for any thread count).
-// x [B, ...], ctx [B, ...], par [B, ...] (undefined: null), log_det [B].
-template <class T, class F>
-void over_samples(torch::Tensor& x, torch::Tensor& ctx, const torch::Tensor& par, torch::Tensor& log_det, int n,
-                  F&& f) {
-  const auto B = x.size(0);
-  if (B == 0) return;
-  const auto per_x = x.numel() / B, per_c = ctx.numel() / B, per_p = par.defined() ? par.numel() / B : 0;
-  T* xp = x.data_ptr<T>();
-  T* cp = ctx.data_ptr<T>();
-  const T* pp = par.defined() ? par.data_ptr<T>() : nullptr;
-  double* lp = log_det.data_ptr<double>();
-  at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-    const gauge_kernels::Shape s{b1 - b0, x.size(2), x.size(3), n};
-    f(s, xp + b0 * per_x, cp + b0 * per_c, pp ? pp + b0 * per_p : pp, lp + b0);
-  });
 }
 
 // (y, log|det|) of a layer through its in-place kernel, on a copy of x.
@@ -257,7 +222,7 @@ std::pair<torch::Tensor, torch::Tensor> GaugeCoupling::apply(const torch::Tensor
         ctx.push_back(torch::sin(P) * frozen_planes_[k]);
       }
     // The kernel, the net's last conv and the update at the active sites only ([B, Va, ...]).
-    if (!active_sites_.defined()) active_sites_ = sites_of(active_);
+    if (!active_sites_.defined()) active_sites_ = site_indices(active_);
     const auto& idx = index_on(active_sites_, active_index_, x.device());
     auto in = torch::stack(ctx, 1);
     auto par = kernels_for(x, net_) ? net_->forward_at(in, active_sites_)
@@ -362,8 +327,8 @@ bool GaugeCoupling::runs_in_place(const torch::Tensor& x) const { return dim_ ==
 
 const U1LayerGeometry& GaugeCoupling::kernel_geometry() {
   if (masks_.empty()) {
-    if (!active_sites_.defined()) active_sites_ = sites_of(active_);
-    masks_ = {bytes_of(frozen_), bytes_of(frozen_rect0_), bytes_of(frozen_rect1_)};
+    if (!active_sites_.defined()) active_sites_ = site_indices(active_);
+    masks_ = {mask_bytes(frozen_), mask_bytes(frozen_rect0_), mask_bytes(frozen_rect1_)};
     geometry_ = U1LayerGeometry{
         active_sites_, masks_[0],  loops_ ? masks_[1] : torch::Tensor(), loops_ ? masks_[2] : torch::Tensor(), mu_,
         spline_,       components_};
@@ -371,45 +336,8 @@ const U1LayerGeometry& GaugeCoupling::kernel_geometry() {
   return geometry_;
 }
 
-void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
-  kernel_geometry();
-  auto ctx = torch::empty({x.size(0), loops_ ? 6 : 2, x.size(2), x.size(3)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_context", [&] {
-    over_samples<scalar_t>(x, ctx, {}, log_det, 1, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
-      gauge_kernels::u1_context<scalar_t>(xs, s, masks_[0].data_ptr<std::uint8_t>(),
-                                          loops_ ? masks_[1].data_ptr<std::uint8_t>() : nullptr,
-                                          loops_ ? masks_[2].data_ptr<std::uint8_t>() : nullptr, cs);
-    });
-  });
-  auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_update", [&] {
-    over_samples<scalar_t>(x, ctx, par, log_det, 1, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
-      gauge_kernels::u1_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_,
-                                         spline_, components_, inverse, ld);
-    });
-  });
-}
-
 bool SpectralCoupling::runs_in_place(const torch::Tensor& x) const {
   return dim_ == 2 && inference_kernel_for(x, net_);
-}
-
-void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
-  if (!active_sites_.defined()) active_sites_ = sites_of(active_);
-  if (!frozen_u8_.defined()) frozen_u8_ = bytes_of(frozen_);
-  auto ctx = torch::empty({x.size(0), n_ == 2 ? 1 : 2, x.size(2), x.size(3)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_context", [&] {
-    over_samples<scalar_t>(x, ctx, {}, log_det, n_, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
-      gauge_kernels::spectral_context<scalar_t>(xs, s, frozen_u8_.data_ptr<std::uint8_t>(), cs);
-    });
-  });
-  auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_update", [&] {
-    over_samples<scalar_t>(x, ctx, par, log_det, n_, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
-      gauge_kernels::spectral_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(),
-                                               mu_, bins_, inverse, ld);
-    });
-  });
 }
 
 std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Tensor& x, bool inverse) {
@@ -435,7 +363,7 @@ std::pair<torch::Tensor, torch::Tensor> SpectralCoupling::apply(const torch::Ten
     ctx = torch::stack(channels, 1);
   }
   // Only the active sites are moved: the kernel and the net's last conv run there alone ([B, Va, ...]).
-  if (!active_sites_.defined()) active_sites_ = sites_of(active_);
+  if (!active_sites_.defined()) active_sites_ = site_indices(active_);
   const auto& idx = index_on(active_sites_, active_index_, x.device());
   auto par = kernels_for(x, net_) ? net_->forward_at(ctx, active_sites_)
                                   : net_->forward(ctx).flatten(2).index_select(2, idx).movedim(1, -1);

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "latflow/flows/gauge_nodes.hpp"
 
+#include "latflow/flows/gauge.hpp"
+
 #include "latflow/kernels/gauge_kernels.hpp"
 
 // at::parallel_for is inline: compiled without OpenMP it runs the kernels' chunks serially whatever run.threads
@@ -132,6 +134,25 @@ class U1Update : public torch::autograd::Function<U1Update> {
   }
 };
 
+// Runs f(shape, x, ctx, par, log_det) of a gauge kernel on slices of the batch in parallel (at::parallel_for over
+// the samples: each sample's result is independent of the split, so the output is the same for any thread count).
+// x [B, ...], ctx [B, ...], par [B, ...] (undefined: null), log_det [B].
+template <class T, class F>
+void over_samples(torch::Tensor& x, torch::Tensor& ctx, const torch::Tensor& par, torch::Tensor& log_det, int n,
+                  F&& f) {
+  const auto B = x.size(0);
+  if (B == 0) return;
+  const auto per_x = x.numel() / B, per_c = ctx.numel() / B, per_p = par.defined() ? par.numel() / B : 0;
+  T* xp = x.data_ptr<T>();
+  T* cp = ctx.data_ptr<T>();
+  const T* pp = par.defined() ? par.data_ptr<T>() : nullptr;
+  double* lp = log_det.data_ptr<double>();
+  at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+    const gauge_kernels::Shape s{b1 - b0, x.size(2), x.size(3), n};
+    f(s, xp + b0 * per_x, cp + b0 * per_c, pp ? pp + b0 * per_p : pp, lp + b0);
+  });
+}
+
 }  // namespace
 
 std::pair<torch::Tensor, torch::Tensor> u1_coupling_node(const torch::Tensor& x, ConvNet& net,
@@ -141,6 +162,53 @@ std::pair<torch::Tensor, torch::Tensor> u1_coupling_node(const torch::Tensor& x,
   auto par = net->forward_at(ctx, geometry.active);  // [B, Va, channels], one node
   auto out = U1Update::apply(xc, par, geometry, inverse);
   return {out[0], out[1]};
+}
+
+torch::Tensor site_indices(const torch::Tensor& mask) {
+  c10::InferenceMode normal_tensors(false);
+  return mask.flatten().nonzero().flatten().to(torch::kCPU, torch::kInt32).contiguous();
+}
+
+torch::Tensor mask_bytes(const torch::Tensor& mask) {
+  c10::InferenceMode normal_tensors(false);
+  return (mask > 0.5).to(torch::kCPU, torch::kUInt8).contiguous();
+}
+
+void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
+  kernel_geometry();
+  auto ctx = torch::empty({x.size(0), loops_ ? 6 : 2, x.size(2), x.size(3)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_context", [&] {
+    over_samples<scalar_t>(x, ctx, {}, log_det, 1, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
+      gauge_kernels::u1_context<scalar_t>(xs, s, masks_[0].data_ptr<std::uint8_t>(),
+                                          loops_ ? masks_[1].data_ptr<std::uint8_t>() : nullptr,
+                                          loops_ ? masks_[2].data_ptr<std::uint8_t>() : nullptr, cs);
+    });
+  });
+  auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_update", [&] {
+    over_samples<scalar_t>(x, ctx, par, log_det, 1, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
+      gauge_kernels::u1_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_,
+                                         spline_, components_, inverse, ld);
+    });
+  });
+}
+
+void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
+  if (!active_sites_.defined()) active_sites_ = site_indices(active_);
+  if (!frozen_u8_.defined()) frozen_u8_ = mask_bytes(frozen_);
+  auto ctx = torch::empty({x.size(0), n_ == 2 ? 1 : 2, x.size(2), x.size(3)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_context", [&] {
+    over_samples<scalar_t>(x, ctx, {}, log_det, n_, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
+      gauge_kernels::spectral_context<scalar_t>(xs, s, frozen_u8_.data_ptr<std::uint8_t>(), cs);
+    });
+  });
+  auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_update", [&] {
+    over_samples<scalar_t>(x, ctx, par, log_det, n_, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
+      gauge_kernels::spectral_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(),
+                                               mu_, bins_, inverse, ld);
+    });
+  });
 }
 
 }  // namespace latflow

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Internal to lib/latflow/flows (gauge.cpp, gauge_nodes.cpp): a 2D U(1) coupling layer (GaugeCoupling) in training
-// on the CPU with the fused nets, as three autograd nodes over torch-free kernels instead of ~150 LibTorch ops:
+// Internal to lib/latflow/flows (gauge.cpp, gauge_nodes.cpp): the gauge layers' torch-free kernels
+// (kernels/gauge_kernels.hpp) called from LibTorch. gauge_nodes.cpp also defines the layers' in-place inference
+// (GaugeCoupling::apply_in_place, SpectralCoupling::apply_in_place). In training a 2D U(1) coupling layer
+// (GaugeCoupling) on the CPU with the fused nets is three autograd nodes instead of ~150 LibTorch ops:
 // the context (cos, sin of the frozen plaquettes and loops; kernels/gauge_kernels.hpp u1_context and its
 // backward), the net at the active sites only (ConvNetImpl::forward_at: the last conv and its backward nowhere
 // else), and the update with its log-det (u1_update, u1_update_backward). Same function as gauge.cpp's LibTorch
@@ -21,6 +23,11 @@ struct U1LayerGeometry {
   bool spline;
   int components;
 };
+
+// The flat indices (int32, CPU) of the sites where mask > 0.5, and the mask as uint8; normal tensors even when first
+// made while sampling, since later training passes may hold them.
+torch::Tensor site_indices(const torch::Tensor& mask);
+torch::Tensor mask_bytes(const torch::Tensor& mask);
 
 // (y, log|det|) of the layer for x [B, 2, L0, L1] (CPU, float32/float64, contiguous); log|det| float64 [B].
 std::pair<torch::Tensor, torch::Tensor> u1_coupling_node(const torch::Tensor& x, ConvNet& net,
