@@ -29,11 +29,16 @@ inline double centred(double a) { return remainder(a + M_PI, kTwoPi) - M_PI; }  
 // computed only at the two knots of the bin that is used.
 struct Spline {
   int K;
-  std::vector<double> xk, yk, e;
+  std::vector<double> xk, yk;
   std::vector<double> wsoft, hsoft;  // the softmax of the width and of the height outputs
   std::vector<double> slopes_raw;
-  explicit Spline(int bins)
-      : K(bins), xk(bins + 1), yk(bins + 1), e(bins), wsoft(bins), hsoft(bins), slopes_raw(bins + 1) {}
+  explicit Spline(int bins) : K(bins), xk(bins + 1), yk(bins + 1), wsoft(bins), hsoft(bins), slopes_raw(bins + 1) {}
+
+  // The slope of knot i is kMinDeriv + softplus(raw + slope_shift()): a zero output gives slope 1.
+  static double slope_shift() {
+    static const double shift = std::log(std::expm1(1.0 - kMinDeriv));
+    return shift;
+  }
 
   bool periodic = false;  // K slopes, the last knot's equal to the first's (gauge.cpp's circular spline)
 
@@ -44,12 +49,12 @@ struct Spline {
       double m = r(off);
       for (int i = 1; i < K; ++i) m = std::max(m, r(off + i));
       double sum = 0;
-      for (int i = 0; i < K; ++i) sum += e[i] = std::exp(r(off + i) - m);
-      for (int i = 0; i < K; ++i) soft[i] = e[i] / sum;
+      for (int i = 0; i < K; ++i) sum += soft[i] = std::exp(r(off + i) - m);
+      for (int i = 0; i < K; ++i) soft[i] /= sum;
       double c = 0;
       k[0] = lo;
       for (int i = 0; i < K - 1; ++i) {
-        c += kMinBin + (1 - K * kMinBin) * (e[i] / sum);
+        c += kMinBin + (1 - K * kMinBin) * soft[i];
         k[i + 1] = c * (hi - lo) + lo;
       }
       k[K] = hi;
@@ -60,8 +65,7 @@ struct Spline {
   }
 
   double slope(int i) const {
-    static const double shift = std::log(std::expm1(1.0 - kMinDeriv));
-    const double z = slopes_raw[periodic && i == K ? 0 : i] + shift;
+    const double z = slopes_raw[periodic && i == K ? 0 : i] + slope_shift();
     return kMinDeriv + (z > 20 ? z : std::log1p(std::exp(z)));  // LibTorch's softplus threshold
   }
 

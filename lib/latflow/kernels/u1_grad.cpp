@@ -95,7 +95,7 @@ class SplineGrad {
     softmax_chain(0, local(1), local(2), sp_->wsoft, g);
     softmax_chain(K_, local(3), local(4), sp_->hsoft, g);
     // Knot slopes d_i = kMinDeriv + softplus(r(2K + i) + shift), the last knot's being the first's.
-    static const double shift = std::log(std::expm1(1.0 - kMinDeriv));
+    const double shift = Spline::slope_shift();
     for (int e = 0; e < 2; ++e) {
       const int knot = bin_ + e, c = 2 * K_ + (knot == K_ ? 0 : knot);
       const double z = r(c) + shift;
@@ -110,17 +110,16 @@ class SplineGrad {
     g_knot_[static_cast<std::size_t>(bin_)] += g0;
     g_knot_[static_cast<std::size_t>(bin_ + 1)] += g1;
     // d knot_i / d wd_j = 2 pi for j < i < K; the cotangent of wd_j is 2 pi sum_{j < i < K} g_knot_i.
-    std::vector<double>& gwd = gwd_;
     double tail = 0;
     for (int j = K_ - 1; j >= 0; --j) {
       if (j + 1 < K_) tail += g_knot_[static_cast<std::size_t>(j + 1)];
-      gwd[static_cast<std::size_t>(j)] = kTwoPi * tail;
+      gwd_[static_cast<std::size_t>(j)] = kTwoPi * tail;
     }
     double dot = 0;
-    for (int j = 0; j < K_; ++j) dot += soft[static_cast<std::size_t>(j)] * gwd[static_cast<std::size_t>(j)];
+    for (int j = 0; j < K_; ++j) dot += soft[static_cast<std::size_t>(j)] * gwd_[static_cast<std::size_t>(j)];
     const double scale = 1 - K_ * kMinBin;
     for (int j = 0; j < K_; ++j)
-      g[off + j] += scale * soft[static_cast<std::size_t>(j)] * (gwd[static_cast<std::size_t>(j)] - dot);
+      g[off + j] += scale * soft[static_cast<std::size_t>(j)] * (gwd_[static_cast<std::size_t>(j)] - dot);
   }
 
   int K_, bin_ = 0;
