@@ -9,7 +9,10 @@
 # Usage: analysis/ne_scan.sh NAME CONFIG PARAMETER START "N1 N2 ..." [latflow overrides...]
 #   e.g. analysis/ne_scan.sh u1_L16_b6 configs/u1_exact.ini u1.beta 0 "300 1000 3000" --flow.prior haar --u1.beta 6
 # Environment: PROPOSALS (default 1000), HMC_FILE (an existing HMC ensemble; default: run one, 16 chains x
-# HMC_TRAJ (default 10000) after 1000), LATFLOW (the binary). Existing outputs are reused (delete to remeasure).
+# HMC_TRAJ (default 10000) after 1000), LATFLOW (the binary), BLOCKS (a stochastic normalizing flow: M flow blocks,
+# or `n` for one before every update, trained for each n by `latflow train --ne.steps n --ne.blocks M` from the start
+# flow's weights (train.init_from) with the extra arguments SNF_TRAIN, e.g. "--train.steps 300 --train.lr 0.001";
+# default 0 = the plain protocol from the start flow). Existing outputs are reused (delete to remeasure).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ $# -ge 5 ] || { sed -n 3,15p "$0"; exit 2; }
@@ -21,8 +24,11 @@ out=runs/ne
 mkdir -p "$out"
 ne=(--ne.parameter "$param" --ne.start "$start" --sample.proposals "${PROPOSALS:-1000}")
 ckpt=$out/$name.ckpt
+blocks=${BLOCKS:-0}
+read -r -a snf_train <<<"${SNF_TRAIN:-}"
 "$bin" train "$cfg" "${extra[@]}" "${ne[@]}" --ne.steps 1 --run.checkpoint "$ckpt" --output "$out/$name.unused.h5" \
   >"$out/$name.train.log" 2>&1 || { cat "$out/$name.train.log"; exit 1; }
+start_ckpt=$ckpt
 hmc=${HMC_FILE:-$out/${name}_hmc.h5}
 if [ ! -f "$hmc" ]; then
   "$bin" hmc "$cfg" "${extra[@]}" --hmc.thermalization 1000 --hmc.trajectories "${HMC_TRAJ:-10000}" --output "$hmc" \
@@ -30,8 +36,18 @@ if [ ! -f "$hmc" ]; then
 fi
 for n in $steps; do
   f=$out/${name}_n$n
+  if [ "$blocks" != 0 ]; then
+    ckpt=$f.ckpt
+    ne_n=("${ne[@]}" --ne.steps "$n" --ne.blocks "$([ "$blocks" = n ] && echo "$n" || echo "$blocks")")
+    [ -f "$start_ckpt" ] && init=(--train.init_from "$start_ckpt") || init=()
+    ne_n+=("${snf_train[@]}")
+    "$bin" train "$cfg" "${extra[@]}" "${ne_n[@]}" "${init[@]}" --run.checkpoint "$ckpt" --output "$f.unused.h5" \
+      >"$f.train.log" 2>&1 || { cat "$f.train.log"; exit 1; }
+  else
+    ne_n=("${ne[@]}" --ne.steps "$n")
+  fi
   if [ ! -f "$f.h5" ]; then
-    "$bin" sample "$cfg" "${extra[@]}" "${ne[@]}" --ne.steps "$n" --run.checkpoint "$ckpt" --output "$f.h5" >"$f.log" 2>&1
+    "$bin" sample "$cfg" "${extra[@]}" "${ne_n[@]}" --run.checkpoint "$ckpt" --output "$f.h5" >"$f.log" 2>&1
   fi
   "$bin" analyze "$f.h5" --json "$f.json" >"$f.txt"
   "$bin" compare "$f.h5" "$hmc" --json "${f}_vs_hmc.json" >"${f}_compare.txt"

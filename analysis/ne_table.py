@@ -21,18 +21,20 @@ def main():
     print(f"# {name}: non-equilibrium proposals against the number of steps\n")
     rep0 = rows[0][1]
     print(f"{rep0['theory']} on {'x'.join(map(str, rep0['extents']))}; protocol {rep0['ne']['parameter']} from "
-          f"{rep0['ne']['start']}, one HMC trajectory (n_md {rep0['ne']['n_md']}) per step; "
-          f"{rep0['proposals']} proposals per row; training {rep0['train_seconds']:.0f} s counted.\n")
-    print("| n | acceptance | Kish ESS/N | W spread | sampling [s] | F (exact) | "
+          f"{rep0['ne']['start']}, one HMC trajectory (n_md {rep0['ne']['n_md']}) per step"
+          + (f", {rep0['ne']['blocks']} flow blocks of {rep0['ne']['block_layers']} layers" if "blocks" in rep0["ne"]
+             else "")
+          + f"; {rep0['proposals']} proposals per row; the training is counted.\n")
+    print("| n | acceptance | Kish ESS/N | W spread | training [s] | sampling [s] | F (exact) | "
           + " | ".join(f"{o}: tau_int, s/eff, HMC/NE, dev [sigma]" for o in observables) + " |")
-    print("|" + "---|" * (6 + len(observables)))
+    print("|" + "---|" * (7 + len(observables)))
     for n, rep, cmp in rows:
         fe = rep["free_energy"]
         F = f"{fe['value']:.3f}({fe['error']:.3f})"
         if "exact" in fe:
             F += f" ({fe['exact']:.3f})"
         cells = [n, f"{rep['acceptance']:.3f}", f"{rep['ess_fraction']:.3f}", f"{rep['ne']['work_std']:.3g}",
-                 f"{rep['sampling_seconds']:.0f}", F]
+                 f"{rep['train_seconds']:.0f}", f"{rep['sampling_seconds']:.0f}", F]
         for o in observables:
             c = cmp["observables"][o]
             f = c["flow"]

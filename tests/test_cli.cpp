@@ -711,6 +711,24 @@ Result run_mpi_failing(int ranks, const std::string& args, const char* trajector
 }
 
 // A small point for the MPI tests: 11 blocks of 64 proposals (the last one short), commits after every round.
+// An ensemble whose weights must be exact: its free energy (mean of w) and the NIS estimates of `rows` within 3
+// sigma of the exact values. Returns its analysis.
+analysis::Report expect_exact_weights(const std::string& file, const std::vector<const char*>& rows) {
+  const auto rep = analysis::analyze_ensemble(file);
+  CAPTURE(rep.ess_fraction, rep.free_energy, rep.free_energy_error, rep.free_energy_exact);
+  REQUIRE(rep.nis_reliable());  // >= 100 effective samples, or the errors below mean nothing
+  REQUIRE(rep.has_free_energy_exact);
+  CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 3 * rep.free_energy_error);
+  for (const char* name : rows) {
+    const auto* row = rep.row(name);
+    REQUIRE(row);
+    CAPTURE(name, row->nis, row->nis_error, row->ref);
+    CHECK(row->ref_kind == "exact");
+    CHECK(std::abs(row->nis - row->ref) < 3 * row->nis_error);
+  }
+  return rep;
+}
+
 const char* kMpiConfig =
     "[lattice]\nextents = 4 4\n[phi4]\nm2 = -1\nlam = 1\n[flow]\nlayers = 2\nhidden = 4\n"
     "[train]\nsteps = 30\nbatch = 12\nlog_every = 5\n[sample]\nproposals = 700\nblock = 64\n"
@@ -1000,6 +1018,14 @@ TEST_CASE(
     for (std::size_t i = 0; i < W.size(); ++i) CHECK(W[i] > 0);
   }
   expect_rank_invariant(dir, "sample " + cfg + ne, "n", dir / "n1.h5");
+  // A stochastic normalizing flow (three flow blocks, trained on two ranks): its proposals do not depend on the ranks
+  // either.
+  const std::string snf = ne + " --ne.blocks 3 --train.steps 6 --run.checkpoint " + dir / "snf.ckpt";
+  auto ts = run_mpi(2, "train " + cfg + snf + " --output " + dir / "unused.h5");
+  INFO(ts.out);
+  REQUIRE(ts.code == 0);
+  REQUIRE(run("sample " + cfg + snf + " --output " + dir / "snf1.h5").code == 0);
+  expect_rank_invariant(dir, "sample " + cfg + snf, "snf", dir / "snf1.h5");
   const std::string out = dir / "killed.h5";
   setenv("LATFLOW_FAULT_BLOCK", "3", 1);
   auto failed = run_mpi(2, "sample " + cfg + ne + " --output " + out);
@@ -1132,19 +1158,8 @@ TEST_CASE(
                    " --sample.proposals 4000 --sample.block 500 --run.seed 3 --output " + out);
       INFO(r.out);
       REQUIRE(r.code == 0);
-      const auto rep = analysis::analyze_ensemble(out);
-      CAPTURE(p.name, n, rep.ess_fraction, rep.free_energy, rep.free_energy_error, rep.free_energy_exact);
-      CHECK(rep.ne_steps == n);
-      REQUIRE(rep.nis_reliable());  // >= 100 effective samples, or the errors below mean nothing
-      REQUIRE(rep.has_free_energy_exact);
-      CHECK(std::abs(rep.free_energy - rep.free_energy_exact) < 3 * rep.free_energy_error);
-      for (const char* name : p.rows) {
-        const auto* row = rep.row(name);
-        REQUIRE(row);
-        CAPTURE(name, row->nis, row->nis_error, row->ref);
-        CHECK(row->ref_kind == "exact");
-        CHECK(std::abs(row->nis - row->ref) < 3 * row->nis_error);
-      }
+      CAPTURE(p.name, n);
+      CHECK(expect_exact_weights(out, p.rows).ne_steps == n);
     }
   // Bad protocols: one line naming the key.
   expect_error("sample " + u1 + " --ne.steps 2 --ne.parameter phi4.m2 --output " + dir / "x.h5", 2,
@@ -1152,6 +1167,88 @@ TEST_CASE(
   expect_error("sample " + ff + " --ne.steps 2 --ne.parameter phi4.lam --ne.start -1 --output " + dir / "x.h5", 2,
                "ne.start = -1");
   expect_error("sample " + ff + " --ne.steps -1 --output " + dir / "x.h5", 2, "ne.steps = -1");
+}
+
+TEST_CASE(
+    "stochastic normalizing flows: trained flow blocks keep F (Jarzynski) and the observables exact within 3 "
+    "sigma (free field, U(1)); fresh blocks give the plain protocol's weights bitwise",
+    "[cli][ne]") {
+  TempDir dir;
+  const std::string ff = dir / "ff.ini";
+  write_file(ff, free_field_config(dir / "unused.h5"));
+  const std::string u1 = std::string(LATFLOW_SOURCE_DIR) + "/configs/u1_exact.ini";
+  // Free field 8x8 from the learned Gaussian prior at m2 = 1.5 (trained alone first, then with the blocks from its
+  // weights: train.init_from) to m2 = 1; U(1) 8x8 from the independent-plaquette prior at beta = 1.5 to beta = 2.
+  // Four steps, two flow blocks (before the updates of steps 2 and 4), trained briefly: whatever the blocks
+  // learned, the weights must keep the estimates exact.
+  const std::string ff_start = ff + " --flow.layers 0 --flow.prior fourier --ne.parameter phi4.m2 --ne.start 1.5";
+  auto t0 = run("train " + ff_start + " --ne.steps 1 --train.steps 500 --train.lr 0.05 --run.checkpoint " +
+                dir / "ff_start.ckpt" + " --output " + dir / "unused.h5");
+  INFO(t0.out);
+  REQUIRE(t0.code == 0);
+  struct Point {
+    std::string name, args;
+    std::vector<const char*> rows;
+    std::string start_ckpt;  // the plain protocol's start flow
+  };
+  const std::vector<Point> points{
+      {"ff",
+       ff_start + " --train.init_from " + dir / "ff_start.ckpt" + " --train.lr 0.003",
+       {"chi2", "phi2"},
+       dir / "ff_start.ckpt"},
+      {"u1",
+       u1 + " --flow.prior plaquette --flow.layers 0 --lattice.extents \"8 8\" --u1.beta 2 --ne.parameter u1.beta "
+            "--ne.start 1.5 --flow.hidden 8 --train.lr 0.003",
+       {"plaq", "Q2"},
+       dir / "none.ckpt"}};
+  for (const auto& p : points) {
+    const std::string snf = p.args + " --ne.steps 4 --ne.blocks 2 --run.checkpoint " + dir / (p.name + ".ckpt");
+    auto t = run("train " + snf + " --train.steps 40 --train.batch 64 --train.eval_every 0 --train.log_every 10 " +
+                 "--output " + dir / "unused.h5");
+    INFO(t.out);
+    REQUIRE(t.code == 0);
+    CHECK(t.out.find("through 4 non-equilibrium steps with 2 flow blocks") != std::string::npos);
+    const std::string out = dir / (p.name + "_snf.h5");
+    auto r = run("sample " + snf + " --sample.proposals 4000 --sample.block 500 --run.seed 3 --output " + out);
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK(io::File::open_read(out).read_attr_int("/ne", "blocks") == 2);
+    CAPTURE(p.name);
+    expect_exact_weights(out, p.rows);
+    // The blocks were trained (they are the identity when fresh): the weights differ from the plain protocol's.
+    const std::string plain = dir / (p.name + "_plain.h5");
+    auto r0 = run("sample " + p.args + " --ne.steps 4 --sample.proposals 500 --sample.block 500 --run.seed 3 " +
+                  "--run.checkpoint " + p.start_ckpt + " --output " + plain);
+    INFO(r0.out);
+    REQUIRE(r0.code == 0);
+    auto lw = io::File::open_read(out).read_f64("/proposals/log_w");
+    lw.resize(500);  // the same starts and update streams (block 0)
+    CHECK(io::File::open_read(plain).read_f64("/proposals/log_w") != lw);
+  }
+  // Fresh blocks (zero last layers) are the identity with log|det| = 0: bitwise the plain protocol's proposals.
+  const std::string fresh = ff +
+                            " --flow.layers 0 --flow.prior normal --ne.parameter phi4.m2 --ne.start 1.5 --ne.steps 3 "
+                            "--sample.proposals 300 --run.seed 4";
+  REQUIRE(run("train " + fresh + " --ne.blocks 3 --train.steps 0 --run.checkpoint " + dir / "fresh.ckpt" +
+              " --output " + dir / "unused.h5")
+              .code == 0);
+  REQUIRE(
+      run("sample " + fresh + " --ne.blocks 3 --run.checkpoint " + dir / "fresh.ckpt" + " --output " + dir / "fresh.h5")
+          .code == 0);
+  REQUIRE(run("sample " + fresh + " --output " + dir / "plain.h5").code == 0);
+  auto a = io::File::open_read(dir / "fresh.h5"), b = io::File::open_read(dir / "plain.h5");
+  for (const char* d : {"/proposals/log_w", "/proposals/work", "/proposals/log_q", "/proposals/action"}) {
+    CAPTURE(d);
+    CHECK(a.read_f64(d) == b.read_f64(d));
+  }
+  // A checkpoint of other blocks is refused, naming the key; so are impossible protocols.
+  expect_error(
+      "sample " + fresh + " --ne.blocks 2 --run.checkpoint " + dir / "fresh.ckpt" + " --output " + dir / "x.h5", 2,
+      "ne.blocks");
+  expect_error("train " + fresh + " --ne.blocks 4 --output " + dir / "x.h5", 2, "ne.blocks = 4");
+  expect_error("train " + ff + " --ne.blocks 1 --output " + dir / "x.h5", 2, "ne.blocks = 1");
+  expect_error("train " + fresh + " --ne.blocks 1 --train.gradient path --output " + dir / "x.h5", 2,
+               "train.gradient = path");
 }
 
 TEST_CASE("data-parallel training on 2 and 3 ranks reproduces the 1-rank run up to summation order", "[cli][mpi]") {

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // HMC: reversibility of both integrators to float64 rounding, their O(dt^2) energy violation, <exp(-dH)> = 1,
 // independence of a chain from how the chains are split, and physics (free field exact, tutorial reference of
-// docs/physics.md) with the Gamma method over the chains as replicas. Fixed seeds.
+// docs/physics.md) with the Gamma method over the chains as replicas; the gradient of a non-equilibrium path's work
+// through flow blocks. Fixed seeds.
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
@@ -10,7 +11,9 @@
 #include <functional>
 
 #include "latflow/analysis/gamma.hpp"
+#include "latflow/flows/flow.hpp"
 #include "latflow/samplers/hmc.hpp"
+#include "latflow/samplers/imh.hpp"
 #include "latflow/theories/phi4.hpp"
 #include "latflow/theories/sun.hpp"
 #include "latflow/theories/sun_exact.hpp"
@@ -384,4 +387,119 @@ TEST_CASE("4D HMC is reversible; heat-bath chains do not depend on how the chain
     high.trajectory(t);
   }
   CHECK(torch::equal(all.field(), torch::cat({low.field(), high.field()})));
+}
+
+TEST_CASE(
+    "stochastic normalizing flows: the work's gradient in the last flow block's weights equals central differences "
+    "(phi4, U(1)); earlier blocks and the start receive gradients",
+    "[hmc][ne]") {
+  for (const char* theory : {"phi4", "u1"}) {
+    Config cfg;
+    cfg.theory = choice<TheoryId>(theory);
+    cfg.lattice.extents = {4, 4};
+    cfg.flow.layers = 0;
+    cfg.flow.hidden = {4};
+    cfg.flow.dtype = NetDtype::float64;
+    cfg.ne.steps = 3;
+    cfg.ne.blocks = 3;  // one before every update: the last one acts before the final update
+    cfg.hmc.n_md = 4;
+    if (cfg.theory == TheoryId::phi4) {
+      cfg.phi4.m2 = -1;
+      cfg.phi4.lam = 1;
+      cfg.ne.parameter = NeParameter::phi4_m2;
+      cfg.ne.start = 0.5;
+    } else {
+      cfg.u1.beta = 1;
+      cfg.ne.parameter = NeParameter::u1_beta;
+      cfg.ne.start = 0.3;
+    }
+    cfg.validate();
+    torch::manual_seed(2);
+    FlowModel model = make_flow(cfg);
+    REQUIRE(model->num_blocks() == 3);
+    CHECK(model->block_step(2) == 3);
+    {
+      torch::NoGradGuard g;  // fresh blocks are the identity: random weights make them real maps
+      for (auto& p : model->parameters()) p.normal_(0, 0.2);
+    }
+    NeProtocol protocol(cfg);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+    const auto x0 = (cfg.theory == TheoryId::phi4 ? torch::randn({5, 4, 4}, gen, kF64)
+                                                  : 6.283 * torch::rand({5, 2, 4, 4}, gen, kF64))
+                        .requires_grad_(true);
+    // The same update noise every time (seed 11): only the weights move.
+    auto work = [&] {
+      auto x = x0.clone();
+      return anneal(*model, protocol, cfg.hmc, 11, 0, x).sum();
+    };
+    model->zero_grad();
+    auto W = work();
+    W.backward();
+    REQUIRE(x0.grad().defined());
+    CHECK(x0.grad().abs().max().item<double>() > 0);
+    double first_block = 0;
+    for (auto& p : model->block(0).parameters())
+      if (p.grad().defined()) first_block += p.grad().abs().sum().item<double>();
+    CHECK(first_block > 0);
+    // Nothing after the last block enters W, so the objective is a smooth function of its weights there.
+    torch::NoGradGuard g;
+    int checked = 0;
+    for (auto& p : model->block(2).parameters()) {
+      auto flat = p.view(-1);
+      const auto grad = p.grad().view(-1);
+      const double scale = 1 + grad.abs().max().item<double>();
+      for (std::int64_t i = 0; i < flat.numel(); i += std::max<std::int64_t>(1, flat.numel() / 5)) {
+        const double h = 1e-5, v = flat[i].item<double>();
+        flat[i].fill_(v + h);
+        const double up = work().item<double>();
+        flat[i].fill_(v - h);
+        const double down = work().item<double>();
+        flat[i].fill_(v);
+        CAPTURE(theory, i, grad[i].item<double>(), (up - down) / (2 * h));
+        CHECK(std::abs(grad[i].item<double>() - (up - down) / (2 * h)) < 1e-6 * scale);
+        ++checked;
+      }
+    }
+    CHECK(checked > 10);
+  }
+}
+
+TEST_CASE("stochastic normalizing flows: one step's work is S_1(g(x)) - S_0(x) - log|det| of the block's Jacobian",
+          "[hmc][ne]") {
+  // phi4 on 3x2 (every site a variable: 6 x 6 Jacobians by autograd, float64), one step with one block.
+  Config cfg;
+  cfg.lattice.extents = {2, 4};
+  cfg.flow.layers = 0;
+  cfg.flow.hidden = {3};
+  cfg.phi4.m2 = -1;
+  cfg.phi4.lam = 2;
+  cfg.ne.steps = 1;
+  cfg.ne.blocks = 1;
+  cfg.ne.parameter = NeParameter::phi4_lam;
+  cfg.ne.start = 0.5;
+  cfg.validate();
+  torch::manual_seed(3);
+  FlowModel model = make_flow(cfg);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : model->parameters()) p.normal_(0, 0.3);
+  }
+  NeProtocol protocol(cfg);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(6);
+  const auto x0 = torch::randn({3, 2, 4}, gen, kF64);
+  auto x = x0.clone();
+  const auto W = anneal(*model, protocol, cfg.hmc, 1, 0, x);
+  for (std::int64_t b = 0; b < 3; ++b) {
+    auto xb = x0.narrow(0, b, 1).clone().requires_grad_(true);
+    auto y = model->block(0).transform(xb).first.reshape(-1);
+    auto J = torch::zeros({8, 8}, kF64);
+    for (std::int64_t i = 0; i < 8; ++i)
+      J[i] = torch::autograd::grad({y[i]}, {xb}, {}, /*retain_graph=*/true)[0].reshape(-1);
+    const double log_det = std::log(std::abs(torch::linalg_det(J).item<double>()));
+    const double S1 = protocol.theories[1]->action(y.detach().view({1, 2, 4})).item<double>();
+    const double S0 = protocol.theories[0]->action(x0.narrow(0, b, 1)).item<double>();
+    CAPTURE(b, W[b].item<double>(), S1 - S0 - log_det);
+    CHECK(std::abs(W[b].item<double>() - (S1 - S0 - log_det)) < 1e-10 * (1 + std::abs(S1)));
+    CHECK(std::abs(log_det) > 1e-3);  // the block is not the identity
+  }
 }

@@ -277,6 +277,10 @@ Samples read_imh(const io::File& f, Report& r) {
     r.ne_parameter = f.read_attr_string("/ne", "parameter");
     r.ne_start = f.read_attr_double("/ne", "start");
     r.ne_n_md = f.read_attr_int("/ne", "n_md");
+    if (f.has_attr("/ne", "blocks")) {
+      r.ne_blocks = f.read_attr_int("/ne", "blocks");
+      r.ne_block_layers = f.read_attr_int("/ne", "block_layers");
+    }
     if (f.has_attr("/ne", "algorithm")) {
       r.algorithm = read_algorithm(f, "/ne", r.path);
       r.overrelax = f.read_attr_int("/ne", "overrelax");

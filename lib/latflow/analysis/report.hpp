@@ -74,6 +74,7 @@ struct Report {
   double flow_acceptance = 0, flow_seconds = 0;
   // Non-equilibrium proposals (an imh file with /ne): the protocol and the mean and spread of its work W.
   std::int64_t ne_steps = 0, ne_n_md = 0;
+  std::int64_t ne_blocks = 0, ne_block_layers = 0;  // a stochastic normalizing flow's flow blocks
   std::string ne_parameter;
   double ne_start = 0, work_mean = 0, work_std = 0;
   bool chains_kind() const { return kind == "hmc" || kind == "mixed"; }  // [T, C] chains, not an IMH trail

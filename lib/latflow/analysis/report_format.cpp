@@ -79,10 +79,13 @@ void format_imh_header(std::ostringstream& os, const Report& r, const std::strin
     const std::string update = r.algorithm == UpdateAlgorithm::heatbath
                                    ? "one heat-bath sweep + " + std::to_string(r.overrelax) + " overrelaxation"
                                    : "one HMC trajectory (n_md " + std::to_string(r.ne_n_md) + ")";
+    const std::string blocks = r.ne_blocks > 0 ? ", " + std::to_string(r.ne_blocks) + " flow blocks of " +
+                                                     std::to_string(r.ne_block_layers) + " layers"
+                                               : "";
     std::snprintf(b, sizeof b,
-                  "non-equilibrium: %lld steps of %s from %g to the target, %s each; work W %.4g, spread %.4g\n",
-                  static_cast<long long>(r.ne_steps), r.ne_parameter.c_str(), r.ne_start, update.c_str(), r.work_mean,
-                  r.work_std);
+                  "non-equilibrium: %lld steps of %s from %g to the target, %s each%s; work W %.4g, spread %.4g\n",
+                  static_cast<long long>(r.ne_steps), r.ne_parameter.c_str(), r.ne_start, update.c_str(),
+                  blocks.c_str(), r.work_mean, r.work_std);
     os << b;
   }
   os << "free energy F = -ln Z   " << fmt(r.free_energy, r.free_energy_error) << flag;
@@ -247,6 +250,9 @@ std::string report_json(const Report& r) {
          << (r.algorithm == UpdateAlgorithm::hmc ? ""
                                                  : ", \"algorithm\": " + json::string(choice_name(r.algorithm)) +
                                                        ", \"overrelax\": " + std::to_string(r.overrelax))
+         << (r.ne_blocks > 0 ? ", \"blocks\": " + std::to_string(r.ne_blocks) +
+                                   ", \"block_layers\": " + std::to_string(r.ne_block_layers)
+                             : "")
          << ", \"work_mean\": " << json::number(r.work_mean) << ", \"work_std\": " << json::number(r.work_std) << "}";
   }
   if (!r.sector_observable.empty())

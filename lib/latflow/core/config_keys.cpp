@@ -315,6 +315,12 @@ void hmc_keys(Keys& k) {
           "coupling the protocol moves: phi4.m2 | phi4.lam | phi4.kappa | u1.beta | sun.beta"));
   add(row("ne.start", LATFLOW_FIELD(ne.start),
           "its start value (the flow is trained there); linear to the config's value"));
+  add(row("ne.blocks", LATFLOW_FIELD(ne.blocks),
+          "stochastic normalizing flow: flow blocks between the protocol's updates, trained with the flow; 0 = none")
+          .at_least(0, " (0 = none)"));
+  add(row("ne.block_layers", LATFLOW_FIELD(ne.block_layers),
+          "coupling layers per flow block; 0 = automatic (phi4 2, gauge 4 d (d - 1))")
+          .in_range(0, 1000, " (0 = automatic)"));
 }
 
 void run_keys(Keys& k) {

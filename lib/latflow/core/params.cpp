@@ -155,8 +155,8 @@ void validate_flow(Config& c) {
   for (auto l : c.lattice.extents)
     require(f.kernel / 2 <= l, "flow.kernel", str(f.kernel), "the kernel half-width exceeds a lattice extent");
   for (auto l : c.lattice.extents)
-    require(l % 2 == 0 || f.layers == 0 || (t.gauge && c.lattice.dim() != 2), "lattice.extents", str(l),
-            "checkerboard masks need even extents");
+    require(l % 2 == 0 || (f.layers == 0 && c.ne.blocks == 0) || (t.gauge && c.lattice.dim() != 2), "lattice.extents",
+            str(l), "checkerboard masks need even extents");
 }
 
 // Cross-key rules of training, HMC and the run.
@@ -190,7 +190,10 @@ std::vector<NeParameter> ne_parameters(const Config& c) {
 
 // The non-equilibrium protocol.
 void validate_ne(Config& c) {
-  if (c.ne.steps == 0) return;
+  if (c.ne.steps == 0) {
+    require(c.ne.blocks == 0, "ne.blocks", str(c.ne.blocks), "needs a protocol (ne.steps > 0)");
+    return;
+  }
   const auto allowed = ne_parameters(c);
   require(contains(allowed, c.ne.parameter), "ne.parameter",
           c.ne.parameter == NeParameter::none ? "''" : choice_name(c.ne.parameter),
@@ -199,6 +202,17 @@ void validate_ne(Config& c) {
               : "the protocol moves " + choice_name(allowed[0]));
   require_finite(c.ne.start, "ne.start");
   ne_stage(c, 0);  // the start must be valid physics too (the protocol is linear between two valid points)
+  if (c.ne.blocks == 0) return;
+  require(c.ne.blocks <= c.ne.steps, "ne.blocks", str(c.ne.blocks),
+          "must not exceed ne.steps = " + str(c.ne.steps) + " (one block at most before each update)");
+  // The blocks' inputs come from the updates, whose randomness is held fixed: only the reparameterised gradient
+  // applies (docs/physics.md "Stochastic normalizing flows").
+  require(c.train.gradient == Gradient::reparam, "train.gradient", choice_name(c.train.gradient),
+          "stochastic normalizing flows (ne.blocks > 0) train with reparam");
+  if (c.ne.block_layers == 0) {
+    const int d = c.lattice.dim();
+    c.ne.block_layers = theory_info(c.theory).gauge ? 4 * d * (d - 1) : 2;
+  }
 }
 
 }  // namespace
@@ -243,6 +257,7 @@ static double* ne_parameter_field(Config& c, NeParameter p) {
 Config ne_stage(const Config& cfg, std::int64_t k) {
   Config c = cfg;
   c.ne.steps = 0;
+  c.ne.blocks = 0;
   const std::int64_t n = cfg.ne.steps;
   double* p = ne_parameter_field(c, cfg.ne.parameter);
   if (p == nullptr || n <= 0) return c;
@@ -258,6 +273,20 @@ Config ne_stage(const Config& cfg, std::int64_t k) {
   return c;
 }
 
+std::string ne_protocol_identity(const Config& c) {
+  if (c.ne.steps == 0) return "";
+  std::string out;
+  std::istringstream target(physics_identity(c));
+  for (std::string line; std::getline(target, line);) out += "ne.target." + line + "\n";
+  out += identity_lines(
+      c, {"ne.steps", "ne.parameter", "ne.start", "hmc.integrator", "hmc.trajectory_length", "hmc.n_md", "hmc.jitter"});
+  // Only heat-bath protocols have these lines, so files of earlier versions resume.
+  if (c.hmc.algorithm != UpdateAlgorithm::hmc) out += identity_lines(c, {"hmc.algorithm", "hmc.overrelax"});
+  return out;
+}
+
+std::int64_t ne_block_step(const Config& c, std::int64_t j) { return (j + 1) * c.ne.steps / c.ne.blocks; }
+
 std::string physics_identity(const Config& c) {
   std::string out;
   for (const auto& k : config_keys())
@@ -268,6 +297,11 @@ std::string physics_identity(const Config& c) {
 // The physics and the architecture (identity texts are compared key by key; the order of lines is kept as in files
 // written before the registry, so that identities stay bitwise equal).
 std::string model_identity(const Config& c) {
+  // A protocol's model is the flow of its start physics and, for a stochastic normalizing flow, the blocks trained
+  // for this protocol.
+  if (c.ne.steps > 0)
+    return model_identity(ne_stage(c, 0)) +
+           (c.ne.blocks > 0 ? ne_protocol_identity(c) + identity_lines(c, {"ne.blocks", "ne.block_layers"}) : "");
   std::string out = physics_identity(c) + identity_lines(c, {"flow.ncp_components", "flow.loops"}) +
                     identity_lines(c, {"flow.coupling", "flow.layers", "flow.hidden", "flow.kernel", "flow.activation",
                                        "flow.z2", "flow.spline_bins", "flow.spline_bound", "flow.dtype"});

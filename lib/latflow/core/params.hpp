@@ -60,6 +60,9 @@ struct FlowParams {
   // theories/u1_prior.hpp. sun: haar | plaquette | exact (N = 2, 3; theories/sun_prior.hpp). automatic = the
   // theory's default (set by validate()).
   Prior prior = Prior::automatic;
+  // Not a key: the position of the first layer in the sequence of masks (parities, planes and stripes), so that the
+  // flow blocks of a stochastic normalizing flow continue the sequence instead of repeating its start.
+  int first_layer = 0;
 };
 
 struct TrainParams {
@@ -126,6 +129,11 @@ struct NeParams {
   std::int64_t steps = 0;
   NeParameter parameter = NeParameter::none;  // phi4.m2 | phi4.lam | phi4.kappa (input convention) | u1.beta | sun.beta
   double start = 0.0;                         // the parameter's value where the proposals start
+  // Stochastic normalizing flows (docs/physics.md "Stochastic normalizing flows"): `blocks` flow blocks of
+  // `block_layers` coupling layers each (float64, the flow.* nets), block j applied just before the update of step
+  // (j + 1) steps / blocks, trained with the start flow by `latflow train` through the protocol. 0 = none.
+  std::int64_t blocks = 0;
+  int block_layers = 0;  // 0 = automatic: 2 for phi4 (both parities), 4 d (d - 1) for gauge theories (every link)
 };
 
 struct RunParams {
@@ -193,6 +201,11 @@ std::string training_identity(const Config& cfg);
 // (exactly the target at k = steps), re-resolved, and ne.steps = 0 (a plain config of that physics). Throws
 // ConfigError naming ne.parameter if the point is not valid physics.
 Config ne_stage(const Config& cfg, std::int64_t k);
+// The lines that fix a non-equilibrium protocol besides its start: the target physics (as ne.target.KEY), ne.steps,
+// ne.parameter, ne.start and the updates' keys (hmc.*). Empty without a protocol.
+std::string ne_protocol_identity(const Config& cfg);
+// Step k (1 .. ne.steps) before whose update flow block j (0 .. ne.blocks - 1) acts: (j + 1) steps / blocks.
+std::int64_t ne_block_step(const Config& cfg, std::int64_t j);
 // "key = value" lines of the physics alone: theory, extents and the couplings (phi4 in the no-1/2 convention, so
 // that equivalent conventions agree). [reference] values belong to exactly this.
 std::string physics_identity(const Config& cfg);

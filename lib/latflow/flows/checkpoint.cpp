@@ -288,4 +288,65 @@ void write_model_group(io::File& f, const Config& cfg, const CheckpointMeta& met
     f.write("/training/" + std::string(name), *v, {static_cast<std::uint64_t>(v->size())});
 }
 
+namespace {
+// Parameters only, recursively by module name; shapes must agree (the architecture check makes them).
+void load_parameters(torch::nn::Module& m, torch::serialize::InputArchive& a, const std::string& path) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : m.named_parameters(/*recurse=*/false)) {
+    torch::Tensor t;
+    a.read(p.key(), t);
+    if (!t.sizes().equals(p.value().sizes()))
+      throw ConfigError(path + ": parameter " + p.key() + " has another shape than this model's");
+    p.value().copy_(t);
+  }
+  for (auto& c : m.named_children()) {
+    torch::serialize::InputArchive child;
+    // A stochastic normalizing flow started from a plain flow's checkpoint: its flow blocks stay fresh.
+    if (c.key().rfind("block", 0) == 0) {
+      if (!a.try_read(c.key(), child)) continue;
+    } else {
+      a.read(c.key(), child);
+    }
+    load_parameters(*c.value(), child, path);
+  }
+}
+}  // namespace
+
+CheckpointMeta load_weights_from(const std::string& path, FlowModel& model, const std::string& expected_identity) {
+  if (!file_exists(path)) throw IoError(path + ": train.init_from checkpoint not found");
+  CheckpointMeta meta;
+  try {
+    io::verify_zip_archive(path);  // before LibTorch's reader, which crashes on some corrupted archives
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    c10::IValue v;
+    archive.read("format", v);
+    if (!v.isString() || v.toStringRef() != "latflow-checkpoint-1") throw IoError(path + ": not a latflow checkpoint");
+    archive.read("model_identity", v);
+    meta.model_identity = v.toStringRef();
+    archive.read("step", v);
+    meta.step = v.toInt();
+    archive.read("train_seconds", v);
+    meta.train_seconds = v.toDouble();
+    // Only the architecture has to agree: keep the theory and flow.* lines.
+    auto architecture = [](const std::string& identity) {
+      std::istringstream is(identity);
+      std::string out, line;
+      while (std::getline(is, line))
+        if (line.rfind("theory", 0) == 0 || line.rfind("flow.", 0) == 0) out += line + "\n";
+      return out;
+    };
+    auto diff = first_difference(architecture(meta.model_identity), architecture(expected_identity));
+    if (!diff.empty()) throw ConfigError("train.init_from = " + path + ": another architecture (" + diff + ")");
+    torch::serialize::InputArchive model_archive;
+    archive.read("model", model_archive);
+    load_parameters(*model, model_archive, path);
+  } catch (const c10::Error& e) {
+    std::string what = e.what_without_backtrace();
+    throw IoError(path + ": unreadable checkpoint for train.init_from (" +
+                  what.substr(0, what.find('\n')).substr(0, 160) + ")");
+  }
+  return meta;
+}
+
 }  // namespace latflow

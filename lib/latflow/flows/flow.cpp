@@ -248,13 +248,19 @@ void FlowModelImpl::add_layer(std::shared_ptr<CouplingLayer> layer) {
 void FlowModelImpl::to_device(torch::Device dev) {
   device_ = dev;
   this->to(dev);
+  for (auto& b : blocks_) b->device_ = dev;
+}
+
+void FlowModelImpl::add_block(std::shared_ptr<FlowModelImpl> block, std::int64_t step) {
+  blocks_.push_back(register_module("block" + std::to_string(blocks_.size()), std::move(block)));
+  block_steps_.push_back(step);
 }
 
 ScalarFlowImpl::ScalarFlowImpl(const LatticeParams& lattice, const FlowParams& params)
     : FlowModelImpl(params), extents_(lattice.extents) {
   const int d = lattice.dim();
   if (params.prior == Prior::fourier) add_layer(std::make_shared<FourierScale>(d));
-  for (int i = 0; i < params.layers; ++i) {
+  for (int i = params.first_layer; i < params.first_layer + params.layers; ++i) {
     auto mask = checkerboard(extents_, i % 2, torch::TensorOptions().dtype(dtype_));
     if (params.coupling == Coupling::spline)
       add_layer(std::make_shared<SplineCoupling>(mask, params, d));
@@ -283,6 +289,21 @@ FlowModel make_scalar_flow(const LatticeParams& lattice, const FlowParams& param
 }
 
 FlowModel make_flow(const Config& cfg) {
+  if (cfg.ne.steps > 0) {
+    FlowModel model = make_flow(ne_stage(cfg, 0));
+    for (std::int64_t j = 0; j < cfg.ne.blocks; ++j) {
+      // A block maps fields at the coupling of its step; it has no prior of its own (the theory's default is
+      // built and never used), and works in float64 on the updates' float64 fields, so its map is exactly the
+      // one whose log|det| the weights carry.
+      Config b = ne_stage(cfg, ne_block_step(cfg, j));
+      b.flow.layers = cfg.ne.block_layers;
+      b.flow.prior = theory_info(cfg.theory).default_prior;
+      b.flow.dtype = NetDtype::float64;
+      b.flow.first_layer = static_cast<int>(j) * cfg.ne.block_layers;
+      model->add_block(make_flow(b).ptr(), ne_block_step(cfg, j));
+    }
+    return model;
+  }
   // In d = 3, 4 gauge flows start from the Haar prior (the plaquette priors are 2D).
   const auto prior = cfg.flow.prior;
   if (theory_info(cfg.theory).gauge && cfg.lattice.dim() != 2 && prior != Prior::haar && prior != Prior::automatic)
@@ -340,6 +361,13 @@ std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::log_prob(const torch::Ten
   auto log_det = torch::zeros({z.size(0)}, z.options().dtype(torch::kFloat64));
   run_layers(z, log_det, true);
   return {prior_log_prob(z) + log_det, z};
+}
+
+std::pair<torch::Tensor, torch::Tensor> FlowModelImpl::transform(const torch::Tensor& x_in) {
+  auto x = finish(x_in).to(device_, dtype_);
+  auto log_det = torch::zeros({x.size(0)}, x.options().dtype(torch::kFloat64));
+  run_layers(x, log_det, false);
+  return {finish(x), log_det};
 }
 
 std::string FlowModelImpl::weights_hash() {

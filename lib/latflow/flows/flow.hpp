@@ -186,6 +186,16 @@ class FlowModelImpl : public torch::nn::Module {
   CouplingLayer& layer(std::size_t i) { return *layers_[i]; }
   std::string weights_hash();  // FNV-1a over parameter bytes: the model's identity in output files
 
+  // The layers alone as a map of fields: (y, log|det dy/dx|) for x [B, field...] (any representative: U(1)
+  // angles are reduced first), in the model's dtype, log|det| float64; differentiable when autograd is on.
+  std::pair<torch::Tensor, torch::Tensor> transform(const torch::Tensor& x);
+  // Stochastic normalizing flows (make_flow with ne.blocks > 0): the flow blocks placed in the protocol, block j
+  // acting before the update of step block_step(j) (increasing). Their parameters are the model's too.
+  std::size_t num_blocks() const { return blocks_.size(); }
+  FlowModelImpl& block(std::size_t j) { return *blocks_[j]; }
+  std::int64_t block_step(std::size_t j) const { return block_steps_[j]; }
+  void add_block(std::shared_ptr<FlowModelImpl> block, std::int64_t step);
+
  protected:
   explicit FlowModelImpl(const FlowParams& params);
   void add_layer(std::shared_ptr<CouplingLayer> layer);
@@ -197,6 +207,8 @@ class FlowModelImpl : public torch::nn::Module {
 
  private:
   std::vector<std::shared_ptr<CouplingLayer>> layers_;
+  std::vector<std::shared_ptr<FlowModelImpl>> blocks_;
+  std::vector<std::int64_t> block_steps_;
 };
 TORCH_MODULE(FlowModel);
 
@@ -228,7 +240,9 @@ struct KLObjective {
 };
 KLObjective reverse_kl_objective(FlowModelImpl& model, const Theory& theory, const torch::Tensor& z, bool path);
 
-// The flow for cfg.theory (phi4: ScalarFlow; u1: U1Flow), weights initialised from LibTorch's default generator.
+// The flow for cfg.theory (phi4: ScalarFlow; u1: U1Flow; sun: SUNFlow), weights initialised from LibTorch's default
+// generator. With a non-equilibrium protocol (ne.steps > 0) the flow of its start physics, carrying ne.blocks flow
+// blocks of ne.block_layers layers (float64, the same nets, identity when fresh).
 FlowModel make_flow(const Config& cfg);
 
 }  // namespace latflow

@@ -268,7 +268,7 @@ U1FlowImpl::U1FlowImpl(const LatticeParams& lattice, const FlowParams& params, d
   // ordered pairs, 4 d (d - 1) layers visit every link d - 1 times (once per plane).
   const auto pairs = ordered_pairs(static_cast<int>(extents_.size()));
   const int np = static_cast<int>(pairs.size());
-  for (int i = 0; i < params.layers; ++i)
+  for (int i = params.first_layer; i < params.first_layer + params.layers; ++i)
     add_layer(
         std::make_shared<GaugeCoupling>(pairs[i % np].first, pairs[i % np].second, (i / np) % 4, extents_, params));
   this->to(dtype_);
@@ -523,7 +523,7 @@ SUNFlowImpl::SUNFlowImpl(const LatticeParams& lattice, int n, const FlowParams& 
   // The layer order of U1FlowImpl: ordered pairs (mu, nu), then the stripe offsets.
   const auto pairs = ordered_pairs(static_cast<int>(extents_.size()));
   const int np = static_cast<int>(pairs.size());
-  for (int i = 0; i < params.layers; ++i)
+  for (int i = params.first_layer; i < params.first_layer + params.layers; ++i)
     add_layer(std::make_shared<SpectralCoupling>(n, pairs[i % np].first, pairs[i % np].second, (i / np) % 4, extents_,
                                                  params));
   this->to(dtype_);

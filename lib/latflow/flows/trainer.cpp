@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <iomanip>
 #include <limits>
 #include <sstream>
@@ -19,68 +18,10 @@
 #include "latflow/core/seed.hpp"
 #include "latflow/flows/adam.hpp"
 #include "latflow/flows/checkpoint.hpp"
-#include "latflow/io/zip_check.hpp"
 #include "latflow/parallel/mpi.hpp"
 #include "latflow/theories/theory.hpp"
 
 namespace latflow {
-namespace fs = std::filesystem;
-
-namespace {
-// Parameters only, recursively by module name; shapes must agree (the architecture check makes them).
-void load_parameters(torch::nn::Module& m, torch::serialize::InputArchive& a, const std::string& path) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : m.named_parameters(/*recurse=*/false)) {
-    torch::Tensor t;
-    a.read(p.key(), t);
-    if (!t.sizes().equals(p.value().sizes()))
-      throw ConfigError(path + ": parameter " + p.key() + " has another shape than this model's");
-    p.value().copy_(t);
-  }
-  for (auto& c : m.named_children()) {
-    torch::serialize::InputArchive child;
-    a.read(c.key(), child);
-    load_parameters(*c.value(), child, path);
-  }
-}
-}  // namespace
-
-CheckpointMeta load_weights_from(const std::string& path, FlowModel& model, const std::string& expected_identity) {
-  if (!file_exists(path)) throw IoError(path + ": train.init_from checkpoint not found");
-  CheckpointMeta meta;
-  try {
-    io::verify_zip_archive(path);  // before LibTorch's reader, which crashes on some corrupted archives
-    torch::serialize::InputArchive archive;
-    archive.load_from(path);
-    c10::IValue v;
-    archive.read("format", v);
-    if (!v.isString() || v.toStringRef() != "latflow-checkpoint-1") throw IoError(path + ": not a latflow checkpoint");
-    archive.read("model_identity", v);
-    meta.model_identity = v.toStringRef();
-    archive.read("step", v);
-    meta.step = v.toInt();
-    archive.read("train_seconds", v);
-    meta.train_seconds = v.toDouble();
-    // Only the architecture has to agree: keep the theory and flow.* lines.
-    auto architecture = [](const std::string& identity) {
-      std::istringstream is(identity);
-      std::string out, line;
-      while (std::getline(is, line))
-        if (line.rfind("theory", 0) == 0 || line.rfind("flow.", 0) == 0) out += line + "\n";
-      return out;
-    };
-    auto diff = first_difference(architecture(meta.model_identity), architecture(expected_identity));
-    if (!diff.empty()) throw ConfigError("train.init_from = " + path + ": another architecture (" + diff + ")");
-    torch::serialize::InputArchive model_archive;
-    archive.read("model", model_archive);
-    load_parameters(*model, model_archive, path);
-  } catch (const c10::Error& e) {
-    std::string what = e.what_without_backtrace();
-    throw IoError(path + ": unreadable checkpoint for train.init_from (" +
-                  what.substr(0, what.find('\n')).substr(0, 160) + ")");
-  }
-  return meta;
-}
 
 namespace {
 
@@ -263,7 +204,7 @@ FlowModel initial_flow(const Config& cfg) {
 
 }  // namespace
 
-Trainer::Trainer(const Config& cfg)
+Trainer::Trainer(const Config& cfg, PathAction path_action)
     : cfg_(cfg),
       tp_(cfg.train),
       ranks_(mpi::size()),
@@ -272,6 +213,7 @@ Trainer::Trainer(const Config& cfg)
       lo_(share_begin(cfg.train, ranks_, rank_)),
       hi_(cfg.train.batch * (rank_ + 1) / ranks_),
       theory_(make_theory(cfg)),
+      path_action_(std::move(path_action)),
       model_(initial_flow(cfg)),
       opt_(model_->parameters(), torch::optim::AdamOptions(cfg.train.lr)),
       ckpt_(cfg.checkpoint_path()) {
@@ -331,8 +273,11 @@ void Trainer::begin() {
   params_ = model_->parameters();
   for (const auto& p : params_) n_params_ += p.numel();
   log::info("training: " + std::to_string(n_params_) + " parameters, " + std::to_string(tp_.steps) +
-            " steps of batch " + std::to_string(tp_.batch) + ", " + choice_name(tp_.gradient) +
-            " gradient, checkpoint " + ckpt_);
+            " steps of batch " + std::to_string(tp_.batch) + ", " + choice_name(tp_.gradient) + " gradient" +
+            (path_action_ ? " through " + std::to_string(cfg_.ne.steps) + " non-equilibrium steps with " +
+                                std::to_string(model_->num_blocks()) + " flow blocks"
+                          : std::string()) +
+            ", checkpoint " + ckpt_);
   t0_ = std::chrono::steady_clock::now();
   base_seconds_ = meta_.train_seconds;
   good_state_ = serialize_state(model_, opt_);
@@ -366,7 +311,9 @@ bool Trainer::train_step() {
   ++phases_.steps;
   const auto z = draw_batch(model_, cfg_.run.seed, s, lo_, hi_);
   lap(phases_.draw);
-  const auto [objective, log_q, S] = reverse_kl_objective(*model_, *theory_, z, tp_.gradient == Gradient::path);
+  const auto [objective, log_q, S] =
+      path_action_ ? path_objective(z, derive_seed(cfg_.run.seed, "ne_train", static_cast<std::uint64_t>(s)))
+                   : reverse_kl_objective(*model_, *theory_, z, tp_.gradient == Gradient::path);
   // This rank's part of the batch mean; the allreduce completes it.
   auto loss_part = objective.sum() / static_cast<double>(tp_.batch);
   if (faults::poisoned_loss(s)) loss_part = loss_part * std::numeric_limits<double>::quiet_NaN();
@@ -396,6 +343,15 @@ bool Trainer::train_step() {
   if (kept && (log_now || log::stdout_is_tty())) show_progress(log_now);
   lap(phases_.bookkeeping);
   return kept;
+}
+
+// The objective through a protocol: log q(x) + S_0(x) + W for x = f(z), the gradient through x and the weights
+// (reparameterised) and through the flow blocks, the updates' outputs held constant.
+KLObjective Trainer::path_objective(const torch::Tensor& z, std::uint64_t stream) {
+  auto [x, log_q] = model_->forward(z);
+  auto xd = x.to(torch::kFloat64);
+  auto S = path_action_(*model_, xd, stream, lo_);
+  return {log_q + S, log_q.detach(), S.detach()};
 }
 
 void Trainer::log_phases() const {
@@ -515,7 +471,13 @@ std::vector<double> Trainer::evaluation_log_weights() {
       const auto n = std::min(chunk, tp_.eval_samples - i * chunk);
       auto [x, log_q] =
           model_->sample(n, derive_seed(cfg_.run.seed, "eval", static_cast<std::uint64_t>(step_) * 1000003 + i));
-      auto w = (-(theory_->action(x.to(torch::kFloat64)) + log_q)).to(torch::kCPU).contiguous();
+      auto xd = x.to(torch::kFloat64);
+      const auto S =
+          path_action_
+              ? path_action_(*model_, xd, derive_seed(cfg_.run.seed, "ne_eval", static_cast<std::uint64_t>(step_)),
+                             i * chunk)
+              : theory_->action(xd);
+      auto w = (-(S + log_q)).to(torch::kCPU).contiguous();
       mine.assign(w.data_ptr<double>(), w.data_ptr<double>() + n);
     }
     const auto all = mpi::gather(mine);

@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,9 +34,15 @@ namespace latflow {
 
 class Trainer {
  public:
+  // What the objective adds to log q(x) for the flow's samples x ([n, field...], float64, with graph): by default
+  // the action S(x); a stochastic normalizing flow's is S_0(x) + W of the protocol that the samples then go
+  // through (samplers/imh.hpp, anneal). Its random numbers come from `stream` for sample `first` + i (the
+  // global index in the batch), so that the data do not depend on the ranks.
+  using PathAction =
+      std::function<torch::Tensor(FlowModelImpl& model, torch::Tensor& x, std::uint64_t stream, std::int64_t first)>;
   // The theory, the model with its initial weights (from the run seed) and the optimizer. ConfigError if
   // train.batch is smaller than the number of ranks it is split over.
-  explicit Trainer(const Config& cfg);
+  explicit Trainer(const Config& cfg, PathAction path_action = {});
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
@@ -67,6 +74,7 @@ class Trainer {
 
  private:
   double elapsed() const;  // this session's training seconds, evaluations excluded
+  KLObjective path_objective(const torch::Tensor& z, std::uint64_t stream);
   std::vector<double> evaluation_log_weights();
   void check_training_identity(const CheckpointMeta& stored) const;
   void skip_bad_step();
@@ -81,6 +89,7 @@ class Trainer {
   const bool root_;
   const std::int64_t lo_, hi_;  // this rank's share [lo, hi) of each batch
   const std::unique_ptr<Theory> theory_;
+  PathAction path_action_;
   FlowModel model_;
   torch::optim::Adam opt_;
   const std::string ckpt_;

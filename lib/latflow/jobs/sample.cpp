@@ -22,12 +22,13 @@
 namespace latflow {
 namespace {
 
-// The flow of `start` (the physics it was trained for) with the checkpoint's weights, ready for inference.
-FlowModel trained_flow(const Config& cfg, const Config& start, CheckpointMeta& meta) {
-  FlowModel model = make_flow(start);
+// The flow of cfg (with a protocol: of its start physics, and its flow blocks) with the checkpoint's weights,
+// ready for inference.
+FlowModel trained_flow(const Config& cfg, CheckpointMeta& meta) {
+  FlowModel model = make_flow(cfg);
   // A model without parameters (flow.layers = 0 and a fixed prior) is its prior: it needs no checkpoint.
   if (!model->parameters().empty() || checkpoint_exists(cfg.checkpoint_path()))
-    meta = load_checkpoint(cfg.checkpoint_path(), model, nullptr, model_identity(start));
+    meta = load_checkpoint(cfg.checkpoint_path(), model, nullptr, model_identity(cfg));
   model->to_device(torch::Device(cfg.run.device));
   model->eval();
   return model;
@@ -63,6 +64,10 @@ void write_ne_group(io::File& f, const Config& cfg) {
     f.write_attr("/ne", "algorithm", choice_name(cfg.hmc.algorithm));
     f.write_attr("/ne", "overrelax", static_cast<std::int64_t>(cfg.hmc.overrelax));
   }
+  if (cfg.ne.blocks > 0) {  // a stochastic normalizing flow: its flow blocks (their weights are the model's)
+    f.write_attr("/ne", "blocks", cfg.ne.blocks);
+    f.write_attr("/ne", "block_layers", static_cast<std::int64_t>(cfg.ne.block_layers));
+  }
 }
 
 // The acceptance of the protocol's HMC steps over all ranks (a collective), logged by the root.
@@ -70,8 +75,10 @@ void log_ne_acceptance(const Config& cfg, const NeProtocol& protocol) {
   double counts[2] = {static_cast<double>(protocol.hmc_accepted), static_cast<double>(protocol.hmc_trajectories)};
   mpi::allreduce_sum(counts, 2);
   char b[256];
-  std::snprintf(b, sizeof b, "sampling: %lld non-equilibrium steps per proposal (%s from %g), %s acceptance %.4f",
+  std::snprintf(b, sizeof b,
+                "sampling: %lld non-equilibrium steps per proposal (%s from %g, %lld flow blocks), %s acceptance %.4f",
                 static_cast<long long>(cfg.ne.steps), choice_name(cfg.ne.parameter).c_str(), cfg.ne.start,
+                static_cast<long long>(cfg.ne.blocks),
                 cfg.hmc.algorithm == UpdateAlgorithm::heatbath ? "heat-bath" : "HMC",
                 counts[1] > 0 ? counts[0] / counts[1] : 0.0);
   log::info(b);
@@ -86,11 +93,10 @@ std::string sample_job(const Config& cfg, const std::string& command_line) {
   const Theory& theory = *theory_ptr;
   // Non-equilibrium proposals start from the flow of the protocol's start physics.
   const bool ne = cfg.ne.steps > 0;
-  const Config start = ne ? ne_stage(cfg, 0) : cfg;
   std::optional<NeProtocol> protocol;
   if (ne) protocol.emplace(cfg);
   CheckpointMeta meta;
-  FlowModel model = trained_flow(cfg, start, meta);
+  FlowModel model = trained_flow(cfg, meta);
   const std::string hash = model->weights_hash();
   torch::InferenceMode inference;
 

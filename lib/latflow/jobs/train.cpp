@@ -3,17 +3,31 @@
 // train.steps or train.max_minutes.
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "latflow/flows/trainer.hpp"
 #include "latflow/jobs/jobs.hpp"
+#include "latflow/samplers/imh.hpp"
 
 namespace latflow {
 
 TrainSummary train_job(const Config& cfg) {
-  // Non-equilibrium sampling starts from the flow of the protocol's start physics: that is what is trained.
-  if (cfg.ne.steps > 0) return train_job(ne_stage(cfg, 0));
+  // Non-equilibrium sampling starts from the flow of the protocol's start physics: without flow blocks that is
+  // what is trained. A stochastic normalizing flow (ne.blocks > 0) trains the flow and its blocks together, by the
+  // reverse KL of the whole path: log q(x_0) + S_0(x_0) + W.
+  if (cfg.ne.steps > 0 && cfg.ne.blocks == 0) return train_job(ne_stage(cfg, 0));
   torch::set_num_threads(cfg.run.threads);
   const auto& tp = cfg.train;
-  Trainer trainer(cfg);
+  std::optional<NeProtocol> protocol;
+  Trainer::PathAction path_action;
+  if (cfg.ne.steps > 0) {
+    protocol.emplace(cfg);
+    path_action = [&](FlowModelImpl& model, torch::Tensor& x, std::uint64_t stream, std::int64_t first) {
+      auto S0 = protocol->theories[0]->action(x);
+      return S0 + anneal(model, *protocol, cfg.hmc, stream, first, x);
+    };
+  }
+  Trainer trainer(cfg, path_action);
   if (trainer.resume()) return trainer.summary(/*reused=*/true);
   trainer.begin();
   // Every rank runs this loop alike: the conditions below depend only on values that all ranks share.

@@ -12,21 +12,25 @@ NeProtocol::NeProtocol(const Config& cfg) : seed(derive_seed(cfg.run.seed, "ne_h
   for (std::int64_t k = 0; k <= cfg.ne.steps; ++k) theories.push_back(make_theory(ne_stage(cfg, k)));
 }
 
-namespace {
-
-// Moves proposals x_0 ~ q through the protocol: for k = 1 .. n the coupling steps from c_{k-1} to c_k, which
-// does the work S_k(x_{k-1}) - S_{k-1}(x_{k-1}), and one HMC trajectory that leaves exp(-S_k) invariant makes
-// x_k. Proposal i's HMC streams are keyed by (seed, global proposal index, k), like HMC chains by (chain,
-// trajectory): independent of blocks and ranks. Returns W = sum of the work [n]; x becomes x_n.
-torch::Tensor anneal(NeProtocol& protocol, const Config& cfg, torch::Tensor& x, std::int64_t first) {
+torch::Tensor anneal(FlowModelImpl& model, NeProtocol& protocol, const HmcParams& hmc, std::uint64_t seed,
+                     std::int64_t first, torch::Tensor& x) {
   const std::int64_t n = x.size(0), steps = static_cast<std::int64_t>(protocol.theories.size()) - 1;
   auto W = torch::zeros({n}, torch::kFloat64);
   auto S_prev = protocol.theories[0]->action(x);
+  std::size_t j = 0;  // the next flow block
   for (std::int64_t k = 1; k <= steps; ++k) {
     const Theory& theory = *protocol.theories[static_cast<std::size_t>(k)];
-    W += theory.action(x) - S_prev;
-    HmcChains chains(theory, cfg.hmc, protocol.seed, first, n, x.options());
-    chains.set_field(x);
+    if (j < model.num_blocks() && model.block_step(j) == k) {
+      auto [y, log_det] = model.block(j++).transform(x);
+      x = y.to(torch::kFloat64);
+      W = W + (theory.action(x) - S_prev - log_det);
+    } else {
+      W = W + (theory.action(x) - S_prev);
+    }
+    torch::NoGradGuard updates_are_noise;
+    HmcChains chains(theory, hmc, seed, first, n, x.options());
+    // The updates may work in place (the heat bath): never on a tensor that a gradient graph holds.
+    chains.set_field(x.requires_grad() ? x.detach().clone() : x);
     auto r = chains.trajectory(k);
     x = chains.field();
     protocol.hmc_accepted += r.accepted.sum().item<std::int64_t>();
@@ -35,8 +39,6 @@ torch::Tensor anneal(NeProtocol& protocol, const Config& cfg, torch::Tensor& x, 
   }
   return W;
 }
-
-}  // namespace
 
 ImhBlock make_block(FlowModel& model, const Theory& theory, NeProtocol* protocol, const Config& cfg, std::int64_t b) {
   ImhBlock blk;
@@ -48,7 +50,7 @@ ImhBlock make_block(FlowModel& model, const Theory& theory, NeProtocol* protocol
   if (protocol != nullptr) {
     // log w = -S_0(x_0) - log q(x_0) - W: the flow's weight at the start coupling, times exp(-W).
     log_w = -protocol->theories[0]->action(xd) - log_q.to(torch::kCPU, torch::kFloat64);
-    W = anneal(*protocol, cfg, xd, b * cfg.sample.block);
+    W = anneal(*model, *protocol, cfg.hmc, protocol->seed, b * cfg.sample.block, xd);
     log_w = log_w - W;
     xd = xd.contiguous();
   }

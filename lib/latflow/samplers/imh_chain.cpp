@@ -43,18 +43,11 @@ io::PartialSpec partial_spec(const Config& cfg, const ImhLayout& layout) {
 }  // namespace
 
 std::string sample_identity(const Config& cfg, const std::string& weights_hash) {
-  std::string out = model_identity(cfg.ne.steps > 0 ? ne_stage(cfg, 0) : cfg) + "model.weights_hash = " + weights_hash +
-                    "\n" + identity_lines(cfg, {"run.seed", "sample.block", "sample.store_configs"});
-  if (cfg.ne.steps > 0) {
-    // The model identity above is the start's physics; the protocol and its HMC steps fix the rest.
-    std::istringstream target(physics_identity(cfg));
-    for (std::string line; std::getline(target, line);) out += "ne.target." + line + "\n";
-    out += identity_lines(cfg, {"ne.steps", "ne.parameter", "ne.start", "hmc.integrator", "hmc.trajectory_length",
-                                "hmc.n_md", "hmc.jitter"});
-    // Only heat-bath protocols have these lines, so files of earlier versions resume.
-    if (cfg.hmc.algorithm != UpdateAlgorithm::hmc) out += identity_lines(cfg, {"hmc.algorithm", "hmc.overrelax"});
-  }
-  return out;
+  // A protocol's model identity is the start's physics; the protocol and its updates fix the rest (a stochastic
+  // normalizing flow's model identity holds them already).
+  return model_identity(cfg) + "model.weights_hash = " + weights_hash + "\n" +
+         identity_lines(cfg, {"run.seed", "sample.block", "sample.store_configs"}) +
+         (cfg.ne.blocks == 0 ? ne_protocol_identity(cfg) : "");
 }
 
 ImhChain::ImhChain(const Config& cfg, const ImhLayout& layout, const std::function<void(io::File&)>& write_header)
