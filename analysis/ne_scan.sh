@@ -12,7 +12,8 @@
 # HMC_TRAJ (default 10000) after 1000), LATFLOW (the binary), BLOCKS (a stochastic normalizing flow: M flow blocks,
 # or `n` for one before every update, trained for each n by `latflow train --ne.steps n --ne.blocks M` from the start
 # flow's weights (train.init_from) with the extra arguments SNF_TRAIN, e.g. "--train.steps 300 --train.lr 0.001";
-# default 0 = the plain protocol from the start flow). Existing outputs are reused (delete to remeasure).
+# default 0 = the plain protocol from the start flow), START_TRAIN (extra arguments of the start flow's training
+# only). Existing outputs are reused (delete to remeasure).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ $# -ge 5 ] || { sed -n 3,15p "$0"; exit 2; }
@@ -26,7 +27,9 @@ ne=(--ne.parameter "$param" --ne.start "$start" --sample.proposals "${PROPOSALS:
 ckpt=$out/$name.ckpt
 blocks=${BLOCKS:-0}
 read -r -a snf_train <<<"${SNF_TRAIN:-}"
-"$bin" train "$cfg" "${extra[@]}" "${ne[@]}" --ne.steps 1 --run.checkpoint "$ckpt" --output "$out/$name.unused.h5" \
+read -r -a start_train <<<"${START_TRAIN:-}"
+"$bin" train "$cfg" "${extra[@]}" "${ne[@]}" "${start_train[@]}" --ne.steps 1 --run.checkpoint "$ckpt" \
+  --output "$out/$name.unused.h5" \
   >"$out/$name.train.log" 2>&1 || { cat "$out/$name.train.log"; exit 1; }
 start_ckpt=$ckpt
 hmc=${HMC_FILE:-$out/${name}_hmc.h5}

@@ -1171,14 +1171,16 @@ TEST_CASE(
 
 TEST_CASE(
     "stochastic normalizing flows: trained flow blocks keep F (Jarzynski) and the observables exact within 3 "
-    "sigma (free field, U(1)); fresh blocks give the plain protocol's weights bitwise",
+    "sigma (free field, U(1), SU(2)); fresh blocks give the plain protocol's weights bitwise",
     "[cli][ne]") {
   TempDir dir;
   const std::string ff = dir / "ff.ini";
   write_file(ff, free_field_config(dir / "unused.h5"));
   const std::string u1 = std::string(LATFLOW_SOURCE_DIR) + "/configs/u1_exact.ini";
+  const std::string su2 = std::string(LATFLOW_SOURCE_DIR) + "/configs/su2_exact.ini";
   // Free field 8x8 from the learned Gaussian prior at m2 = 1.5 (trained alone first, then with the blocks from its
-  // weights: train.init_from) to m2 = 1; U(1) 8x8 from the independent-plaquette prior at beta = 1.5 to beta = 2.
+  // weights: train.init_from) to m2 = 1; U(1) and SU(2) 8x8 from the independent-plaquette prior at beta = 1.5 to
+  // beta = 2.
   // Four steps, two flow blocks (before the updates of steps 2 and 4), trained briefly: whatever the blocks
   // learned, the weights must keep the estimates exact.
   const std::string ff_start = ff + " --flow.layers 0 --flow.prior fourier --ne.parameter phi4.m2 --ne.start 1.5";
@@ -1200,6 +1202,11 @@ TEST_CASE(
        u1 + " --flow.prior plaquette --flow.layers 0 --lattice.extents \"8 8\" --u1.beta 2 --ne.parameter u1.beta "
             "--ne.start 1.5 --flow.hidden 8 --train.lr 0.003",
        {"plaq", "Q2"},
+       dir / "none.ckpt"},
+      {"su2",
+       su2 + " --flow.prior plaquette --flow.layers 0 --lattice.extents \"8 8\" --sun.beta 2 --ne.parameter sun.beta "
+             "--ne.start 1.5 --flow.hidden 8 --train.lr 0.003",
+       {"plaq", "wilson_2x2"},
        dir / "none.ckpt"}};
   for (const auto& p : points) {
     const std::string snf = p.args + " --ne.steps 4 --ne.blocks 2 --run.checkpoint " + dir / (p.name + ".ckpt");
