@@ -1180,9 +1180,9 @@ TEST_CASE(
   const std::string su2 = std::string(LATFLOW_SOURCE_DIR) + "/configs/su2_exact.ini";
   // Free field 8x8 from the learned Gaussian prior at m2 = 1.5 (trained alone first, then with the blocks from its
   // weights: train.init_from) to m2 = 1; U(1) and SU(2) 8x8 from the independent-plaquette prior at beta = 1.5 to
-  // beta = 2.
-  // Four steps, two flow blocks (before the updates of steps 2 and 4), trained briefly: whatever the blocks
-  // learned, the weights must keep the estimates exact.
+  // beta = 2. Four steps with two flow blocks (before the updates of steps 2 and 4), and for U(1) also one step with
+  // one block and ten steps with two (steps 5 and 10), trained briefly: whatever the blocks learned, the weights
+  // must keep the estimates exact.
   const std::string ff_start = ff + " --flow.layers 0 --flow.prior fourier --ne.parameter phi4.m2 --ne.start 1.5";
   auto t0 = run("train " + ff_start + " --ne.steps 1 --train.steps 500 --train.lr 0.05 --run.checkpoint " +
                 dir / "ff_start.ckpt" + " --output " + dir / "unused.h5");
@@ -1192,46 +1192,55 @@ TEST_CASE(
     std::string name, args;
     std::vector<const char*> rows;
     std::string start_ckpt;  // the plain protocol's start flow
+    std::vector<int> steps;
   };
   const std::vector<Point> points{
       {"ff",
        ff_start + " --train.init_from " + dir / "ff_start.ckpt" + " --train.lr 0.003",
        {"chi2", "phi2"},
-       dir / "ff_start.ckpt"},
+       dir / "ff_start.ckpt",
+       {4}},
       {"u1",
        u1 + " --flow.prior plaquette --flow.layers 0 --lattice.extents \"8 8\" --u1.beta 2 --ne.parameter u1.beta "
             "--ne.start 1.5 --flow.hidden 8 --train.lr 0.003",
        {"plaq", "Q2"},
-       dir / "none.ckpt"},
+       dir / "none.ckpt",
+       {1, 4, 10}},
       {"su2",
        su2 + " --flow.prior plaquette --flow.layers 0 --lattice.extents \"8 8\" --sun.beta 2 --ne.parameter sun.beta "
              "--ne.start 1.5 --flow.hidden 8 --train.lr 0.003",
        {"plaq", "wilson_2x2"},
-       dir / "none.ckpt"}};
-  for (const auto& p : points) {
-    const std::string snf = p.args + " --ne.steps 4 --ne.blocks 2 --run.checkpoint " + dir / (p.name + ".ckpt");
-    auto t = run("train " + snf + " --train.steps 40 --train.batch 64 --train.eval_every 0 --train.log_every 10 " +
-                 "--output " + dir / "unused.h5");
-    INFO(t.out);
-    REQUIRE(t.code == 0);
-    CHECK(t.out.find("through 4 non-equilibrium steps with 2 flow blocks") != std::string::npos);
-    const std::string out = dir / (p.name + "_snf.h5");
-    auto r = run("sample " + snf + " --sample.proposals 4000 --sample.block 500 --run.seed 3 --output " + out);
-    INFO(r.out);
-    REQUIRE(r.code == 0);
-    CHECK(io::File::open_read(out).read_attr_int("/ne", "blocks") == 2);
-    CAPTURE(p.name);
-    expect_exact_weights(out, p.rows);
-    // The blocks were trained (they are the identity when fresh): the weights differ from the plain protocol's.
-    const std::string plain = dir / (p.name + "_plain.h5");
-    auto r0 = run("sample " + p.args + " --ne.steps 4 --sample.proposals 500 --sample.block 500 --run.seed 3 " +
-                  "--run.checkpoint " + p.start_ckpt + " --output " + plain);
-    INFO(r0.out);
-    REQUIRE(r0.code == 0);
-    auto lw = io::File::open_read(out).read_f64("/proposals/log_w");
-    lw.resize(500);  // the same starts and update streams (block 0)
-    CHECK(io::File::open_read(plain).read_f64("/proposals/log_w") != lw);
-  }
+       dir / "none.ckpt",
+       {4}}};
+  for (const auto& p : points)
+    for (int n : p.steps) {
+      const int m = std::min(n, 2);
+      const std::string name = p.name + std::to_string(n), steps = " --ne.steps " + std::to_string(n);
+      const std::string snf =
+          p.args + steps + " --ne.blocks " + std::to_string(m) + " --run.checkpoint " + dir / (name + ".ckpt");
+      auto t = run("train " + snf + " --train.steps 40 --train.batch 64 --train.eval_every 0 --train.log_every 10 " +
+                   "--output " + dir / "unused.h5");
+      INFO(t.out);
+      REQUIRE(t.code == 0);
+      CHECK(t.out.find("through " + std::to_string(n) + " non-equilibrium steps with " + std::to_string(m) +
+                       " flow blocks") != std::string::npos);
+      const std::string out = dir / (name + "_snf.h5");
+      auto r = run("sample " + snf + " --sample.proposals 4000 --sample.block 500 --run.seed 3 --output " + out);
+      INFO(r.out);
+      REQUIRE(r.code == 0);
+      CHECK(io::File::open_read(out).read_attr_int("/ne", "blocks") == m);
+      CAPTURE(name);
+      expect_exact_weights(out, p.rows);
+      // The blocks were trained (they are the identity when fresh): the weights differ from the plain protocol's.
+      const std::string plain = dir / (name + "_plain.h5");
+      auto r0 = run("sample " + p.args + steps + " --sample.proposals 500 --sample.block 500 --run.seed 3 " +
+                    "--run.checkpoint " + p.start_ckpt + " --output " + plain);
+      INFO(r0.out);
+      REQUIRE(r0.code == 0);
+      auto lw = io::File::open_read(out).read_f64("/proposals/log_w");
+      lw.resize(500);  // the same starts and update streams (block 0)
+      CHECK(io::File::open_read(plain).read_f64("/proposals/log_w") != lw);
+    }
   // Fresh blocks (zero last layers) are the identity with log|det| = 0: bitwise the plain protocol's proposals.
   const std::string fresh = ff +
                             " --flow.layers 0 --flow.prior normal --ne.parameter phi4.m2 --ne.start 1.5 --ne.steps 3 "
