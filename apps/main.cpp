@@ -70,7 +70,9 @@ const std::map<std::string, std::string>& command_help() {
       {"train",
        "usage: latflow train CONFIG.ini [--retrain] [--section.key VALUE ...]\n"
        "Trains the flow by reverse KL; writes run.checkpoint (default OUTPUT.ckpt) every\n"
-       "train.checkpoint_every steps and continues an existing one.\n" +
+       "train.checkpoint_every steps and continues an existing one. With ne.blocks = m > 0 (and a\n"
+       "protocol, ne.steps), a stochastic normalizing flow: the flow and m flow blocks between the\n"
+       "protocol's updates, trained together by the reverse KL of the whole path.\n" +
            config_keys + "example: latflow train configs/e5.ini --train.steps 6000\n"},
       {"sample",
        "usage: latflow sample CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
@@ -78,7 +80,8 @@ const std::map<std::string, std::string>& command_help() {
        "With ne.steps = n > 0, non-equilibrium proposals: each starts from the flow of ne.parameter =\n"
        "ne.start (what `train` trains with the same keys) and makes n steps of the coupling toward the\n"
        "config's value, each followed by one HMC trajectory (hmc.n_md, not tuned); the weight carries the\n"
-       "work. A model without parameters (flow.layers = 0, a fixed prior) needs no checkpoint.\n" +
+       "work. With ne.blocks = m, the trained flow blocks act between the updates (train them first).\n"
+       "A model without parameters (flow.layers = 0, a fixed prior) needs no checkpoint.\n" +
            config_keys +
            "example: latflow sample configs/tutorial.ini --run.checkpoint runs/tutorial.h5.ckpt "
            "--run.seed 2 --output runs/t2.h5\n"
