@@ -3,6 +3,7 @@
 // training continues: every key that changes the model or its training recipe is named when it differs.
 #include <catch2/catch.hpp>
 
+#include <filesystem>
 #include <variant>
 
 #include "config_parse.hpp"
@@ -203,4 +204,15 @@ TEST_CASE("identity texts keep the line format and order of files written before
   for (const auto& [name, value] : theory_attributes(sun)) names.push_back(name);
   CHECK(names == std::vector<std::string>{"n", "beta"});
   CHECK(std::get<std::int64_t>(theory_attributes(sun)[0].second) == 3);
+}
+
+TEST_CASE("every config file in configs/ parses and validates", "[config]") {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(LATFLOW_SOURCE_DIR) + "/configs")) {
+    if (e.path().extension() != ".ini") continue;
+    CAPTURE(e.path().string());
+    CHECK_NOTHROW(cli::load_config(e.path().string(), {}, "test"));
+    ++n;
+  }
+  CHECK(n >= 20);
 }
