@@ -9,16 +9,18 @@ namespace latflow::pconv {
 
 namespace {
 
-template <class T, int SB>
-__attribute__((always_inline)) inline void dual_dot_rows(const T* in, Row row, const Geo& g, int C, const T* Ws,
+// (TAPS, CC: the taps and channels as constants, so that their loops unroll; 0: run-time values.)
+template <class T, int SB, int TAPS, int CC>
+__attribute__((always_inline)) inline void dual_dot_rows(const T* in, Row row, const Geo& g, int C_rt, const T* Ws,
                                                          const T* Wt, T bias_s, T* s_out, T* t_out) {
   using V_t = vec_t<T, 8>;
+  const int C = CC ? CC : C_rt, taps = TAPS ? TAPS : g.taps;
   const T* base[SB];
   const std::int32_t* ns[SB];
   row_starts<SB>(in, row, g, 2 * C, base, ns);
   V_t as[SB], at[SB];
   for (int q = 0; q < SB; ++q) as[q] = at[q] = V_t{};
-  for (int t = 0; t < g.taps; ++t)
+  for (int t = 0; t < taps; ++t)
     for (int k0 = 0; k0 < C; k0 += 8) {
       const V_t ms = load<8>(Ws + static_cast<std::int64_t>(t) * C + k0);
       const V_t mt = load<8>(Wt + static_cast<std::int64_t>(t) * C + k0);
@@ -28,26 +30,41 @@ __attribute__((always_inline)) inline void dual_dot_rows(const T* in, Row row, c
         at[q] += load<8>(p + C) * mt;
       }
     }
-  for (int q = 0; q < SB; ++q) {
-    T ss = bias_s, tt = 0;
-    for (int j = 0; j < 8; ++j) {
-      ss += as[q][j];
-      tt += at[q][j];
+  // The lane sums in hsum8's order, then the bias.
+  if constexpr (SB == 4) {
+    const V_t a[8] = {as[0], as[1], as[2], as[3], at[0], at[1], at[2], at[3]};
+    const V_t sums = transpose_sums<T>(a);
+    for (int q = 0; q < SB; ++q) {
+      s_out[row.r + q] = sums[q] + bias_s;
+      t_out[row.r + q] = sums[4 + q];
     }
-    s_out[row.r + q] = ss;
-    t_out[row.r + q] = tt;
+  } else {
+    for (int q = 0; q < SB; ++q) {
+      s_out[row.r + q] = hsum8<T>(as[q]) + bias_s;
+      t_out[row.r + q] = hsum8<T>(at[q]);
+    }
   }
+}
+
+template <class T, int TAPS, int CC>
+__attribute__((always_inline)) inline void dual_dot_c(const T* in, std::int64_t n, const Geo& g, int C, const T* Ws,
+                                                      const T* Wt, T bias_s, T* s_out, T* t_out) {
+  constexpr int SB = 4;
+  const std::int64_t rows = n * g.Vr;
+  Row row{0, 0, 0};
+  for (; row.r + SB <= rows; row.advance(SB, g.Vr))
+    dual_dot_rows<T, SB, TAPS, CC>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
+  for (; row.r < rows; row.advance(1, g.Vr)) dual_dot_rows<T, 1, TAPS, CC>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
 }
 
 template <class T>
 void dual_dot(const T* in, std::int64_t n, const Geo& g, int C, const T* Ws, const T* Wt, T bias_s, T* s_out, T* t_out,
               Isa isa) {
   with_isa(isa, [&]() LATFLOW_KERNEL {
-    constexpr int SB = 4;
-    const std::int64_t rows = n * g.Vr;
-    Row row{0, 0, 0};
-    for (; row.r + SB <= rows; row.advance(SB, g.Vr)) dual_dot_rows<T, SB>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
-    for (; row.r < rows; row.advance(1, g.Vr)) dual_dot_rows<T, 1>(in, row, g, C, Ws, Wt, bias_s, s_out, t_out);
+    if (g.taps == 9 && C == 8)  // 3x3 kernels of 8 channels
+      dual_dot_c<T, 9, 8>(in, n, g, C, Ws, Wt, bias_s, s_out, t_out);
+    else
+      dual_dot_c<T, 0, 0>(in, n, g, C, Ws, Wt, bias_s, s_out, t_out);
   });
 }
 
@@ -130,7 +147,7 @@ struct Plan {
       UT.resize(U.size());
       for (int l = 0; l + 1 < L; ++l) {
         const auto& c = net[static_cast<std::size_t>(l)];
-        U[static_cast<std::size_t>(l)] = transform(c.w, c.cin, c.cout);
+        if (c.cin > 1) U[static_cast<std::size_t>(l)] = transform(c.w, c.cin, c.cout);  // (conv below)
         if (backward && l > 0) {
           // The input-gradient is the convolution with the transposed weights and the window reversed.
           std::vector<T> wt(static_cast<std::size_t>(c.cout * c.cin * 9));
@@ -150,10 +167,11 @@ struct Plan {
   Geo all() const { return Geo{V, ly.taps, ly.nbr, nullptr, V}; }
   Geo updated() const { return Geo{V, ly.taps, ly.nbr, ly.active, ly.Va}; }
   std::int64_t tape_per_sample() const { return affine_tape_size(ly, 1); }
-  // conv l of n_in samples of `in` [n_in, V, cin] into sink, by Winograd or the direct kernels.
+  // conv l of n_in samples of `in` [n_in, V, cin] into sink, by Winograd or the direct kernels (a conv of one
+  // input, the first, is direct: its Winograd transforms would cost more than its 9 multiply-adds per output).
   void conv(int l, const T* in, std::int64_t n_in, const Sink<T>& sink, T* wino_scratch) const {
     const auto& c = ly.net[static_cast<std::size_t>(l)];
-    if (winograd)
+    if (winograd && c.cin > 1)
       winograd_conv(in, n_in, V, tiles, c.cin, c.cout, U[static_cast<std::size_t>(l)].data(), c.bias, sink,
                     wino_scratch, isa);
     else

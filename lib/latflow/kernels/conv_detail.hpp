@@ -106,6 +106,40 @@ struct Sink {
   }
 };
 
+// The two sinks most convs write into, with their branches resolved at compile time: out = v, or (Leaky)
+// out = leaky_relu(v), by the same operations as Sink's. with_sink passes a Sink in that form when it has nothing
+// else to write (a Sink's run-time tests cost as much as the nine multiply-adds per row of a one-input conv).
+template <class T, bool Leaky>
+struct OutSink {
+  T* out;
+  __attribute__((always_inline)) T apply(T v) const {
+    return Leaky ? (v > 0 ? v : static_cast<T>(kLeakySlope) * v) : v;
+  }
+  __attribute__((always_inline)) void put(std::int64_t o, std::int64_t, const T* res, int valid) const {
+    for (int j = 0; j < valid; ++j) out[o + j] = apply(res[j]);
+  }
+  template <int W>
+  __attribute__((always_inline)) void put(std::int64_t o, std::int64_t c0, const vec_t<T, W>& v, int valid) const {
+    if (valid == W) {
+      store<W>(out + o, Leaky ? (v > 0 ? v : v * static_cast<T>(kLeakySlope)) : v);
+      return;
+    }
+    T res[W];
+    store<W>(res, v);
+    put(o, c0, res, valid);
+  }
+};
+template <class T, class F>
+__attribute__((always_inline)) inline void with_sink(const Sink<T>& s, const F& f) {
+  const bool only_out = !s.pre && !s.dpre && !s.mirror && !s.mirror_pre;
+  if (only_out && !s.act)
+    f(OutSink<T, false>{s.out});
+  else if (only_out && *s.act == Act::leaky_relu)
+    f(OutSink<T, true>{s.out});
+  else
+    f(s);
+}
+
 // out[b, s, :] = act(bias + sum_t sum_k in[b, nbr(s, t), k] M[t, k, :]) for b in [0, n), with M [taps, kin, koutP]
 // (koutP = kout rounded up to W, padding zero) and nbr(s, t) = nbr[s * taps + t], or with mirrored = true
 // nbr[s * taps + taps - 1 - t] (the site that sees s at tap t: the transpose of the periodic convolution); the

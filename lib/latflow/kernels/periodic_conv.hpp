@@ -82,8 +82,8 @@ struct ConvWeights {
 // The same function as AffineCoupling's LibTorch formulas in flow.cpp, with less work: the first conv is linear,
 // so its value on -c is 2 bias - its value on c and is not recomputed; the last conv is evaluated at the active
 // sites only and, with z2, as two one-output convs of (h(c) + h(-c)) / 2 and (h(c) - h(-c)) / 2 (it is linear); in
-// 2D with 3x3 kernels and even extents the other convs use Winograd's F(4x4, 3x3) (extents multiples of 4) or
-// F(2x2, 3x3), 4x or 2.25x fewer multiply-adds.
+// 2D with 3x3 kernels and even extents the hidden convs (more than one input channel) use Winograd's F(4x4, 3x3)
+// (extents multiples of 4) or F(2x2, 3x3), 4x or 2.25x fewer multiply-adds.
 template <class T>
 struct AffineLayer {
   std::vector<std::int64_t> extents;  // V = their product

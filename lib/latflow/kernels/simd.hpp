@@ -75,4 +75,24 @@ __attribute__((always_inline)) inline void store(T* p, const vec_t<T, W>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// Lane sums of 8 vectors of 8 lanes by a tree of shuffles and 7 vector additions: r[i] = ((a_i0 + a_i1) + (a_i2 +
+// a_i3)) + ((a_i4 + a_i5) + (a_i6 + a_i7)), the order hsum8 sums one vector in (so that a row summed alone and a
+// row summed with seven others give the same bits).
+template <class T>
+__attribute__((always_inline)) inline vec_t<T, 8> transpose_sums(const vec_t<T, 8> (&a)[8]) {
+  vec_t<T, 8> b[4], c[2];
+  for (int m = 0; m < 4; ++m)
+    b[m] = __builtin_shufflevector(a[2 * m], a[2 * m + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(a[2 * m], a[2 * m + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int m = 0; m < 2; ++m)
+    c[m] = __builtin_shufflevector(b[2 * m], b[2 * m + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(b[2 * m], b[2 * m + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return __builtin_shufflevector(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+template <class T>
+__attribute__((always_inline)) inline T hsum8(const vec_t<T, 8>& v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
 }  // namespace latflow::pconv

@@ -142,11 +142,12 @@ std::vector<T> winograd_weights_m(const T* w, int cin, int cout) {
 // and each weight vector loaded serves kTB tiles (kTB accumulators hide the FMA latency).
 constexpr int kTB = 8;
 
-template <class T, int M>
+template <class T, int M, int CH = 0>
 __attribute__((always_inline)) inline void winograd_conv_m(const T* in, std::int64_t n, std::int64_t V,
-                                                           const WinogradTiles& tiles, int cin, int cout, const T* U,
-                                                           const T* bias, const Sink<T>& sink, T* scratch) {
+                                                           const WinogradTiles& tiles, int cin_rt, int cout_rt,
+                                                           const T* U, const T* bias, const Sink<T>& sink, T* scratch) {
   constexpr int W = 8, A = M + 2;
+  const int cin = CH ? CH : cin_rt, cout = CH ? CH : cout_rt;
   using V_t = vec_t<T, W>;
   const std::int64_t cinP = round_up(cin, W), coutP = round_up(cout, W);
   const std::int64_t total = n * tiles.per_sample;
@@ -238,7 +239,9 @@ template <class T>
 void winograd_conv(const T* in, std::int64_t n, std::int64_t V, const WinogradTiles& tiles, int cin, int cout,
                    const T* U, const T* bias, const Sink<T>& sink, T* scratch, Isa isa) {
   with_isa(isa, [&]() LATFLOW_KERNEL {
-    if (tiles.M == 4)
+    if (tiles.M == 4 && cin == 8 && cout == 8)  // the channel loops unrolled
+      winograd_conv_m<T, 4, 8>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
+    else if (tiles.M == 4)
       winograd_conv_m<T, 4>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
     else
       winograd_conv_m<T, 2>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
