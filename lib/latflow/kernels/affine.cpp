@@ -60,12 +60,11 @@ __attribute__((always_inline)) inline void dual_dot_c(const T* in, std::int64_t 
 template <class T>
 void dual_dot(const T* in, std::int64_t n, const Geo& g, int C, const T* Ws, const T* Wt, T bias_s, T* s_out, T* t_out,
               Isa isa) {
-  with_isa(isa, [&]() LATFLOW_KERNEL {
-    if (g.taps == 9 && C == 8)  // 3x3 kernels of 8 channels
-      dual_dot_c<T, 9, 8>(in, n, g, C, Ws, Wt, bias_s, s_out, t_out);
-    else
-      dual_dot_c<T, 0, 0>(in, n, g, C, Ws, Wt, bias_s, s_out, t_out);
-  });
+  // (each variant in its own instruction-set wrapper, as in gather)
+  if (g.taps == 9 && C == 8)  // 3x3 kernels of 8 channels
+    with_isa(isa, [&]() LATFLOW_KERNEL { dual_dot_c<T, 9, 8>(in, n, g, C, Ws, Wt, bias_s, s_out, t_out); });
+  else
+    with_isa(isa, [&]() LATFLOW_KERNEL { dual_dot_c<T, 0, 0>(in, n, g, C, Ws, Wt, bias_s, s_out, t_out); });
 }
 
 // Samples are done kChunk at a time, so that a block's activations stay in the L2 cache (and each inference buffer

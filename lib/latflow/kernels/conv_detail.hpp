@@ -126,7 +126,7 @@ struct OutSink {
     }
     T res[W];
     store<W>(res, v);
-    put(o, c0, res, valid);
+    put(o, c0, res, std::min(valid, W));  // (valid <= W: the bound quiets a false -Wmaybe-uninitialized)
   }
 };
 template <class T, class F>

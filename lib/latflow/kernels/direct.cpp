@@ -39,11 +39,11 @@ std::vector<std::int32_t> neighbour_table(const std::vector<std::int64_t>& exten
 
 namespace {
 
-template <class T, int W, int SB, class S>
-__attribute__((always_inline)) inline void gather_rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
+template <class T, int W, int SB, int TAPS, int KIN, class S>
+__attribute__((always_inline)) inline void gather_rows(const T* in, Row row, const Geo& g, bool mirrored, int kin_rt,
                                                        const T* M, int kout, const T* bias, const S& sink) {
   using V_t = vec_t<T, W>;
-  const int taps = g.taps;
+  const int taps = TAPS ? TAPS : g.taps, kin = KIN ? KIN : kin_rt;
   const std::int64_t koutP = round_up(kout, W);
   const T* base[SB];
   const std::int32_t* ns[SB];
@@ -113,17 +113,17 @@ __attribute__((always_inline)) inline void dot_rows(const T* in, Row row, const 
   for (int q = 0; q < SB; ++q) sink.put((row.r + q) * kout, 0, res[q], std::min(kout, KO));  // (kout <= KO)
 }
 
-// The two row kernels as policies of one driver: SB rows at a time, then the remainder one by one.
-template <class T, int W>
+// The two row kernels as policies of one driver: SB rows at a time, then the remainder one by one. (TAPS, KIN:
+// the taps and inputs as constants, so that their loops unroll; 0: run-time values.)
+template <class T, int W, int TAPS = 0, int KIN = 0>
 struct ChannelLanes {
   static constexpr int SB = 8;  // 8 accumulators: 8 of the 16 AVX registers (16 for doubles at W = 8: some spill)
   template <int R, class S>
   __attribute__((always_inline)) static void rows(const T* in, Row row, const Geo& g, bool mirrored, int kin,
                                                   const T* M, int kout, const T* bias, const S& sink) {
-    gather_rows<T, W, R>(in, row, g, mirrored, kin, M, kout, bias, sink);
+    gather_rows<T, W, R, TAPS, KIN>(in, row, g, mirrored, kin, M, kout, bias, sink);
   }
 };
-// (TAPS, KIN: the taps and inputs as constants, so that their loops unroll; 0: run-time values.)
 template <class T, int KO, int TAPS = 0, int KIN = 0>
 struct InputLanes {
   static constexpr int SB = 8 / KO;  // SB x KO = 8 accumulators
@@ -143,19 +143,6 @@ __attribute__((always_inline)) inline void gather_conv(const T* in, std::int64_t
   for (; row.r + SB <= rows; row.advance(SB, g.Vr))
     Kernel::template rows<SB>(in, row, g, mirrored, kin, M, kout, bias, sink);
   for (; row.r < rows; row.advance(1, g.Vr)) Kernel::template rows<1>(in, row, g, mirrored, kin, M, kout, bias, sink);
-}
-
-// The input-lanes gather with KO outputs per row; 3x3 kernels of 8 inputs (a 2D net's last conv, the input-gradient
-// of its first) with the taps and inputs unrolled.
-template <class T, class S>
-__attribute__((always_inline)) inline void dot_conv(const T* in, std::int64_t n, const Geo& g, bool mirrored, int kin,
-                                                    const T* M, int KO, int kout, const T* bias, const S& sink) {
-  const bool k9x8 = g.taps == 9 && kin == 8;
-  if (KO == 1 && k9x8) gather_conv<T, InputLanes<T, 1, 9, 8>>(in, n, g, mirrored, kin, M, kout, bias, sink);
-  if (KO == 1 && !k9x8) gather_conv<T, InputLanes<T, 1>>(in, n, g, mirrored, kin, M, kout, bias, sink);
-  if (KO == 2 && k9x8) gather_conv<T, InputLanes<T, 2, 9, 8>>(in, n, g, mirrored, kin, M, kout, bias, sink);
-  if (KO == 2 && !k9x8) gather_conv<T, InputLanes<T, 2>>(in, n, g, mirrored, kin, M, kout, bias, sink);
-  if (KO == 4) gather_conv<T, InputLanes<T, 4>>(in, n, g, mirrored, kin, M, kout, bias, sink);
 }
 
 // The gather of one input channel (a net's first conv) with 8 output lanes and at most kOneInputTaps taps: row by
@@ -332,23 +319,38 @@ Arranged<T> arrange_conv(const T* w, int taps, int cin, int cout, bool mirrored)
 template <class T>
 void gather(const T* in, std::int64_t n, const Geo& g, const Arranged<T>& a, const T* bias, const Sink<T>& sink,
             Isa isa) {
-  const T* m = a.m.data();
-  with_isa(isa, [&]() LATFLOW_KERNEL {
-    with_sink(sink, [&](const auto& sk) LATFLOW_KERNEL {
-      using S = std::decay_t<decltype(sk)>;
-      if (a.KO) {
-        dot_conv<T>(in, n, g, a.mirrored, a.kin, m, a.KO, a.kout, bias, sk);
-        return;
-      }
-      if (a.W == 8 && a.kin == 1 && g.taps == 9)  // 3x3 kernels: the taps unrolled
-        one_input_conv<T, 9>(in, n, g, a.mirrored, m, a.kout, bias, sk);
-      else if (a.W == 8 && a.kin == 1 && g.taps <= kOneInputTaps)
-        one_input_conv<T, 0>(in, n, g, a.mirrored, m, a.kout, bias, sk);
-      else if (a.W == 4)
-        gather_conv<T, ChannelLanes<T, 4>, S>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sk);
-      else
-        gather_conv<T, ChannelLanes<T, 8>, S>(in, n, g, a.mirrored, a.kin, m, a.kout, bias, sk);
-    });
+  // Each kernel runs in its own instruction-set wrapper: one function holding every variant was optimised worse
+  // (up to 40% slower) than each alone.
+  with_sink(sink, [&](const auto& sk) {
+    using S = std::decay_t<decltype(sk)>;
+    auto rows = [&](auto kernel) {
+      using K = decltype(kernel);
+      with_isa(isa, [&]() LATFLOW_KERNEL {
+        gather_conv<T, K, S>(in, n, g, a.mirrored, a.kin, a.m.data(), a.kout, bias, sk);
+      });
+    };
+    auto one_input = [&](auto taps) {
+      with_isa(isa, [&]() LATFLOW_KERNEL {
+        one_input_conv<T, decltype(taps)::value>(in, n, g, a.mirrored, a.m.data(), a.kout, bias, sk);
+      });
+    };
+    const bool k9x8 = g.taps == 9 && a.kin == 8;  // 3x3 kernels of 8 inputs: the taps and inputs unrolled
+    if (a.KO == 1)
+      k9x8 ? rows(InputLanes<T, 1, 9, 8>{}) : rows(InputLanes<T, 1>{});
+    else if (a.KO == 2)
+      k9x8 ? rows(InputLanes<T, 2, 9, 8>{}) : rows(InputLanes<T, 2>{});
+    else if (a.KO == 4)
+      rows(InputLanes<T, 4>{});
+    else if (a.W == 8 && a.kin == 1 && g.taps == 9)
+      one_input(std::integral_constant<int, 9>{});
+    else if (a.W == 8 && a.kin == 1 && g.taps <= kOneInputTaps)
+      one_input(std::integral_constant<int, 0>{});
+    else if (a.W == 8 && a.kin == 2 && g.taps == 9)  // the input-gradient of a 3x3 conv with 2 outputs
+      rows(ChannelLanes<T, 8, 9, 2>{});
+    else if (a.W == 4)
+      rows(ChannelLanes<T, 4>{});
+    else
+      rows(ChannelLanes<T, 8>{});
   });
 }
 
@@ -377,20 +379,35 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
   const bool dot = cout <= 4 && cin % 8 == 0;
   const int W = dot ? (cout <= 1 ? 1 : cout <= 2 ? 2 : 4) : lanes(cout);  // padded width of gP
   const std::int64_t coutP = round_up(cout, W), rows = n * V;
-  std::vector<T> gP(static_cast<std::size_t>(rows * coutP), T(0));
-  std::vector<double> bias_sum(static_cast<std::size_t>(cout), 0.0);  // (float sums of 10^3 terms lose digits)
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (int c = 0; c < cout; ++c) {
-      gP[static_cast<std::size_t>(r * coutP + c)] = gpre[r * cout + c];
-      bias_sum[static_cast<std::size_t>(c)] += gpre[r * cout + c];
-    }
-  for (int c = 0; c < cout; ++c) gb[c] += static_cast<T>(bias_sum[static_cast<std::size_t>(c)]);
+  // The bias gradient: sums over the rows in float64 (float sums of 10^3 terms lose digits), four rows at a time
+  // in separate sums (one chain of additions per channel would cost more than the weight gradient of a 1-input
+  // conv).
+  std::vector<double> bias_sum(static_cast<std::size_t>(4 * cout), 0.0);
+  std::int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    for (int q = 0; q < 4; ++q)
+      for (int c = 0; c < cout; ++c) bias_sum[static_cast<std::size_t>(q * cout + c)] += gpre[(r + q) * cout + c];
+  for (; r < rows; ++r)
+    for (int c = 0; c < cout; ++c) bias_sum[static_cast<std::size_t>(c)] += gpre[r * cout + c];
+  for (int c = 0; c < cout; ++c) {
+    const auto k = static_cast<std::size_t>(c), m = static_cast<std::size_t>(cout);
+    gb[c] += static_cast<T>((bias_sum[k] + bias_sum[m + k]) + (bias_sum[2 * m + k] + bias_sum[3 * m + k]));
+  }
+  // The output gradient padded to coutP channels (gpre itself when there is no padding).
+  std::vector<T> padded;
+  const T* gP = gpre;
+  if (coutP != cout) {
+    padded.assign(static_cast<std::size_t>(rows * coutP), T(0));
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (int c = 0; c < cout; ++c) padded[static_cast<std::size_t>(i * coutP + c)] = gpre[i * cout + c];
+    gP = padded.data();
+  }
   std::vector<T> gwp(static_cast<std::size_t>(taps * cin * coutP), T(0));
   if (dot) {  // gwp [taps, coutP, cin]
     with_isa(isa, [&]() LATFLOW_KERNEL {
-      if (W == 1) weight_grad_dot<T, 1>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
-      if (W == 2) weight_grad_dot<T, 2>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
-      if (W == 4) weight_grad_dot<T, 4>(in, gP.data(), n, V, taps, nbr, cin, gwp.data());
+      if (W == 1) weight_grad_dot<T, 1>(in, gP, n, V, taps, nbr, cin, gwp.data());
+      if (W == 2) weight_grad_dot<T, 2>(in, gP, n, V, taps, nbr, cin, gwp.data());
+      if (W == 4) weight_grad_dot<T, 4>(in, gP, n, V, taps, nbr, cin, gwp.data());
     });
     for (int co = 0; co < cout; ++co)
       for (int ci = 0; ci < cin; ++ci)
@@ -401,9 +418,9 @@ void conv_backward(const T* in, const T* gpre, std::int64_t n, std::int64_t V, i
   }
   with_isa(isa, [&]() LATFLOW_KERNEL {
     if (W == 4)  // gwp [taps, cin, coutP]
-      weight_grad<T, 4>(in, gP.data(), n, V, taps, nbr, cin, coutP, gwp.data());
+      weight_grad<T, 4>(in, gP, n, V, taps, nbr, cin, coutP, gwp.data());
     else
-      weight_grad<T, 8>(in, gP.data(), n, V, taps, nbr, cin, coutP, gwp.data());
+      weight_grad<T, 8>(in, gP, n, V, taps, nbr, cin, coutP, gwp.data());
   });
   for (int co = 0; co < cout; ++co)
     for (int ci = 0; ci < cin; ++ci)

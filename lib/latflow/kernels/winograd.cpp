@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: MIT
+#include <type_traits>
+
 #include "latflow/kernels/conv_detail.hpp"
 
 namespace latflow::pconv {
@@ -238,14 +240,19 @@ std::size_t winograd_scratch_size(int M, int cin, int cout) {
 template <class T>
 void winograd_conv(const T* in, std::int64_t n, std::int64_t V, const WinogradTiles& tiles, int cin, int cout,
                    const T* U, const T* bias, const Sink<T>& sink, T* scratch, Isa isa) {
-  with_isa(isa, [&]() LATFLOW_KERNEL {
-    if (tiles.M == 4 && cin == 8 && cout == 8)  // the channel loops unrolled
-      winograd_conv_m<T, 4, 8>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
-    else if (tiles.M == 4)
-      winograd_conv_m<T, 4>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
-    else
-      winograd_conv_m<T, 2>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
-  });
+  // Each variant in its own instruction-set wrapper (one function holding all of them was optimised worse).
+  auto run = [&](auto m, auto ch) {
+    with_isa(isa, [&]() LATFLOW_KERNEL {
+      winograd_conv_m<T, decltype(m)::value, decltype(ch)::value>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
+    });
+  };
+  using std::integral_constant;
+  if (tiles.M == 4 && cin == 8 && cout == 8)  // the channel loops unrolled
+    run(integral_constant<int, 4>{}, integral_constant<int, 8>{});
+  else if (tiles.M == 4)
+    run(integral_constant<int, 4>{}, integral_constant<int, 0>{});
+  else
+    run(integral_constant<int, 2>{}, integral_constant<int, 0>{});
 }
 
 #define LATFLOW_INSTANTIATE(T)                                                                                   \
