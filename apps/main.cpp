@@ -25,6 +25,7 @@
 #include "latflow/io/gauge_formats.hpp"
 #include "latflow/jobs/jobs.hpp"
 #include "latflow/parallel/mpi.hpp"
+#include "latflow_git_hash.hpp"  // LATFLOW_GIT_HASH, generated at build time (cmake/git_hash.cmake)
 
 using namespace latflow;
 using cli::parse_list;
@@ -277,7 +278,7 @@ int config_command(const std::string& cmd, int argc, char** argv) {
   auto a = split_args(argc, argv, {"batches", "repeats", "sizes"});
   if (a.positional.size() != 1) throw ConfigError("usage: latflow " + cmd + " CONFIG.ini [--section.key VALUE ...]");
   Config cfg = cli::load_config(a.positional[0], a.overrides, command_line(argc, argv));
-  log::info("latflow " + std::string(LATFLOW_VERSION_STRING) + " " + cmd + " " + a.positional[0] + " (" +
+  log::info("latflow " + std::string(LATFLOW_VERSION "-" LATFLOW_GIT_HASH) + " " + cmd + " " + a.positional[0] + " (" +
             std::to_string(mpi::size()) + " rank(s) x " + std::to_string(cfg.run.threads) + " thread(s))");
   if (!cfg.reference_note.empty()) log::info("note: " + cfg.reference_note);
   if (cmd == "bench-hmc") {
@@ -329,7 +330,7 @@ int dispatch(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   if (cmd == "--version") {
-    std::cout << "latflow " << LATFLOW_VERSION_STRING << "\n";
+    std::cout << "latflow " << LATFLOW_VERSION "-" LATFLOW_GIT_HASH << "\n";
     return 0;
   }
   for (int i = 2; i < argc; ++i)

@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include "latflow_git_hash.hpp"  // LATFLOW_GIT_HASH, generated at build time (cmake/git_hash.cmake)
+
 #include <cstdlib>
 #include <ctime>
 
