@@ -176,13 +176,14 @@ struct AffineSetup {
 
 const std::vector<AffineCase>& affine_cases() {
   static const std::vector<AffineCase> cases{
-      {{8, 8}, 3, {8, 8}, Act::tanh, true},        // Winograd F(4x4, 3x3), dual_dot (C = 8), z2
-      {{6, 6}, 3, {8, 8}, Act::silu, false},       // Winograd F(2x2, 3x3), without z2
-      {{8, 8}, 3, {5, 8}, Act::leaky_relu, true},  // channels not a multiple of 8 in a hidden layer
-      {{5, 5}, 3, {6}, Act::tanh, true},           // odd extents: direct convs; C = 6: half_sum_difference
-      {{4, 4, 4}, 3, {8}, Act::silu, true},        // 3D
-      {{6, 4}, 1, {4}, Act::tanh, false},          // 1x1 kernels
-      {{4, 6}, 3, {}, Act::tanh, true},            // the net is one conv
+      {{8, 8}, 3, {8, 8}, Act::tanh, true},         // Winograd F(4x4, 3x3), dual_dot (C = 8), z2
+      {{6, 6}, 3, {8, 8}, Act::silu, false},        // Winograd F(2x2, 3x3), without z2
+      {{8, 8}, 3, {8, 8}, Act::leaky_relu, false},  // the plain tutorial net: unrolled 8 -> 8 Winograd, 2-output dot
+      {{8, 8}, 3, {5, 8}, Act::leaky_relu, true},   // channels not a multiple of 8 in a hidden layer
+      {{5, 5}, 3, {6}, Act::tanh, true},            // odd extents: direct convs; C = 6: half_sum_difference
+      {{4, 4, 4}, 3, {8}, Act::silu, true},         // 3D
+      {{6, 4}, 1, {4}, Act::tanh, false},           // 1x1 kernels
+      {{4, 6}, 3, {}, Act::tanh, true},             // the net is one conv
   };
   return cases;
 }

@@ -144,10 +144,10 @@ std::vector<T> winograd_weights_m(const T* w, int cin, int cout) {
 // and each weight vector loaded serves kTB tiles (kTB accumulators hide the FMA latency).
 constexpr int kTB = 8;
 
-template <class T, int M, int CH = 0>
+template <class T, int M, int CH, class S>
 __attribute__((always_inline)) inline void winograd_conv_m(const T* in, std::int64_t n, std::int64_t V,
                                                            const WinogradTiles& tiles, int cin_rt, int cout_rt,
-                                                           const T* U, const T* bias, const Sink<T>& sink, T* scratch) {
+                                                           const T* U, const T* bias, const S& sink, T* scratch) {
   constexpr int W = 8, A = M + 2;
   const int cin = CH ? CH : cin_rt, cout = CH ? CH : cout_rt;
   using V_t = vec_t<T, W>;
@@ -242,6 +242,14 @@ void winograd_conv(const T* in, std::int64_t n, std::int64_t V, const WinogradTi
                    const T* U, const T* bias, const Sink<T>& sink, T* scratch, Isa isa) {
   // Each variant in its own instruction-set wrapper (one function holding all of them was optimised worse).
   auto run = [&](auto m, auto ch) {
+    if (decltype(ch)::value == 8 && sink.act && *sink.act == Act::leaky_relu && !sink.pre && !sink.dpre &&
+        !sink.mirror && !sink.mirror_pre) {  // inference's hidden convs: the sink resolved at compile time
+      const OutSink<T, true> out{sink.out};
+      with_isa(isa, [&]() LATFLOW_KERNEL {
+        winograd_conv_m<T, decltype(m)::value, decltype(ch)::value>(in, n, V, tiles, cin, cout, U, bias, out, scratch);
+      });
+      return;
+    }
     with_isa(isa, [&]() LATFLOW_KERNEL {
       winograd_conv_m<T, decltype(m)::value, decltype(ch)::value>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
     });
