@@ -103,7 +103,7 @@ struct Plan {
   std::vector<Arranged<T>> arranged;  // every conv, direct kernels
   Arranged<T> conv_s, conv_t;         // the last conv's two outputs as one-output convs
   std::vector<T> w_s, w_t;            // the same, [taps][C], for dual_dot
-  bool winograd = false;              // the convs before the last by Winograd's F(MxM, 3x3)
+  bool winograd = false;              // 2D 3x3 nets: Winograd F(MxM, 3x3) for by_winograd(l)
   Isa isa;                            // the instruction set the kernels run (the layer's policy)
   WinogradTiles tiles;
   std::vector<std::vector<T>> U, UT;  // their transformed weights; UT: of the transposed convs (backward)
@@ -146,7 +146,7 @@ struct Plan {
       UT.resize(U.size());
       for (int l = 0; l + 1 < L; ++l) {
         const auto& c = net[static_cast<std::size_t>(l)];
-        if (c.cin > 1) U[static_cast<std::size_t>(l)] = transform(c.w, c.cin, c.cout);  // (conv below)
+        if (by_winograd(l)) U[static_cast<std::size_t>(l)] = transform(c.w, c.cin, c.cout);
         if (backward && l > 0) {
           // The input-gradient is the convolution with the transposed weights and the window reversed.
           std::vector<T> wt(static_cast<std::size_t>(c.cout * c.cin * 9));
@@ -166,11 +166,13 @@ struct Plan {
   Geo all() const { return Geo{V, ly.taps, ly.nbr, nullptr, V}; }
   Geo updated() const { return Geo{V, ly.taps, ly.nbr, ly.active, ly.Va}; }
   std::int64_t tape_per_sample() const { return affine_tape_size(ly, 1); }
-  // conv l of n_in samples of `in` [n_in, V, cin] into sink, by Winograd or the direct kernels (a conv of one
-  // input, the first, is direct: its Winograd transforms would cost more than its 9 multiply-adds per output).
+  // Whether conv l (< L - 1) runs by Winograd: a conv of one input, the first, is direct (its Winograd transforms
+  // would cost more than its 9 multiply-adds per output).
+  bool by_winograd(int l) const { return winograd && ly.net[static_cast<std::size_t>(l)].cin > 1; }
+  // conv l of n_in samples of `in` [n_in, V, cin] into sink, by Winograd or the direct kernels.
   void conv(int l, const T* in, std::int64_t n_in, const Sink<T>& sink, T* wino_scratch) const {
     const auto& c = ly.net[static_cast<std::size_t>(l)];
-    if (winograd && c.cin > 1)
+    if (by_winograd(l))
       winograd_conv(in, n_in, V, tiles, c.cin, c.cout, U[static_cast<std::size_t>(l)].data(), c.bias, sink,
                     wino_scratch, isa);
     else

@@ -82,6 +82,8 @@ struct Sink {
       for (int j = 0; j < valid; ++j) out[o + j] = apply(res[j]);
   }
   __attribute__((always_inline)) T apply(T v) const { return act ? activation(v, *act) : v; }
+  // Whether it only writes out (no pre, dpre, mirror): what OutSink can stand in for.
+  bool only_out() const { return !pre && !dpre && !mirror && !mirror_pre; }
   // A block of W lanes; whole blocks without activation or with leaky_relu stay in vector registers (the per-lane
   // path costs more than the 9 multiply-adds per row of a first conv layer).
   template <int W>
@@ -131,10 +133,9 @@ struct OutSink {
 };
 template <class T, class F>
 __attribute__((always_inline)) inline void with_sink(const Sink<T>& s, const F& f) {
-  const bool only_out = !s.pre && !s.dpre && !s.mirror && !s.mirror_pre;
-  if (only_out && !s.act)
+  if (s.only_out() && !s.act)
     f(OutSink<T, false>{s.out});
-  else if (only_out && *s.act == Act::leaky_relu)
+  else if (s.only_out() && *s.act == Act::leaky_relu)
     f(OutSink<T, true>{s.out});
   else
     f(s);

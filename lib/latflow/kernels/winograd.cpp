@@ -242,13 +242,14 @@ void winograd_conv(const T* in, std::int64_t n, std::int64_t V, const WinogradTi
                    const T* U, const T* bias, const Sink<T>& sink, T* scratch, Isa isa) {
   // Each variant in its own instruction-set wrapper (one function holding all of them was optimised worse).
   auto run = [&](auto m, auto ch) {
-    if (decltype(ch)::value == 8 && sink.act && *sink.act == Act::leaky_relu && !sink.pre && !sink.dpre &&
-        !sink.mirror && !sink.mirror_pre) {  // inference's hidden convs: the sink resolved at compile time
-      const OutSink<T, true> out{sink.out};
-      with_isa(isa, [&]() LATFLOW_KERNEL {
-        winograd_conv_m<T, decltype(m)::value, decltype(ch)::value>(in, n, V, tiles, cin, cout, U, bias, out, scratch);
-      });
-      return;
+    if constexpr (decltype(ch)::value == 8) {
+      if (sink.only_out() && sink.act && *sink.act == Act::leaky_relu) {  // inference's hidden convs
+        const OutSink<T, true> out{sink.out};
+        with_isa(isa, [&]() LATFLOW_KERNEL {
+          winograd_conv_m<T, decltype(m)::value, 8>(in, n, V, tiles, cin, cout, U, bias, out, scratch);
+        });
+        return;
+      }
     }
     with_isa(isa, [&]() LATFLOW_KERNEL {
       winograd_conv_m<T, decltype(m)::value, decltype(ch)::value>(in, n, V, tiles, cin, cout, U, bias, sink, scratch);
