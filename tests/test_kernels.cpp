@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "latflow/kernels/conv_detail.hpp"
 #include "latflow/kernels/lane_math.hpp"
 #include "latflow/kernels/periodic_conv.hpp"
 
@@ -275,6 +276,83 @@ TEST_CASE("periodic conv forward, forward_at and backward equal the naive loops"
                             &tanh_act, gin.data(), nullptr, nullptr, isa);
       for (std::size_t i = 0; i < gin_ref.size(); ++i) gin_ref[i] *= 1 - std::tanh(in[i]) * std::tanh(in[i]);
       CHECK(max_rel(gin, gin_ref) < 1e-13);
+    }
+}
+
+TEST_CASE("a one-input conv that skips the products of its zero inputs equals the dense one", "[kernels]") {
+  // An affine layer's first conv sees c = 0 at the sites the layer updates; one_input_conv_groups computes only the
+  // other products and must equal the dense gather (x + 0 w = x), for checkerboards in 1D-3D (odd extents break the
+  // pattern at the wrap), a random zero set, every sink the layer uses and both precisions.
+  struct Case {
+    Ext ext;
+    int kernel;
+    bool random_zeros;
+  };
+  const std::vector<Case> cases{{{8, 8}, 3, false}, {{5, 5}, 3, false}, {{4, 4, 4}, 3, false},
+                                {{7}, 3, false},    {{6, 6}, 3, true},  {{6, 4}, 5, false}};
+  auto run = [](auto zero_t, Isa isa, const Case& c) {
+    using T = decltype(zero_t);
+    const std::int64_t V = volume(c.ext), n = 21, cout = 8;  // n: a block of 16 samples and a remainder
+    int taps = 1;
+    for (std::size_t i = 0; i < c.ext.size(); ++i) taps *= c.kernel;
+    const auto nbr = neighbour_table(c.ext, c.kernel);
+    std::vector<std::int32_t> zero;
+    std::mt19937_64 rng(7);
+    for (std::int64_t s = 0; s < V; ++s) {
+      std::int64_t r = s, parity = 0;
+      for (auto it = c.ext.rbegin(); it != c.ext.rend(); ++it) {
+        parity += r % *it;
+        r /= *it;
+      }
+      if (c.random_zeros ? rng() % 3 == 0 : parity % 2 == 0) zero.push_back(static_cast<std::int32_t>(s));
+    }
+    auto in = cast<T>(randn(static_cast<std::size_t>(n * V), 1));
+    for (std::int64_t b = 0; b < n; ++b)
+      for (auto s : zero) in[static_cast<std::size_t>(b * V + s)] = T(0);
+    const auto w = cast<T>(randn(static_cast<std::size_t>(cout * taps), 2));
+    const auto bias = cast<T>(randn(static_cast<std::size_t>(cout), 3));
+    const Geo g{V, taps, nbr.data(), nullptr, V};
+    const auto groups = tap_groups(g, zero.data(), static_cast<std::int64_t>(zero.size()));
+    std::size_t sites = 0;
+    for (const auto& grp : groups) sites += grp.sites.size();
+    CHECK(sites == static_cast<std::size_t>(V));
+    const auto a = arrange_conv(w.data(), taps, 1, static_cast<int>(cout), false);
+    std::vector<T> reflect(static_cast<std::size_t>(cout));
+    for (std::int64_t k = 0; k < cout; ++k)
+      reflect[static_cast<std::size_t>(k)] = 2 * bias[static_cast<std::size_t>(k)];
+    const Act leaky = Act::leaky_relu, tanh_act = Act::tanh;
+    for (int variant = 0; variant < 4; ++variant) {  // out only; leaky_relu; with pre; Z2 mirror and tanh
+      CAPTURE(variant);
+      const std::size_t size = static_cast<std::size_t>(n * V * cout);
+      std::vector<std::vector<T>> bufs(6, std::vector<T>(size, T(-7)));
+      auto sink = [&](int set) {
+        Sink<T> sk{variant == 1 || variant == 2 ? &leaky
+                   : variant == 3               ? &tanh_act
+                                                : nullptr,
+                   variant >= 2 ? bufs[3 * set + 1].data() : nullptr, nullptr, bufs[3 * set].data()};
+        if (variant == 3) {
+          sk.mirror = bufs[3 * set + 2].data();
+          sk.reflect = reflect.data();
+        }
+        return sk;
+      };
+      gather(in.data(), n, g, a, bias.data(), sink(0), isa);
+      REQUIRE(one_input_conv_groups(in.data(), n, V, groups, a, bias.data(), sink(1), isa));
+      for (std::size_t k = 0; k < 3; ++k) {
+        // Without FMA both are the same additions in the same order; with it the compiler may contract either
+        // kernel's multiply-adds (or not), which changes the last bits only.
+        if (resolve(isa) == Isa::baseline)
+          CHECK(bufs[k] == bufs[3 + k]);
+        else
+          CHECK(max_rel(widen(bufs[3 + k]), widen(bufs[k])) < (sizeof(T) == 4 ? 4e-6 : 8e-15));  // a few ulps
+      }
+    }
+  };
+  for (Isa isa : isas_to_test())
+    for (const auto& c : cases) {
+      CAPTURE(isa_name(isa), c.ext, c.kernel, c.random_zeros);
+      run(float{}, isa, c);
+      run(double{}, isa, c);
     }
 }
 

@@ -110,6 +110,7 @@ struct Plan {
   std::size_t wino_size = 0;
   std::vector<T> reflect, zeros;    // 2 bias of the first conv; zeros (a bias for the transposed convs)
   std::vector<std::int64_t> w_off;  // offset of conv l's weight in the parameter list (bias follows)
+  std::vector<TapGroup> first;      // the first conv's taps that see the frozen sites (c = 0 at the active ones)
 
   Plan(const AffineLayer<T>& layer, bool backward) : ly(layer), isa(layer.policy.isa) {
     for (auto e : ly.extents) V *= e;
@@ -125,6 +126,7 @@ struct Plan {
       off += static_cast<std::int64_t>(c.cout) * c.cin * ly.taps + c.cout;
     }
     w_off.push_back(off);
+    if (L > 1) first = tap_groups(all(), ly.active, ly.Va);
     const auto& last = net.back();
     const std::int64_t last_taps = static_cast<std::int64_t>(last.cin) * ly.taps;
     conv_s = arrange_conv(last.w, ly.taps, last.cin, 1, false);
@@ -169,9 +171,11 @@ struct Plan {
   // Whether conv l (< L - 1) runs by Winograd: a conv of one input, the first, is direct (its Winograd transforms
   // would cost more than its 9 multiply-adds per output).
   bool by_winograd(int l) const { return winograd && ly.net[static_cast<std::size_t>(l)].cin > 1; }
-  // conv l of n_in samples of `in` [n_in, V, cin] into sink, by Winograd or the direct kernels.
+  // conv l of n_in samples of `in` [n_in, V, cin] into sink, by Winograd or the direct kernels; the first conv's
+  // input is c, zero at the active sites, and only its other products are computed where the kernels allow.
   void conv(int l, const T* in, std::int64_t n_in, const Sink<T>& sink, T* wino_scratch) const {
     const auto& c = ly.net[static_cast<std::size_t>(l)];
+    if (l == 0 && one_input_conv_groups(in, n_in, V, first, arranged.front(), c.bias, sink, isa)) return;
     if (by_winograd(l))
       winograd_conv(in, n_in, V, tiles, c.cin, c.cout, U[static_cast<std::size_t>(l)].data(), c.bias, sink,
                     wino_scratch, isa);

@@ -162,6 +162,23 @@ template <class T>
 void gather(const T* in, std::int64_t n, const Geo& g, const Arranged<T>& a, const T* bias, const Sink<T>& sink,
             Isa isa);
 
+// A one-input conv whose input is zero at known sites (an affine layer's first conv: c = 0 where the layer
+// updates), as groups of output sites whose windows see nonzero inputs at the same taps. Skipping the products of
+// an exact zero input leaves every sum bitwise the same (x + 0 w = x for finite w; only the sign of an all-zero sum
+// can differ); on a checkerboard a 3x3 window sees 5 or 4 nonzero inputs instead of 9.
+struct TapGroup {
+  std::vector<int> taps;            // ascending window indices
+  std::vector<std::int32_t> sites;  // the output sites
+  std::vector<std::int32_t> nbr;    // [sites][taps]: the input site of each product
+};
+// The groups of g (every site, g.sites null) when the input is zero at the n_zero sites `zero`.
+std::vector<TapGroup> tap_groups(const Geo& g, const std::int32_t* zero, std::int64_t n_zero);
+// gather(in, n, g, a, bias, sink) for a of one input (kin 1, W 8, not mirrored, at most kOneInputTaps taps) and an
+// input that is zero off the groups' taps (direct.cpp). Returns false (and does nothing) for any other a.
+template <class T>
+bool one_input_conv_groups(const T* in, std::int64_t n, std::int64_t V, const std::vector<TapGroup>& groups,
+                           const Arranged<T>& a, const T* bias, const Sink<T>& sink, Isa isa);
+
 // Sites of the MxM output tiles of an L0 x L1 lattice (row-major) and of the (M+2)x(M+2) input blocks around them
 // (winograd.cpp).
 struct WinogradTiles {

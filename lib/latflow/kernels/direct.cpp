@@ -178,6 +178,34 @@ __attribute__((always_inline)) inline void one_input_conv(const T* in, std::int6
   }
 }
 
+// one_input_conv on the samples [s0, s1) at the sites of one TapGroup: each row's chain of multiply-adds runs
+// over the group's taps only (K of them: a constant, or 0 for the run-time count), in ascending order.
+template <class T, int K, class S>
+__attribute__((always_inline)) inline void one_input_group(const T* in, std::int64_t s0, std::int64_t s1,
+                                                           std::int64_t V, const TapGroup& grp, const T* M, int kout,
+                                                           const T* bias, const S& sink) {
+  using V_t = vec_t<T, 8>;
+  const int k = K ? K : static_cast<int>(grp.taps.size());
+  const std::int64_t koutP = round_up(kout, 8), nsites = static_cast<std::int64_t>(grp.sites.size());
+  for (std::int64_t c0 = 0; c0 < koutP; c0 += 8) {
+    T init[8];
+    for (int j = 0; j < 8; ++j) init[j] = (bias && c0 + j < kout) ? bias[c0 + j] : T(0);
+    const V_t b = load<8>(init);
+    V_t w[K ? K : kOneInputTaps];
+    for (int j = 0; j < k; ++j) w[j] = load<8>(M + static_cast<std::int64_t>(grp.taps[j]) * koutP + c0);
+    const int valid = static_cast<int>(std::min<std::int64_t>(8, kout - c0));
+    for (std::int64_t s = s0; s < s1; ++s) {
+      const T* x = in + s * V;
+      for (std::int64_t i = 0; i < nsites; ++i) {
+        const std::int32_t* ns = grp.nbr.data() + i * k;
+        V_t acc = b;
+        for (int j = 0; j < k; ++j) acc += x[ns[j]] * w[j];
+        sink.template put<8>((s * V + grp.sites[i]) * kout + c0, c0, acc, valid);
+      }
+    }
+  }
+}
+
 // gw[t, ci0 + c, c0 : c0 + W] += sum_{b, s} in[b, nbr(s, t), ci0 + c] gP[b, s, c0 : c0 + W] for c < CB, with gP the
 // output gradient padded to coutP channels and gw [taps, cin, coutP]. CB x RB accumulators (RB = 8 / CB
 // consecutive rows summed separately) stay in registers for the whole sweep over the rows and hide the FMA latency.
@@ -352,6 +380,54 @@ void gather(const T* in, std::int64_t n, const Geo& g, const Arranged<T>& a, con
     else
       rows(ChannelLanes<T, 8>{});
   });
+}
+
+std::vector<TapGroup> tap_groups(const Geo& g, const std::int32_t* zero, std::int64_t n_zero) {
+  std::vector<char> is_zero(static_cast<std::size_t>(g.V), 0);
+  for (std::int64_t i = 0; i < n_zero; ++i) is_zero[static_cast<std::size_t>(zero[i])] = 1;
+  std::vector<TapGroup> groups;
+  std::vector<int> taps;
+  for (std::int64_t s = 0; s < g.V; ++s) {
+    const std::int32_t* ns = g.nbr + s * g.taps;
+    taps.clear();
+    for (int t = 0; t < g.taps; ++t)
+      if (!is_zero[static_cast<std::size_t>(ns[t])]) taps.push_back(t);
+    auto grp = std::find_if(groups.begin(), groups.end(), [&](const TapGroup& q) { return q.taps == taps; });
+    if (grp == groups.end()) grp = groups.insert(groups.end(), TapGroup{taps, {}, {}});
+    grp->sites.push_back(static_cast<std::int32_t>(s));
+    for (int t : taps) grp->nbr.push_back(ns[t]);
+  }
+  return groups;
+}
+
+template <class T>
+bool one_input_conv_groups(const T* in, std::int64_t n, std::int64_t V, const std::vector<TapGroup>& groups,
+                           const Arranged<T>& a, const T* bias, const Sink<T>& sink, Isa isa) {
+  if (a.W != 8 || a.kin != 1 || a.mirrored) return false;
+  for (const auto& grp : groups)
+    if (grp.taps.size() > static_cast<std::size_t>(kOneInputTaps)) return false;
+  // Blocks of samples, every group within a block: the groups' rows interleave in memory, and a block's output
+  // (16 samples) stays in cache between the groups.
+  constexpr std::int64_t kBlock = 16;
+  with_sink(sink, [&](const auto& sk) {
+    for (std::int64_t s0 = 0; s0 < n; s0 += kBlock) {
+      const std::int64_t s1 = std::min(n, s0 + kBlock);
+      for (const auto& grp : groups) {
+        auto run = [&](auto k) {
+          with_isa(isa, [&]() LATFLOW_KERNEL {
+            one_input_group<T, decltype(k)::value>(in, s0, s1, V, grp, a.m.data(), a.kout, bias, sk);
+          });
+        };
+        if (grp.taps.size() == 4)  // a 3x3 window on a checkerboard
+          run(std::integral_constant<int, 4>{});
+        else if (grp.taps.size() == 5)
+          run(std::integral_constant<int, 5>{});
+        else
+          run(std::integral_constant<int, 0>{});
+      }
+    }
+  });
+  return true;
 }
 
 template <class T>
@@ -563,7 +639,9 @@ void conv_backward_at(const T* in, const T* gpre, std::int64_t n, std::int64_t V
                                     const std::int32_t*, std::int64_t, int, int, const T*, const T*, const Act*, T*, \
                                     T*, T*, Isa);                                                                    \
   template Arranged<T> arrange_conv<T>(const T*, int, int, int, bool);                                               \
-  template void gather<T>(const T*, std::int64_t, const Geo&, const Arranged<T>&, const T*, const Sink<T>&, Isa);
+  template void gather<T>(const T*, std::int64_t, const Geo&, const Arranged<T>&, const T*, const Sink<T>&, Isa);    \
+  template bool one_input_conv_groups<T>(const T*, std::int64_t, std::int64_t, const std::vector<TapGroup>&,         \
+                                         const Arranged<T>&, const T*, const Sink<T>&, Isa);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)
 #undef LATFLOW_INSTANTIATE
