@@ -3,6 +3,7 @@
 // equivariance, spline domain handling.
 // torch (through glog) defines CHECK; include it first so that Catch's CHECK wins.
 #include <torch/torch.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <catch2/catch.hpp>
 
@@ -233,6 +234,29 @@ TEST_CASE("prior draws depend only on the stream seed", "[flows]") {
   p32.dtype = NetDtype::float32;
   FlowModel m32 = make_scalar_flow(lat, p32);
   CHECK(torch::equal(m32->draw_prior(3, 99), model->draw_prior(3, 99).to(torch::kFloat32)));
+}
+
+TEST_CASE("standard_normal: torch::randn's numbers bit for bit, for any thread count", "[flows]") {
+  // Sizes below 16 (LibTorch's one-by-one path), multiples of 16, and others (whose last 16 are drawn again).
+  const int threads = at::get_num_threads();
+  for (std::int64_t n : {1, 7, 15, 16, 17, 25 * 3, 64 * 37, 5000 * 16 + 9}) {
+    CAPTURE(n);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(1234 + n);
+    const auto ref = torch::randn({n}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+    for (int t : {1, 2, 3}) {
+      at::set_num_threads(t);
+      const auto z = standard_normal({n}, 1234 + n);
+      CHECK(z.sizes() == ref.sizes());
+      CHECK(torch::equal(z, ref));
+    }
+  }
+  at::set_num_threads(threads);
+  const auto z = standard_normal({4, 5, 6}, 3);
+  CHECK(z.sizes() == torch::IntArrayRef{4, 5, 6});
+  // Box-Muller's numbers are standard normal: mean and variance of 80009 draws within 4 sigma.
+  const auto big = standard_normal({80009}, 5);
+  CHECK(std::abs(big.mean().item<double>()) < 4 / std::sqrt(80009.0));
+  CHECK(std::abs(big.var().item<double>() - 1) < 4 * std::sqrt(2 / 80009.0));
 }
 
 TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradient", "[flows]") {

@@ -160,6 +160,12 @@ std::pair<torch::Tensor, torch::Tensor> rational_quadratic(const torch::Tensor& 
                                                            const torch::Tensor& yk, const torch::Tensor& dk,
                                                            bool inverse);
 
+// Standard normal float64 draws of the shape, from a CPU generator seeded with `seed`: the numbers of
+// torch::randn(shape, that generator) of this LibTorch, bit for bit (tests/test_flows.cpp), with the Box-Muller
+// transform, which costs more than the uniform draws, split over the threads (the uniform draws stay serial, in
+// the generator's order); so the draws do not depend on the thread count.
+torch::Tensor standard_normal(const std::vector<std::int64_t>& shape, std::uint64_t seed);
+
 // A flow: a prior density r(z) that can be sampled exactly, pushed through coupling layers. The layers and the
 // float64 bookkeeping of log q live here; each field type provides its prior (ScalarFlow: N(0,1) per site;
 // U1Flow in gauge.hpp: uniform angles).
