@@ -3,9 +3,10 @@
 // equivariance, spline domain handling.
 // torch (through glog) defines CHECK; include it first so that Catch's CHECK wins.
 #include <torch/torch.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <catch2/catch.hpp>
+
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "support/torch_support.hpp"
 
