@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # MPI scaling of latflow: proposals/s of `latflow sample` and training steps/s of `latflow train` at R = 1 and
 # R = 2 ranks (1 thread each), measured end to end through the binary, R = 1 and R = 2 alternating so that a
-# shared machine's load hits both alike; prints every run and the medians.
+# shared machine's load hits both alike; prints every run, the medians, and the medians of the rounds' own
+# speed-ups (paired).
 #
 #   sh analysis/scaling_bench.sh [CONFIG.ini] [REPEATS] [PROPOSALS] [STEPS] [BATCH]
 #
@@ -44,3 +45,9 @@ s1=$(median "$tmp/sample_1"); s2=$(median "$tmp/sample_2")
 t1=$(median "$tmp/train_1"); t2=$(median "$tmp/train_2")
 echo "median proposals/s: R=1 $s1, R=2 $s2, speed-up $(echo "$s2 $s1" | awk '{printf "%.2f", $1 / $2}')"
 echo "median train steps/s: R=1 $t1, R=2 $t2, speed-up $(echo "$t2 $t1" | awk '{printf "%.2f", $1 / $2}')"
+# The machine's load can change between rounds (and hits R = 2, which uses both cores, harder): the speed-ups of
+# each round's R = 2 over its own R = 1, and their median, are the steadier figure.
+for what in sample train; do
+  paste "$tmp/${what}_1" "$tmp/${what}_2" | awk '{printf "%.2f\n", $2 / $1}' > "$tmp/${what}_ratio"
+  echo "paired $what speed-ups: $(tr '\n' ' ' < "$tmp/${what}_ratio")median $(median "$tmp/${what}_ratio")"
+done
