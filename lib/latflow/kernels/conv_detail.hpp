@@ -164,8 +164,9 @@ void gather(const T* in, std::int64_t n, const Geo& g, const Arranged<T>& a, con
 
 // A one-input conv whose input is zero at known sites (an affine layer's first conv: c = 0 where the layer
 // updates), as groups of output sites whose windows see nonzero inputs at the same taps. Skipping the products of
-// an exact zero input leaves every sum bitwise the same (x + 0 w = x for finite w; only the sign of an all-zero sum
-// can differ); on a checkerboard a 3x3 window sees 5 or 4 nonzero inputs instead of 9.
+// an exact zero input leaves every sum unchanged (x + 0 w = x for finite w; only the sign of an all-zero sum can
+// differ): without FMA the dense gather's results bit for bit, with it up to where the compiler contracts the
+// multiply-adds (tests/test_kernels.cpp); on a checkerboard a 3x3 window sees 5 or 4 nonzero inputs instead of 9.
 struct TapGroup {
   std::vector<int> taps;            // ascending window indices
   std::vector<std::int32_t> sites;  // the output sites
