@@ -86,8 +86,10 @@ struct Spline {
       xi = std::clamp(2 * c / (-b - std::sqrt(disc)), 0.0, 1.0);
     }
     const double xi1 = xi * (1 - xi), den = s + (d1 + d0 - 2 * s) * xi1;
-    const double ls =
-        2 * std::log(s) + std::log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) - 2 * std::log(den);
+    // log(s^2 (d1 xi^2 + 2 s xi (1 - xi) + d0 (1 - xi)^2) / den^2) with one logarithm instead of three (no
+    // factor comes near double's range: widths, heights and slopes have floors of 1e-3 and the slopes are softplus
+    // outputs of the nets).
+    const double ls = std::log(s * s * (d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) / (den * den));
     if (!inverse) return {y0 + h * (s * xi * xi + d0 * xi1) / den, ls};
     return {x0 + xi * w, -ls};
   }

@@ -71,50 +71,103 @@ struct Links {
   }
 };
 
-// g / g' for g = sin(3 theta / 2) - Im(t e^{i theta / 2}) (gauge.cpp newton_step), with one sincos: the triple
-// angle from sin and cos of theta / 2.
-double newton_step(double th, C t) {
-  const double s = std::sin(th / 2), c = std::cos(th / 2);
+// g / g' for g = sin(3 theta / 2) - Im(t e^{i theta / 2}) (gauge.cpp newton_step), from s = sin(theta / 2) and
+// c = cos(theta / 2): the triple angle by its polynomial.
+double newton_step(double s, double c, C t) {
   const C half = C(c, s) * t;
   const double g = s * (3 - 4 * s * s) - half.imag(), gp = 1.5 * c * (4 * c * c - 3) - 0.5 * half.real();
   return std::abs(gp) > 1e-12 ? g / gp : 0.0;
 }
 
-// su3_alcove_phases (gauge.cpp) for one matrix with trace t.
-std::array<double, 3> alcove_phases(C t) {
+// (c, s) = (cos, sin) of an angle alpha becomes that of alpha - x, for |x| <= 1e-3: cos x and sin x by their
+// Taylor series, whose first omitted terms (x^6 / 720, x^7 / 5040) are below 2e-21 there. Saves a sincos for each
+// small turn (the Newton steps, the phases' mean).
+void turn(double& c, double& s, double x) {
+  const double x2 = x * x;
+  const double sx = x * (1 - x2 / 6 * (1 - x2 / 20)), cx = 1 - x2 / 2 * (1 - x2 / 12);
+  const double c1 = c * cx + s * sx;
+  s = s * cx - c * sx;
+  c = c1;
+}
+
+// The eigenphases in the alcove order and the eigenvalues e^{i theta_k}.
+struct Alcove {
+  std::array<double, 3> th;
+  std::array<C, 3> e;
+};
+
+// su3_alcove_phases (gauge.cpp) for one matrix with trace t, and e^{i theta_k}: each phase's half-angle sine and
+// cosine follow from Cardano's root and are turned along with the Newton steps, the eigenvalues from them by the
+// double angle (no sincos, where the formula's three steps and the eigenvalue took four).
+Alcove alcove_phases(C t) {
   const C a = std::conj(t) - t * t / 3.0, b = t * std::conj(t) / 3.0 - 2.0 / 27 * t * t * t - 1.0;
   const C disc = std::sqrt(b * b / 4.0 + a * a * a / 27.0);
   const C cp = -b / 2.0 + disc, cm = -b / 2.0 - disc;
   const C c3 = std::norm(cp) >= std::norm(cm) ? cp : cm;
   const bool nonzero = c3 != C(0);
-  const C c = std::pow(nonzero ? c3 : C(1), 1.0 / 3);
+  // The principal cube root, as std::pow(c3, 1 / 3) (whose modulus is exp(log|c3| / 3)).
+  const C c = nonzero ? std::polar(std::cbrt(std::abs(c3)), std::arg(c3) / 3) : C(1);
   static const C omega[3] = {C(1), std::polar(1.0, kTwoPi / 3), std::polar(1.0, 2 * kTwoPi / 3)};
-  std::array<double, 3> phi;
+  Alcove al;
+  auto& phi = al.th;
   for (int k = 0; k < 3; ++k) {
     const C ck = c * omega[k];
     const C mu = nonzero ? ck - a / (3.0 * ck) : C(0);
-    double th = std::arg(mu + t / 3.0);
-    for (int it = 0; it < 3; ++it) th -= std::clamp(newton_step(th, t), -1e-3, 1e-3);
-    phi[k] = remainder_2pi(th + M_PI) - M_PI;
+    const C lambda = mu + t / 3.0;
+    double th = std::arg(lambda);
+    // sin and cos of theta / 2 in (-pi / 2, pi / 2] from those of theta by the half-angle formulas, each where it
+    // does not cancel.
+    double sn, cs;
+    {
+      const double r = std::abs(lambda), co = lambda.real() / r, si = lambda.imag() / r;
+      if (co >= 0) {
+        cs = std::sqrt((1 + co) / 2);
+        sn = si / (2 * cs);
+      } else {
+        sn = std::copysign(std::sqrt((1 - co) / 2), si);
+        cs = si / (2 * sn);
+      }
+    }
+    for (int it = 0; it < 3; ++it) {
+      const double step = std::clamp(newton_step(sn, cs, t), -1e-3, 1e-3);
+      th -= step;
+      turn(cs, sn, step / 2);
+    }
+    phi[k] = remainder_2pi(th + M_PI) - M_PI;  // (a turn by 2 pi leaves e^{i theta})
+    al.e[k] = C(cs * cs - sn * sn, 2 * sn * cs);
   }
-  std::sort(phi.begin(), phi.end(), [](double u, double v) { return u > v; });
+  // Sort descending, carrying the eigenvalues.
+  auto swap_if = [&](int i, int j) {
+    if (phi[i] < phi[j]) {
+      std::swap(phi[i], phi[j]);
+      std::swap(al.e[i], al.e[j]);
+    }
+  };
+  swap_if(0, 1);
+  swap_if(1, 2);
+  swap_if(0, 1);
   const double m = std::nearbyint((phi[0] + phi[1] + phi[2]) / kTwoPi);
-  if (m > 0.5) phi = {phi[1], phi[2], phi[0] - kTwoPi};
-  if (m < -0.5) phi = {phi[2] + kTwoPi, phi[0], phi[1]};
+  if (m > 0.5) {
+    phi = {phi[1], phi[2], phi[0] - kTwoPi};
+    al.e = {al.e[1], al.e[2], al.e[0]};
+  }
+  if (m < -0.5) {
+    phi = {phi[2] + kTwoPi, phi[0], phi[1]};
+    al.e = {al.e[2], al.e[0], al.e[1]};
+  }
   const double mean = (phi[0] + phi[1] + phi[2]) / 3;
   for (auto& p : phi) p -= mean;
-  return phi;
-}
-
-// log |Delta(e^{i theta})|^2 (gauge.cpp log_vandermonde), one logarithm of the product.
-double log_vandermonde(const std::array<double, 3>& th) {
-  double prod = 1;
-  for (int i = 0; i < 3; ++i)
-    for (int j = i + 1; j < 3; ++j) {
-      const double s = std::sin((th[i] - th[j]) / 2);
-      prod *= 4 * s * s;
+  if (mean != 0)
+    for (auto& e : al.e) {
+      if (std::abs(mean) <= 1e-3) {
+        double re = e.real(), im = e.imag();
+        turn(re, im, mean);
+        e = C(re, im);
+      } else {
+        e *= std::polar(1.0, -mean);
+      }
     }
-  return std::log(prod);
+  return al;
 }
 
 C divided(C num, C den) { return std::norm(den) > 1e-26 ? num / den : C(0); }  // |den| > 1e-13
@@ -141,7 +194,8 @@ double kernel(const Mat<3>& P, Spline& sp, Spline& sp2, const T* par, std::int64
   const int np = 3 * sp.K + 1;
   sp.set([&](int c) { return static_cast<double>(par[c * stride]); }, 0, 1);
   sp2.set([&](int c) { return static_cast<double>(par[(np + c) * stride]); }, 0, 1);
-  const auto th = alcove_phases(trace<3>(P));
+  const Alcove al = alcove_phases(trace<3>(P));
+  const auto& th = al.th;
   const double lo = 1e-12;
   const double w1 = std::clamp((th[0] - th[1]) / kTwoPi, lo, 1 - lo);
   const double w2 = std::clamp((th[1] - th[2]) / kTwoPi, lo, 1 - lo);
@@ -149,11 +203,15 @@ double kernel(const Mat<3>& P, Spline& sp, Spline& sp2, const T* par, std::int64
   const auto [w1n, ls1] = sp(w1, inverse);
   const auto [vn, ls2] = sp2(v, inverse);
   const double a = kTwoPi * w1n, b = kTwoPi * vn * (1 - w1n), t2 = (b - a) / 3;
-  const std::array<double, 3> thn{t2 + a, t2, t2 - b};
+  // The new phases {t2 + a, t2, t2 - b}: e^{i theta'_k} from the half angles of a and b and from t2 (three sincos
+  // where rho_k and the two Vandermonde factors took nine sin and cos).
+  const double sa = std::sin(a / 2), ca = std::cos(a / 2), sb = std::sin(b / 2), cb = std::cos(b / 2);
+  const C et = std::polar(1.0, t2), ea(ca * ca - sa * sa, 2 * sa * ca), eb(cb * cb - sb * sb, -2 * sb * cb);
+  const C en[3] = {et * ea, et, et * eb};
   C l[3], r[3];
   for (int k = 0; k < 3; ++k) {
-    l[k] = std::polar(1.0, th[k]);
-    r[k] = std::polar(1.0, thn[k] - th[k]);
+    l[k] = al.e[k];
+    r[k] = en[k] * std::conj(l[k]);
   }
   const C d12 = divided(r[1] - r[0], l[1] - l[0]), d23 = divided(r[2] - r[1], l[2] - l[1]);
   const C d123 = divided(d23 - d12, l[2] - l[0]);
@@ -161,7 +219,12 @@ double kernel(const Mat<3>& P, Spline& sp, Spline& sp2, const T* par, std::int64
   const Mat<3> P2 = mul<3>(P, P);
   for (int i = 0; i < 9; ++i) R[i] = c1 * P[i] + c2 * P2[i];
   for (int i = 0; i < 3; ++i) R[i * 4] += c0;
-  return ls1 + ls2 + std::log(1 - w1n) - std::log(1 - w1) + log_vandermonde(thn) - log_vandermonde(th);
+  // |Delta(e^{i theta})|^2 = prod_{j < k} 4 sin^2((theta_j - theta_k) / 2) = prod |e^{i theta_j} - e^{i theta_k}|^2
+  // (gauge.cpp log_vandermonde); the new one's differences are a, b and a + b. One logarithm of the ratios.
+  const double sab = sa * cb + ca * sb;  // sin((a + b) / 2)
+  const double vnew = 64 * (sa * sa) * (sb * sb) * (sab * sab);
+  const double vold = std::norm(l[0] - l[1]) * std::norm(l[1] - l[2]) * std::norm(l[0] - l[2]);
+  return ls1 + ls2 + std::log((1 - w1n) / (1 - w1) * (vnew / vold));
 }
 
 template <int N, class T>
