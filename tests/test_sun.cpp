@@ -448,42 +448,46 @@ TEST_CASE("SU(2) and SU(3) flow layers are gauge equivariant; their log-dets mat
 
 TEST_CASE("SU(2) and SU(3) inference kernels equal the LibTorch formulas layer by layer, forward and inverse",
           "[sun][flow]") {
-  // Without autograd the layers run kernels/gauge_kernels.cpp; use_fused(layer, false) gives the LibTorch ops.
+  // Without autograd the layers run kernels/gauge_kernels.cpp; use_fused(layer, false) gives the LibTorch ops. Every
+  // instruction set the kernels are compiled for that this CPU has.
   torch::NoGradGuard ng;
-  for (int n : {2, 3})
-    for (bool f64 : {true, false}) {
-      auto flow = random_flow(n, 8, 13);
-      if (!f64) flow->to(torch::kFloat32);
-      const auto th = make_sun(n, 2.0);
-      auto x = random_field(th, 3, 17).to(f64 ? torch::kFloat64 : torch::kFloat32);
-      for (std::size_t i = 0; i < flow->num_layers(); ++i) {
-        auto& layer = flow->layer(i);
-        CHECK(layer.runs_in_place(x));
-        for (bool inv : {false, true}) {
-          auto fused = inv ? layer.inverse(x) : layer.forward(x);
-          use_fused(layer, false);
-          CHECK_FALSE(layer.runs_in_place(x));
-          auto ops = inv ? layer.inverse(x) : layer.forward(x);
-          use_fused(layer, true);
-          CAPTURE(n, f64, i, inv);
-          // float64: rounding; float32: the kernel works in float64 from float32 links and net outputs, the
-          // ops in float32.
-          CHECK((fused.first - ops.first).abs().max().item<double>() < (f64 ? 1e-12 : 2e-5));
-          CHECK((fused.second.to(torch::kFloat64) - ops.second.to(torch::kFloat64)).abs().max().item<double>() <
-                (f64 ? 1e-10 : 1e-3));
-          CHECK((fused.first - x).abs().max().item<double>() > 1e-2);  // the layer does move the field
+  for (auto isa : {pconv::Isa::baseline, pconv::Isa::x86_64_v3, pconv::Isa::x86_64_v4})
+    for (int n : {2, 3})
+      for (bool f64 : {true, false}) {
+        if (!pconv::isa_supported(isa)) continue;
+        auto flow = random_flow(n, 8, 13);
+        use_fused(*flow, true, true, isa);
+        if (!f64) flow->to(torch::kFloat32);
+        const auto th = make_sun(n, 2.0);
+        auto x = random_field(th, 3, 17).to(f64 ? torch::kFloat64 : torch::kFloat32);
+        for (std::size_t i = 0; i < flow->num_layers(); ++i) {
+          auto& layer = flow->layer(i);
+          CHECK(layer.runs_in_place(x));
+          for (bool inv : {false, true}) {
+            auto fused = inv ? layer.inverse(x) : layer.forward(x);
+            use_fused(layer, false);
+            CHECK_FALSE(layer.runs_in_place(x));
+            auto ops = inv ? layer.inverse(x) : layer.forward(x);
+            use_fused(layer, true, true, isa);
+            CAPTURE(pconv::isa_name(isa), n, f64, i, inv);
+            // float64: rounding; float32: the kernel works in float64 from float32 links and net outputs, the
+            // ops in float32.
+            CHECK((fused.first - ops.first).abs().max().item<double>() < (f64 ? 1e-12 : 2e-5));
+            CHECK((fused.second.to(torch::kFloat64) - ops.second.to(torch::kFloat64)).abs().max().item<double>() <
+                  (f64 ? 1e-10 : 1e-3));
+            CHECK((fused.first - x).abs().max().item<double>() > 1e-2);  // the layer does move the field
+          }
+          const int threads = at::get_num_threads();
+          at::set_num_threads(2);  // the kernels split the batch over threads: the same bits
+          auto two = layer.forward(x);
+          at::set_num_threads(1);
+          auto one = layer.forward(x);
+          at::set_num_threads(threads);
+          CHECK(torch::equal(two.first, one.first));
+          CHECK(torch::equal(two.second, one.second));
+          x = one.first;
         }
-        const int threads = at::get_num_threads();
-        at::set_num_threads(2);  // the kernels split the batch over threads: the same bits
-        auto two = layer.forward(x);
-        at::set_num_threads(1);
-        auto one = layer.forward(x);
-        at::set_num_threads(threads);
-        CHECK(torch::equal(two.first, one.first));
-        CHECK(torch::equal(two.second, one.second));
-        x = one.first;
       }
-    }
 }
 
 TEST_CASE("SU(3) inference kernel equals the LibTorch formulas at degenerate and nearly degenerate plaquettes",

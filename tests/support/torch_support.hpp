@@ -11,15 +11,17 @@
 
 namespace latflow::testing {
 
-// Fresh coupling layers are the identity (zero-initialised last conv): give every parameter a N(0, scale^2) value.
-// The kernels (fused = true, the default) or the LibTorch ops (the reference) for every net of m; Winograd on or off.
-inline void use_fused(torch::nn::Module& m, bool fused, bool winograd = true) {
+// The kernels (fused = true, the default) or the LibTorch ops (the reference) for every net of m; Winograd on or off;
+// the kernels' instruction set.
+inline void use_fused(torch::nn::Module& m, bool fused, bool winograd = true, pconv::Isa isa = pconv::Isa::best) {
   pconv::KernelPolicy policy;
   policy.fused = fused;
   policy.winograd = winograd;
+  policy.isa = isa;
   set_kernel_policy(m, policy);
 }
 
+// Fresh coupling layers are the identity (zero-initialised last conv): give every parameter a N(0, scale^2) value.
 inline void randomise(torch::nn::Module& m, double scale) {
   torch::NoGradGuard g;
   for (auto& p : m.parameters()) p.normal_(0, scale);

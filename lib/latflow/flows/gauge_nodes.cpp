@@ -197,16 +197,17 @@ void SpectralCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, 
   if (!active_sites_.defined()) active_sites_ = site_indices(active_);
   if (!frozen_u8_.defined()) frozen_u8_ = mask_bytes(frozen_);
   auto ctx = torch::empty({x.size(0), n_ == 2 ? 1 : 2, x.size(2), x.size(3)}, x.options());
+  const auto isa = net_->policy().isa;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_context", [&] {
     over_samples<scalar_t>(x, ctx, {}, log_det, n_, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
-      gauge_kernels::spectral_context<scalar_t>(xs, s, frozen_u8_.data_ptr<std::uint8_t>(), cs);
+      gauge_kernels::spectral_context<scalar_t>(xs, s, frozen_u8_.data_ptr<std::uint8_t>(), cs, isa);
     });
   });
   auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spectral_update", [&] {
     over_samples<scalar_t>(x, ctx, par, log_det, n_, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
       gauge_kernels::spectral_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(),
-                                               mu_, bins_, inverse, ld);
+                                               mu_, bins_, inverse, ld, isa);
     });
   });
 }

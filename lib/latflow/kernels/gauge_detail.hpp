@@ -13,15 +13,19 @@
 
 namespace latflow::gauge_kernels {
 
+// The functions the SU(N) kernels call, inlined into them so that pconv::with_isa compiles them per instruction
+// set (gauge_kernels.cpp).
+#define LATFLOW_GAUGE_INLINE __attribute__((always_inline)) inline
+
 constexpr double kTwoPi = 2 * M_PI;
 constexpr double kMinBin = 1e-3, kMinDeriv = 1e-3;  // as gauge.cpp's SplineKnots
 
 // LibTorch's remainder (the sign of the divisor), exact: fmod, then shifted by b.
-inline double remainder(double a, double b) {
+LATFLOW_GAUGE_INLINE double remainder(double a, double b) {
   const double m = std::fmod(a, b);
   return m != 0 && ((b < 0) != (m < 0)) ? m + b : m;
 }
-inline double remainder_2pi(double a) { return remainder(a, kTwoPi); }
+LATFLOW_GAUGE_INLINE double remainder_2pi(double a) { return remainder(a, kTwoPi); }
 inline double centred(double a) { return remainder(a + M_PI, kTwoPi) - M_PI; }  // gauge.cpp's centred
 
 // Knots of a monotone rational-quadratic spline of [lo, hi] from 3K + 1 raw net outputs r(c) (SplineKnots and
@@ -43,7 +47,7 @@ struct Spline {
   bool periodic = false;  // K slopes, the last knot's equal to the first's (gauge.cpp's circular spline)
 
   template <class R>
-  void set(const R& r, double lo, double hi, bool circular = false) {
+  LATFLOW_GAUGE_INLINE void set(const R& r, double lo, double hi, bool circular = false) {
     periodic = circular;
     auto knots = [&](int off, std::vector<double>& k, std::vector<double>& soft) {
       double m = r(off);
@@ -64,13 +68,13 @@ struct Spline {
     for (int i = 0; i < (periodic ? K : K + 1); ++i) slopes_raw[i] = r(2 * K + i);
   }
 
-  double slope(int i) const {
+  LATFLOW_GAUGE_INLINE double slope(int i) const {
     const double z = slopes_raw[periodic && i == K ? 0 : i] + slope_shift();
     return kMinDeriv + (z > 20 ? z : std::log1p(std::exp(z)));  // LibTorch's softplus threshold
   }
 
   // rational_quadratic (flow.cpp) at one point: (y, log dy/dv), or for inverse (x, -log dy/dx at x).
-  std::pair<double, double> operator()(double v, bool inverse) const {
+  LATFLOW_GAUGE_INLINE std::pair<double, double> operator()(double v, bool inverse) const {
     const std::vector<double>& search = inverse ? yk : xk;
     int bin = 0;
     while (bin < K - 1 && search[bin + 1] <= v) ++bin;

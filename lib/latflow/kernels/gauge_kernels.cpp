@@ -2,6 +2,7 @@
 #include "latflow/kernels/gauge_kernels.hpp"
 
 #include "latflow/kernels/gauge_detail.hpp"
+#include "latflow/kernels/simd.hpp"
 
 #include <algorithm>
 #include <array>
@@ -18,7 +19,7 @@ template <int N>
 using Mat = std::array<C, N * N>;
 
 template <int N>
-Mat<N> mul(const Mat<N>& a, const Mat<N>& b) {
+LATFLOW_GAUGE_INLINE Mat<N> mul(const Mat<N>& a, const Mat<N>& b) {
   Mat<N> c{};
   for (int i = 0; i < N; ++i)
     for (int k = 0; k < N; ++k)
@@ -27,7 +28,7 @@ Mat<N> mul(const Mat<N>& a, const Mat<N>& b) {
 }
 
 template <int N>
-Mat<N> dagger(const Mat<N>& a) {
+LATFLOW_GAUGE_INLINE Mat<N> dagger(const Mat<N>& a) {
   Mat<N> c;
   for (int i = 0; i < N; ++i)
     for (int j = 0; j < N; ++j) c[i * N + j] = std::conj(a[j * N + i]);
@@ -35,7 +36,7 @@ Mat<N> dagger(const Mat<N>& a) {
 }
 
 template <int N>
-C trace(const Mat<N>& a) {
+LATFLOW_GAUGE_INLINE C trace(const Mat<N>& a) {
   C t = 0;
   for (int i = 0; i < N; ++i) t += a[i * N + i];
   return t;
@@ -46,18 +47,18 @@ template <int N, class T>
 struct Links {
   T* x;
   const Shape& s;
-  T* at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
+  LATFLOW_GAUGE_INLINE T* at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
     x0 = (x0 + s.L0) % s.L0;
     x1 = (x1 + s.L1) % s.L1;
     return x + ((((b * 2 + dir) * s.L0 + x0) * s.L1 + x1) * N * N) * 2;
   }
-  Mat<N> get(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
+  LATFLOW_GAUGE_INLINE Mat<N> get(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
     const T* p = at(b, dir, x0, x1);
     Mat<N> m;
     for (int i = 0; i < N * N; ++i) m[i] = C(static_cast<double>(p[2 * i]), static_cast<double>(p[2 * i + 1]));
     return m;
   }
-  void set(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1, const Mat<N>& m) const {
+  LATFLOW_GAUGE_INLINE void set(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1, const Mat<N>& m) const {
     T* p = at(b, dir, x0, x1);
     for (int i = 0; i < N * N; ++i) {
       p[2 * i] = static_cast<T>(m[i].real());
@@ -65,7 +66,7 @@ struct Links {
     }
   }
   // U_P(x) = U_0(x) U_1(x + e0) U_0(x + e1)^+ U_1(x)^+ (SUN::plaquettes).
-  Mat<N> plaquette(std::int64_t b, std::int64_t x0, std::int64_t x1) const {
+  LATFLOW_GAUGE_INLINE Mat<N> plaquette(std::int64_t b, std::int64_t x0, std::int64_t x1) const {
     return mul<N>(mul<N>(get(b, 0, x0, x1), get(b, 1, x0 + 1, x1)),
                   mul<N>(dagger<N>(get(b, 0, x0, x1 + 1)), dagger<N>(get(b, 1, x0, x1))));
   }
@@ -73,7 +74,7 @@ struct Links {
 
 // g / g' for g = sin(3 theta / 2) - Im(t e^{i theta / 2}) (gauge.cpp newton_step), from s = sin(theta / 2) and
 // c = cos(theta / 2): the triple angle by its polynomial.
-double newton_step(double s, double c, C t) {
+LATFLOW_GAUGE_INLINE double newton_step(double s, double c, C t) {
   const C half = C(c, s) * t;
   const double g = s * (3 - 4 * s * s) - half.imag(), gp = 1.5 * c * (4 * c * c - 3) - 0.5 * half.real();
   return std::abs(gp) > 1e-12 ? g / gp : 0.0;
@@ -82,7 +83,7 @@ double newton_step(double s, double c, C t) {
 // (c, s) = (cos, sin) of an angle alpha becomes that of alpha - x, for |x| <= 1e-3: cos x and sin x by their
 // Taylor series, whose first omitted terms (x^6 / 720, x^7 / 5040) are below 2e-21 there. Saves a sincos for each
 // small turn (the Newton steps, the phases' mean).
-void turn(double& c, double& s, double x) {
+LATFLOW_GAUGE_INLINE void turn(double& c, double& s, double x) {
   const double x2 = x * x;
   const double sx = x * (1 - x2 / 6 * (1 - x2 / 20)), cx = 1 - x2 / 2 * (1 - x2 / 12);
   const double c1 = c * cx + s * sx;
@@ -99,7 +100,7 @@ struct Alcove {
 // su3_alcove_phases (gauge.cpp) for one matrix with trace t, and e^{i theta_k}: each phase's half-angle sine and
 // cosine follow from Cardano's root and are turned along with the Newton steps, the eigenvalues from them by the
 // double angle (no sincos, where the formula's three steps and the eigenvalue took four).
-Alcove alcove_phases(C t) {
+LATFLOW_GAUGE_INLINE Alcove alcove_phases(C t) {
   const C a = std::conj(t) - t * t / 3.0, b = t * std::conj(t) / 3.0 - 2.0 / 27 * t * t * t - 1.0;
   const C disc = std::sqrt(b * b / 4.0 + a * a * a / 27.0);
   const C cp = -b / 2.0 + disc, cm = -b / 2.0 - disc;
@@ -170,11 +171,12 @@ Alcove alcove_phases(C t) {
   return al;
 }
 
-C divided(C num, C den) { return std::norm(den) > 1e-26 ? num / den : C(0); }  // |den| > 1e-13
+LATFLOW_GAUGE_INLINE C divided(C num, C den) { return std::norm(den) > 1e-26 ? num / den : C(0); }  // |den| > 1e-13
 
 // R (P' = R P) and the log-det at one active site; r(c) reads the net's raw outputs there.
 template <class T>
-double kernel(const Mat<2>& P, Spline& sp, const T* par, std::int64_t stride, bool inverse, double eps, Mat<2>& R) {
+LATFLOW_GAUGE_INLINE double kernel(const Mat<2>& P, Spline& sp, const T* par, std::int64_t stride, bool inverse,
+                                   double eps, Mat<2>& R) {
   sp.set([&](int c) { return static_cast<double>(par[c * stride]); }, 0, M_PI);
   const double c = trace<2>(P).real() / 2;
   double s2 = 0;
@@ -190,7 +192,8 @@ double kernel(const Mat<2>& P, Spline& sp, const T* par, std::int64_t stride, bo
 }
 
 template <class T>
-double kernel(const Mat<3>& P, Spline& sp, Spline& sp2, const T* par, std::int64_t stride, bool inverse, Mat<3>& R) {
+LATFLOW_GAUGE_INLINE double kernel(const Mat<3>& P, Spline& sp, Spline& sp2, const T* par, std::int64_t stride,
+                                   bool inverse, Mat<3>& R) {
   const int np = 3 * sp.K + 1;
   sp.set([&](int c) { return static_cast<double>(par[c * stride]); }, 0, 1);
   sp2.set([&](int c) { return static_cast<double>(par[(np + c) * stride]); }, 0, 1);
@@ -228,8 +231,8 @@ double kernel(const Mat<3>& P, Spline& sp, Spline& sp2, const T* par, std::int64
 }
 
 template <int N, class T>
-void update_n(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, int bins,
-              bool inverse, double* log_det) {
+LATFLOW_GAUGE_INLINE void update_n(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va,
+                                   int mu, int bins, bool inverse, double* log_det) {
   const Links<N, T> u{x, s};
   const std::int64_t channels = (N == 2 ? 1 : 2) * (3 * bins + 1);
   const double eps = sizeof(T) == sizeof(double) ? 1e-150 : 1e-30;  // as su2_kernel's floor on sin theta
@@ -252,7 +255,7 @@ void update_n(T* x, const T* par, const Shape& s, const std::int32_t* active, st
 }
 
 template <int N, class T>
-void context_n(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
+LATFLOW_GAUGE_INLINE void context_n(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
   const Links<N, T> u{const_cast<T*>(x), s};
   const std::int64_t V = s.L0 * s.L1;
   const int C_ = N == 2 ? 1 : 2;
@@ -269,21 +272,22 @@ void context_n(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
 
 }  // namespace
 
+// (Each compiled per instruction set, pconv::with_isa: the scalar complex arithmetic gains from FMA.)
 template <class T>
-void spectral_context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx) {
+void spectral_context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx, pconv::Isa isa) {
   if (s.n == 2)
-    context_n<2>(x, s, frozen, ctx);
+    pconv::with_isa(isa, [&]() LATFLOW_KERNEL { context_n<2>(x, s, frozen, ctx); });
   else
-    context_n<3>(x, s, frozen, ctx);
+    pconv::with_isa(isa, [&]() LATFLOW_KERNEL { context_n<3>(x, s, frozen, ctx); });
 }
 
 template <class T>
 void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, int bins,
-                     bool inverse, double* log_det) {
+                     bool inverse, double* log_det, pconv::Isa isa) {
   if (s.n == 2)
-    update_n<2>(x, par, s, active, Va, mu, bins, inverse, log_det);
+    pconv::with_isa(isa, [&]() LATFLOW_KERNEL { update_n<2>(x, par, s, active, Va, mu, bins, inverse, log_det); });
   else
-    update_n<3>(x, par, s, active, Va, mu, bins, inverse, log_det);
+    pconv::with_isa(isa, [&]() LATFLOW_KERNEL { update_n<3>(x, par, s, active, Va, mu, bins, inverse, log_det); });
 }
 
 template <class T>
@@ -370,9 +374,9 @@ void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, s
 }
 
 #define LATFLOW_INSTANTIATE(T)                                                                                       \
-  template void spectral_context<T>(const T*, const Shape&, const std::uint8_t*, T*);                                \
+  template void spectral_context<T>(const T*, const Shape&, const std::uint8_t*, T*, pconv::Isa);                    \
   template void spectral_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,    \
-                                   double*);                                                                         \
+                                   double*, pconv::Isa);                                                             \
   template void u1_context<T>(const T*, const Shape&, const std::uint8_t*, const std::uint8_t*, const std::uint8_t*, \
                               T*);                                                                                   \
   template void u1_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, bool, int, bool,    \

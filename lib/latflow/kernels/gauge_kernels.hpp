@@ -18,6 +18,8 @@
 #pragma once
 #include <cstdint>
 
+#include "latflow/kernels/policy.hpp"
+
 namespace latflow::gauge_kernels {
 
 struct Shape {
@@ -27,15 +29,16 @@ struct Shape {
 
 // The net's input, [B, C, L0, L1]: for SU(2) (C = 1) Re tr P / 2, for SU(3) (C = 2) Re and Im tr P / 3 of the
 // plaquette at each frozen site, 0 elsewhere.
+// isa: the instruction set the kernel is compiled for (the net's KernelPolicy; results agree to rounding).
 template <class T>
-void spectral_context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx);
+void spectral_context(const T* x, const Shape& s, const std::uint8_t* frozen, T* ctx, pconv::Isa isa);
 
 // The layer on x in place: at the Va active sites (flat indices x0 L1 + x1) the link of direction mu moves by R
 // (mu = 0) or R^+ (mu = 1) with P' = R P the spline-moved plaquette (or its inverse); par [B, Va, splines (3 bins
 // + 1)] is the net's output there; log_det[b] += the layer's log|det| (the inverse's with inverse = true).
 template <class T>
 void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, int bins,
-                     bool inverse, double* log_det);
+                     bool inverse, double* log_det, pconv::Isa isa);
 
 // U(1). The net's input [B, C, L0, L1]: cos and sin of the plaquette angle at frozen sites (frozen), and with
 // loops also of the 2x1 and 1x2 loops P(x) + P(x + e0), P(x) + P(x + e1) where both plaquettes are frozen
