@@ -120,7 +120,8 @@ LATFLOW_GAUGE_INLINE Alcove alcove_phases(C t) {
     // does not cancel.
     double sn, cs;
     {
-      const double r = std::abs(lambda), co = lambda.real() / r, si = lambda.imag() / r;
+      const double r = std::abs(lambda);  // ~1 (an eigenvalue of a unitary matrix); 0 only for broken input,
+      const double co = r > 0 ? lambda.real() / r : 1, si = r > 0 ? lambda.imag() / r : 0;  // where arg gives 0
       if (co >= 0) {
         cs = std::sqrt((1 + co) / 2);
         sn = si / (2 * cs);
