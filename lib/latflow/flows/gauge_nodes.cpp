@@ -35,6 +35,7 @@ void save_geometry(AutogradContext* ctx, const U1LayerGeometry& g) {
   ctx->saved_data["mu"] = static_cast<std::int64_t>(g.mu);
   ctx->saved_data["spline"] = g.spline;
   ctx->saved_data["components"] = static_cast<std::int64_t>(g.components);
+  ctx->saved_data["isa"] = static_cast<std::int64_t>(g.isa);
 }
 U1LayerGeometry load_geometry(AutogradContext* ctx) {
   auto& d = ctx->saved_data;
@@ -44,7 +45,8 @@ U1LayerGeometry load_geometry(AutogradContext* ctx) {
                          d["rect1"].toTensor(),
                          static_cast<int>(d["mu"].toInt()),
                          d["spline"].toBool(),
-                         static_cast<int>(d["components"].toInt())};
+                         static_cast<int>(d["components"].toInt()),
+                         static_cast<pconv::Isa>(d["isa"].toInt())};
 }
 
 // x -> the net's input [B, C, L0, L1].
@@ -59,7 +61,7 @@ class U1Context : public torch::autograd::Function<U1Context> {
       scalar_t* op = out.data_ptr<scalar_t>();
       over_batch(B, L0, L1, [&](const gauge_kernels::Shape& s, std::int64_t b0) {
         gauge_kernels::u1_context<scalar_t>(xp + b0 * 2 * L0 * L1, s, bytes(g.frozen), bytes(g.rect0), bytes(g.rect1),
-                                            op + b0 * C * L0 * L1);
+                                            op + b0 * C * L0 * L1, g.isa);
       });
     });
     ctx->save_for_backward({out});
@@ -101,7 +103,7 @@ class U1Update : public torch::autograd::Function<U1Update> {
       over_batch(B, L0, L1, [&](const gauge_kernels::Shape& s, std::int64_t b0) {
         gauge_kernels::u1_update<scalar_t>(yp + b0 * 2 * L0 * L1, pp + b0 * Va * channels, s,
                                            g.active.data_ptr<std::int32_t>(), Va, g.mu, g.spline, g.components, inverse,
-                                           lp + b0);
+                                           lp + b0, g.isa);
       });
     });
     ctx->save_for_backward({x, p});
@@ -158,9 +160,11 @@ void over_samples(torch::Tensor& x, torch::Tensor& ctx, const torch::Tensor& par
 std::pair<torch::Tensor, torch::Tensor> u1_coupling_node(const torch::Tensor& x, ConvNet& net,
                                                          const U1LayerGeometry& geometry, bool inverse) {
   auto xc = x.contiguous();
-  auto ctx = U1Context::apply(xc, geometry);
-  auto par = net->forward_at(ctx, geometry.active);  // [B, Va, channels], one node
-  auto out = U1Update::apply(xc, par, geometry, inverse);
+  auto g = geometry;
+  g.isa = net->policy().isa;
+  auto ctx = U1Context::apply(xc, g);
+  auto par = net->forward_at(ctx, g.active);  // [B, Va, channels], one node
+  auto out = U1Update::apply(xc, par, g, inverse);
   return {out[0], out[1]};
 }
 
@@ -176,19 +180,20 @@ torch::Tensor mask_bytes(const torch::Tensor& mask) {
 
 void GaugeCoupling::apply_in_place(torch::Tensor& x, torch::Tensor& log_det, bool inverse) {
   kernel_geometry();
+  const auto isa = net_->policy().isa;
   auto ctx = torch::empty({x.size(0), loops_ ? 6 : 2, x.size(2), x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_context", [&] {
     over_samples<scalar_t>(x, ctx, {}, log_det, 1, [&](const auto& s, auto* xs, auto* cs, auto*, double*) {
       gauge_kernels::u1_context<scalar_t>(xs, s, masks_[0].data_ptr<std::uint8_t>(),
                                           loops_ ? masks_[1].data_ptr<std::uint8_t>() : nullptr,
-                                          loops_ ? masks_[2].data_ptr<std::uint8_t>() : nullptr, cs);
+                                          loops_ ? masks_[2].data_ptr<std::uint8_t>() : nullptr, cs, isa);
     });
   });
   auto par = net_->forward_at(ctx, active_sites_);  // [B, Va, channels]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "u1_update", [&] {
     over_samples<scalar_t>(x, ctx, par, log_det, 1, [&](const auto& s, auto* xs, auto*, auto* ps, double* ld) {
       gauge_kernels::u1_update<scalar_t>(xs, ps, s, active_sites_.data_ptr<std::int32_t>(), active_sites_.numel(), mu_,
-                                         spline_, components_, inverse, ld);
+                                         spline_, components_, inverse, ld, isa);
     });
   });
 }

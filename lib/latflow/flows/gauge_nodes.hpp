@@ -22,6 +22,7 @@ struct U1LayerGeometry {
   int mu;
   bool spline;
   int components;
+  pconv::Isa isa = pconv::Isa::best;  // the instruction set the kernels run (u1_coupling_node sets the net's)
 };
 
 // The flat indices (int32, CPU) of the sites where mask > 0.5, and the mask as uint8; normal tensors even when first

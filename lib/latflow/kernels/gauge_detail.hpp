@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "latflow/kernels/gauge_kernels.hpp"
+#include "latflow/kernels/lane_math.hpp"
 
 namespace latflow::gauge_kernels {
 
@@ -96,6 +97,90 @@ struct Spline {
     const double ls = std::log(s * s * (d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) / (den * den));
     if (!inverse) return {y0 + h * (s * xi * xi + d0 * xi1) / den, ls};
     return {x0 + xi * w, -ls};
+  }
+};
+
+// Spline's circular form (periodic slopes, on [0, 2 pi]) for W sites at once, one per lane of a double vector,
+// by the same formulas in the same order; exp, log and log1p by lane_math.hpp's double lanes (within 2 ulp of
+// libm's), so results agree with Spline's to rounding. For the U(1) kernels, which run it per instruction set.
+template <int W>
+struct SplineLanes {
+  using D = pconv::vec_t<double, W>;
+  using I = pconv::vec_t<std::int64_t, W>;
+  // A vector of lanes to keep in a std::vector: aligned for every instruction set (code compiled for baseline x86-64
+  // aligns a 64-byte vector to 16 bytes only, while AVX-512 code loads it as aligned to 64).
+  struct alignas(64) Held {
+    D v;
+  };
+  using Lanes = std::vector<Held>;
+  int K;
+  Lanes xk, yk, soft, raw;  // knots (K + 1 each), a softmax, the slopes' raw outputs (K)
+  explicit SplineLanes(int bins) : K(bins), xk(bins + 1), yk(bins + 1), soft(bins), raw(bins) {}
+
+  // From r[c], the raw output c of each lane's site (3K + 1 of them; the last, the rotation, is not read).
+  LATFLOW_GAUGE_INLINE void set(const Held* r) {
+    auto knots = [&](int off, Lanes& k) LATFLOW_KERNEL {
+      D m = r[off].v;
+      for (int i = 1; i < K; ++i) m = r[off + i].v > m ? r[off + i].v : m;
+      D sum{};
+      for (int i = 0; i < K; ++i) sum += soft[i].v = pconv::exp_lanes_d<W>(r[off + i].v - m);
+      for (int i = 0; i < K; ++i) soft[i].v /= sum;
+      D c{};
+      k[0].v = D{};
+      for (int i = 0; i < K - 1; ++i) {
+        c += kMinBin + (1 - K * kMinBin) * soft[i].v;
+        k[i + 1].v = c * kTwoPi;
+      }
+      k[K].v = D{} + kTwoPi;
+    };
+    knots(0, xk);
+    knots(K, yk);
+    for (int i = 0; i < K; ++i) raw[i].v = r[2 * K + i].v;
+  }
+
+  LATFLOW_GAUGE_INLINE D slope(D raw_out) const {
+    const D z = raw_out + Spline::slope_shift();
+    const D sp = pconv::log1p_lanes_d<W>(pconv::exp_lanes_d<W>(z > 20.0 ? D{} + 20 : z));
+    return kMinDeriv + (z > 20.0 ? z : sp);
+  }
+
+  // Spline::operator() in each lane: out = y and ls = log dy/dv at v, or for inverse out = x and ls = -log dy/dx.
+  LATFLOW_GAUGE_INLINE void operator()(D v, bool inverse, D& out, D& ls) const {
+    const Lanes& search = inverse ? yk : xk;
+    I bin{};
+    for (int k = 1; k < K; ++k) bin -= search[k].v <= v;  // (true is -1): the knots below v, the bin Spline finds
+    D x0 = xk[0].v, x1 = xk[1].v, y0 = yk[0].v, y1 = yk[1].v, r0 = raw[0].v, r1 = raw[1 % K].v;
+    for (int k = 1; k < K; ++k) {
+      const auto here = bin == k;
+      x0 = here ? xk[k].v : x0;
+      x1 = here ? xk[k + 1].v : x1;
+      y0 = here ? yk[k].v : y0;
+      y1 = here ? yk[k + 1].v : y1;
+      r0 = here ? raw[k].v : r0;
+      r1 = here ? raw[(k + 1) % K].v : r1;  // (the last knot's slope is the first's)
+    }
+    const D d0 = slope(r0), d1 = slope(r1);
+    const D w = x1 - x0, h = y1 - y0, s = h / w;
+    auto clamp01 = [](D u) LATFLOW_KERNEL { return u < 0.0 ? D{} : (u > 1.0 ? D{} + 1 : u); };
+    D xi;
+    if (!inverse) {
+      xi = clamp01((v - x0) / w);
+    } else {
+      const D dy = v - y0, c2 = d1 + d0 - 2 * s;
+      const D a = h * (s - d0) + dy * c2, b = h * d0 - dy * c2, c = -s * dy;
+      D disc = b * b - 4 * a * c;
+      disc = disc < 0.0 ? D{} : disc;
+      for (int j = 0; j < W; ++j) disc[j] = std::sqrt(disc[j]);
+      xi = clamp01(2 * c / (-b - disc));
+    }
+    const D xi1 = xi * (1 - xi), den = s + (d1 + d0 - 2 * s) * xi1;
+    ls = pconv::log_lanes_d<W>(s * s * (d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) * (1 - xi)) / (den * den));
+    if (!inverse) {
+      out = y0 + h * (s * xi * xi + d0 * xi1) / den;
+    } else {
+      out = x0 + xi * w;
+      ls = -ls;
+    }
   }
 };
 

@@ -291,23 +291,37 @@ void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* act
     pconv::with_isa(isa, [&]() LATFLOW_KERNEL { update_n<3>(x, par, s, active, Va, mu, bins, inverse, log_det); });
 }
 
+namespace {
+
 template <class T>
-void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const std::uint8_t* frozen_rect0,
-                const std::uint8_t* frozen_rect1, T* ctx) {
+LATFLOW_GAUGE_INLINE void u1_context_body(const T* x, const Shape& s, const std::uint8_t* frozen,
+                                          const std::uint8_t* frozen_rect0, const std::uint8_t* frozen_rect1, T* ctx) {
   const Angles<T> a{x, s};
   const std::int64_t V = s.L0 * s.L1;
   const int C = frozen_rect0 ? 6 : 2;
-  // cos and sin of every plaquette once; those of the loops P(x) + P(x + e) by the angle-addition formulas.
+  // cos and sin of every frozen plaquette once, in double lanes (only frozen plaquettes are read: a frozen loop's
+  // are frozen sites); those of the loops P(x) + P(x + e) by the angle-addition formulas.
   std::vector<double> cp(static_cast<std::size_t>(V)), sp(static_cast<std::size_t>(V));
+  std::vector<std::int64_t> sites;
+  for (std::int64_t site = 0; site < V; ++site)
+    if (frozen[site]) sites.push_back(site);
+  const auto nf = static_cast<std::int64_t>(sites.size());
+  constexpr int W = 8;
   for (std::int64_t b = 0; b < s.batch; ++b) {
-    for (std::int64_t x0 = 0; x0 < s.L0; ++x0)
-      for (std::int64_t x1 = 0; x1 < s.L1; ++x1) {
-        const std::int64_t site = x0 * s.L1 + x1;
-        if (!frozen[site]) continue;  // (only frozen plaquettes are read: a frozen loop's are frozen sites)
-        const double p = a.plaquette(b, x0, x1);
-        cp[site] = std::cos(p);
-        sp[site] = std::sin(p);
+    for (std::int64_t i = 0; i < nf; i += W) {
+      pconv::vec_t<double, W> p{}, sn, cs;
+      const int n = static_cast<int>(std::min<std::int64_t>(W, nf - i));
+      for (int j = 0; j < n; ++j) {
+        const std::int64_t site = sites[static_cast<std::size_t>(i + j)];
+        p[j] = a.plaquette(b, site / s.L1, site % s.L1);
       }
+      pconv::sincos_lanes_d<W>(p, sn, cs);
+      for (int j = 0; j < n; ++j) {
+        const auto site = static_cast<std::size_t>(sites[static_cast<std::size_t>(i + j)]);
+        cp[site] = cs[j];
+        sp[site] = sn[j];
+      }
+    }
     T* out = ctx + b * C * V;
     auto put = [&](int channel, std::int64_t site, bool on, double c, double sn) {
       out[channel * V + site] = on ? static_cast<T>(c) : T(0);
@@ -325,53 +339,100 @@ void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const st
   }
 }
 
+// The spline layer's update (u1_update) with SplineLanes over W active sites at a time, the rows (sample, site) in
+// order; each sample's log-det summed in the order of its sites, as the scalar loop does.
 template <class T>
-void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, bool spline,
-               int components, bool inverse, double* log_det) {
+LATFLOW_GAUGE_INLINE void u1_spline_update(T* x, const T* par, const Shape& s, const std::int32_t* active,
+                                           std::int64_t Va, int mu, int K, bool inverse, double* ld) {
+  constexpr int W = 8;
+  using D = pconv::vec_t<double, W>;
+  const Angles<T> a{x, s};
+  const std::int64_t channels = 3 * K + 1, rows = s.batch * Va;
+  const double sign = mu == 0 ? 1.0 : -1.0;
+  SplineLanes<W> sp(K);
+  typename SplineLanes<W>::Lanes r(static_cast<std::size_t>(channels));
+  // The active plaquettes hold no other updated link, so each is read before its own link changes.
+  for (std::int64_t r0 = 0; r0 < rows; r0 += W) {
+    const int n = static_cast<int>(std::min<std::int64_t>(W, rows - r0));
+    std::int64_t b[W], link[W];
+    D P, t, v;
+    for (int j = 0; j < W; ++j) {  // lanes past the last row repeat it
+      const std::int64_t row = r0 + std::min(j, n - 1), i = row % Va;
+      const std::int64_t x0 = active[i] / s.L1, x1 = active[i] % s.L1;
+      b[j] = row / Va;
+      P[j] = a.plaquette(b[j], x0, x1);
+      link[j] = a.at(b[j], mu, x0, x1);
+      const T* p = par + row * channels;
+      for (std::int64_t c = 0; c < channels; ++c) r[static_cast<std::size_t>(c)].v[j] = static_cast<double>(p[c]);
+      t[j] = r[static_cast<std::size_t>(3 * K)].v[j];
+      v[j] = std::clamp(remainder(inverse ? P[j] - t[j] : P[j], kTwoPi), 0.0, kTwoPi);
+    }
+    sp.set(r.data());
+    D out, ls;
+    sp(v, inverse, out, ls);
+    for (int j = 0; j < n; ++j) {
+      const double moved = inverse ? out[j] : out[j] + t[j];
+      ld[b[j]] += ls[j];
+      x[link[j]] = static_cast<T>(static_cast<double>(x[link[j]]) + sign * centred(moved - P[j]));
+    }
+  }
+}
+
+template <class T>
+LATFLOW_GAUGE_INLINE void u1_update_body(T* x, const T* par, const Shape& s, const std::int32_t* active,
+                                         std::int64_t Va, int mu, bool spline, int components, bool inverse,
+                                         double* log_det) {
   const Angles<T> a{x, s};
   const int K = components;
-  const std::int64_t channels = spline ? 3 * K + 1 : 2 * K + 1, links = 2 * s.L0 * s.L1;
+  const std::int64_t channels = 2 * K + 1, links = 2 * s.L0 * s.L1;
   const double sign = mu == 0 ? 1.0 : -1.0;
-  Spline sp(K);
-  Ncp ncp(K);
-  for (std::int64_t b = 0; b < s.batch; ++b) {
-    double ld = 0;
-    // The active plaquettes hold no other updated link, so each is read before its own link changes.
-    for (std::int64_t i = 0; i < Va; ++i) {
-      const std::int64_t x0 = active[i] / s.L1, x1 = active[i] % s.L1;
-      const double P = a.plaquette(b, x0, x1);
-      const T* p = par + (b * Va + i) * channels;
-      auto r = [&](int c) { return static_cast<double>(p[c]); };
-      double moved, ls;
-      if (spline) {
-        sp.set(r, 0, kTwoPi, true);
-        const double t = r(3 * K);
-        const double v = std::clamp(remainder(inverse ? P - t : P, kTwoPi), 0.0, kTwoPi);
-        const auto [out, l] = sp(v, inverse);
-        moved = inverse ? out : out + t;
-        ls = l;
-      } else {
-        ncp.set(r);
-        const double t = r(2 * K);
+  std::vector<double> ld(static_cast<std::size_t>(s.batch), 0.0);
+  if (spline) {
+    u1_spline_update(x, par, s, active, Va, mu, K, inverse, ld.data());
+  } else {
+    Ncp ncp(K);
+    for (std::int64_t b = 0; b < s.batch; ++b)
+      for (std::int64_t i = 0; i < Va; ++i) {
+        const std::int64_t x0 = active[i] / s.L1, x1 = active[i] % s.L1;
+        const double P = a.plaquette(b, x0, x1);
+        const T* p = par + (b * Va + i) * channels;
+        ncp.set([&](int c) { return static_cast<double>(p[c]); });
+        const double t = static_cast<double>(p[2 * K]);
+        double moved;
         if (!inverse) {
           const double th = centred(P);
           moved = ncp.h(th) + t;
-          ls = std::log(ncp.slope(th));
+          ld[static_cast<std::size_t>(b)] += std::log(ncp.slope(th));
         } else {
           moved = ncp.inverse(centred(P - t));
-          ls = -std::log(ncp.slope(moved));
+          ld[static_cast<std::size_t>(b)] -= std::log(ncp.slope(moved));
         }
+        const std::int64_t l = a.at(b, mu, x0, x1);
+        x[l] = static_cast<T>(static_cast<double>(x[l]) + sign * centred(moved - P));
       }
-      ld += ls;
-      const std::int64_t l = a.at(b, mu, x0, x1);
-      x[l] = static_cast<T>(static_cast<double>(x[l]) + sign * centred(moved - P));
-    }
+  }
+  for (std::int64_t b = 0; b < s.batch; ++b) {
     for (std::int64_t l = b * links; l < (b + 1) * links; ++l) {
       const double v = static_cast<double>(x[l]);
       if (v < 0 || v >= kTwoPi) x[l] = static_cast<T>(remainder(v, kTwoPi));  // (in [0, 2 pi) it is v exactly)
     }
-    log_det[b] += ld;
+    log_det[b] += ld[static_cast<std::size_t>(b)];
   }
+}
+
+}  // namespace
+
+template <class T>
+void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const std::uint8_t* frozen_rect0,
+                const std::uint8_t* frozen_rect1, T* ctx, pconv::Isa isa) {
+  pconv::with_isa(isa, [&]() LATFLOW_KERNEL { u1_context_body(x, s, frozen, frozen_rect0, frozen_rect1, ctx); });
+}
+
+template <class T>
+void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, bool spline,
+               int components, bool inverse, double* log_det, pconv::Isa isa) {
+  pconv::with_isa(
+      isa, [&]() LATFLOW_KERNEL { u1_update_body(x, par, s, active, Va, mu, spline, components, inverse, log_det); });
 }
 
 #define LATFLOW_INSTANTIATE(T)                                                                                       \
@@ -379,9 +440,9 @@ void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, s
   template void spectral_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, int, bool,    \
                                    double*, pconv::Isa);                                                             \
   template void u1_context<T>(const T*, const Shape&, const std::uint8_t*, const std::uint8_t*, const std::uint8_t*, \
-                              T*);                                                                                   \
+                              T*, pconv::Isa);                                                                       \
   template void u1_update<T>(T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, bool, int, bool,    \
-                             double*);
+                             double*, pconv::Isa);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)
 #undef LATFLOW_INSTANTIATE

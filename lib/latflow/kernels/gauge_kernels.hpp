@@ -42,18 +42,19 @@ void spectral_update(T* x, const T* par, const Shape& s, const std::int32_t* act
 
 // U(1). The net's input [B, C, L0, L1]: cos and sin of the plaquette angle at frozen sites (frozen), and with
 // loops also of the 2x1 and 1x2 loops P(x) + P(x + e0), P(x) + P(x + e1) where both plaquettes are frozen
-// (frozen_rect0, frozen_rect1; null without loops, C = 2), 0 elsewhere.
+// (frozen_rect0, frozen_rect1; null without loops, C = 2), 0 elsewhere. isa as for spectral_context.
 template <class T>
 void u1_context(const T* x, const Shape& s, const std::uint8_t* frozen, const std::uint8_t* frozen_rect0,
-                const std::uint8_t* frozen_rect1, T* ctx);
+                const std::uint8_t* frozen_rect1, T* ctx, pconv::Isa isa);
 
 // The U(1) layer on the angles x in place: every angle reduced to [0, 2 pi), and at the Va active sites the link of
 // direction mu moved by +-(h(P) - P) reduced to [-pi, pi) (the sign with which it enters P); h the circular spline
 // (spline = true, `components` bins, par [B, Va, 3K + 1]) or the NCP mixture (par [B, Va, 2K + 1]) followed by the
-// rotation; log_det[b] += sum log h'(P) (the inverse's with inverse = true).
+// rotation; log_det[b] += sum log h'(P) (the inverse's with inverse = true). The spline runs over 8 active sites
+// at a time in double vector lanes (gauge_detail.hpp SplineLanes).
 template <class T>
 void u1_update(T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu, bool spline,
-               int components, bool inverse, double* log_det);
+               int components, bool inverse, double* log_det, pconv::Isa isa);
 
 // Training (U(1)): the backward passes of the two calls above, each sample independent of the others.
 // gx += dL/dx through the context ctx = u1_context(x) [B, C, L0, L1] (C = 6 with loops, else 2), from

@@ -19,9 +19,6 @@ __attribute__((always_inline)) inline void half_sum_difference_pairs_body(const 
     }
 }
 
-// exp of float lanes, relative error within a few 1e-7 for x in [-87, 88] (x is clamped there, so the result is
-// a finite normal number): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor polynomial of degree 7 (remainder
-
 template <class T>
 __attribute__((always_inline)) inline void tanh_and_exp_body(const T* a, std::int64_t n, bool inverse, T* s, T* e) {
   if constexpr (std::is_same_v<T, float>) {
@@ -57,7 +54,6 @@ __attribute__((always_inline)) inline void half_sum_difference_body(const T* a, 
 
 // The backward of half_sum_difference followed by the activations that made a and b: from the gradients gs, gd of
 // sum and diff, ga = (gs + gd) / 2 act'(pre_a) and gb = (gs - gd) / 2 act'(pre_b); no activation when act is null.
-// Whole blocks of 8 in vector lanes for leaky_relu (the value's sign picks the slope, without a branch).
 // Whole blocks of 8 in vector lanes for leaky_relu (the value's sign picks the slope, without a branch).
 template <class T>
 __attribute__((always_inline)) inline void half_sum_difference_backward_body(const T* gs, const T* gd, std::int64_t n,
@@ -105,6 +101,51 @@ void exp_floats(const float* x, std::int64_t n, float* out, Isa isa) {
       store<8>(ex, exp_lanes<8>(load<8>(in)));
       std::copy(ex, ex + k, out + i);
     }
+  });
+}
+
+namespace {
+// f over n doubles in blocks of 8 lanes (the last block padded with zeros). The lambdas given to these are
+// always-inline too: a vector argument passed to a copy compiled for another instruction set would be garbage.
+template <class F>
+__attribute__((always_inline)) inline void over_double_lanes(const double* x, std::int64_t n, const F& f) {
+  for (std::int64_t i = 0; i < n; i += 8) {
+    const std::int64_t k = std::min<std::int64_t>(8, n - i);
+    double in[8] = {};
+    std::copy(x + i, x + i + k, in);
+    f(load<8>(in), i, k);
+  }
+}
+template <class F>
+__attribute__((always_inline)) inline void map_doubles(const double* x, std::int64_t n, double* out, const F& f) {
+  over_double_lanes(x, n, [&](vec_t<double, 8> v, std::int64_t i, std::int64_t k) LATFLOW_KERNEL {
+    double res[8];
+    store<8>(res, f(v));
+    std::copy(res, res + k, out + i);
+  });
+}
+}  // namespace
+
+void exp_doubles(const double* x, std::int64_t n, double* out, Isa isa) {
+  with_isa(isa, [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return exp_lanes_d<8>(v); }); });
+}
+void log_doubles(const double* x, std::int64_t n, double* out, Isa isa) {
+  with_isa(isa, [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return log_lanes_d<8>(v); }); });
+}
+void log1p_doubles(const double* x, std::int64_t n, double* out, Isa isa) {
+  with_isa(isa, [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return log1p_lanes_d<8>(v); }); });
+}
+void sincos_doubles(const double* x, std::int64_t n, double* sn, double* cs, Isa isa) {
+  with_isa(isa, [&]() LATFLOW_KERNEL {
+    over_double_lanes(x, n, [&](vec_t<double, 8> v, std::int64_t i, std::int64_t k) LATFLOW_KERNEL {
+      vec_t<double, 8> s, c;
+      sincos_lanes_d<8>(v, s, c);
+      double rs[8], rc[8];
+      store<8>(rs, s);
+      store<8>(rc, c);
+      std::copy(rs, rs + k, sn + i);
+      std::copy(rc, rc + k, cs + i);
+    });
   });
 }
 
