@@ -127,13 +127,16 @@ __attribute__((always_inline)) inline void map_doubles(const double* x, std::int
 }  // namespace
 
 void exp_doubles(const double* x, std::int64_t n, double* out, Isa isa) {
-  with_isa(isa, [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return exp_lanes_d<8>(v); }); });
+  with_isa(isa,
+           [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return exp_lanes_d<8>(v); }); });
 }
 void log_doubles(const double* x, std::int64_t n, double* out, Isa isa) {
-  with_isa(isa, [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return log_lanes_d<8>(v); }); });
+  with_isa(isa,
+           [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return log_lanes_d<8>(v); }); });
 }
 void log1p_doubles(const double* x, std::int64_t n, double* out, Isa isa) {
-  with_isa(isa, [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return log1p_lanes_d<8>(v); }); });
+  with_isa(isa,
+           [&]() LATFLOW_KERNEL { map_doubles(x, n, out, [](auto v) LATFLOW_KERNEL { return log1p_lanes_d<8>(v); }); });
 }
 void sincos_doubles(const double* x, std::int64_t n, double* sn, double* cs, Isa isa) {
   with_isa(isa, [&]() LATFLOW_KERNEL {
