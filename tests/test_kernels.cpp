@@ -540,8 +540,7 @@ TEST_CASE("exp and tanh lanes are accurate over their whole range", "[kernels]")
   }
 }
 
-TEST_CASE("double exp, log, log1p and sincos lanes are within a few ulp of libm over their whole range",
-          "[kernels]") {
+TEST_CASE("double exp, log, log1p and sincos lanes are within a few ulp of libm over their whole range", "[kernels]") {
   // Bounds in units of the reference's ulp (|ref| 2^-52, floored at the smallest normal): the lanes promise 2 ulp
   // (Taylor series to below 1e-17, exact reductions); sin and cos are compared in absolute terms, 2 ulp of 1, where
   // the result is near a zero. Edge values: subnormal, overflowing and underflowing exp, log of 0, negative, inf,
@@ -551,8 +550,7 @@ TEST_CASE("double exp, log, log1p and sincos lanes are within a few ulp of libm 
   for (double v = -750; v <= 712; v += 0.37) ex.push_back(v);
   for (double v : {0.0, -0.0, 1e-300, -1e-300, 709.78, 709.79, -708.4, -745.1, -744.5}) ex.push_back(v);
   for (int e = -1074; e <= 1023; e += 3)
-    for (double m : {1.0, 1.3, 1.41421356, 1.41421357, 1.9999})
-      lg.push_back(std::ldexp(m, e));
+    for (double m : {1.0, 1.3, 1.41421356, 1.41421357, 1.9999}) lg.push_back(std::ldexp(m, e));
   for (double v : {1.0, 1 + 1e-15, 1 - 1e-16, 0.5, 2.0}) lg.push_back(v);
   std::uniform_real_distribution<double> u(0, 1);
   for (int i = 0; i < 20000; ++i) {
