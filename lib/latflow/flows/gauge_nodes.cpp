@@ -129,7 +129,7 @@ class U1Update : public torch::autograd::Function<U1Update> {
       over_batch(B, L0, L1, [&](const gauge_kernels::Shape& s, std::int64_t b0) {
         gauge_kernels::u1_update_backward<scalar_t>(
             xp + b0 * per_x, pp + b0 * per_p, s, g.active.data_ptr<std::int32_t>(), Va, g.mu, g.spline, g.components,
-            inverse, gyp + b0 * per_x, glp ? glp + b0 : nullptr, gxp + b0 * per_x, gpp + b0 * per_p);
+            inverse, gyp + b0 * per_x, glp ? glp + b0 : nullptr, gxp + b0 * per_x, gpp + b0 * per_p, g.isa);
       });
     });
     return {gx, gpar, torch::Tensor(), torch::Tensor()};

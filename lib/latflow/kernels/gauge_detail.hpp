@@ -114,12 +114,12 @@ struct SplineLanes {
   };
   using Lanes = std::vector<Held>;
   int K;
-  Lanes xk, yk, soft, raw;  // knots (K + 1 each), a softmax, the slopes' raw outputs (K)
-  explicit SplineLanes(int bins) : K(bins), xk(bins + 1), yk(bins + 1), soft(bins), raw(bins) {}
+  Lanes xk, yk, wsoft, hsoft, raw;  // knots (K + 1 each), the softmax of the widths and heights, slopes' raw outputs
+  explicit SplineLanes(int bins) : K(bins), xk(bins + 1), yk(bins + 1), wsoft(bins), hsoft(bins), raw(bins) {}
 
   // From r[c], the raw output c of each lane's site (3K + 1 of them; the last, the rotation, is not read).
   LATFLOW_GAUGE_INLINE void set(const Held* r) {
-    auto knots = [&](int off, Lanes& k) LATFLOW_KERNEL {
+    auto knots = [&](int off, Lanes& k, Lanes& soft) LATFLOW_KERNEL {
       D m = r[off].v;
       for (int i = 1; i < K; ++i) m = r[off + i].v > m ? r[off + i].v : m;
       D sum{};
@@ -133,8 +133,8 @@ struct SplineLanes {
       }
       k[K].v = D{} + kTwoPi;
     };
-    knots(0, xk);
-    knots(K, yk);
+    knots(0, xk, wsoft);
+    knots(K, yk, hsoft);
     for (int i = 0; i < K; ++i) raw[i].v = r[2 * K + i].v;
   }
 

@@ -68,6 +68,7 @@ void u1_context_backward(const T* ctx, const Shape& s, bool loops, const T* gctx
 // The inverse's derivatives are those of the implicit function (its value is a root of h).
 template <class T>
 void u1_update_backward(const T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu,
-                        bool spline, int components, bool inverse, const T* gy, const double* gld, T* gx, T* gpar);
+                        bool spline, int components, bool inverse, const T* gy, const double* gld, T* gx, T* gpar,
+                        pconv::Isa isa);
 
 }  // namespace latflow::gauge_kernels

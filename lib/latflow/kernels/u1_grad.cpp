@@ -9,7 +9,9 @@
 //   forward  moved = h(v) + t, ls = L(v), v = P reduced: g_P = g_m h_v + g_l L_v, g_r += (g_m, g_l), g_t = g_m;
 //   inverse  moved = v = h^{-1}(P - t), ls = -L(v): with g_v = g_m - g_l L_v and g_u = g_v / h_v (implicit
 //            function), g_P = g_u, g_r += (-g_u, -g_l), g_t = -g_u.
-#include <array>
+// The spline's derivatives run over 8 active sites at a time in double vector lanes (SplineGradLanes),
+// u1_update_backward compiled per instruction set.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -18,114 +20,151 @@
 namespace latflow::gauge_kernels {
 namespace {
 
-// A number with its derivatives in the seven directions (v, x0, x1, y0, y1, d0, d1) of one spline bin.
-struct Dual {
-  double v = 0;
-  std::array<double, 7> d{};
-  static Dual var(double value, int k) {
-    Dual x{value, {}};
-    x.d[static_cast<std::size_t>(k)] = 1;
+// A number with its derivatives in the seven directions (v, x0, x1, y0, y1, d0, d1) of one spline bin, in W double
+// lanes (one site per lane); inlined into kernels compiled per instruction set.
+template <int W>
+struct DualLanes {
+  using D = pconv::vec_t<double, W>;
+  D v{};
+  D d[7]{};
+  static DualLanes var(D value, int k) {
+    DualLanes x;
+    x.v = value;
+    x.d[k] = D{} + 1;
+    return x;
+  }
+  static DualLanes constant(D value) {
+    DualLanes x;
+    x.v = value;
     return x;
   }
 };
-Dual operator+(Dual a, const Dual& b) {
+#define LATFLOW_DUAL \
+  template <int W>   \
+  LATFLOW_GAUGE_INLINE DualLanes<W>
+LATFLOW_DUAL operator+(DualLanes<W> a, const DualLanes<W>& b) {
   a.v += b.v;
-  for (std::size_t k = 0; k < 7; ++k) a.d[k] += b.d[k];
+  for (int k = 0; k < 7; ++k) a.d[k] += b.d[k];
   return a;
 }
-Dual operator-(Dual a, const Dual& b) {
+LATFLOW_DUAL operator-(DualLanes<W> a, const DualLanes<W>& b) {
   a.v -= b.v;
-  for (std::size_t k = 0; k < 7; ++k) a.d[k] -= b.d[k];
+  for (int k = 0; k < 7; ++k) a.d[k] -= b.d[k];
   return a;
 }
-Dual operator*(const Dual& a, const Dual& b) {
-  Dual c{a.v * b.v, {}};
-  for (std::size_t k = 0; k < 7; ++k) c.d[k] = a.d[k] * b.v + a.v * b.d[k];
+LATFLOW_DUAL operator*(const DualLanes<W>& a, const DualLanes<W>& b) {
+  DualLanes<W> c;
+  c.v = a.v * b.v;
+  for (int k = 0; k < 7; ++k) c.d[k] = a.d[k] * b.v + a.v * b.d[k];
   return c;
 }
-Dual operator*(double a, Dual b) {
+LATFLOW_DUAL operator*(double a, DualLanes<W> b) {
   b.v *= a;
   for (auto& x : b.d) x *= a;
   return b;
 }
-Dual operator/(const Dual& a, const Dual& b) {
-  Dual c{a.v / b.v, {}};
-  for (std::size_t k = 0; k < 7; ++k) c.d[k] = (a.d[k] - c.v * b.d[k]) / b.v;
+LATFLOW_DUAL operator/(const DualLanes<W>& a, const DualLanes<W>& b) {
+  DualLanes<W> c;
+  c.v = a.v / b.v;
+  for (int k = 0; k < 7; ++k) c.d[k] = (a.d[k] - c.v * b.d[k]) / b.v;
   return c;
 }
-Dual log(const Dual& a) {
-  Dual c{std::log(a.v), {}};
-  for (std::size_t k = 0; k < 7; ++k) c.d[k] = a.d[k] / a.v;
+LATFLOW_DUAL log(const DualLanes<W>& a) {
+  DualLanes<W> c;
+  c.v = pconv::log_lanes_d<W>(a.v);
+  for (int k = 0; k < 7; ++k) c.d[k] = a.d[k] / a.v;
   return c;
 }
-Dual constant(double v) { return Dual{v, {}}; }
+#undef LATFLOW_DUAL
 
-// The derivatives of the circular spline (gauge_detail.hpp Spline with periodic slopes, on [0, 2 pi]) at v.
-class SplineGrad {
+// The derivatives of the circular spline (SplineLanes: gauge_detail.hpp Spline with periodic slopes, on [0, 2 pi])
+// for W sites at once, one per lane: at(v) gives h_v = dh/dv and L_v = d log h' / dv, add() the raw outputs'
+// cotangents.
+template <int W>
+class SplineGradLanes {
  public:
-  explicit SplineGrad(int K) : K_(K), g_knot_(static_cast<std::size_t>(K + 1)), gwd_(static_cast<std::size_t>(K)) {}
+  using D = pconv::vec_t<double, W>;
+  using I = pconv::vec_t<std::int64_t, W>;
+  using Lanes = typename SplineLanes<W>::Lanes;
+  explicit SplineGradLanes(int K)
+      : K_(K), g_knot_(static_cast<std::size_t>(K + 1)), gwd_(static_cast<std::size_t>(K)) {}
 
-  // At v in [0, 2 pi] of the spline sp (set from the raw outputs r): h_v = dh/dv and L_v = d log h' / dv.
-  void at(const Spline& sp, double v) {
+  LATFLOW_GAUGE_INLINE void at(const SplineLanes<W>& sp, D v) {
+    using Dl = DualLanes<W>;
     sp_ = &sp;
-    bin_ = 0;
-    while (bin_ < K_ - 1 && sp.xk[static_cast<std::size_t>(bin_ + 1)] <= v) ++bin_;
-    const auto b = static_cast<std::size_t>(bin_);
-    const Dual x0 = Dual::var(sp.xk[b], 1), x1 = Dual::var(sp.xk[b + 1], 2), y0 = Dual::var(sp.yk[b], 3),
-               y1 = Dual::var(sp.yk[b + 1], 4), d0 = Dual::var(sp.slope(bin_), 5),
-               d1 = Dual::var(sp.slope(bin_ + 1), 6);
-    const Dual w = x1 - x0, hh = y1 - y0, s = hh / w;
-    Dual xi = (Dual::var(v, 0) - x0) / w;
-    if (xi.v < 0 || xi.v > 1) xi = constant(std::clamp(xi.v, 0.0, 1.0));  // (LibTorch's clamp passes no gradient)
-    const Dual one = constant(1), om = one - xi, xi1 = xi * om;
-    const Dual den = s + (d1 + d0 - 2.0 * s) * xi1;
-    const Dual h = y0 + hh * (s * xi * xi + d0 * xi1) / den;
-    const Dual L = 2.0 * log(s) + log(d1 * xi * xi + 2.0 * s * xi1 + d0 * om * om) - 2.0 * log(den);
-    h_ = h.d;
-    L_ = L.d;
+    bin_ = I{};
+    for (int k = 1; k < K_; ++k) bin_ -= sp.xk[k].v <= v;
+    D x0 = sp.xk[0].v, x1 = sp.xk[1].v, y0 = sp.yk[0].v, y1 = sp.yk[1].v, r0 = sp.raw[0].v, r1 = sp.raw[1 % K_].v;
+    for (int k = 1; k < K_; ++k) {
+      const auto here = bin_ == k;
+      x0 = here ? sp.xk[k].v : x0;
+      x1 = here ? sp.xk[k + 1].v : x1;
+      y0 = here ? sp.yk[k].v : y0;
+      y1 = here ? sp.yk[k + 1].v : y1;
+      r0 = here ? sp.raw[k].v : r0;
+      r1 = here ? sp.raw[(k + 1) % K_].v : r1;
+    }
+    const Dl X0 = Dl::var(x0, 1), X1 = Dl::var(x1, 2), Y0 = Dl::var(y0, 3), Y1 = Dl::var(y1, 4),
+             D0 = Dl::var(sp.slope(r0), 5), D1 = Dl::var(sp.slope(r1), 6);
+    const Dl w = X1 - X0, hh = Y1 - Y0, s = hh / w;
+    Dl xi = (Dl::var(v, 0) - X0) / w;
+    const auto out = xi.v < 0.0 || xi.v > 1.0;  // (LibTorch's clamp passes no gradient)
+    xi.v = xi.v < 0.0 ? D{} : (xi.v > 1.0 ? D{} + 1 : xi.v);
+    for (auto& d : xi.d) d = out ? D{} : d;
+    const Dl one = Dl::constant(D{} + 1), om = one - xi, xi1 = xi * om;
+    const Dl den = s + (D1 + D0 - 2.0 * s) * xi1;
+    const Dl h = Y0 + hh * (s * xi * xi + D0 * xi1) / den;
+    const Dl L = 2.0 * log(s) + log(D1 * xi * xi + 2.0 * s * xi1 + D0 * om * om) - 2.0 * log(den);
+    for (int k = 0; k < 7; ++k) {
+      h_[k] = h.d[k];
+      L_[k] = L.d[k];
+    }
+    r0_ = r0;
+    r1_ = r1;
   }
-  double h_v() const { return h_[0]; }
-  double L_v() const { return L_[0]; }
+  LATFLOW_GAUGE_INLINE D h_v() const { return h_[0]; }
+  LATFLOW_GAUGE_INLINE D L_v() const { return L_[0]; }
 
-  // g[c] += the cotangent of the raw output r(c) for cotangents (c_h, c_L) of (h, L) at the point of at().
-  template <class R>
-  void add(double c_h, double c_L, const R& r, double* g) {
-    auto local = [&](int k) { return c_h * h_[static_cast<std::size_t>(k)] + c_L * L_[static_cast<std::size_t>(k)]; };
-    // Knot positions: x_i = lo + (hi - lo) sum_{j < i} wd_j for 0 < i < K (the end knots are fixed).
+  // g[c] += the cotangent of the raw output c of each lane, for cotangents (c_h, c_L) of (h, L) at the point of at().
+  LATFLOW_GAUGE_INLINE void add(D c_h, D c_L, typename SplineLanes<W>::Held* g) {
+    auto local = [&](int k) LATFLOW_KERNEL { return c_h * h_[k] + c_L * L_[k]; };
     softmax_chain(0, local(1), local(2), sp_->wsoft, g);
     softmax_chain(K_, local(3), local(4), sp_->hsoft, g);
-    // Knot slopes d_i = kMinDeriv + softplus(r(2K + i) + shift), the last knot's being the first's.
     const double shift = Spline::slope_shift();
     for (int e = 0; e < 2; ++e) {
-      const int knot = bin_ + e, c = 2 * K_ + (knot == K_ ? 0 : knot);
-      const double z = r(c) + shift;
-      g[c] += local(5 + e) * (z > 20 ? 1.0 : 1.0 / (1.0 + std::exp(-z)));
+      const D z = (e ? r1_ : r0_) + shift;
+      const D one = D{} + 1;
+      const D gz = local(5 + e) * (z > 20.0 ? one : one / (1 + pconv::exp_lanes_d<W>(-z)));
+      const I knot = bin_ + e;
+      for (int k = 0; k < K_; ++k) {  // the knot's raw output: 2K + knot, the last knot's being the first's
+        const auto here = knot == k || (knot == K_ && k == 0);
+        g[2 * K_ + k].v += here ? gz : D{};
+      }
     }
   }
 
  private:
-  // The cotangents g0, g1 of the knots bin, bin + 1 of the knot vector built from the softmax of r(off ...).
-  void softmax_chain(int off, double g0, double g1, const std::vector<double>& soft, double* g) {
-    std::fill(g_knot_.begin(), g_knot_.end(), 0.0);
-    g_knot_[static_cast<std::size_t>(bin_)] += g0;
-    g_knot_[static_cast<std::size_t>(bin_ + 1)] += g1;
-    // d knot_i / d wd_j = 2 pi for j < i < K; the cotangent of wd_j is 2 pi sum_{j < i < K} g_knot_i.
-    double tail = 0;
-    for (int j = K_ - 1; j >= 0; --j) {
-      if (j + 1 < K_) tail += g_knot_[static_cast<std::size_t>(j + 1)];
-      gwd_[static_cast<std::size_t>(j)] = kTwoPi * tail;
+  LATFLOW_GAUGE_INLINE void softmax_chain(int off, D g0, D g1, const Lanes& soft, typename SplineLanes<W>::Held* g) {
+    for (int i = 0; i <= K_; ++i) {
+      const auto at0 = bin_ == i, at1 = bin_ + 1 == i;
+      g_knot_[i].v = (at0 ? g0 : D{}) + (at1 ? g1 : D{});
     }
-    double dot = 0;
-    for (int j = 0; j < K_; ++j) dot += soft[static_cast<std::size_t>(j)] * gwd_[static_cast<std::size_t>(j)];
+    D tail{};
+    for (int j = K_ - 1; j >= 0; --j) {
+      if (j + 1 < K_) tail += g_knot_[j + 1].v;
+      gwd_[j].v = kTwoPi * tail;
+    }
+    D dot{};
+    for (int j = 0; j < K_; ++j) dot += soft[j].v * gwd_[j].v;
     const double scale = 1 - K_ * kMinBin;
-    for (int j = 0; j < K_; ++j)
-      g[off + j] += scale * soft[static_cast<std::size_t>(j)] * (gwd_[static_cast<std::size_t>(j)] - dot);
+    for (int j = 0; j < K_; ++j) g[off + j].v += scale * soft[j].v * (gwd_[j].v - dot);
   }
 
-  int K_, bin_ = 0;
-  const Spline* sp_ = nullptr;
-  std::vector<double> g_knot_, gwd_;
-  std::array<double, 7> h_{}, L_{};
+  int K_;
+  I bin_{};
+  const SplineLanes<W>* sp_ = nullptr;
+  Lanes g_knot_, gwd_;
+  D h_[7]{}, L_[7]{}, r0_{}, r1_{};
 };
 
 // The derivatives of the NCP mixture (gauge_detail.hpp Ncp) at theta.
@@ -220,19 +259,89 @@ void u1_context_backward(const T* ctx, const Shape& s, bool loops, const T* gctx
   }
 }
 
+namespace {
+
+// The spline layers' part of u1_update_backward with SplineLanes and SplineGradLanes over W rows (sample, active
+// site) at a time; gx accumulates row by row in the order of the scalar loop.
 template <class T>
-void u1_update_backward(const T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu,
-                        bool spline, int components, bool inverse, const T* gy, const double* gld, T* gx, T* gpar) {
+LATFLOW_GAUGE_INLINE void u1_spline_backward(const Angles<T>& a, const T* par, const Shape& s,
+                                             const std::int32_t* active, std::int64_t Va, int mu, int K, bool inverse,
+                                             const T* gy, const double* gld, T* gx, T* gpar) {
+  constexpr int W = 8;
+  using D = pconv::vec_t<double, W>;
+  const std::int64_t channels = 3 * K + 1, rows = s.batch * Va;
+  const double sign = mu == 0 ? 1.0 : -1.0;
+  SplineLanes<W> sp(K);
+  SplineGradLanes<W> sg(K);
+  typename SplineLanes<W>::Lanes r(static_cast<std::size_t>(channels)), gr(static_cast<std::size_t>(channels));
+  for (std::int64_t r0 = 0; r0 < rows; r0 += W) {
+    const int n = static_cast<int>(std::min<std::int64_t>(W, rows - r0));
+    std::int64_t site[W][2], row_of[W];
+    D P, t, v, gm, gl;
+    for (int j = 0; j < W; ++j) {  // lanes past the last row repeat it
+      const std::int64_t row = r0 + std::min(j, n - 1), b = row / Va, i = row % Va;
+      const std::int64_t x0 = active[i] / s.L1, x1 = active[i] % s.L1;
+      row_of[j] = row;
+      site[j][0] = x0;
+      site[j][1] = x1;
+      P[j] = a.plaquette(b, x0, x1);
+      const T* p = par + row * channels;
+      for (std::int64_t c = 0; c < channels; ++c) r[static_cast<std::size_t>(c)].v[j] = static_cast<double>(p[c]);
+      t[j] = r[static_cast<std::size_t>(3 * K)].v[j];
+      v[j] = std::clamp(remainder(inverse ? P[j] - t[j] : P[j], kTwoPi), 0.0, kTwoPi);
+      // y_l = x_l + sign (moved - P) reduced: the cotangent of moved is sign gy_l.
+      gm[j] = sign * static_cast<double>(gy[a.at(b, mu, x0, x1)]);
+      gl[j] = gld ? gld[b] : 0.0;
+    }
+    sp.set(r.data());
+    if (inverse) {
+      D moved, ls;
+      sp(v, true, moved, ls);
+      v = moved;
+    }
+    sg.at(sp, v);
+    for (auto& g : gr) g.v = D{};
+    D gP;
+    if (!inverse) {
+      gP = gm * sg.h_v() + gl * sg.L_v();
+      sg.add(gm, gl, gr.data());
+      gr[static_cast<std::size_t>(3 * K)].v += gm;
+    } else {
+      const D gu = (gm - gl * sg.L_v()) / sg.h_v();
+      sg.add(-gu, -gl, gr.data());
+      gP = gu;
+      gr[static_cast<std::size_t>(3 * K)].v -= gu;
+    }
+    gP -= gm;  // the - P of moved - P
+    for (int j = 0; j < n; ++j) {
+      const std::int64_t b = row_of[j] / Va, x0 = site[j][0], x1 = site[j][1];
+      const auto q = static_cast<T>(gP[j]);
+      gx[a.at(b, 0, x0, x1)] += q;
+      gx[a.at(b, 1, x0 + 1, x1)] += q;
+      gx[a.at(b, 0, x0, x1 + 1)] -= q;
+      gx[a.at(b, 1, x0, x1)] -= q;
+      T* out = gpar + row_of[j] * channels;
+      for (std::int64_t c = 0; c < channels; ++c) out[c] = static_cast<T>(gr[static_cast<std::size_t>(c)].v[j]);
+    }
+  }
+}
+
+template <class T>
+LATFLOW_GAUGE_INLINE void u1_update_backward_body(const T* x, const T* par, const Shape& s, const std::int32_t* active,
+                                                  std::int64_t Va, int mu, bool spline, int components, bool inverse,
+                                                  const T* gy, const double* gld, T* gx, T* gpar) {
   const Angles<T> a{x, s};
   const int K = components;
-  const std::int64_t channels = spline ? 3 * K + 1 : 2 * K + 1, links = 2 * s.L0 * s.L1;
+  const std::int64_t channels = 2 * K + 1, links = 2 * s.L0 * s.L1;  // (the NCP's; the spline's below)
   const double sign = mu == 0 ? 1.0 : -1.0;
-  Spline sp(K);
+  std::copy(gy, gy + s.batch * links, gx);
+  if (spline) {
+    u1_spline_backward(a, par, s, active, Va, mu, K, inverse, gy, gld, gx, gpar);
+    return;
+  }
   Ncp ncp(K);
-  SplineGrad sg(K);
   NcpGrad ng(K);
   std::vector<double> gr(static_cast<std::size_t>(channels));
-  std::copy(gy, gy + s.batch * links, gx);
   for (std::int64_t b = 0; b < s.batch; ++b) {
     const double gl = gld ? gld[b] : 0.0;
     for (std::int64_t i = 0; i < Va; ++i) {
@@ -244,30 +353,17 @@ void u1_update_backward(const T* x, const T* par, const Shape& s, const std::int
       const double gm = sign * static_cast<double>(gy[a.at(b, mu, x0, x1)]);
       std::fill(gr.begin(), gr.end(), 0.0);
       double gP;
-      const int t_channel = spline ? 3 * K : 2 * K;
-      auto finish = [&](auto& grad) {
-        if (!inverse) {
-          gP = gm * grad.h_v() + gl * grad.L_v();
-          grad.add(gm, gl, r, gr.data());
-          gr[static_cast<std::size_t>(t_channel)] += gm;
-        } else {
-          const double gu = (gm - gl * grad.L_v()) / grad.h_v();
-          grad.add(-gu, -gl, r, gr.data());
-          gP = gu;
-          gr[static_cast<std::size_t>(t_channel)] -= gu;
-        }
-      };
-      if (spline) {
-        sp.set(r, 0, kTwoPi, true);
-        const double t = r(3 * K);
-        const double v = std::clamp(remainder(inverse ? P - t : P, kTwoPi), 0.0, kTwoPi);
-        sg.at(sp, inverse ? sp(v, true).first : v);
-        finish(sg);
+      ncp.set(r);
+      ng.at(ncp, inverse ? ncp.inverse(centred(P - r(2 * K))) : centred(P));
+      if (!inverse) {
+        gP = gm * ng.h_v() + gl * ng.L_v();
+        ng.add(gm, gl, r, gr.data());
+        gr[static_cast<std::size_t>(2 * K)] += gm;
       } else {
-        ncp.set(r);
-        const double t = r(2 * K);
-        ng.at(ncp, inverse ? ncp.inverse(centred(P - t)) : centred(P));
-        finish(ng);
+        const double gu = (gm - gl * ng.L_v()) / ng.h_v();
+        ng.add(-gu, -gl, r, gr.data());
+        gP = gu;
+        gr[static_cast<std::size_t>(2 * K)] -= gu;
       }
       gP -= gm;  // the - P of moved - P
       gx[a.at(b, 0, x0, x1)] += static_cast<T>(gP);
@@ -280,10 +376,21 @@ void u1_update_backward(const T* x, const T* par, const Shape& s, const std::int
   }
 }
 
+}  // namespace
+
+template <class T>
+void u1_update_backward(const T* x, const T* par, const Shape& s, const std::int32_t* active, std::int64_t Va, int mu,
+                        bool spline, int components, bool inverse, const T* gy, const double* gld, T* gx, T* gpar,
+                        pconv::Isa isa) {
+  pconv::with_isa(isa, [&]() LATFLOW_KERNEL {
+    u1_update_backward_body(x, par, s, active, Va, mu, spline, components, inverse, gy, gld, gx, gpar);
+  });
+}
+
 #define LATFLOW_INSTANTIATE(T)                                                                                        \
   template void u1_context_backward<T>(const T*, const Shape&, bool, const T*, T*);                                   \
   template void u1_update_backward<T>(const T*, const T*, const Shape&, const std::int32_t*, std::int64_t, int, bool, \
-                                      int, bool, const T*, const double*, T*, T*);
+                                      int, bool, const T*, const double*, T*, T*, pconv::Isa);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)
 #undef LATFLOW_INSTANTIATE
