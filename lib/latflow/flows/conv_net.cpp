@@ -445,6 +445,8 @@ torch::Tensor ConvNetImpl::forward_at(const torch::Tensor& x, const torch::Tenso
   const int T = static_cast<int>(taps());
   const auto act = kernel_activation(activation_);
   const auto layers = ps.size() / 2;
+  // The hidden convs of 2D 3x3 nets by Winograd where the policy allows (pconv::conv_forward_winograd).
+  const bool wino = policy_.winograd && extents.size() == 2 && T == 9;
   auto h = x.movedim(1, -1).reshape({B, V, x.size(1)}).contiguous();  // [B, V, C]
   torch::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_forward_at", [&] {
@@ -460,7 +462,9 @@ torch::Tensor ConvNetImpl::forward_at(const torch::Tensor& x, const torch::Tenso
                                            sites.data_ptr<std::int32_t>(), Vr, cin, cout, w.data_ptr<scalar_t>(),
                                            bias.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + b0 * Vr * cout,
                                            policy_.isa);
-        else
+        else if (!(wino && pconv::conv_forward_winograd<scalar_t>(
+                               in, b1 - b0, extents[0], extents[1], cin, cout, w.data_ptr<scalar_t>(),
+                               bias.data_ptr<scalar_t>(), &act, out.data_ptr<scalar_t>() + b0 * V * cout, policy_.isa)))
           pconv::conv_forward<scalar_t>(in, b1 - b0, V, T, nbr.data_ptr<std::int32_t>(), cin, cout,
                                         w.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), &act, nullptr,
                                         out.data_ptr<scalar_t>() + b0 * V * cout, policy_.isa);

@@ -19,6 +19,9 @@ namespace latflow::gauge_kernels {
 #define LATFLOW_GAUGE_INLINE __attribute__((always_inline)) inline
 
 constexpr double kTwoPi = 2 * M_PI;
+
+// The periodic coordinate of x in [-L, 2L) (the kernels step at most one site past either end), without a division.
+LATFLOW_GAUGE_INLINE std::int64_t wrap(std::int64_t x, std::int64_t L) { return x >= L ? x - L : (x < 0 ? x + L : x); }
 constexpr double kMinBin = 1e-3, kMinDeriv = 1e-3;  // as gauge.cpp's SplineKnots
 
 // LibTorch's remainder (the sign of the divisor), exact: fmod, then shifted by b.
@@ -188,13 +191,11 @@ template <class T>
 struct Angles {
   const T* x;
   const Shape& s;
-  std::int64_t at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
-    x0 = (x0 + s.L0) % s.L0;
-    x1 = (x1 + s.L1) % s.L1;
-    return ((b * 2 + dir) * s.L0 + x0) * s.L1 + x1;
+  LATFLOW_GAUGE_INLINE std::int64_t at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
+    return ((b * 2 + dir) * s.L0 + wrap(x0, s.L0)) * s.L1 + wrap(x1, s.L1);
   }
   // U1::plaquettes: theta_0(x) + theta_1(x + e0) - theta_0(x + e1) - theta_1(x), not reduced.
-  double plaquette(std::int64_t b, std::int64_t x0, std::int64_t x1) const {
+  LATFLOW_GAUGE_INLINE double plaquette(std::int64_t b, std::int64_t x0, std::int64_t x1) const {
     return (static_cast<double>(x[at(b, 0, x0, x1)]) + static_cast<double>(x[at(b, 1, x0 + 1, x1)])) -
            static_cast<double>(x[at(b, 0, x0, x1 + 1)]) - static_cast<double>(x[at(b, 1, x0, x1)]);
   }

@@ -48,9 +48,7 @@ struct Links {
   T* x;
   const Shape& s;
   LATFLOW_GAUGE_INLINE T* at(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
-    x0 = (x0 + s.L0) % s.L0;
-    x1 = (x1 + s.L1) % s.L1;
-    return x + ((((b * 2 + dir) * s.L0 + x0) * s.L1 + x1) * N * N) * 2;
+    return x + ((((b * 2 + dir) * s.L0 + wrap(x0, s.L0)) * s.L1 + wrap(x1, s.L1)) * N * N) * 2;
   }
   LATFLOW_GAUGE_INLINE Mat<N> get(std::int64_t b, int dir, std::int64_t x0, std::int64_t x1) const {
     const T* p = at(b, dir, x0, x1);

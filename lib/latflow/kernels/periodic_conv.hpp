@@ -44,6 +44,13 @@ template <class T>
 void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, int cin, int cout,
                   const T* w, const T* bias, const Act* act, T* pre, T* out, Isa isa = Isa::best);
 
+// conv_forward (pre not kept) of a 2D 3x3 conv on an L0 x L1 lattice (in [n, L0 L1, cin]) by Winograd's F(MxM, 3x3),
+// M = 4 for extents multiples of 4, else 2: the same values to rounding, 4x or 2.25x fewer multiply-adds. Returns
+// false (and does nothing) where it does not apply: odd extents, or one input channel (direct is cheaper there).
+template <class T>
+bool conv_forward_winograd(const T* in, std::int64_t n, std::int64_t L0, std::int64_t L1, int cin, int cout, const T* w,
+                           const T* bias, const Act* act, T* out, Isa isa = Isa::best);
+
 // conv_forward without activation at the Vr sites `sites` only: out[b, i, :] for the site sites[i], i < Vr
 // (out [n, Vr, cout]); in is [n, V, cin] as above.
 template <class T>

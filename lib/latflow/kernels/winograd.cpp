@@ -264,7 +264,22 @@ void winograd_conv(const T* in, std::int64_t n, std::int64_t V, const WinogradTi
     run(integral_constant<int, 2>{}, integral_constant<int, 0>{});
 }
 
+template <class T>
+bool conv_forward_winograd(const T* in, std::int64_t n, std::int64_t L0, std::int64_t L1, int cin, int cout, const T* w,
+                           const T* bias, const Act* act, T* out, Isa isa) {
+  if (cin < 2 || L0 % 2 != 0 || L1 % 2 != 0) return false;
+  const int M = L0 % 4 == 0 && L1 % 4 == 0 ? 4 : 2;
+  const auto tiles = winograd_tiles(L0, L1, M);
+  const auto U = winograd_weights(w, cin, cout, M);
+  std::vector<T> scratch(winograd_scratch_size(M, cin, cout));
+  winograd_conv(in, n, L0 * L1, tiles, cin, cout, U.data(), bias, Sink<T>{act, nullptr, nullptr, out}, scratch.data(),
+                isa);
+  return true;
+}
+
 #define LATFLOW_INSTANTIATE(T)                                                                                   \
+  template bool conv_forward_winograd<T>(const T*, std::int64_t, std::int64_t, std::int64_t, int, int, const T*, \
+                                         const T*, const Act*, T*, Isa);                                         \
   template std::vector<T> winograd_weights<T>(const T*, int, int, int);                                          \
   template void winograd_conv<T>(const T*, std::int64_t, std::int64_t, const WinogradTiles&, int, int, const T*, \
                                  const T*, const Sink<T>&, T*, Isa);
