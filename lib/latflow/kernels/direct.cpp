@@ -363,6 +363,10 @@ void gather(const T* in, std::int64_t n, const Geo& g, const Arranged<T>& a, con
       });
     };
     const bool k9x8 = g.taps == 9 && a.kin == 8;  // 3x3 kernels of 8 inputs: the taps and inputs unrolled
+    // More than 8 float outputs on AVX-512: 16 lanes (one 512-bit register) where the padding to 16 is the padding
+    // to 8, so the arranged weights serve both; each lane's sum is the same chain, so the same bits.
+    const bool wide = std::is_same_v<T, float> && a.W == 8 && a.kout > 8 &&
+                      round_up(a.kout, 16) == round_up(a.kout, 8) && resolve(isa) == Isa::x86_64_v4;
     if (a.KO == 1)
       k9x8 ? rows(InputLanes<T, 1, 9, 8>{}) : rows(InputLanes<T, 1>{});
     else if (a.KO == 2)
@@ -377,6 +381,8 @@ void gather(const T* in, std::int64_t n, const Geo& g, const Arranged<T>& a, con
       rows(ChannelLanes<T, 8, 9, 2>{});
     else if (a.W == 4)
       rows(ChannelLanes<T, 4>{});
+    else if (wide)
+      rows(ChannelLanes<T, 16>{});
     else
       rows(ChannelLanes<T, 8>{});
   });
