@@ -623,3 +623,35 @@ TEST_CASE("double exp, log, log1p and sincos lanes are within a few ulp of libm 
     CHECK(std::isnan(cs[sc.size() + 1]));
   }
 }
+
+TEST_CASE("conv_forward_winograd equals the direct conv, and refuses what it does not handle", "[kernels]") {
+  // F(4x4, 3x3) on extents multiples of 4, F(2x2, 3x3) on other even extents; inputs a multiple of 8.
+  struct Case {
+    Ext ext;
+    int cin, cout;
+  };
+  const Act act = Act::leaky_relu;
+  for (Isa isa : isas_to_test())
+    for (const auto& c : std::vector<Case>{{{8, 8}, 8, 8}, {{16, 12}, 8, 5}, {{6, 10}, 16, 8}, {{4, 4}, 8, 25}}) {
+      CAPTURE(isa_name(isa), c.ext, c.cin, c.cout);
+      const std::int64_t V = volume(c.ext), n = 3;
+      const auto nbr = neighbour_table(c.ext, 3);
+      const auto in = randn(static_cast<std::size_t>(n * V * c.cin), 5);
+      const auto w = randn(static_cast<std::size_t>(c.cout * c.cin * 9), 6);
+      const auto bias = randn(static_cast<std::size_t>(c.cout), 7);
+      const auto ref = naive_conv(in, n, V, 9, nbr, c.cin, c.cout, w.data(), bias.data(), &act);
+      std::vector<double> out(ref.size());
+      REQUIRE(conv_forward_winograd<double>(in.data(), n, c.ext[0], c.ext[1], c.cin, c.cout, w.data(), bias.data(),
+                                            &act, out.data(), isa));
+      CHECK(max_rel(out, ref) < 1e-12);
+      const auto inf = cast<float>(in), wf = cast<float>(w), bf = cast<float>(bias);
+      std::vector<float> outf(ref.size());
+      REQUIRE(conv_forward_winograd<float>(inf.data(), n, c.ext[0], c.ext[1], c.cin, c.cout, wf.data(), bf.data(), &act,
+                                           outf.data(), isa));
+      CHECK(max_rel(widen(outf), ref) < 1e-4);
+    }
+  std::vector<double> x(8 * 8 * 8, 1.0), w(8 * 8 * 9, 1.0), b(8, 0.0), out(x.size(), -1.0);
+  CHECK_FALSE(conv_forward_winograd<double>(x.data(), 1, 8, 8, 6, 8, w.data(), b.data(), nullptr, out.data()));
+  CHECK_FALSE(conv_forward_winograd<double>(x.data(), 1, 7, 8, 8, 8, w.data(), b.data(), nullptr, out.data()));
+  CHECK(out[0] == -1.0);  // nothing written
+}

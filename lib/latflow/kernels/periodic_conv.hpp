@@ -46,7 +46,8 @@ void conv_forward(const T* in, std::int64_t n, std::int64_t V, int taps, const s
 
 // conv_forward (pre not kept) of a 2D 3x3 conv on an L0 x L1 lattice (in [n, L0 L1, cin]) by Winograd's F(MxM, 3x3),
 // M = 4 for extents multiples of 4, else 2: the same values to rounding, 4x or 2.25x fewer multiply-adds. Returns
-// false (and does nothing) where it does not apply: odd extents, or one input channel (direct is cheaper there).
+// false (and does nothing) where it does not apply: odd extents, or inputs not a multiple of 8 (the direct kernels
+// are faster there: the U(1) nets' first conv, 6 inputs, proposals 7-15% slower by Winograd).
 template <class T>
 bool conv_forward_winograd(const T* in, std::int64_t n, std::int64_t L0, std::int64_t L1, int cin, int cout, const T* w,
                            const T* bias, const Act* act, T* out, Isa isa = Isa::best);

@@ -267,7 +267,7 @@ void winograd_conv(const T* in, std::int64_t n, std::int64_t V, const WinogradTi
 template <class T>
 bool conv_forward_winograd(const T* in, std::int64_t n, std::int64_t L0, std::int64_t L1, int cin, int cout, const T* w,
                            const T* bias, const Act* act, T* out, Isa isa) {
-  if (cin < 2 || L0 % 2 != 0 || L1 % 2 != 0) return false;
+  if (cin % 8 != 0 || L0 % 2 != 0 || L1 % 2 != 0) return false;
   const int M = L0 % 4 == 0 && L1 % 4 == 0 ? 4 : 2;
   const auto tiles = winograd_tiles(L0, L1, M);
   const auto U = winograd_weights(w, cin, cout, M);
