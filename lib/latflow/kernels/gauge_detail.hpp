@@ -147,22 +147,31 @@ struct SplineLanes {
     return kMinDeriv + (z > 20.0 ? z : sp);
   }
 
+  // Each lane's bin at v (in y for inverse): its index, knots and the raw outputs of its two slopes.
+  struct Bin {
+    I index;
+    D x0, x1, y0, y1, r0, r1;
+  };
+  LATFLOW_GAUGE_INLINE Bin bin(D v, bool inverse) const {
+    const Lanes& search = inverse ? yk : xk;
+    Bin b{I{}, xk[0].v, xk[1].v, yk[0].v, yk[1].v, raw[0].v, raw[1 % K].v};
+    for (int k = 1; k < K; ++k) b.index -= search[k].v <= v;  // (true is -1): the knots below v, Spline's bin
+    for (int k = 1; k < K; ++k) {
+      const auto here = b.index == k;
+      b.x0 = here ? xk[k].v : b.x0;
+      b.x1 = here ? xk[k + 1].v : b.x1;
+      b.y0 = here ? yk[k].v : b.y0;
+      b.y1 = here ? yk[k + 1].v : b.y1;
+      b.r0 = here ? raw[k].v : b.r0;
+      b.r1 = here ? raw[(k + 1) % K].v : b.r1;  // (the last knot's slope is the first's)
+    }
+    return b;
+  }
+
   // Spline::operator() in each lane: out = y and ls = log dy/dv at v, or for inverse out = x and ls = -log dy/dx.
   LATFLOW_GAUGE_INLINE void operator()(D v, bool inverse, D& out, D& ls) const {
-    const Lanes& search = inverse ? yk : xk;
-    I bin{};
-    for (int k = 1; k < K; ++k) bin -= search[k].v <= v;  // (true is -1): the knots below v, the bin Spline finds
-    D x0 = xk[0].v, x1 = xk[1].v, y0 = yk[0].v, y1 = yk[1].v, r0 = raw[0].v, r1 = raw[1 % K].v;
-    for (int k = 1; k < K; ++k) {
-      const auto here = bin == k;
-      x0 = here ? xk[k].v : x0;
-      x1 = here ? xk[k + 1].v : x1;
-      y0 = here ? yk[k].v : y0;
-      y1 = here ? yk[k + 1].v : y1;
-      r0 = here ? raw[k].v : r0;
-      r1 = here ? raw[(k + 1) % K].v : r1;  // (the last knot's slope is the first's)
-    }
-    const D d0 = slope(r0), d1 = slope(r1);
+    const Bin bn = bin(v, inverse);
+    const D x0 = bn.x0, x1 = bn.x1, y0 = bn.y0, y1 = bn.y1, d0 = slope(bn.r0), d1 = slope(bn.r1);
     const D w = x1 - x0, h = y1 - y0, s = h / w;
     auto clamp01 = [](D u) LATFLOW_KERNEL { return u < 0.0 ? D{} : (u > 1.0 ? D{} + 1 : u); };
     D xi;

@@ -92,20 +92,10 @@ class SplineGradLanes {
   LATFLOW_GAUGE_INLINE void at(const SplineLanes<W>& sp, D v) {
     using Dl = DualLanes<W>;
     sp_ = &sp;
-    bin_ = I{};
-    for (int k = 1; k < K_; ++k) bin_ -= sp.xk[k].v <= v;
-    D x0 = sp.xk[0].v, x1 = sp.xk[1].v, y0 = sp.yk[0].v, y1 = sp.yk[1].v, r0 = sp.raw[0].v, r1 = sp.raw[1 % K_].v;
-    for (int k = 1; k < K_; ++k) {
-      const auto here = bin_ == k;
-      x0 = here ? sp.xk[k].v : x0;
-      x1 = here ? sp.xk[k + 1].v : x1;
-      y0 = here ? sp.yk[k].v : y0;
-      y1 = here ? sp.yk[k + 1].v : y1;
-      r0 = here ? sp.raw[k].v : r0;
-      r1 = here ? sp.raw[(k + 1) % K_].v : r1;
-    }
-    const Dl X0 = Dl::var(x0, 1), X1 = Dl::var(x1, 2), Y0 = Dl::var(y0, 3), Y1 = Dl::var(y1, 4),
-             D0 = Dl::var(sp.slope(r0), 5), D1 = Dl::var(sp.slope(r1), 6);
+    const auto bn = sp.bin(v, false);
+    bin_ = bn.index;
+    const Dl X0 = Dl::var(bn.x0, 1), X1 = Dl::var(bn.x1, 2), Y0 = Dl::var(bn.y0, 3), Y1 = Dl::var(bn.y1, 4),
+             D0 = Dl::var(sp.slope(bn.r0), 5), D1 = Dl::var(sp.slope(bn.r1), 6);
     const Dl w = X1 - X0, hh = Y1 - Y0, s = hh / w;
     Dl xi = (Dl::var(v, 0) - X0) / w;
     const auto out = xi.v < 0.0 || xi.v > 1.0;  // (LibTorch's clamp passes no gradient)
@@ -119,8 +109,8 @@ class SplineGradLanes {
       h_[k] = h.d[k];
       L_[k] = L.d[k];
     }
-    r0_ = r0;
-    r1_ = r1;
+    r0_ = bn.r0;
+    r1_ = bn.r1;
   }
   LATFLOW_GAUGE_INLINE D h_v() const { return h_[0]; }
   LATFLOW_GAUGE_INLINE D L_v() const { return L_[0]; }
