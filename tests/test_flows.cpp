@@ -287,43 +287,45 @@ TEST_CASE("fused conv nets equal the LibTorch-ops nets in value and every gradie
                                 {{2, 4, 3}, 3, "leaky_relu", 1, h816, 2},
                                 {{2, 4, 2, 3}, 3, "tanh", 1, h54, 3},
                                 {{2, 2, 4, 2}, 3, "leaky_relu", 1, h816, 2}};
+  // Batch 5: uneven chunks over the threads; batch 6: float32 on AVX-512 runs the hidden convs on sample pairs.
   for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
     for (int threads : {1, 2}) {
       at::set_num_threads(threads);
-      for (const auto& c : cases) {
-        CAPTURE(c.ext, c.kernel, c.act, c.cin, c.hidden, c.cout, threads, dtype == torch::kFloat64);
-        const int d = static_cast<int>(c.ext.size());
-        ConvNet net(d, c.cin, c.hidden, c.cout, c.kernel, choice<Activation>(c.act));
-        randomise(*net, 0.5);
-        net->to(dtype);
-        std::vector<int64_t> shape{5, c.cin};  // odd batch: uneven chunks over the threads
-        shape.insert(shape.end(), c.ext.begin(), c.ext.end());
-        auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype));
-        auto probe = torch::randn({5, c.cout}, torch::TensorOptions().dtype(dtype));
-        auto run = [&](bool fused) {
-          use_fused(*net, fused);
-          auto xv = x.clone().requires_grad_(true);
-          net->zero_grad();
-          auto y = net->forward(xv);
-          // A loss that weights every output element differently.
-          auto w = probe.view({5, c.cout, 1}).expand({5, c.cout, y[0][0].numel()}).reshape(y.sizes()) *
-                   torch::arange(y.numel(), y.options()).reshape(y.sizes()).cos();
-          (y * w).sum().backward();
-          std::vector<torch::Tensor> out{y.detach(), xv.grad()};
-          for (auto& p : net->parameters()) out.push_back(p.grad().clone());
-          return out;
-        };
-        auto fused = run(true), ops = run(false);
-        use_fused(*net, true);
-        const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
-        REQUIRE(fused.size() == ops.size());
-        for (std::size_t i = 0; i < fused.size(); ++i) {
-          CAPTURE(i);
-          CHECK(fused[i].sizes() == ops[i].sizes());
-          const double scale = 1 + ops[i].abs().max().item<double>();
-          CHECK((fused[i] - ops[i]).abs().max().item<double>() < tol * scale);
+      for (const auto& c : cases)
+        for (std::int64_t batch : {5, 6}) {
+          CAPTURE(c.ext, c.kernel, c.act, c.cin, c.hidden, c.cout, threads, dtype == torch::kFloat64, batch);
+          const int d = static_cast<int>(c.ext.size());
+          ConvNet net(d, c.cin, c.hidden, c.cout, c.kernel, choice<Activation>(c.act));
+          randomise(*net, 0.5);
+          net->to(dtype);
+          std::vector<int64_t> shape{batch, c.cin};
+          shape.insert(shape.end(), c.ext.begin(), c.ext.end());
+          auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype));
+          auto probe = torch::randn({batch, c.cout}, torch::TensorOptions().dtype(dtype));
+          auto run = [&](bool fused) {
+            use_fused(*net, fused);
+            auto xv = x.clone().requires_grad_(true);
+            net->zero_grad();
+            auto y = net->forward(xv);
+            // A loss that weights every output element differently.
+            auto w = probe.view({batch, c.cout, 1}).expand({batch, c.cout, y[0][0].numel()}).reshape(y.sizes()) *
+                     torch::arange(y.numel(), y.options()).reshape(y.sizes()).cos();
+            (y * w).sum().backward();
+            std::vector<torch::Tensor> out{y.detach(), xv.grad()};
+            for (auto& p : net->parameters()) out.push_back(p.grad().clone());
+            return out;
+          };
+          auto fused = run(true), ops = run(false);
+          use_fused(*net, true);
+          const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
+          REQUIRE(fused.size() == ops.size());
+          for (std::size_t i = 0; i < fused.size(); ++i) {
+            CAPTURE(i);
+            CHECK(fused[i].sizes() == ops[i].sizes());
+            const double scale = 1 + ops[i].abs().max().item<double>();
+            CHECK((fused[i] - ops[i]).abs().max().item<double>() < tol * scale);
+          }
         }
-      }
     }
   }
   at::set_num_threads(1);

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <random>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "latflow/kernels/conv_detail.hpp"
@@ -285,6 +286,86 @@ TEST_CASE("periodic conv forward, forward_at and backward equal the naive loops"
       for (std::size_t i = 0; i < gin_ref.size(); ++i) gin_ref[i] *= 1 - std::tanh(in[i]) * std::tanh(in[i]);
       CHECK(max_rel(gin, gin_ref) < 1e-13);
     }
+}
+
+namespace {
+// The sample-pair layout's kernels against the ordinary ones: outputs, values before the activation and input
+// gradients bit for bit where the ordinary kernel has lanes over the output channels (the same chain of
+// multiply-adds per lane; the dot kernels of at most 4 outputs sum in another order: 1e-13 / 1e-5 there), the
+// parameter gradients to rounding; odd kernels, 1 to 25 channels, more than 8 outputs (two blocks), 3D.
+template <class T>
+void check_pairs(Isa isa, const Ext& ext, int kernel, int cin, int cout, const Act* act) {
+  const std::int64_t V = volume(ext), n = 6;
+  int taps = 1;
+  for (std::size_t i = 0; i < ext.size(); ++i) taps *= kernel;
+  const auto nbr = neighbour_table(ext, kernel);
+  const auto in = cast<T>(randn(static_cast<std::size_t>(n * V * cin), 11));
+  const auto w = cast<T>(randn(static_cast<std::size_t>(cout * cin * taps), 12, 0.3));
+  const auto bias = cast<T>(randn(static_cast<std::size_t>(cout), 13));
+  const auto gpre = cast<T>(randn(static_cast<std::size_t>(n * V * cout), 14));
+  const auto in_pre = cast<T>(randn(in.size(), 15));
+  auto pairs = [&](const std::vector<T>& v, std::int64_t rows, int C) {
+    std::vector<T> out(v.size());
+    to_pairs(v.data(), n, rows, C, out.data());
+    return out;
+  };
+  auto unpair = [&](const std::vector<T>& v, std::int64_t rows, int C) {
+    std::vector<T> out(v.size());
+    from_pairs(v.data(), n, rows, C, out.data());
+    return out;
+  };
+  const double tol = std::is_same_v<T, double> ? 1e-13 : 1e-5;
+  auto same = [&](const std::vector<T>& a, const std::vector<T>& b, bool bitwise) {
+    if (bitwise) {
+      CHECK(a == b);
+    } else {
+      CHECK(max_rel(widen(a), widen(b)) < tol);
+    }
+  };
+  REQUIRE(unpair(pairs(in, V, cin), V, cin) == in);
+  std::vector<T> out(gpre.size()), pre(gpre.size()), outp(gpre.size()), prep(gpre.size());
+  conv_forward<T>(in.data(), n, V, taps, nbr.data(), cin, cout, w.data(), bias.data(), act, pre.data(), out.data(),
+                  isa);
+  const auto inp = pairs(in, V, cin);
+  conv_forward_pairs<T>(inp.data(), n, V, taps, nbr.data(), cin, cout, w.data(), bias.data(), act, prep.data(),
+                        outp.data(), isa);
+  const bool fwd_lanes = !(cout <= 4 && cin % 8 == 0), bwd_lanes = !(cin <= 4 && cout % 8 == 0);
+  same(unpair(outp, V, cout), out, fwd_lanes);
+  same(unpair(prep, V, cout), pre, fwd_lanes);
+  const Act tanh_act = Act::tanh;
+  for (bool through_act : {false, true}) {
+    CAPTURE(through_act);
+    std::vector<T> gin(in.size()), gw(w.size(), T(0.5)), gb(bias.size(), T(0.25));
+    auto ginp = gin, gwp = gw, gbp = gb;
+    const T* ip = through_act ? in_pre.data() : nullptr;
+    conv_backward<T>(in.data(), gpre.data(), n, V, taps, nbr.data(), cin, cout, w.data(), ip, &tanh_act, gin.data(),
+                     gw.data(), gb.data(), isa);
+    const auto gprep = pairs(gpre, V, cout), in_prep = pairs(in_pre, V, cin);
+    conv_backward_pairs<T>(inp.data(), gprep.data(), n, V, taps, nbr.data(), cin, cout, w.data(),
+                           through_act ? in_prep.data() : nullptr, &tanh_act, ginp.data(), gwp.data(), gbp.data(), isa);
+    same(unpair(ginp, V, cin), gin, bwd_lanes);
+    same(gwp, gw, false);
+    same(gbp, gb, false);
+  }
+}
+}  // namespace
+
+TEST_CASE("sample-pair convs equal the ordinary ones", "[kernels]") {
+  struct Case {
+    Ext ext;
+    int kernel, cin, cout;
+  };
+  const std::vector<Case> cases{{{16, 16}, 3, 8, 8},  {{6, 8}, 3, 6, 8}, {{4, 6}, 3, 8, 6}, {{5, 5}, 3, 3, 5},
+                                {{8, 8}, 3, 8, 25},   {{7}, 3, 1, 8},    {{8, 8}, 3, 8, 2}, {{6, 5}, 3, 16, 12},
+                                {{3, 4, 2}, 3, 5, 4}, {{5, 5}, 5, 2, 9}, {{6, 4}, 3, 2, 16}};
+  const Act acts[] = {Act::leaky_relu, Act::tanh};
+  for (Isa isa : isas_to_test())
+    for (const auto& c : cases)
+      for (int a = -1; a < 2; ++a) {
+        CAPTURE(isa_name(isa), c.ext, c.kernel, c.cin, c.cout, a);
+        check_pairs<float>(isa, c.ext, c.kernel, c.cin, c.cout, a < 0 ? nullptr : &acts[a]);
+        check_pairs<double>(isa, c.ext, c.kernel, c.cin, c.cout, a < 0 ? nullptr : &acts[a]);
+      }
 }
 
 TEST_CASE("a one-input conv that skips the products of its zero inputs equals the dense one", "[kernels]") {

@@ -310,55 +310,60 @@ TEST_CASE(
   // backward kernels; use_fused(layer, false) gives the LibTorch ops, differentiated by autograd. A random linear
   // functional of (y, log|det|) pulls back to the links and to every weight of the net.
   // Every instruction set the kernels are compiled for that this CPU has; 3 samples of 8 x 4, so that for mu = 1
-  // (4 active sites a sample) the spline's blocks of 8 rows cross samples and the last is partial.
+  // (4 active sites a sample) the spline's blocks of 8 rows cross samples and the last is partial; then 4 samples
+  // in float32 on AVX-512 (the net's hidden convs on sample pairs; the fourth is the first translated, so that the
+  // draw's conditioning is that of the three: the float64 inverse's gradients reach 1e-12 only for well-conditioned
+  // draws).
   torch::manual_seed(9);
   const std::vector<std::vector<int>> nets{{}, {4}, {8}, {5, 3}};  // (8: the vectorised backward)
-  for (auto isa : {pconv::Isa::baseline, pconv::Isa::x86_64_v3, pconv::Isa::x86_64_v4})
-    for (const auto& [kernel, loops] : kKernels)
-      for (const auto& hidden : nets)
-        for (bool f64 : {true, false}) {
-          if (!pconv::isa_supported(isa)) continue;
-          CAPTURE(pconv::isa_name(isa), kernel, loops, hidden, f64);
-          const auto dtype = f64 ? torch::kFloat64 : torch::kFloat32;
-          auto x0 = random_links(3, 8, 4);
-          x0[1] += 2 * M_PI * torch::randint(-2, 3, {2, 8, 4}, kF64);  // unreduced angles
-          x0 = x0.to(dtype);
-          for (int mu = 0; mu < 2; ++mu)
-            for (bool inv : {false, true}) {
-              CAPTURE(mu, inv);
-              auto fp = flow_params(kernel, loops);
-              fp.hidden = hidden;
-              GaugeCoupling layer(mu, 1 - mu, mu ? 1 : 2, {8, 4}, fp);
-              randomise(layer, 0.4);
-              layer.to(dtype);
-              const auto wy = torch::randn({3, 2, 8, 4}, kF64).to(dtype), wl = torch::randn({3}, kF64);
-              auto run = [&](bool fused) {
-                use_fused(layer, fused, true, isa);
-                auto x = x0.clone().requires_grad_(true);
-                auto [y, ld] = inv ? layer.inverse(x) : layer.forward(x);
-                auto loss = (wy * y).sum().to(torch::kFloat64) + (wl * ld.to(torch::kFloat64)).sum();
-                std::vector<torch::Tensor> wrt{x};
-                for (const auto& p : layer.parameters()) wrt.push_back(p);
-                auto grads = torch::autograd::grad({loss}, wrt);
-                grads.insert(grads.begin(), {y.detach(), ld.detach()});
-                return grads;
-              };
-              const auto fused = run(true), ops = run(false);
-              use_fused(layer, true);
-              // float64: to rounding, relative to the largest component; float32: the kernels work in float64 from
-              // float32 inputs, the ops in float32.
-              const double tol = f64 ? 1e-12 : 2e-3;
-              CHECK(circle_distance(fused[0].to(torch::kFloat64), ops[0].to(torch::kFloat64)).max().item<double>() <
-                    tol);
-              for (std::size_t k = 1; k < fused.size(); ++k) {
-                CAPTURE(k);
-                const auto a = fused[k].to(torch::kFloat64), b = ops[k].to(torch::kFloat64);
-                const double scale = 1 + b.abs().max().item<double>();
-                CHECK((a - b).abs().max().item<double>() < tol * scale);
+  for (std::int64_t batch : {3, 4})
+    for (auto isa : {pconv::Isa::baseline, pconv::Isa::x86_64_v3, pconv::Isa::x86_64_v4})
+      for (const auto& [kernel, loops] : kKernels)
+        for (const auto& hidden : nets)
+          for (bool f64 : {true, false}) {
+            if (!pconv::isa_supported(isa) || (batch == 4 && (f64 || isa != pconv::Isa::x86_64_v4))) continue;
+            CAPTURE(pconv::isa_name(isa), kernel, loops, hidden, f64, batch);
+            const auto dtype = f64 ? torch::kFloat64 : torch::kFloat32;
+            auto x0 = random_links(3, 8, 4);
+            x0[1] += 2 * M_PI * torch::randint(-2, 3, {2, 8, 4}, kF64);            // unreduced angles
+            if (batch == 4) x0 = torch::cat({x0, x0.narrow(0, 0, 1).roll(1, 2)});  // (sample 0 translated)
+            x0 = x0.to(dtype);
+            for (int mu = 0; mu < 2; ++mu)
+              for (bool inv : {false, true}) {
+                CAPTURE(mu, inv);
+                auto fp = flow_params(kernel, loops);
+                fp.hidden = hidden;
+                GaugeCoupling layer(mu, 1 - mu, mu ? 1 : 2, {8, 4}, fp);
+                randomise(layer, 0.4);
+                layer.to(dtype);
+                const auto wy = torch::randn({batch, 2, 8, 4}, kF64).to(dtype), wl = torch::randn({batch}, kF64);
+                auto run = [&](bool fused) {
+                  use_fused(layer, fused, true, isa);
+                  auto x = x0.clone().requires_grad_(true);
+                  auto [y, ld] = inv ? layer.inverse(x) : layer.forward(x);
+                  auto loss = (wy * y).sum().to(torch::kFloat64) + (wl * ld.to(torch::kFloat64)).sum();
+                  std::vector<torch::Tensor> wrt{x};
+                  for (const auto& p : layer.parameters()) wrt.push_back(p);
+                  auto grads = torch::autograd::grad({loss}, wrt);
+                  grads.insert(grads.begin(), {y.detach(), ld.detach()});
+                  return grads;
+                };
+                const auto fused = run(true), ops = run(false);
+                use_fused(layer, true);
+                // float64: to rounding, relative to the largest component; float32: the kernels work in float64 from
+                // float32 inputs, the ops in float32.
+                const double tol = f64 ? 1e-12 : 2e-3;
+                CHECK(circle_distance(fused[0].to(torch::kFloat64), ops[0].to(torch::kFloat64)).max().item<double>() <
+                      tol);
+                for (std::size_t k = 1; k < fused.size(); ++k) {
+                  CAPTURE(k);
+                  const auto a = fused[k].to(torch::kFloat64), b = ops[k].to(torch::kFloat64);
+                  const double scale = 1 + b.abs().max().item<double>();
+                  CHECK((a - b).abs().max().item<double>() < tol * scale);
+                }
+                CHECK(fused[3].abs().max().item<double>() > 1e-3);  // the weights' gradients are not all zero
               }
-              CHECK(fused[3].abs().max().item<double>() > 1e-3);  // the weights' gradients are not all zero
-            }
-        }
+          }
 }
 
 TEST_CASE("U(1) flow: gauge equivariant, log q gauge invariant, invertible, identity when fresh", "[u1][flows]") {

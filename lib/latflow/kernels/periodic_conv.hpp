@@ -75,6 +75,27 @@ void conv_backward_at(const T* in, const T* gpre, std::int64_t n, std::int64_t V
                       const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* in_pre,
                       const Act* in_act, T* gin, T* gw, T* gb, Isa isa = Isa::best);
 
+// Sample pairs: a batch of n (even) samples [n, rows, C] stored as [n/2, rows, C, 2], channel c of samples 2p and
+// 2p + 1 side by side (to_pairs, from_pairs convert). conv_forward_pairs and conv_backward_pairs are
+// conv_forward and conv_backward with in, pre, out, gpre, in_pre and gin in that layout (w, bias, gw, gb as
+// there): the same outputs and input gradients bit for bit, the parameter gradients to rounding (other sums).
+// On AVX-512 the float kernels fill its 16 lanes with 8 output channels of two samples (pairs_pay).
+template <class T>
+void to_pairs(const T* in, std::int64_t n, std::int64_t rows, int C, T* out);
+template <class T>
+void from_pairs(const T* in, std::int64_t n, std::int64_t rows, int C, T* out);
+template <class T>
+void conv_forward_pairs(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr, int cin,
+                        int cout, const T* w, const T* bias, const Act* act, T* pre, T* out, Isa isa = Isa::best);
+template <class T>
+void conv_backward_pairs(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                         int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb,
+                         Isa isa = Isa::best);
+inline bool pairs_pay(Isa isa, bool is_float) { return is_float && resolve(isa) == Isa::x86_64_v4; }
+// g[k] *= act'(pre[k]) for k < count.
+template <class T>
+void scale_by_derivative(T* g, const T* pre, std::int64_t count, Act act, Isa isa = Isa::best);
+
 // One conv of a net: weights [cout, cin, taps] (LibTorch's layout), bias [cout].
 template <class T>
 struct ConvWeights {
