@@ -289,10 +289,11 @@ TEST_CASE("periodic conv forward, forward_at and backward equal the naive loops"
 }
 
 namespace {
-// The sample-pair layout's kernels against the ordinary ones: outputs, values before the activation and input
-// gradients bit for bit where the ordinary kernel has lanes over the output channels (the same chain of
-// multiply-adds per lane; the dot kernels of at most 4 outputs sum in another order: 1e-13 / 1e-5 there), the
-// parameter gradients to rounding; odd kernels, 1 to 25 channels, more than 8 outputs (two blocks), 3D.
+// The sample-pair layout's kernels against the ordinary ones (over all sites and, as a net's last conv, at some):
+// outputs, values before the activation and input gradients bit for bit where the ordinary kernel has lanes over
+// the output channels (the same chain of multiply-adds per lane; the dot kernels of at most 4 outputs sum in
+// another order: 1e-13 / 1e-5 there), the parameter gradients to rounding; odd kernels, 1 to 25 channels, more than
+// 8 outputs (several blocks), 8 to 32 inputs at the sites (the scatter kernels), 3D.
 template <class T>
 void check_pairs(Isa isa, const Ext& ext, int kernel, int cin, int cout, const Act* act) {
   const std::int64_t V = volume(ext), n = 6;
@@ -347,6 +348,31 @@ void check_pairs(Isa isa, const Ext& ext, int kernel, int cin, int cout, const A
     same(gwp, gw, false);
     same(gbp, gb, false);
   }
+  // The last conv of a net: at a subset of sites, no activation; its backward scatters from those sites.
+  std::vector<std::int32_t> sites;
+  for (std::int64_t s = V - 1; s >= 0; s -= 3) sites.push_back(static_cast<std::int32_t>(s));
+  const auto Vr = static_cast<std::int64_t>(sites.size());
+  std::vector<T> at(static_cast<std::size_t>(n * Vr * cout)), atp(at.size());
+  conv_forward_at<T>(in.data(), n, V, taps, nbr.data(), sites.data(), Vr, cin, cout, w.data(), bias.data(), at.data(),
+                     isa);
+  conv_forward_at_pairs<T>(inp.data(), n, V, taps, nbr.data(), sites.data(), Vr, cin, cout, w.data(), bias.data(),
+                           atp.data(), isa);
+  same(unpair(atp, Vr, cout), at, fwd_lanes);
+  const auto gat = cast<T>(randn(at.size(), 16));
+  const auto gatp = pairs(gat, Vr, cout), in_prep = pairs(in_pre, V, cin);
+  for (bool through_act : {false, true}) {
+    CAPTURE(through_act);
+    std::vector<T> gin(in.size()), gw(w.size(), T(0.5)), gb(bias.size(), T(0.25));
+    auto ginp = gin, gwp = gw, gbp = gb;
+    conv_backward_at<T>(in.data(), gat.data(), n, V, taps, nbr.data(), sites.data(), Vr, cin, cout, w.data(),
+                        through_act ? in_pre.data() : nullptr, &tanh_act, gin.data(), gw.data(), gb.data(), isa);
+    conv_backward_at_pairs<T>(inp.data(), gatp.data(), n, V, taps, nbr.data(), sites.data(), Vr, cin, cout, w.data(),
+                              through_act ? in_prep.data() : nullptr, &tanh_act, ginp.data(), gwp.data(), gbp.data(),
+                              isa);
+    same(unpair(ginp, V, cin), gin, true);
+    same(gwp, gw, false);
+    same(gbp, gb, false);
+  }
 }
 }  // namespace
 
@@ -355,9 +381,10 @@ TEST_CASE("sample-pair convs equal the ordinary ones", "[kernels]") {
     Ext ext;
     int kernel, cin, cout;
   };
-  const std::vector<Case> cases{{{16, 16}, 3, 8, 8},  {{6, 8}, 3, 6, 8}, {{4, 6}, 3, 8, 6}, {{5, 5}, 3, 3, 5},
-                                {{8, 8}, 3, 8, 25},   {{7}, 3, 1, 8},    {{8, 8}, 3, 8, 2}, {{6, 5}, 3, 16, 12},
-                                {{3, 4, 2}, 3, 5, 4}, {{5, 5}, 5, 2, 9}, {{6, 4}, 3, 2, 16}};
+  const std::vector<Case> cases{{{16, 16}, 3, 8, 8},  {{6, 8}, 3, 6, 8}, {{4, 6}, 3, 8, 6},  {{5, 5}, 3, 3, 5},
+                                {{8, 8}, 3, 8, 25},   {{7}, 3, 1, 8},    {{8, 8}, 3, 8, 2},  {{6, 5}, 3, 16, 12},
+                                {{3, 4, 2}, 3, 5, 4}, {{5, 5}, 5, 2, 9}, {{6, 4}, 3, 2, 16}, {{4, 4}, 3, 24, 3},
+                                {{4, 4}, 3, 32, 9},   {{4, 4}, 3, 40, 2}};
   const Act acts[] = {Act::leaky_relu, Act::tanh};
   for (Isa isa : isas_to_test())
     for (const auto& c : cases)

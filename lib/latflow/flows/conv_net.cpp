@@ -129,42 +129,44 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
     const auto layers = static_cast<std::int64_t>(params.size() / 2);
     const bool keep_pre = geo.differentiable;
     std::vector<torch::Tensor> acts{x.movedim(1, -1).reshape({B, geo.V, x.size(1)}).contiguous()}, pres;  // [B, V, C]
-    // The hidden convs on sample pairs where that fills the vector registers (pconv::pairs_pay): the net's input is
-    // converted, and the last conv's input converted back (the last conv and its backward stay ordinary).
+    // On sample pairs where that fills the vector registers (pconv::pairs_pay): the net's input and output are
+    // converted, everything between stays in that layout.
     const bool pairs = pconv::pairs_pay(geo.isa, x.scalar_type() == torch::kFloat) && B % 2 == 0 && layers >= 2;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_conv_forward", [&] {
       if (pairs) acts[0] = repaired<scalar_t>(acts[0], true);
       for (std::int64_t l = 0; l < layers; ++l) {
         const auto& w = params[2 * l];
         const int cout = static_cast<int>(w.size(0)), cin = static_cast<int>(w.size(1));
-        const bool last = l + 1 == layers, paired = pairs && !last;
+        const bool last = l + 1 == layers;
         auto wk = w.detach().contiguous();
         auto bias = params[2 * l + 1].detach().contiguous();
         const bool at_sites = last && geo.sites.defined();
         const std::int64_t rows = at_sites ? geo.sites.numel() : geo.V;
         auto out = torch::empty({B, rows, cout}, x.options());
         auto pre = keep_pre && !last ? torch::empty_like(out) : torch::Tensor();
-        if (pairs && last) acts.back() = repaired<scalar_t>(acts.back(), false);
         const auto& in = acts.back();
-        for_sample_chunks(B, paired, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
+        for_sample_chunks(B, pairs, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
           const auto off = b0 * rows * cout;
           if (at_sites) {
-            pconv::conv_forward_at<scalar_t>(in.data_ptr<scalar_t>() + b0 * geo.V * cin, b1 - b0, geo.V, geo.taps,
-                                             geo.nbr.data_ptr<std::int32_t>(), geo.sites.data_ptr<std::int32_t>(), rows,
-                                             cin, cout, wk.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
-                                             out.data_ptr<scalar_t>() + off, geo.isa);
+            (pairs ? pconv::conv_forward_at_pairs<scalar_t>
+                   : pconv::conv_forward_at<scalar_t>)(in.data_ptr<scalar_t>() + b0 * geo.V * cin, b1 - b0, geo.V,
+                                                       geo.taps, geo.nbr.data_ptr<std::int32_t>(),
+                                                       geo.sites.data_ptr<std::int32_t>(), rows, cin, cout,
+                                                       wk.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+                                                       out.data_ptr<scalar_t>() + off, geo.isa);
             return;
           }
-          (paired ? pconv::conv_forward_pairs<scalar_t>
-                  : pconv::conv_forward<scalar_t>)(in.data_ptr<scalar_t>() + b0 * geo.V * cin, b1 - b0, geo.V, geo.taps,
-                                                   geo.nbr.data_ptr<std::int32_t>(), cin, cout, wk.data_ptr<scalar_t>(),
-                                                   bias.data_ptr<scalar_t>(), last ? nullptr : &geo.act,
-                                                   pre.defined() ? pre.data_ptr<scalar_t>() + off : nullptr,
-                                                   out.data_ptr<scalar_t>() + off, geo.isa);
+          (pairs ? pconv::conv_forward_pairs<scalar_t>
+                 : pconv::conv_forward<scalar_t>)(in.data_ptr<scalar_t>() + b0 * geo.V * cin, b1 - b0, geo.V, geo.taps,
+                                                  geo.nbr.data_ptr<std::int32_t>(), cin, cout, wk.data_ptr<scalar_t>(),
+                                                  bias.data_ptr<scalar_t>(), last ? nullptr : &geo.act,
+                                                  pre.defined() ? pre.data_ptr<scalar_t>() + off : nullptr,
+                                                  out.data_ptr<scalar_t>() + off, geo.isa);
         });
         pres.push_back(pre);
         acts.push_back(out);
       }
+      if (pairs) acts.back() = repaired<scalar_t>(acts.back(), false);
     });
     auto result = geo.sites.defined() ? acts.back() : channels_first(acts.back(), x.sizes());
     acts.pop_back();  // the backward needs each conv's input, not the net's output
@@ -199,6 +201,7 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
     torch::autograd::variable_list grads(params.size() + 2);
     auto g = sites.defined() ? grad_out[0].contiguous() : grad_out[0].movedim(1, -1).contiguous().view({B, V, -1});
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_conv_backward", [&] {
+      if (pairs) g = repaired<scalar_t>(g, true);
       // g is dL/d(values before layer l's activation), starting from the net's output (no activation there).
       for (std::int64_t l = layers - 1; l >= 0; --l) {
         const auto& w = params[2 * l];
@@ -211,35 +214,29 @@ class FusedConvNet : public torch::autograd::Function<FusedConvNet> {
         const std::int64_t chunks = chunk_count(B);
         auto gw = need_gw ? torch::zeros({chunks, cout, cin, taps}, g.options()) : torch::Tensor();
         auto gb = need_gw ? torch::zeros({chunks, cout}, g.options()) : torch::Tensor();
-        const bool last = l == layers - 1, at_sites = last && sites.defined(), paired = pairs && !last;
+        const bool at_sites = l == layers - 1 && sites.defined();
         const std::int64_t rows = at_sites ? sites.numel() : V;
-        // The previous layer's values before its activation; on pairs the last conv's input gradient is converted
-        // first and multiplied by the derivative after.
-        const scalar_t* in_pre = l > 0 && !(pairs && last) ? pres[l - 1].data_ptr<scalar_t>() : nullptr;
-        for_sample_chunks(B, paired, [&](std::int64_t c, std::int64_t b0, std::int64_t b1) {
+        const scalar_t* in_pre = l > 0 ? pres[l - 1].data_ptr<scalar_t>() : nullptr;  // before the activation
+        for_sample_chunks(B, pairs, [&](std::int64_t c, std::int64_t b0, std::int64_t b1) {
           const scalar_t* pre = in_pre ? in_pre + b0 * V * cin : nullptr;
           scalar_t* gi = need_gin ? gin.data_ptr<scalar_t>() + b0 * V * cin : nullptr;
           scalar_t* gwc = need_gw ? gw[c].data_ptr<scalar_t>() : nullptr;
           scalar_t* gbc = need_gw ? gb[c].data_ptr<scalar_t>() : nullptr;
           if (at_sites) {
-            pconv::conv_backward_at<scalar_t>(acts[l].data_ptr<scalar_t>() + b0 * V * cin,
-                                              g.data_ptr<scalar_t>() + b0 * rows * cout, b1 - b0, V, taps,
-                                              nbr.data_ptr<std::int32_t>(), sites.data_ptr<std::int32_t>(), rows, cin,
-                                              cout, wc.data_ptr<scalar_t>(), pre, &act, gi, gwc, gbc, isa);
+            (pairs ? pconv::conv_backward_at_pairs<scalar_t>
+                   : pconv::conv_backward_at<scalar_t>)(acts[l].data_ptr<scalar_t>() + b0 * V * cin,
+                                                        g.data_ptr<scalar_t>() + b0 * rows * cout, b1 - b0, V, taps,
+                                                        nbr.data_ptr<std::int32_t>(), sites.data_ptr<std::int32_t>(),
+                                                        rows, cin, cout, wc.data_ptr<scalar_t>(), pre, &act, gi, gwc,
+                                                        gbc, isa);
             return;
           }
-          (paired ? pconv::conv_backward_pairs<scalar_t>
-                  : pconv::conv_backward<scalar_t>)(acts[l].data_ptr<scalar_t>() + b0 * V * cin,
-                                                    g.data_ptr<scalar_t>() + b0 * V * cout, b1 - b0, V, taps,
-                                                    nbr.data_ptr<std::int32_t>(), cin, cout, wc.data_ptr<scalar_t>(),
-                                                    pre, &act, gi, gwc, gbc, isa);
+          (pairs ? pconv::conv_backward_pairs<scalar_t>
+                 : pconv::conv_backward<scalar_t>)(acts[l].data_ptr<scalar_t>() + b0 * V * cin,
+                                                   g.data_ptr<scalar_t>() + b0 * V * cout, b1 - b0, V, taps,
+                                                   nbr.data_ptr<std::int32_t>(), cin, cout, wc.data_ptr<scalar_t>(),
+                                                   pre, &act, gi, gwc, gbc, isa);
         });
-        if (pairs && last && need_gin) {
-          gin = repaired<scalar_t>(gin, true);
-          if (l > 0)
-            pconv::scale_by_derivative(gin.data_ptr<scalar_t>(), pres[l - 1].data_ptr<scalar_t>(), gin.numel(), act,
-                                       isa);
-        }
         if (need_gw) {
           grads[1 + 2 * l] = gw.sum(0).view(w.sizes());
           grads[2 + 2 * l] = gb.sum(0);

@@ -39,6 +39,20 @@ std::vector<std::int32_t> neighbour_table(const std::vector<std::int64_t>& exten
 
 namespace {
 
+// The pair (p[0], p[1]) in every pair of lanes.
+template <class T>
+__attribute__((always_inline)) inline vec_t<T, 16> pair_broadcast(const T* p) {
+  if constexpr (sizeof(T) == 4) {
+    double d;  // (a 64-bit broadcast: one load)
+    std::memcpy(&d, p, sizeof(d));
+    const vec_t<double, 8> v{d, d, d, d, d, d, d, d};
+    return __builtin_bit_cast(vec_t<T, 16>, v);
+  } else {
+    const vec_t<T, 2> v = load<2>(p);
+    return __builtin_shufflevector(v, v, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
+  }
+}
+
 template <class T, int W, int SB, int TAPS, int KIN, class S>
 __attribute__((always_inline)) inline void gather_rows(const T* in, Row row, const Geo& g, bool mirrored, int kin_rt,
                                                        const T* M, int kout, const T* bias, const S& sink) {
@@ -544,81 +558,47 @@ __attribute__((always_inline)) inline void scatter_rows(const T* __restrict in, 
     }
 }
 
-// The same for cin = 8 CB: the sums over cout in CB vector registers.
-template <class T, int CB>
+// The same for cin = 8 CB: the sums over cout in CB vector registers; with P = 2 on sample pairs (see below: in,
+// gpre and gin [n/2][rows][C][2], wt and gwt every weight twice, lanes (input channel, sample)).
+template <class T, int CB, int P = 1>
 __attribute__((always_inline)) inline void scatter_rows_blocked(const T* __restrict in, const T* __restrict gpre,
                                                                 std::int64_t n, std::int64_t V, int taps,
                                                                 const std::int32_t* nbr, const std::int32_t* sites,
                                                                 std::int64_t Vr, int cout, const T* __restrict wt,
                                                                 T* __restrict gin, T* __restrict gwt,
                                                                 double* bias_sum) {
-  using Vec = vec_t<T, 8>;
-  constexpr int cin = 8 * CB;
-  for (std::int64_t b = 0; b < n; ++b)
+  constexpr int W = 8 * P, cin = W * CB;  // (cin: the values of a row, both samples' on pairs)
+  using Vec = vec_t<T, W>;
+  for (std::int64_t b = 0; b < n / P; ++b)
     for (std::int64_t i = 0; i < Vr; ++i) {
-      const T* __restrict g = gpre + (b * Vr + i) * cout;
-      for (int co = 0; co < cout; ++co) bias_sum[co] += g[co];
+      const T* __restrict g = gpre + (b * Vr + i) * cout * P;
+      for (int co = 0; co < cout; ++co) bias_sum[co] += P == 2 ? static_cast<double>(g[2 * co]) + g[2 * co + 1] : g[co];
       for (int t = 0; t < taps; ++t) {
         const std::int64_t row = b * V + nbr[static_cast<std::int64_t>(sites[i]) * taps + t];
         const T* __restrict w = wt + static_cast<std::int64_t>(t) * cout * cin;
         Vec acc[CB], x[CB];
         for (int k = 0; k < CB; ++k) {
           acc[k] = Vec{};
-          x[k] = load<8>(in + row * cin + 8 * k);
+          x[k] = load<W>(in + row * cin + W * k);
         }
         T* __restrict gw = gwt ? gwt + static_cast<std::int64_t>(t) * cout * cin : nullptr;
         for (int co = 0; co < cout; ++co) {
-          const T gc = g[co];
-          for (int k = 0; k < CB; ++k) acc[k] += load<8>(w + co * cin + 8 * k) * gc;
+          const auto gc = [&] {
+            if constexpr (P == 2)
+              return pair_broadcast(g + 2 * co);
+            else
+              return g[co];
+          }();
+          for (int k = 0; k < CB; ++k) acc[k] += load<W>(w + co * cin + W * k) * gc;
           if (gw)
-            for (int k = 0; k < CB; ++k) store<8>(gw + co * cin + 8 * k, load<8>(gw + co * cin + 8 * k) + x[k] * gc);
+            for (int k = 0; k < CB; ++k) store<W>(gw + co * cin + W * k, load<W>(gw + co * cin + W * k) + x[k] * gc);
         }
         if (gin)
-          for (int k = 0; k < CB; ++k) store<8>(gin + row * cin + 8 * k, load<8>(gin + row * cin + 8 * k) + acc[k]);
+          for (int k = 0; k < CB; ++k) store<W>(gin + row * cin + W * k, load<W>(gin + row * cin + W * k) + acc[k]);
       }
     }
 }
 }  // namespace
-
-template <class T>
-void conv_backward_at(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
-                      const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* in_pre,
-                      const Act* in_act, T* gin, T* gw, T* gb, Isa isa) {
-  // The weights as [taps][cout][cin] and their gradient alike, so that the inner loops run over cin contiguously.
-  const auto wsize = static_cast<std::size_t>(taps) * static_cast<std::size_t>(cout * cin);
-  std::vector<T> wt(wsize), gwt(gw ? wsize : 0, T(0));
-  for (int co = 0; co < cout; ++co)
-    for (int ci = 0; ci < cin; ++ci)
-      for (int t = 0; t < taps; ++t)
-        wt[static_cast<std::size_t>((t * cout + co) * cin + ci)] =
-            w[(static_cast<std::int64_t>(co) * cin + ci) * taps + t];
-  std::vector<double> bias_sum(static_cast<std::size_t>(cout), 0.0);
-  if (gin) std::fill(gin, gin + n * V * cin, T(0));
-  T* gwp = gw ? gwt.data() : nullptr;
-  with_isa(isa, [&]() LATFLOW_KERNEL {
-    switch (cin) {
-      case 8:
-        scatter_rows_blocked<T, 1>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bias_sum.data());
-        break;
-      case 16:
-        scatter_rows_blocked<T, 2>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bias_sum.data());
-        break;
-      case 32:
-        scatter_rows_blocked<T, 4>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bias_sum.data());
-        break;
-      default: scatter_rows(in, gpre, n, V, taps, nbr, sites, Vr, cin, cout, wt.data(), gin, gwp, bias_sum.data());
-    }
-  });
-  if (gin && in_pre) scale_by_derivative(gin, in_pre, n * V * cin, *in_act, isa);
-  if (gb)
-    for (int co = 0; co < cout; ++co) gb[co] += static_cast<T>(bias_sum[static_cast<std::size_t>(co)]);
-  if (gw)
-    for (int co = 0; co < cout; ++co)
-      for (int ci = 0; ci < cin; ++ci)
-        for (int t = 0; t < taps; ++t)
-          gw[(static_cast<std::int64_t>(co) * cin + ci) * taps + t] +=
-              gwt[static_cast<std::size_t>((t * cout + co) * cin + ci)];
-}
 
 // ---- Sample pairs: [n/2][rows][C][2], channel c of samples 2p and 2p + 1 side by side ----
 //
@@ -629,20 +609,6 @@ void conv_backward_at(const T* in, const T* gpre, std::int64_t n, std::int64_t V
 // 3x3 conv on 16x16 ran 1.8x faster in a side-by-side test on this machine's AMD EPYC). Each lane's chain of
 // multiply-adds is gather_rows's, so the outputs are the same bits.
 namespace {
-
-// The pair (p[0], p[1]) in every pair of lanes.
-template <class T>
-__attribute__((always_inline)) inline vec_t<T, 16> pair_broadcast(const T* p) {
-  if constexpr (sizeof(T) == 4) {
-    double d;  // (a 64-bit broadcast: one load)
-    std::memcpy(&d, p, sizeof(d));
-    const vec_t<double, 8> v{d, d, d, d, d, d, d, d};
-    return __builtin_bit_cast(vec_t<T, 16>, v);
-  } else {
-    const vec_t<T, 2> v = load<2>(p);
-    return __builtin_shufflevector(v, v, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
-  }
-}
 
 // Output channels c0 ... c0 + 7 of SB consecutive pair rows (pair p, site i); M2 [taps, kin, 2 koutP] holds every
 // weight twice (lanes 2c, 2c + 1), bias2 [2 koutP] likewise (null: zero).
@@ -742,34 +708,113 @@ __attribute__((always_inline)) inline void pair_weight_grad_block(const T* in, c
     for (int o = 0; o < 8; ++o) row[o] += sum[2 * o] + sum[2 * o + 1];
   }
 }
+
+// conv_backward_at, in the ordinary layout or on pairs (cin a multiple of 8, at most 32): the weights and their
+// gradient as [taps][cout][cin] (cin contiguous; on pairs every weight twice, lanes (input channel, sample)).
+template <class T>
+void scatter_at(bool pairs, const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps,
+                const std::int32_t* nbr, const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w,
+                const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb, Isa isa) {
+  const int dup = pairs ? 2 : 1;
+  const auto wsize = static_cast<std::size_t>(taps) * static_cast<std::size_t>(cout * cin * dup);
+  std::vector<T> wt(wsize), gwt(gw ? wsize : 0, T(0));
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int t = 0; t < taps; ++t)
+        for (int j = 0; j < dup; ++j)
+          wt[static_cast<std::size_t>(((t * cout + co) * cin + ci) * dup + j)] =
+              w[(static_cast<std::int64_t>(co) * cin + ci) * taps + t];
+  std::vector<double> bias_sum(static_cast<std::size_t>(cout), 0.0);
+  if (gin) std::fill(gin, gin + n * V * cin, T(0));
+  T* gwp = gw ? gwt.data() : nullptr;
+  double* bs = bias_sum.data();
+  with_isa(isa, [&]() LATFLOW_KERNEL {
+    if (pairs) {
+      switch (cin) {
+        case 8:
+          scatter_rows_blocked<T, 1, 2>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bs);
+          break;
+        case 16:
+          scatter_rows_blocked<T, 2, 2>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bs);
+          break;
+        case 24:
+          scatter_rows_blocked<T, 3, 2>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bs);
+          break;
+        default:
+          scatter_rows_blocked<T, 4, 2>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bs);
+          break;
+      }
+      return;
+    }
+    switch (cin) {
+      case 8: scatter_rows_blocked<T, 1>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bs); break;
+      case 16: scatter_rows_blocked<T, 2>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bs); break;
+      case 32: scatter_rows_blocked<T, 4>(in, gpre, n, V, taps, nbr, sites, Vr, cout, wt.data(), gin, gwp, bs); break;
+      default: scatter_rows(in, gpre, n, V, taps, nbr, sites, Vr, cin, cout, wt.data(), gin, gwp, bs);
+    }
+  });
+  if (gin && in_pre) scale_by_derivative(gin, in_pre, n * V * cin, *in_act, isa);
+  if (gb)
+    for (int co = 0; co < cout; ++co) gb[co] += static_cast<T>(bias_sum[static_cast<std::size_t>(co)]);
+  if (gw)
+    for (int co = 0; co < cout; ++co)
+      for (int ci = 0; ci < cin; ++ci)
+        for (int t = 0; t < taps; ++t) {
+          const auto k = static_cast<std::size_t>(((t * cout + co) * cin + ci) * dup);
+          gw[(static_cast<std::int64_t>(co) * cin + ci) * taps + t] += pairs ? gwt[k] + gwt[k + 1] : gwt[k];
+        }
+}
 }  // namespace
+
+template <class T>
+void conv_backward_at(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                      const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* in_pre,
+                      const Act* in_act, T* gin, T* gw, T* gb, Isa isa) {
+  scatter_at(false, in, gpre, n, V, taps, nbr, sites, Vr, cin, cout, w, in_pre, in_act, gin, gw, gb, isa);
+}
 
 template <class T>
 void to_pairs(const T* in, std::int64_t n, std::int64_t rows, int C, T* out) {
   const std::int64_t per = rows * C;
-  for (std::int64_t p = 0; p < n / 2; ++p) {
-    const T* a = in + 2 * p * per;
-    const T* b = a + per;
-    T* o = out + 2 * p * per;
-    for (std::int64_t e = 0; e < per; ++e) {
-      o[2 * e] = a[e];
-      o[2 * e + 1] = b[e];
+  with_isa(Isa::best, [&]() LATFLOW_KERNEL {
+    for (std::int64_t p = 0; p < n / 2; ++p) {
+      const T* a = in + 2 * p * per;
+      const T* b = a + per;
+      T* o = out + 2 * p * per;
+      std::int64_t e = 0;
+      for (; e + 8 <= per; e += 8) {
+        const auto u = load<8>(a + e), v = load<8>(b + e);
+        store<8>(o + 2 * e, __builtin_shufflevector(u, v, 0, 8, 1, 9, 2, 10, 3, 11));
+        store<8>(o + 2 * e + 8, __builtin_shufflevector(u, v, 4, 12, 5, 13, 6, 14, 7, 15));
+      }
+      for (; e < per; ++e) {
+        o[2 * e] = a[e];
+        o[2 * e + 1] = b[e];
+      }
     }
-  }
+  });
 }
 
 template <class T>
 void from_pairs(const T* in, std::int64_t n, std::int64_t rows, int C, T* out) {
   const std::int64_t per = rows * C;
-  for (std::int64_t p = 0; p < n / 2; ++p) {
-    const T* i = in + 2 * p * per;
-    T* a = out + 2 * p * per;
-    T* b = a + per;
-    for (std::int64_t e = 0; e < per; ++e) {
-      a[e] = i[2 * e];
-      b[e] = i[2 * e + 1];
+  with_isa(Isa::best, [&]() LATFLOW_KERNEL {
+    for (std::int64_t p = 0; p < n / 2; ++p) {
+      const T* i = in + 2 * p * per;
+      T* a = out + 2 * p * per;
+      T* b = a + per;
+      std::int64_t e = 0;
+      for (; e + 8 <= per; e += 8) {
+        const auto u = load<8>(i + 2 * e), v = load<8>(i + 2 * e + 8);
+        store<8>(a + e, __builtin_shufflevector(u, v, 0, 2, 4, 6, 8, 10, 12, 14));
+        store<8>(b + e, __builtin_shufflevector(u, v, 1, 3, 5, 7, 9, 11, 13, 15));
+      }
+      for (; e < per; ++e) {
+        a[e] = i[2 * e];
+        b[e] = i[2 * e + 1];
+      }
     }
-  }
+  });
 }
 
 template <class T>
@@ -789,14 +834,18 @@ void conv_backward_pairs(const T* in, const T* gpre, std::int64_t n, std::int64_
     gather_pairs(gpre, pairs, Geo{V, taps, nbr, nullptr, V}, true, cout, cin, arrange_pairs(w, taps, cin, cout, true),
                  static_cast<const T*>(nullptr), Sink<T>{in_pre ? in_act : nullptr, nullptr, in_pre, gin}, isa);
   if (!gw) return;
-  // The bias gradient: float64 sums, four rows at a time in separate sums (as conv_backward).
-  std::vector<double> bias_sum(static_cast<std::size_t>(4 * cout), 0.0);
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (int e = 0; e < 2 * cout; ++e)
-      bias_sum[static_cast<std::size_t>((r % 4) * cout + e / 2)] += gpre[r * 2 * cout + e];
+  // The bias gradient: float64 sums over the rows of each lane (channel, sample), two rows at a time in separate
+  // sums.
+  const int lanes2 = 2 * cout;
+  std::vector<double> bias_sum(static_cast<std::size_t>(2 * lanes2), 0.0);
+  std::int64_t r = 0;
+  for (; r + 2 <= rows; r += 2)
+    for (int e = 0; e < 2 * lanes2; ++e) bias_sum[static_cast<std::size_t>(e)] += gpre[r * lanes2 + e];
+  for (; r < rows; ++r)
+    for (int e = 0; e < lanes2; ++e) bias_sum[static_cast<std::size_t>(e)] += gpre[r * lanes2 + e];
   for (int c = 0; c < cout; ++c) {
-    const auto k = static_cast<std::size_t>(c), m = static_cast<std::size_t>(cout);
-    gb[c] += static_cast<T>((bias_sum[k] + bias_sum[m + k]) + (bias_sum[2 * m + k] + bias_sum[3 * m + k]));
+    const auto k = static_cast<std::size_t>(2 * c), m = static_cast<std::size_t>(lanes2);
+    gb[c] += static_cast<T>((bias_sum[k] + bias_sum[m + k]) + (bias_sum[k + 1] + bias_sum[m + k + 1]));
   }
   const std::int64_t coutP = round_up(cout, 8);
   std::vector<T> padded;
@@ -830,6 +879,35 @@ void conv_backward_pairs(const T* in, const T* gpre, std::int64_t n, std::int64_
 }
 
 template <class T>
+void conv_forward_at_pairs(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                           const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias,
+                           T* out, Isa isa) {
+  const auto b2 = pair_bias(bias, cout);
+  gather_pairs(in, n / 2, Geo{V, taps, nbr, sites, Vr}, false, cin, cout, arrange_pairs(w, taps, cin, cout, false),
+               b2.data(), Sink<T>{nullptr, nullptr, nullptr, out}, isa);
+}
+
+template <class T>
+void conv_backward_at_pairs(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps,
+                            const std::int32_t* nbr, const std::int32_t* sites, std::int64_t Vr, int cin, int cout,
+                            const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb, Isa isa) {
+  if (cin % 8 != 0 || cin > 32) {  // (no pair kernel: through the ordinary layout)
+    std::vector<T> in_o(static_cast<std::size_t>(n * V * cin)), g_o(static_cast<std::size_t>(n * Vr * cout));
+    std::vector<T> gin_o(gin ? in_o.size() : 0);
+    from_pairs(in, n, V, cin, in_o.data());
+    from_pairs(gpre, n, Vr, cout, g_o.data());
+    conv_backward_at(in_o.data(), g_o.data(), n, V, taps, nbr, sites, Vr, cin, cout, w, static_cast<const T*>(nullptr),
+                     in_act, gin ? gin_o.data() : nullptr, gw, gb, isa);
+    if (gin) {
+      to_pairs(gin_o.data(), n, V, cin, gin);
+      if (in_pre) scale_by_derivative(gin, in_pre, n * V * cin, *in_act, isa);
+    }
+    return;
+  }
+  scatter_at(true, in, gpre, n, V, taps, nbr, sites, Vr, cin, cout, w, in_pre, in_act, gin, gw, gb, isa);
+}
+
+template <class T>
 void scale_by_derivative(T* g, const T* pre, std::int64_t count, Act act, Isa isa) {
   with_isa(isa, [&]() LATFLOW_KERNEL {
     switch (act) {  // (one loop per activation, so that the compiler vectorises each)
@@ -846,26 +924,31 @@ void scale_by_derivative(T* g, const T* pre, std::int64_t count, Act act, Isa is
   });
 }
 
-#define LATFLOW_INSTANTIATE(T)                                                                                        \
-  template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int, const T*,   \
-                                const T*, const Act*, T*, T*, Isa);                                                   \
-  template void conv_forward_at<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*,                    \
-                                   const std::int32_t*, std::int64_t, int, int, const T*, const T*, T*, Isa);         \
-  template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,  \
-                                 const T*, const T*, const Act*, T*, T*, T*, Isa);                                    \
-  template void conv_backward_at<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*,         \
-                                    const std::int32_t*, std::int64_t, int, int, const T*, const T*, const Act*, T*,  \
-                                    T*, T*, Isa);                                                                     \
-  template void conv_forward_pairs<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,       \
-                                      const T*, const T*, const Act*, T*, T*, Isa);                                   \
-  template void conv_backward_pairs<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, \
-                                       int, const T*, const T*, const Act*, T*, T*, T*, Isa);                         \
-  template void to_pairs<T>(const T*, std::int64_t, std::int64_t, int, T*);                                           \
-  template void from_pairs<T>(const T*, std::int64_t, std::int64_t, int, T*);                                         \
-  template void scale_by_derivative<T>(T*, const T*, std::int64_t, Act, Isa);                                         \
-  template Arranged<T> arrange_conv<T>(const T*, int, int, int, bool);                                                \
-  template void gather<T>(const T*, std::int64_t, const Geo&, const Arranged<T>&, const T*, const Sink<T>&, Isa);     \
-  template bool one_input_conv_groups<T>(const T*, std::int64_t, std::int64_t, const std::vector<TapGroup>&,          \
+#define LATFLOW_INSTANTIATE(T)                                                                                         \
+  template void conv_forward<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int, const T*,    \
+                                const T*, const Act*, T*, T*, Isa);                                                    \
+  template void conv_forward_at<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*,                     \
+                                   const std::int32_t*, std::int64_t, int, int, const T*, const T*, T*, Isa);          \
+  template void conv_backward<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,   \
+                                 const T*, const T*, const Act*, T*, T*, T*, Isa);                                     \
+  template void conv_backward_at<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*,          \
+                                    const std::int32_t*, std::int64_t, int, int, const T*, const T*, const Act*, T*,   \
+                                    T*, T*, Isa);                                                                      \
+  template void conv_forward_pairs<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int, int,        \
+                                      const T*, const T*, const Act*, T*, T*, Isa);                                    \
+  template void conv_backward_pairs<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*, int,  \
+                                       int, const T*, const T*, const Act*, T*, T*, T*, Isa);                          \
+  template void conv_forward_at_pairs<T>(const T*, std::int64_t, std::int64_t, int, const std::int32_t*,               \
+                                         const std::int32_t*, std::int64_t, int, int, const T*, const T*, T*, Isa);    \
+  template void conv_backward_at_pairs<T>(const T*, const T*, std::int64_t, std::int64_t, int, const std::int32_t*,    \
+                                          const std::int32_t*, std::int64_t, int, int, const T*, const T*, const Act*, \
+                                          T*, T*, T*, Isa);                                                            \
+  template void to_pairs<T>(const T*, std::int64_t, std::int64_t, int, T*);                                            \
+  template void from_pairs<T>(const T*, std::int64_t, std::int64_t, int, T*);                                          \
+  template void scale_by_derivative<T>(T*, const T*, std::int64_t, Act, Isa);                                          \
+  template Arranged<T> arrange_conv<T>(const T*, int, int, int, bool);                                                 \
+  template void gather<T>(const T*, std::int64_t, const Geo&, const Arranged<T>&, const T*, const Sink<T>&, Isa);      \
+  template bool one_input_conv_groups<T>(const T*, std::int64_t, std::int64_t, const std::vector<TapGroup>&,           \
                                          const Arranged<T>&, const T*, const Sink<T>&, Isa);
 LATFLOW_INSTANTIATE(float)
 LATFLOW_INSTANTIATE(double)

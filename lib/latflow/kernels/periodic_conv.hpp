@@ -91,6 +91,15 @@ template <class T>
 void conv_backward_pairs(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
                          int cin, int cout, const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb,
                          Isa isa = Isa::best);
+// conv_forward_at and conv_backward_at on pairs: in, in_pre, gin [n/2, V, cin, 2], out and gpre [n/2, Vr, cout, 2].
+template <class T>
+void conv_forward_at_pairs(const T* in, std::int64_t n, std::int64_t V, int taps, const std::int32_t* nbr,
+                           const std::int32_t* sites, std::int64_t Vr, int cin, int cout, const T* w, const T* bias,
+                           T* out, Isa isa = Isa::best);
+template <class T>
+void conv_backward_at_pairs(const T* in, const T* gpre, std::int64_t n, std::int64_t V, int taps,
+                            const std::int32_t* nbr, const std::int32_t* sites, std::int64_t Vr, int cin, int cout,
+                            const T* w, const T* in_pre, const Act* in_act, T* gin, T* gw, T* gb, Isa isa = Isa::best);
 inline bool pairs_pay(Isa isa, bool is_float) { return is_float && resolve(isa) == Isa::x86_64_v4; }
 // g[k] *= act'(pre[k]) for k < count.
 template <class T>
