@@ -1121,7 +1121,7 @@ TEST_CASE(
 
 TEST_CASE(
     "non-equilibrium proposals are exact: F (Jarzynski) and observables within 3 sigma of the exact values "
-    "for 1, 2 and 10 steps (free field, U(1), SU(2))",
+    "for 1, 2 and 10 steps (free field, U(1) in beta and with a defect switched on, SU(2))",
     "[cli][ne]") {
   TempDir dir;
   struct Point {
@@ -1147,6 +1147,10 @@ TEST_CASE(
       {"u1",
        u1 + " --flow.prior plaquette --lattice.extents \"6 6\" --u1.beta 2 --ne.parameter u1.beta --ne.start 1.5",
        {"plaq", "Q2", "wilson_2x2"}},
+      // U(1) 6x6 at beta = 3 from the same prior, exact at defect 0, with the defect plaquette switched on.
+      {"u1_defect",
+       u1 + " --flow.prior plaquette --lattice.extents \"6 6\" --u1.beta 3 --ne.parameter u1.defect --ne.start 0",
+       {"plaq", "Q2", "wilson_2x2"}},
       {"su2",
        su2 + " --flow.prior plaquette --lattice.extents \"6 6\" --sun.beta 2 --ne.parameter sun.beta "
              "--ne.start 1.5",
@@ -1164,6 +1168,11 @@ TEST_CASE(
   // Bad protocols: one line naming the key.
   expect_error("sample " + u1 + " --ne.steps 2 --ne.parameter phi4.m2 --output " + dir / "x.h5", 2,
                "ne.parameter = phi4.m2");
+  expect_error("sample " + ff + " --ne.steps 2 --ne.parameter u1.defect --output " + dir / "x.h5", 2,
+               "ne.parameter = u1.defect");
+  expect_error(
+      "sample " + u1 + " --ne.steps 2 --ne.parameter u1.defect --hmc.algorithm heatbath --output " + dir / "x.h5", 2,
+      "hmc.algorithm = heatbath");
   expect_error("sample " + ff + " --ne.steps 2 --ne.parameter phi4.lam --ne.start -1 --output " + dir / "x.h5", 2,
                "ne.start = -1");
   expect_error("sample " + ff + " --ne.steps -1 --output " + dir / "x.h5", 2, "ne.steps = -1");

@@ -139,6 +139,77 @@ TEST_CASE("U(1) force equals -dS/dtheta by autograd and by finite differences", 
   }
 }
 
+TEST_CASE("U(1) with a defect plaquette: action and density against naive loops, force against autograd (2D, 3D)",
+          "[u1][ne]") {
+  torch::manual_seed(21);
+  for (const std::vector<std::int64_t>& extents :
+       {std::vector<std::int64_t>{4, 6}, std::vector<std::int64_t>{3, 4, 5}}) {
+    const auto d = static_cast<std::int64_t>(extents.size());
+    LatticeParams lattice;
+    lattice.extents = extents;
+    std::vector<std::int64_t> shape{2, d};
+    shape.insert(shape.end(), extents.begin(), extents.end());
+    auto th = 2 * M_PI * torch::rand(shape, kF64);
+    double V = 1;
+    for (auto l : extents) V *= static_cast<double>(l);
+    // The (0, 1) plaquette at x* = (L0 - 1, ..., L_{d-1} - 1) from explicit link indices.
+    auto link = [&](std::int64_t b, std::int64_t mu, std::int64_t x0, std::int64_t x1) {
+      std::vector<at::indexing::TensorIndex> idx{b, mu, x0, x1};
+      for (std::int64_t k = 2; k < d; ++k) idx.emplace_back(extents[k] - 1);
+      return th.index(idx).item<double>();
+    };
+    const std::int64_t L0 = extents[0], L1 = extents[1];
+    const double beta = 1.7;
+    U1Params periodic_params;
+    periodic_params.beta = beta;
+    const U1 periodic(lattice, periodic_params);
+    for (double c : {0.0, 0.37, 2.5}) {
+      CAPTURE(d, c);
+      U1Params params = periodic_params;
+      params.defect = c;
+      const U1 theory(lattice, params);
+      auto S = theory.action(th);
+      auto density = theory.measure(th).scalars.select(1, 1);
+      auto S1 = periodic.action(th);
+      for (std::int64_t b = 0; b < 2; ++b) {
+        const double p =
+            link(b, 0, L0 - 1, L1 - 1) + link(b, 1, 0, L1 - 1) - link(b, 0, L0 - 1, 0) - link(b, 1, L0 - 1, L1 - 1);
+        CHECK(U1::defect_plaquette(th)[b].item<double>() == Approx(p).epsilon(1e-14));
+        const double expected = S1[b].item<double>() - (c - 1) * beta * std::cos(p);
+        CHECK(S[b].item<double>() == Approx(expected).epsilon(1e-13));
+        CHECK(density[b].item<double>() == Approx(expected / V).epsilon(1e-13));
+      }
+      auto x = th.clone().requires_grad_(true);
+      auto grad = torch::autograd::grad({theory.action(x).sum()}, {x})[0];
+      CHECK((theory.force(th) + grad).abs().max().item<double>() < 1e-12);
+      // The defect touches four links only.
+      auto moved = (theory.force(th) - periodic.force(th)).abs().gt(1e-14).sum().item<std::int64_t>();
+      CHECK(moved == (c == 1 ? 0 : 8));  // 4 links x 2 configurations
+    }
+  }
+}
+
+TEST_CASE("U(1) plaquette prior is exact at defect 0: -S_0 - log q is one constant", "[u1][ne][prior]") {
+  // The prior draws the V - 1 plaquettes other than P(L0 - 1, L1 - 1) from exp(beta cos) independently; the theory
+  // whose defect plaquette has coupling 0 is exactly that (docs/physics.md "Switching on a defect").
+  LatticeParams lattice;
+  lattice.extents = {8, 4};
+  const double beta = 2.5;
+  auto fp = flow_params("ncp", false);
+  fp.prior = Prior::plaquette;
+  FlowModel flow(std::shared_ptr<FlowModelImpl>(std::make_shared<U1FlowImpl>(lattice, fp, beta)));
+  auto z = flow->draw_prior(16, 5);
+  auto lq = flow->prior_log_prob(z);
+  U1Params params;
+  params.beta = beta;
+  params.defect = 0;
+  auto log_w0 = -U1(lattice, params).action(z) - lq;
+  CHECK((log_w0 - log_w0[0]).abs().max().item<double>() < 1e-9);
+  params.defect = 1;  // the periodic theory: the weights vary
+  auto log_w1 = -U1(lattice, params).action(z) - lq;
+  CHECK((log_w1 - log_w1[0]).abs().max().item<double>() > 0.1);
+}
+
 TEST_CASE("U(1) action and observables are gauge invariant", "[u1]") {
   torch::manual_seed(3);
   const auto theory = make_u1(8, 8, 2.0);

@@ -180,7 +180,7 @@ void validate_run(Config& c) {
 // The couplings a protocol may move for this theory (and phi4 convention).
 std::vector<NeParameter> ne_parameters(const Config& c) {
   switch (c.theory) {
-    case TheoryId::u1: return {NeParameter::u1_beta};
+    case TheoryId::u1: return {NeParameter::u1_beta, NeParameter::u1_defect};
     case TheoryId::sun: return {NeParameter::sun_beta};
     case TheoryId::phi4: break;
   }
@@ -197,10 +197,12 @@ void validate_ne(Config& c) {
   const auto allowed = ne_parameters(c);
   require(contains(allowed, c.ne.parameter), "ne.parameter",
           c.ne.parameter == NeParameter::none ? "''" : choice_name(c.ne.parameter),
-          c.theory == TheoryId::phi4
-              ? "phi4 protocols move " + choice_name(allowed[0]) + " or " + choice_name(allowed[1])
-              : "the protocol moves " + choice_name(allowed[0]));
+          allowed.size() == 2 ? "the protocol moves " + choice_name(allowed[0]) + " or " + choice_name(allowed[1])
+                              : "the protocol moves " + choice_name(allowed[0]));
   require_finite(c.ne.start, "ne.start");
+  // The heat bath draws each link from its staples at one beta; the defect plaquette's own coupling is HMC's only.
+  require(!(c.ne.parameter == NeParameter::u1_defect && c.hmc.algorithm == UpdateAlgorithm::heatbath), "hmc.algorithm",
+          "heatbath", "a u1.defect protocol updates with hmc");
   ne_stage(c, 0);  // the start must be valid physics too (the protocol is linear between two valid points)
   if (c.ne.blocks == 0) return;
   require(c.ne.blocks <= c.ne.steps, "ne.blocks", str(c.ne.blocks),
@@ -245,6 +247,7 @@ std::map<std::string, std::string> parse_lines(const std::string& text) {
 static double* ne_parameter_field(Config& c, NeParameter p) {
   switch (p) {
     case NeParameter::u1_beta: return &c.u1.beta;
+    case NeParameter::u1_defect: return &c.u1.defect;
     case NeParameter::sun_beta: return &c.sun.beta;
     case NeParameter::phi4_m2: return &c.phi4.m2;
     case NeParameter::phi4_lam: return &c.phi4.lam;

@@ -32,6 +32,10 @@ struct Phi4Params {
 // U(1) lattice gauge theory in d = 2..4 (docs/physics.md "U(1) gauge theory"): S = -beta sum_P cos theta_P.
 struct U1Params {
   double beta = 2.0;
+  // The coupling of one plaquette, the (0, 1)-plane plaquette at the last site, in units of beta: 1 = the periodic
+  // theory. Not a config key: only the stages of an `ne.parameter = u1.defect` protocol move it (docs/physics.md
+  // "Switching on a defect").
+  double defect = 1.0;
 };
 
 // SU(N) lattice gauge theory in d = 2..4 (docs/physics.md "SU(N) gauge theory"): S = -(beta/N) sum_P Re tr U_P.
@@ -127,7 +131,8 @@ struct HmcParams {
 // trajectory_length, n_md (not tuned), jitter). Its weight carries the work done by the protocol. 0 = off.
 struct NeParams {
   std::int64_t steps = 0;
-  NeParameter parameter = NeParameter::none;  // phi4.m2 | phi4.lam | phi4.kappa (input convention) | u1.beta | sun.beta
+  NeParameter parameter = NeParameter::none;  // phi4.m2 | phi4.lam | phi4.kappa (input convention) | u1.beta |
+                                              // u1.defect | sun.beta
   double start = 0.0;                         // the parameter's value where the proposals start
   // Stochastic normalizing flows (docs/physics.md "Stochastic normalizing flows"): `blocks` flow blocks of
   // `block_layers` coupling layers each (float64, the flow.* nets), block j applied just before the update of step

@@ -24,7 +24,8 @@ std::vector<std::int64_t> site_dims(std::int64_t d) {
 at::Tensor reduced(const at::Tensor& angle) { return torch::remainder(angle + M_PI, 2 * M_PI) - M_PI; }
 }  // namespace
 
-U1::U1(const LatticeParams& lattice, const U1Params& params) : extents_(lattice.extents), beta_(params.beta) {
+U1::U1(const LatticeParams& lattice, const U1Params& params)
+    : extents_(lattice.extents), beta_(params.beta), defect_(params.defect) {
   const auto d = static_cast<int>(extents_.size());
   if (d < 2 || d > 4) throw ConfigError("lattice.extents: U(1) gauge theory needs 2 to 4 extents");
   names_ = {"plaq", "action_density"};
@@ -82,6 +83,26 @@ at::Tensor U1::gauge_transform(const at::Tensor& theta, const at::Tensor& a) {
   return torch::stack(links, 1);
 }
 
+namespace {
+// Flat site indices (row-major over x0, ..., x_{d-1}) of x*, x* + e0 and x* + e1.
+struct DefectSites {
+  std::int64_t x, x_e0, x_e1;
+};
+DefectSites defect_sites(const at::Tensor& theta) {
+  std::int64_t V = 1;
+  for (std::int64_t k = 2; k < theta.dim(); ++k) V *= theta.size(k);
+  const std::int64_t stride0 = V / theta.size(2), stride1 = stride0 / theta.size(3);
+  return {V - 1, V - 1 - (theta.size(2) - 1) * stride0, V - 1 - (theta.size(3) - 1) * stride1};
+}
+}  // namespace
+
+at::Tensor U1::defect_plaquette(const at::Tensor& theta) {
+  const auto s = defect_sites(theta);
+  auto flat = theta.flatten(2);  // [B, d, V]
+  auto t0 = flat.select(1, 0), t1 = flat.select(1, 1);
+  return t0.select(1, s.x) + t1.select(1, s.x_e0) - t0.select(1, s.x_e1) - t1.select(1, s.x);
+}
+
 at::Tensor U1::action(const at::Tensor& theta) const {
   const int d = static_cast<int>(extents_.size());
   at::Tensor sum;  // sum over planes of sum_x cos theta_munu(x); one plane in 2D
@@ -90,6 +111,7 @@ at::Tensor U1::action(const at::Tensor& theta) const {
       auto s = torch::cos(plaquette(theta, mu, nu)).sum(site_dims(d));
       sum = sum.defined() ? sum + s : s;
     }
+  if (defect_ != 1) sum = sum + (defect_ - 1) * torch::cos(defect_plaquette(theta));
   return -beta_ * sum;
 }
 
@@ -105,7 +127,21 @@ at::Tensor U1::force(const at::Tensor& theta) const {
       add(mu, s - shift(s, -1, 1 + nu));
       add(nu, shift(s, -1, 1 + mu) - s);
     }
-  return -beta_ * torch::stack(grad, 1);
+  auto dS = torch::stack(grad, 1);  // dS/dtheta / beta
+  if (defect_ != 1) {
+    // The defect adds (c - 1) sin theta_01(x*) times +1 at theta_0(x*), theta_1(x* + e0), -1 at theta_0(x* + e1),
+    // theta_1(x*).
+    const auto sites = defect_sites(theta);
+    auto s = (defect_ - 1) * torch::sin(defect_plaquette(theta));
+    auto extra = torch::zeros_like(dS);
+    auto flat = extra.view({extra.size(0), extra.size(1), -1});
+    flat.select(1, 0).select(1, sites.x).add_(s);
+    flat.select(1, 1).select(1, sites.x_e0).add_(s);
+    flat.select(1, 0).select(1, sites.x_e1).sub_(s);
+    flat.select(1, 1).select(1, sites.x).sub_(s);
+    dS = dS + extra;
+  }
+  return -beta_ * dS;
 }
 
 Measurement U1::measure(const at::Tensor& theta_in) const {
@@ -124,7 +160,9 @@ Measurement U1::measure(const at::Tensor& theta_in) const {
       sum = sum.defined() ? sum + per_plane.back() : per_plane.back();
     }
   auto plaq = sum / (V * planes);
-  std::vector<at::Tensor> cols{plaq, -beta_ * planes * plaq};
+  auto density = -beta_ * planes * plaq;  // S / V
+  if (defect_ != 1) density = density - beta_ * (defect_ - 1) * torch::cos(defect_plaquette(theta)) / V;
+  std::vector<at::Tensor> cols{plaq, density};
   if (d == 2) {
     auto Q = torch::round(topological_charge(theta));
     cols.insert(cols.end(), {Q, Q * Q});

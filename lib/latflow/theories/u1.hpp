@@ -4,7 +4,9 @@
 // (docs/design.md "Interfaces and parameters"); any real representative of an angle is valid (flows and
 // observables reduce mod 2 pi where it matters). Plaquette angle in the (mu, nu) plane, mu < nu,
 //   theta_munu(x) = theta_mu(x) + theta_nu(x + e_mu) - theta_mu(x + e_nu) - theta_nu(x),
-// Wilson action S = -beta sum_x sum_{mu < nu} cos theta_munu(x). Gauge transformations
+// Wilson action S = -beta sum_x sum_{mu < nu} cos theta_munu(x); with a defect (U1Params::defect = c != 1, the stages
+// of a u1.defect protocol) the (0, 1)-plane plaquette at the last site x* = (L0 - 1, ..., L_{d-1} - 1) has coupling
+// c beta instead of beta: S_c = S - (c - 1) beta cos theta_01(x*). Gauge transformations
 // theta_mu(x) -> theta_mu(x) + a(x) - a(x + e_mu) leave every plaquette angle unchanged.
 //
 // HMC: the angles live on a torus, which is flat, so the Theory defaults (theta += dt p, Gaussian momenta) are the
@@ -40,6 +42,9 @@ class U1 : public Theory {
   void heatbath_sweep(at::Tensor& theta, const std::vector<std::uint64_t>& streams, int overrelax) const override;
 
   double beta() const { return beta_; }
+  double defect() const { return defect_; }
+  // theta_01(x*), the defect plaquette's angle (unreduced), [B].
+  static at::Tensor defect_plaquette(const at::Tensor& theta);
   const std::vector<std::int64_t>& extents() const { return extents_; }
   // The Wilson-loop sizes R of the wilson_RxR observables.
   const std::vector<std::int64_t>& loop_sizes() const { return loop_sizes_; }
@@ -60,7 +65,7 @@ class U1 : public Theory {
 
  private:
   std::vector<std::int64_t> extents_;
-  double beta_;
+  double beta_, defect_;
   std::vector<std::int64_t> loop_sizes_;
   std::vector<std::string> names_;
 };
