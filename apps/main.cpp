@@ -87,7 +87,9 @@ const std::map<std::string, std::string>& command_help() {
            "example: latflow sample configs/tutorial.ini --run.checkpoint runs/tutorial.h5.ckpt "
            "--run.seed 2 --output runs/t2.h5\n"
            "         latflow sample configs/u1_exact.ini --flow.prior haar --ne.steps 300 "
-           "--ne.parameter u1.beta --ne.start 0 --output runs/u1_ne.h5\n"},
+           "--ne.parameter u1.beta --ne.start 0 --output runs/u1_ne.h5\n"
+           "         latflow sample configs/u1_exact.ini --flow.prior plaquette --ne.steps 10 "
+           "--ne.parameter u1.defect --ne.start 0 --output runs/u1_defect.h5\n"},
       {"hmc",
        "usage: latflow hmc CONFIG.ini [--overwrite] [--resume] [--section.key VALUE ...]\n"
        "HMC baseline: hmc.chains chains in the batch into run.output (HDF5), then the analysis.\n"
