@@ -1121,7 +1121,7 @@ TEST_CASE(
 
 TEST_CASE(
     "non-equilibrium proposals are exact: F (Jarzynski) and observables within 3 sigma of the exact values "
-    "for 1, 2 and 10 steps (free field, U(1) in beta and with a defect switched on, SU(2))",
+    "for 1, 2 and 10 steps (free field; U(1) and SU(2) in beta and with a defect switched on)",
     "[cli][ne]") {
   TempDir dir;
   struct Point {
@@ -1154,6 +1154,10 @@ TEST_CASE(
       {"su2",
        su2 + " --flow.prior plaquette --lattice.extents \"6 6\" --sun.beta 2 --ne.parameter sun.beta "
              "--ne.start 1.5",
+       {"plaq", "wilson_2x2"}},
+      {"su2_defect",
+       su2 + " --flow.prior plaquette --lattice.extents \"6 6\" --sun.beta 3 --ne.parameter sun.defect "
+             "--ne.start 0",
        {"plaq", "wilson_2x2"}}};
   for (const auto& p : points)
     for (int n : {1, 2, 10}) {

@@ -252,6 +252,67 @@ TEST_CASE("SU(N) force is -dS/dt along exp(t T_a) on every sampled link and gene
   }
 }
 
+TEST_CASE("SU(N) with a defect plaquette: action and density against the plaquette's matrices, force is -dS/dt",
+          "[sun][ne]") {
+  // 2D 4x4 and 3D 3x2x3: the defect is the (0, 1) plaquette at the last site; c = 1 is the periodic theory.
+  for (int n : {2, 3})
+    for (const std::vector<std::int64_t>& L : {std::vector<std::int64_t>{4, 4}, std::vector<std::int64_t>{3, 2, 3}}) {
+      const auto d = static_cast<std::int64_t>(L.size());
+      LatticeParams lattice;
+      lattice.extents = L;
+      SUNParams params;
+      params.n = n;
+      params.beta = 2.3;
+      const SUN periodic(lattice, params);
+      std::vector<std::int64_t> shape{2, d};
+      shape.insert(shape.end(), L.begin(), L.end());
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(60 + n);
+      auto x = SUN::storage(SUN::haar(n, shape, gen));
+      std::int64_t V = 1;
+      for (auto l : L) V *= l;
+      // Flat (row-major) site indices of x*, x* + e0, x* + e1.
+      const std::int64_t last = V - 1, stride0 = V / L[0], stride1 = stride0 / L[1];
+      const std::int64_t x_e0 = last - (L[0] - 1) * stride0, x_e1 = last - (L[1] - 1) * stride1;
+      auto link = [&](const torch::Tensor& u, std::int64_t b, int mu, std::int64_t site) {
+        return u.flatten(2, 1 + d)[b][mu][site];
+      };
+      for (double c : {0.0, 0.4, 2.0}) {
+        CAPTURE(n, d, c);
+        params.defect = c;
+        const SUN th(lattice, params);
+        auto u = SUN::matrices(x);
+        auto S = th.action(x), S1 = periodic.action(x);
+        auto density = th.measure(x).scalars.select(1, 1);
+        for (std::int64_t b = 0; b < 2; ++b) {
+          auto P = torch::mm(torch::mm(link(u, b, 0, last), link(u, b, 1, x_e0)),
+                             SUN::dagger(torch::mm(link(u, b, 1, last), link(u, b, 0, x_e1))));
+          const double re_tr = torch::real(P.diagonal().sum()).item<double>();
+          const double expected = S1[b].item<double>() - (c - 1) * 2.3 / n * re_tr;
+          CHECK(S[b].item<double>() == Approx(expected).epsilon(1e-13));
+          CHECK(density[b].item<double>() == Approx(expected / static_cast<double>(V)).epsilon(1e-13));
+        }
+        const auto F = th.force(x).reshape({2, d, V, n * n - 1});
+        const auto gens = th.generators();
+        const double eps = 1e-5;
+        // The four links of the defect and one link away from it (same force as the periodic theory's).
+        const std::vector<std::pair<int, std::int64_t>> links{{0, last}, {1, x_e0}, {0, x_e1}, {1, last}, {0, 0}};
+        for (const auto& [mu, site] : links)
+          for (int a = 0; a < n * n - 1; ++a) {
+            auto S_at = [&](double t) {
+              auto v = SUN::matrices(x).clone();
+              auto flat = v.flatten(2, 1 + d);
+              flat[0][mu][site] = torch::mm(torch::matrix_exp(t * gens[a]), flat[0][mu][site]);
+              return th.action(SUN::storage(v)).index({0}).item<double>();
+            };
+            CAPTURE(mu, site, a);
+            CHECK(std::abs((S_at(eps) - S_at(-eps)) / (2 * eps) + F[0][mu][site][a].item<double>()) < 1e-7);
+          }
+        auto moved = (th.force(x) - periodic.force(x)).abs().gt(1e-14).any(-1).sum().item<std::int64_t>();
+        CHECK(moved == (c == 1 ? 0 : 8));  // 4 links x 2 configurations
+      }
+    }
+}
+
 TEST_CASE("SU(2), SU(3) closed-form exponentials equal matrix_exp, also near degenerate and zero; no drift from SU(N)",
           "[sun][hmc]") {
   torch::manual_seed(5);
@@ -618,6 +679,13 @@ TEST_CASE(
         auto defect = torch::real(plaq.diagonal(0, -2, -1).sum(-1)).select(1, 3).select(1, 3) * (beta / n);
         auto log_w = -S - lq - defect;
         CHECK((log_w - log_w[0]).abs().max().item<double>() < 1e-9);
+        // The same statement as a theory: with the defect's coupling 0 the prior is exact (the sun.defect start).
+        SUNParams at_zero;
+        at_zero.n = n;
+        at_zero.beta = beta;
+        at_zero.defect = 0;
+        auto log_w0 = -SUN(cfg.lattice, at_zero).action(z) - lq;
+        CHECK((log_w0 - log_w0[0]).abs().max().item<double>() < 1e-9);
       }
       auto gen = at::make_generator<at::CPUGeneratorImpl>(32);
       auto g = SUN::haar(n, {4, 4, 4}, gen);

@@ -21,7 +21,7 @@ enum class Gradient { reparam, path };
 enum class Integrator { kLeapfrog, kOmelyan };
 enum class UpdateAlgorithm { hmc, heatbath };
 // The coupling a non-equilibrium protocol moves; none = no protocol.
-enum class NeParameter { none, phi4_m2, phi4_lam, phi4_kappa, u1_beta, u1_defect, sun_beta };
+enum class NeParameter { none, phi4_m2, phi4_lam, phi4_kappa, u1_beta, u1_defect, sun_beta, sun_defect };
 
 template <class E>
 struct ChoiceNames;
@@ -49,7 +49,7 @@ LATFLOW_CHOICES(UpdateAlgorithm, {UpdateAlgorithm::hmc, "hmc"}, {UpdateAlgorithm
 LATFLOW_CHOICES(NeParameter, {NeParameter::none, ""}, {NeParameter::phi4_m2, "phi4.m2"},
                 {NeParameter::phi4_lam, "phi4.lam"}, {NeParameter::phi4_kappa, "phi4.kappa"},
                 {NeParameter::u1_beta, "u1.beta"}, {NeParameter::u1_defect, "u1.defect"},
-                {NeParameter::sun_beta, "sun.beta"});
+                {NeParameter::sun_beta, "sun.beta"}, {NeParameter::sun_defect, "sun.defect"});
 #undef LATFLOW_CHOICES
 
 // The name of a choice ("" for automatic and none).

@@ -312,8 +312,8 @@ void hmc_keys(Keys& k) {
           "sample: non-equilibrium steps (coupling step + one HMC trajectory) per proposal, 0 = off")
           .in_range(0, 1000000, " (0 = off)"));
   add(row("ne.parameter", LATFLOW_FIELD(ne.parameter),
-          "coupling the protocol moves: phi4.m2 | phi4.lam | phi4.kappa | u1.beta | u1.defect (one plaquette's "
-          "coupling / beta, target 1) | sun.beta"));
+          "coupling the protocol moves: phi4.m2 | phi4.lam | phi4.kappa | u1.beta | sun.beta | u1.defect | "
+          "sun.defect (one plaquette's coupling / beta, target 1)"));
   add(row("ne.start", LATFLOW_FIELD(ne.start),
           "its start value (the flow is trained there); linear to the config's value"));
   add(row("ne.blocks", LATFLOW_FIELD(ne.blocks),

@@ -181,7 +181,7 @@ void validate_run(Config& c) {
 std::vector<NeParameter> ne_parameters(const Config& c) {
   switch (c.theory) {
     case TheoryId::u1: return {NeParameter::u1_beta, NeParameter::u1_defect};
-    case TheoryId::sun: return {NeParameter::sun_beta};
+    case TheoryId::sun: return {NeParameter::sun_beta, NeParameter::sun_defect};
     case TheoryId::phi4: break;
   }
   return {c.phi4.convention == Phi4Convention::hopping ? NeParameter::phi4_kappa : NeParameter::phi4_m2,
@@ -201,8 +201,9 @@ void validate_ne(Config& c) {
                               : "the protocol moves " + choice_name(allowed[0]));
   require_finite(c.ne.start, "ne.start");
   // The heat bath draws each link from its staples at one beta; the defect plaquette's own coupling is HMC's only.
-  require(!(c.ne.parameter == NeParameter::u1_defect && c.hmc.algorithm == UpdateAlgorithm::heatbath), "hmc.algorithm",
-          "heatbath", "a u1.defect protocol updates with hmc");
+  const bool defect = c.ne.parameter == NeParameter::u1_defect || c.ne.parameter == NeParameter::sun_defect;
+  require(!(defect && c.hmc.algorithm == UpdateAlgorithm::heatbath), "hmc.algorithm", "heatbath",
+          "a " + choice_name(c.ne.parameter) + " protocol updates with hmc");
   ne_stage(c, 0);  // the start must be valid physics too (the protocol is linear between two valid points)
   if (c.ne.blocks == 0) return;
   require(c.ne.blocks <= c.ne.steps, "ne.blocks", str(c.ne.blocks),
@@ -249,6 +250,7 @@ static double* ne_parameter_field(Config& c, NeParameter p) {
     case NeParameter::u1_beta: return &c.u1.beta;
     case NeParameter::u1_defect: return &c.u1.defect;
     case NeParameter::sun_beta: return &c.sun.beta;
+    case NeParameter::sun_defect: return &c.sun.defect;
     case NeParameter::phi4_m2: return &c.phi4.m2;
     case NeParameter::phi4_lam: return &c.phi4.lam;
     case NeParameter::phi4_kappa: return &c.phi4.kappa;

@@ -42,6 +42,7 @@ struct U1Params {
 struct SUNParams {
   int n = 2;  // N, 2..6
   double beta = 2.0;
+  double defect = 1.0;  // as U1Params::defect: the stages of an `ne.parameter = sun.defect` protocol only
 };
 
 struct FlowParams {
@@ -132,7 +133,7 @@ struct HmcParams {
 struct NeParams {
   std::int64_t steps = 0;
   NeParameter parameter = NeParameter::none;  // phi4.m2 | phi4.lam | phi4.kappa (input convention) | u1.beta |
-                                              // u1.defect | sun.beta
+                                              // u1.defect | sun.beta | sun.defect
   double start = 0.0;                         // the parameter's value where the proposals start
   // Stochastic normalizing flows (docs/physics.md "Stochastic normalizing flows"): `blocks` flow blocks of
   // `block_layers` coupling layers each (float64, the flow.* nets), block j applied just before the update of step

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "latflow/core/error.hpp"
@@ -52,7 +53,7 @@ std::vector<std::int64_t> site_dims(std::int64_t d) {
 }  // namespace
 
 SUN::SUN(const LatticeParams& lattice, const SUNParams& params)
-    : extents_(lattice.extents), n_(params.n), beta_(params.beta) {
+    : extents_(lattice.extents), n_(params.n), beta_(params.beta), defect_(params.defect) {
   const auto d = static_cast<int>(extents_.size());
   if (d < 2 || d > 4) throw ConfigError("lattice.extents: SU(N) gauge theory needs 2 to 4 extents");
   if (n_ < 2) throw ConfigError("sun.n: must be >= 2");
@@ -145,6 +146,22 @@ at::Tensor SUN::project(const at::Tensor& m) {
   return q * torch::polar(torch::ones_like(phase), -phase / m.size(-1)).unsqueeze(-1).unsqueeze(-1);
 }
 
+namespace {
+// The defect plaquette's links U_0(x*), U_1(x* + e0), U_0(x* + e1), U_1(x*) (a, b, c, e below), each [B, N, N].
+std::array<at::Tensor, 4> defect_links(const at::Tensor& u, const std::vector<std::int64_t>& extents) {
+  const auto s = defect_sites(extents);
+  auto flat = u.flatten(2, static_cast<std::int64_t>(extents.size()) + 1);  // [B, d, V, N, N]
+  auto l0 = flat.select(1, 0), l1 = flat.select(1, 1);
+  return {l0.select(1, s.x), l1.select(1, s.x_e0), l0.select(1, s.x_e1), l1.select(1, s.x)};
+}
+// Re tr U_01(x*) = Re tr(a b c^+ e^+), [B].
+at::Tensor defect_trace(const at::Tensor& u, const std::vector<std::int64_t>& extents) {
+  const auto [a, b, c, e] = defect_links(u, extents);
+  auto p = torch::matmul(torch::matmul(a, b), SUN::dagger(torch::matmul(e, c)));
+  return torch::real(p.diagonal(0, -2, -1).sum(-1));
+}
+}  // namespace
+
 at::Tensor SUN::action(const at::Tensor& x) const {
   // Re tr U_P = Re tr(A B), A = U_0(x) U_1(x + e0), B = [U_1(x) U_0(x + e1)]^+, summed as sum_ij A_ij B_ji (two
   // matmuls instead of the plaquettes' three).
@@ -158,13 +175,30 @@ at::Tensor SUN::action(const at::Tensor& x) const {
       auto s = torch::real((a * b.transpose(-2, -1)).sum({-2, -1})).sum(site_dims(d));
       sum = sum.defined() ? sum + s : s;
     }
+  if (defect_ != 1) sum = sum + (defect_ - 1) * defect_trace(u, extents_);
   return -(beta_ / n_) * sum;
 }
 
 at::Tensor SUN::force(const at::Tensor& x) const {
   auto u = matrices(x);
   // F_a = (beta/N) Re tr(T_a M) = -(beta / 2N) components(M), M = U A.
-  return -(beta_ / (2.0 * n_)) * components(torch::matmul(u, staples(u)));
+  auto F = (-(beta_ / (2.0 * n_)) * components(torch::matmul(u, staples(u)))).contiguous();
+  if (defect_ != 1) {
+    // Each of the defect's four links gets (c - 1) times the part of its U A that is the defect plaquette, cyclically
+    // permuted to start at that link: a b c^+ e^+, b c^+ e^+ a, c b^+ a^+ e, e c b^+ a^+.
+    const auto [a, b, c, e] = defect_links(u, extents_);
+    auto mm = [](const at::Tensor& p, const at::Tensor& q) { return torch::matmul(p, q); };
+    auto ce = mm(SUN::dagger(c), SUN::dagger(e)), ba = mm(SUN::dagger(b), SUN::dagger(a));
+    auto M = torch::stack({mm(mm(a, b), ce), mm(mm(b, ce), a), mm(mm(c, ba), e), mm(mm(e, c), ba)}, 1);
+    auto extra = -(beta_ / (2.0 * n_)) * (defect_ - 1) * components(M);  // [B, 4, N^2 - 1]
+    const auto s = defect_sites(extents_);
+    auto flat = F.view({F.size(0), F.size(1), -1, F.size(-1)});  // [B, d, V, N^2 - 1], a view of F
+    flat.select(1, 0).select(1, s.x).add_(extra.select(1, 0));
+    flat.select(1, 1).select(1, s.x_e0).add_(extra.select(1, 1));
+    flat.select(1, 0).select(1, s.x_e1).add_(extra.select(1, 2));
+    flat.select(1, 1).select(1, s.x).add_(extra.select(1, 3));
+  }
+  return F;
 }
 
 at::Tensor SUN::exp_algebra(const at::Tensor& a) {
@@ -285,7 +319,9 @@ Measurement SUN::measure(const at::Tensor& x_in) const {
     return sum / planes;
   };
   auto plaq = loops(1, d > 2);
-  std::vector<at::Tensor> cols{plaq, -beta_ * planes * plaq};
+  auto density = -beta_ * planes * plaq;  // S / V
+  if (defect_ != 1) density = density - (beta_ / n_) * (defect_ - 1) * defect_trace(u, extents_) / V;
+  std::vector<at::Tensor> cols{plaq, density};
   cols.insert(cols.end(), per_plane.begin(), per_plane.end());
   // Polyakov loops along the last direction, one per x = (x0, ..., x_{d-2}) (ordered product over x_{d-1}), and
   // their correlator along x0.

@@ -7,7 +7,9 @@
 // (torch::view_as_complex gives the complex matrices [B, d, L0, ..., N, N]; docs/design.md "Interfaces and
 // parameters").
 // Plaquette U_munu(x) = U_mu(x) U_nu(x + e_mu) U_mu(x + e_nu)^+ U_nu(x)^+, Wilson action
-// S = -(beta/N) sum_x sum_{mu < nu} Re tr U_munu(x).
+// S = -(beta/N) sum_x sum_{mu < nu} Re tr U_munu(x); with a defect (SUNParams::defect = c != 1, the stages of a
+// sun.defect protocol) the (0, 1)-plane plaquette at the last site x* has coupling c beta (theory.hpp
+// DefectSites): S_c = S - (c - 1) (beta/N) Re tr U_01(x*).
 // Gauge transformations U_mu(x) -> g(x) U_mu(x) g(x + e_mu)^+ conjugate every plaquette.
 //
 // HMC: momenta are algebra components p_a, [B, d, L0, ..., N^2 - 1], in the basis T_a = i lambda_a / 2 of
@@ -53,6 +55,7 @@ class SUN : public Theory {
 
   int colors() const { return n_; }
   double beta() const { return beta_; }
+  double defect() const { return defect_; }
   const std::vector<std::int64_t>& extents() const { return extents_; }
   const std::vector<std::int64_t>& loop_sizes() const { return loop_sizes_; }
   // sum_a c_a T_a for components c [..., N^2 - 1] (complex [..., N, N]) and the inverse Re-trace map
@@ -88,7 +91,7 @@ class SUN : public Theory {
  private:
   std::vector<std::int64_t> extents_;
   int n_;
-  double beta_;
+  double beta_, defect_;
   at::Tensor gen_;
   std::vector<std::int64_t> loop_sizes_;
   std::vector<std::string> names_;

@@ -35,6 +35,13 @@ void Theory::heatbath_sweep(at::Tensor&, const std::vector<std::uint64_t>&, int)
   throw ConfigError("hmc.algorithm = heatbath: this theory has no heat bath (u1 and sun have one)");
 }
 
+DefectSites defect_sites(const std::vector<std::int64_t>& extents) {
+  std::int64_t V = 1;
+  for (auto l : extents) V *= l;
+  const std::int64_t stride0 = V / extents[0], stride1 = stride0 / extents[1];
+  return {V - 1, V - 1 - (extents[0] - 1) * stride0, V - 1 - (extents[1] - 1) * stride1};
+}
+
 std::unique_ptr<Theory> make_theory(const Config& cfg) {
   switch (cfg.theory) {
     case TheoryId::u1: return std::make_unique<U1>(cfg.lattice, cfg.u1);

@@ -52,6 +52,14 @@ class Theory {
   virtual void heatbath_sweep(at::Tensor& x, const std::vector<std::uint64_t>& streams, int overrelax) const;
 };
 
+// The defect plaquette of the gauge theories' u1.defect / sun.defect protocols (docs/physics.md "Switching on a
+// defect"): the (0, 1)-plane plaquette at the last site x* = (L0 - 1, ..., L_{d-1} - 1). Row-major flat indices of
+// the sites x*, x* + e0 and x* + e1 (extents: L0, ..., L_{d-1}, d >= 2).
+struct DefectSites {
+  std::int64_t x, x_e0, x_e1;
+};
+DefectSites defect_sites(const std::vector<std::int64_t>& extents);
+
 // The theory of cfg.theory (phi4 | u1 | sun) with cfg's lattice and couplings.
 std::unique_ptr<Theory> make_theory(const Config& cfg);
 

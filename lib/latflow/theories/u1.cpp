@@ -83,21 +83,8 @@ at::Tensor U1::gauge_transform(const at::Tensor& theta, const at::Tensor& a) {
   return torch::stack(links, 1);
 }
 
-namespace {
-// Flat site indices (row-major over x0, ..., x_{d-1}) of x*, x* + e0 and x* + e1.
-struct DefectSites {
-  std::int64_t x, x_e0, x_e1;
-};
-DefectSites defect_sites(const at::Tensor& theta) {
-  std::int64_t V = 1;
-  for (std::int64_t k = 2; k < theta.dim(); ++k) V *= theta.size(k);
-  const std::int64_t stride0 = V / theta.size(2), stride1 = stride0 / theta.size(3);
-  return {V - 1, V - 1 - (theta.size(2) - 1) * stride0, V - 1 - (theta.size(3) - 1) * stride1};
-}
-}  // namespace
-
 at::Tensor U1::defect_plaquette(const at::Tensor& theta) {
-  const auto s = defect_sites(theta);
+  const auto s = defect_sites(theta.sizes().slice(2).vec());
   auto flat = theta.flatten(2);  // [B, d, V]
   auto t0 = flat.select(1, 0), t1 = flat.select(1, 1);
   return t0.select(1, s.x) + t1.select(1, s.x_e0) - t0.select(1, s.x_e1) - t1.select(1, s.x);
@@ -131,9 +118,9 @@ at::Tensor U1::force(const at::Tensor& theta) const {
   if (defect_ != 1) {
     // The defect adds (c - 1) sin theta_01(x*) times +1 at theta_0(x*), theta_1(x* + e0), -1 at theta_0(x* + e1),
     // theta_1(x*).
-    const auto sites = defect_sites(theta);
+    const auto sites = defect_sites(extents_);
     auto s = (defect_ - 1) * torch::sin(defect_plaquette(theta));
-    auto extra = torch::zeros_like(dS);
+    auto extra = torch::zeros(dS.sizes(), dS.options());
     auto flat = extra.view({extra.size(0), extra.size(1), -1});
     flat.select(1, 0).select(1, sites.x).add_(s);
     flat.select(1, 1).select(1, sites.x_e0).add_(s);
