@@ -80,6 +80,12 @@ TEST_CASE("resume identity: every model and recipe key is named when it differs"
   CHECK(first_difference(model_identity(parse(u1)), model_identity(parse(u1, {"--u1.beta", "3"})))
             .rfind("u1.beta: stored ", 0) == 0);
   CHECK(!first_difference(model_identity(ref), model_identity(parse(u1))).empty());
+  // A defect protocol's start (defect 0) is other physics than the periodic theory, and says so; defect 1 adds no
+  // line, so identities written before the protocol existed still match.
+  auto u1_defect = parse(u1, {"--ne.steps", "4", "--ne.parameter", "u1.defect", "--ne.start", "0"});
+  CHECK(physics_identity(parse(u1)).find("defect") == std::string::npos);
+  CHECK(physics_identity(u1_defect).find("defect") == std::string::npos);  // the target: defect 1
+  CHECK(first_difference(model_identity(parse(u1)), model_identity(u1_defect)).rfind("u1.defect: stored ", 0) == 0);
   // Keys that may change between sessions: sampling, output, threads, logging, budgets.
   for (const auto& ov : std::vector<std::vector<std::string>>{{"--sample.proposals", "5"},
                                                               {"--run.threads", "2"},

@@ -296,6 +296,15 @@ std::string physics_identity(const Config& c) {
   std::string out;
   for (const auto& k : config_keys())
     if (k.physics && k.applies_to(c.theory)) out += k.name + " = " + k.exact(c) + "\n";
+  // A defect protocol's stage (not a key: a config's own physics has 1, and then no line, as before the protocol
+  // existed): a flow trained at defect 0 is not one of the periodic theory.
+  const double defect = c.theory == TheoryId::u1 ? c.u1.defect : c.theory == TheoryId::sun ? c.sun.defect : 1.0;
+  if (defect != 1) {
+    std::ostringstream os;
+    os.precision(17);
+    os << defect;
+    out += (c.theory == TheoryId::u1 ? "u1.defect = " : "sun.defect = ") + os.str() + "\n";
+  }
   return out;
 }
 
