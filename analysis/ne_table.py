@@ -19,7 +19,9 @@ def main():
             observables = [o for o in cmp["observables"] if not o.startswith("corr(")][:6]
         rows.append((n, rep, cmp))
     print(f"# {name}: non-equilibrium proposals against the number of steps\n")
-    rep0 = rows[0][1]
+    # n = 0 rows (the start alone) carry no protocol; the header describes the first row that has one.
+    rep0 = next((r for _, r, _ in rows if "ne" in r), rows[0][1])
+    rep0.setdefault("ne", {"parameter": "none", "start": "-", "n_md": "-"})
     print(f"{rep0['theory']} on {'x'.join(map(str, rep0['extents']))}; protocol {rep0['ne']['parameter']} from "
           f"{rep0['ne']['start']}, one HMC trajectory (n_md {rep0['ne']['n_md']}) per step"
           + (f", {rep0['ne']['blocks']} flow blocks of {rep0['ne']['block_layers']} layers" if "blocks" in rep0["ne"]
@@ -33,7 +35,8 @@ def main():
         F = f"{fe['value']:.3f}({fe['error']:.3f})"
         if "exact" in fe:
             F += f" ({fe['exact']:.3f})"
-        cells = [n, f"{rep['acceptance']:.3f}", f"{rep['ess_fraction']:.3f}", f"{rep['ne']['work_std']:.3g}",
+        spread = f"{rep['ne']['work_std']:.3g}" if "ne" in rep and "work_std" in rep["ne"] else "-"
+        cells = [n, f"{rep['acceptance']:.3f}", f"{rep['ess_fraction']:.3f}", spread,
                  f"{rep['train_seconds']:.0f}", f"{rep['sampling_seconds']:.0f}", F]
         for o in observables:
             c = cmp["observables"][o]
