@@ -120,13 +120,11 @@ at::Tensor U1::force(const at::Tensor& theta) const {
     // theta_1(x*).
     const auto sites = defect_sites(extents_);
     auto s = (defect_ - 1) * torch::sin(defect_plaquette(theta));
-    auto extra = torch::zeros(dS.sizes(), dS.options());
-    auto flat = extra.view({extra.size(0), extra.size(1), -1});
+    auto flat = dS.view({dS.size(0), dS.size(1), -1});  // a view of dS (fresh from stack): four entries change
     flat.select(1, 0).select(1, sites.x).add_(s);
     flat.select(1, 1).select(1, sites.x_e0).add_(s);
     flat.select(1, 0).select(1, sites.x_e1).sub_(s);
     flat.select(1, 1).select(1, sites.x).sub_(s);
-    dS = dS + extra;
   }
   return -beta_ * dS;
 }
